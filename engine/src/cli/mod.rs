@@ -1,0 +1,293 @@
+//! The command line: flags, human and JSON output, exit codes. `anyhow`
+//! lives only here.
+
+mod demo;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tintype::io::IoChoice;
+use tintype::pipeline::capture::{
+    DEFAULT_CHUNK_BYTES, DEFAULT_LEVEL, DEFAULT_QUEUE_DEPTH, DEFAULT_SEGMENT_BYTES,
+};
+use tintype::set::{parse_spec, ImageSet};
+use tintype::{CreateOptions, Error, VerifyOptions};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A runtime failure: I/O error, unusable source, full disk.
+    pub const FAILURE: u8 = 1;
+    /// A bad command line or setting.
+    pub const USAGE: u8 = 2;
+    /// The image is damaged: verify found bad chunks, or a file of the image is corrupt.
+    pub const DAMAGED: u8 = 3;
+    /// Not an image this build can use: no committed manifest, or a newer format version.
+    pub const NOT_AN_IMAGE: u8 = 4;
+    /// Stopped by a signal.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tintype",
+    version,
+    about = "Image block devices into compressed, checksummed, seekable image sets at the speed of the hardware",
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 image damaged, 4 not a committed or supported image, 130 interrupted."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum IoArg {
+    /// io_uring when available, else portable
+    Auto,
+    /// io_uring; fail if it cannot be used
+    Uring,
+    /// pread/pwrite
+    Portable,
+}
+
+impl From<IoArg> for IoChoice {
+    fn from(a: IoArg) -> IoChoice {
+        match a {
+            IoArg::Auto => IoChoice::Auto,
+            IoArg::Uring => IoChoice::Uring,
+            IoArg::Portable => IoChoice::Portable,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Image SOURCE (a block device or file) into the image set directory SET.
+    Create {
+        /// Block device or regular file to image; opened read-only.
+        source: PathBuf,
+        /// Image set directory (created if absent).
+        set: PathBuf,
+        /// zstd level: 1..22, negative for fast levels, 0 stores uncompressed.
+        #[arg(long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true)]
+        level: i32,
+        /// Parallel lanes (threads, one per core). Default: one per available core.
+        #[arg(long)]
+        lanes: Option<u32>,
+        /// Reads in flight per lane.
+        #[arg(long, default_value_t = DEFAULT_QUEUE_DEPTH)]
+        queue_depth: u32,
+        /// Chunk size: a power of two from 64KiB to 64MiB (suffixes K, M, G are binary).
+        #[arg(long, value_parser = parse_size, default_value_t = u64::from(DEFAULT_CHUNK_BYTES))]
+        chunk_size: u64,
+        /// Roll segment files over at this size.
+        #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_SEGMENT_BYTES)]
+        segment_size: u64,
+        /// I/O backend.
+        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+        io: IoArg,
+        /// Print a machine-readable summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Use this Image ID (16 hex digits) instead of a fresh one; for fixtures.
+        #[arg(long, hide = true)]
+        image_id: Option<String>,
+    },
+    /// Check every frame of an image without restoring it. SET@ID picks an image (a unique ID prefix); default the newest.
+    Verify {
+        /// Image set directory, optionally @IMAGE_ID.
+        image: String,
+        #[arg(long)]
+        lanes: Option<u32>,
+        #[arg(long, default_value_t = 4)]
+        queue_depth: u32,
+        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+        io: IoArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's metadata and statistics.
+    Info {
+        /// Image set directory, optionally @IMAGE_ID.
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a sample source with mixed content, image it, verify it and read it back.
+    Demo {
+        /// Size of the sample source.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        size: u64,
+        /// Where to put the sample and its image set (a new temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the sample and the image set afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[arg(long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true)]
+        level: i32,
+        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+        io: IoArg,
+    },
+}
+
+/// Parse a size: a number with an optional binary suffix (K, M, G, T, with
+/// or without "iB"/"B"), e.g. "1M", "64KiB", "1073741824".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1M, 64KiB, 4096)"))?;
+    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size suffix {other:?} in {s:?} (use K, M, G or T)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parse the command line, run, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tintype: error: {e:#}");
+            ExitCode::from(code_for(&e))
+        }
+    }
+}
+
+fn code_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::InvalidSetting(_)) => exit::USAGE,
+        Some(Error::Corrupt { .. }) => exit::DAMAGED,
+        Some(Error::NotCommitted { .. }) | Some(Error::UnsupportedVersion { .. }) => {
+            exit::NOT_AN_IMAGE
+        }
+        Some(Error::Interrupted(_)) => exit::INTERRUPTED,
+        _ => exit::FAILURE,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Create {
+            source,
+            set,
+            level,
+            lanes,
+            queue_depth,
+            chunk_size,
+            segment_size,
+            io,
+            json,
+            image_id,
+        } => {
+            let mut o = CreateOptions::new(source, set);
+            o.level = level;
+            o.lanes = lanes;
+            o.queue_depth = queue_depth;
+            o.chunk_size_bytes = u32::try_from(chunk_size).map_err(|_| {
+                Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB"))
+            })?;
+            o.segment_size_bytes = segment_size;
+            o.io = io.into();
+            o.image_id = match image_id {
+                None => None,
+                Some(s) => Some(tintype::format::ImageId::parse(&s).ok_or_else(|| {
+                    Error::InvalidSetting(format!(
+                        "--image-id {s:?}: need 16 hex digits, not all zero"
+                    ))
+                })?),
+            };
+            let obs = output::Console::new("imaging", json);
+            let report = tintype::create(&o, &obs)?;
+            obs.finish();
+            output::print_create(&report, json);
+            Ok(exit::OK)
+        }
+        Command::Verify {
+            image,
+            lanes,
+            queue_depth,
+            io,
+            json,
+        } => {
+            let (set, sel) = parse_spec(&image);
+            let mut o = VerifyOptions::new(set);
+            o.image = sel;
+            o.lanes = lanes;
+            o.queue_depth = queue_depth;
+            o.io = io.into();
+            let obs = output::Console::new("verifying", json);
+            let report = tintype::verify(&o, &obs)?;
+            obs.finish();
+            output::print_verify(&report, json);
+            Ok(if report.is_clean() {
+                exit::OK
+            } else {
+                exit::DAMAGED
+            })
+        }
+        Command::Info { image, json } => {
+            let (set, sel) = parse_spec(&image);
+            let set = ImageSet::open(&set)?;
+            let img = set.resolve(sel.as_deref())?;
+            let all = set.images()?;
+            output::print_info(&img, &all, json);
+            Ok(exit::OK)
+        }
+        Command::Demo {
+            size,
+            dir,
+            keep,
+            level,
+            io,
+        } => demo::run(size, dir, keep, level, io.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

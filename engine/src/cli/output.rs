@@ -1,0 +1,261 @@
+//! What the commands print: a progress bar on a terminal, a human summary,
+//! or JSON on stdout.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use tintype::set::Image;
+use tintype::{CreateReport, Observer, VerifyReport};
+
+/// Notes go to stderr; progress is a bar when stderr is a terminal.
+pub struct Console {
+    bar: Option<ProgressBar>,
+}
+
+impl Console {
+    pub fn new(what: &str, json: bool) -> Console {
+        let bar = (std::io::stderr().is_terminal() && !json).then(|| {
+            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
+            b.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{what} {{bar:30}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+                ))
+                .expect("progress template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Console { bar }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Console {
+    fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("tintype: note: {msg}")),
+            None => eprintln!("tintype: note: {msg}"),
+        }
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+}
+
+/// Bytes in binary units for people.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e6
+    } else {
+        0.0
+    }
+}
+
+pub fn print_create(r: &CreateReport, json: bool) {
+    let m = &r.manifest;
+    let s = &m.stats;
+    let ratio = if s.bytes_segments > 0 {
+        m.source.size_bytes as f64 / s.bytes_segments as f64
+    } else {
+        f64::INFINITY
+    };
+    if json {
+        let v = json!({
+            "image_id": m.image_id,
+            "manifest_path": r.manifest_path,
+            "source_bytes": m.source.size_bytes,
+            "bytes_stored": s.bytes_segments,
+            "ratio": if ratio.is_finite() { json!(ratio) } else { json!(null) },
+            "wall_seconds": s.wall_seconds,
+            "throughput_mb_per_s": mb_per_s(s.bytes_read, s.wall_seconds),
+            "manifest": m,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!(
+        "image {} committed: {}",
+        m.image_id,
+        r.manifest_path.display()
+    );
+    println!(
+        "  source   {} ({}, {}, {}-byte logical / {}-byte physical sectors)",
+        m.source.path,
+        m.source.kind,
+        human(m.source.size_bytes),
+        m.source.logical_sector_bytes,
+        m.source.physical_sector_bytes
+    );
+    println!(
+        "  read     {} in {:.2} s = {:.0} MB/s",
+        human(s.bytes_read),
+        s.wall_seconds,
+        mb_per_s(s.bytes_read, s.wall_seconds)
+    );
+    println!(
+        "  chunks   {} of {}: {} stored ({} of them raw, incompressible), {} zero (not stored)",
+        m.chunk_count,
+        human(u64::from(m.chunk_size_bytes)),
+        s.chunks_stored,
+        s.chunks_stored_raw,
+        s.chunks_zero
+    );
+    println!(
+        "  stored   {} in {} segment(s), ratio {:.2}x",
+        human(s.bytes_segments),
+        m.segments.len(),
+        ratio
+    );
+    let st = &s.stage_seconds;
+    let g = |k: &str| st.get(k).copied().unwrap_or(0.0);
+    println!(
+        "  cpu      {:.2} s over {} lane(s): compress {:.2} s, hash {:.2} s, zero check {:.2} s; waiting on I/O {:.2} s",
+        s.cpu_seconds,
+        m.settings.lanes,
+        g("compress"),
+        g("hash"),
+        g("zero_check"),
+        g("io_wait")
+    );
+    println!(
+        "  settings zstd level {}, queue depth {}, {} I/O{}",
+        m.level,
+        m.settings.queue_depth,
+        m.settings.io_backend,
+        if m.settings.source_direct_io {
+            ", O_DIRECT source"
+        } else {
+            ", buffered source"
+        }
+    );
+}
+
+pub fn print_verify(r: &VerifyReport, json: bool) {
+    if json {
+        let mut v = serde_json::to_value(r).expect("json");
+        v["clean"] = json!(r.is_clean());
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    for b in &r.bad_chunks {
+        match (&b.segment, b.segment_offset) {
+            (Some(seg), Some(off)) => println!(
+                "BAD chunk {} (source offset {}): {} at offset {}: {}",
+                b.chunk, b.source_offset, seg, off, b.reason
+            ),
+            _ => println!(
+                "BAD chunk {} (source offset {}): {}",
+                b.chunk, b.source_offset, b.reason
+            ),
+        }
+    }
+    for p in &r.problems {
+        match p.offset {
+            Some(o) => println!("DAMAGED {} at offset {o}: {}", p.file, p.what),
+            None => println!("DAMAGED {}: {}", p.file, p.what),
+        }
+    }
+    let verdict = if r.is_clean() { "OK" } else { "DAMAGED" };
+    println!(
+        "image {} {verdict}: {} chunks: {} stored and intact, {} zero, {} unused, {} unreadable at capture, {} bad; {} problem(s) with files",
+        r.image_id,
+        r.chunk_count,
+        r.chunks_stored_ok,
+        r.chunks_zero,
+        r.chunks_unused,
+        r.chunks_unreadable,
+        r.bad_chunks.len(),
+        r.problems.len()
+    );
+    println!(
+        "  read {} of segments in {:.2} s = {:.0} MB/s ({} I/O)",
+        human(r.bytes_segments_read),
+        r.wall_seconds,
+        mb_per_s(r.bytes_segments_read, r.wall_seconds),
+        r.io_backend
+    );
+}
+
+pub fn print_info(img: &Image, all: &[Image], json: bool) {
+    let m = &img.manifest;
+    if json {
+        let v = json!({
+            "manifest_path": img.manifest_path,
+            "images_in_set": all.iter().map(|i| i.manifest.image_id.clone()).collect::<Vec<_>>(),
+            "manifest": m,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    let s = &m.stats;
+    println!(
+        "image      {} ({:?}, format version {})",
+        m.image_id, m.kind, m.format_version
+    );
+    println!("created    {} by tintype {}", m.created, m.tool_version);
+    println!("source     {} ({})", m.source.path, m.source.kind);
+    println!(
+        "size       {} ({} bytes), {}-byte logical / {}-byte physical sectors",
+        human(m.source.size_bytes),
+        m.source.size_bytes,
+        m.source.logical_sector_bytes,
+        m.source.physical_sector_bytes
+    );
+    for (k, v) in &m.source.identity {
+        println!("identity   {k}: {v}");
+    }
+    println!(
+        "chunks     {} of {}: {} stored ({} raw), {} zero",
+        m.chunk_count,
+        human(u64::from(m.chunk_size_bytes)),
+        s.chunks_stored,
+        s.chunks_stored_raw,
+        s.chunks_zero
+    );
+    println!(
+        "stored     {} in {} segment(s) + index {}; codec {} level {}",
+        human(s.bytes_segments),
+        m.segments.len(),
+        human(m.index.size_bytes),
+        m.codec,
+        m.level
+    );
+    println!(
+        "captured   in {:.2} s ({:.0} MB/s), {} lane(s), queue depth {}, {} I/O",
+        s.wall_seconds,
+        mb_per_s(s.bytes_read, s.wall_seconds),
+        m.settings.lanes,
+        m.settings.queue_depth,
+        m.settings.io_backend
+    );
+    if all.len() > 1 {
+        let others: Vec<_> = all.iter().map(|i| i.manifest.image_id.as_str()).collect();
+        println!("set holds  {} images: {}", all.len(), others.join(", "));
+    }
+}

@@ -1,0 +1,318 @@
+//! The manifest: an image's metadata, as JSON. Writing it — to a temporary
+//! name, fsynced, renamed without replacing, and the directory fsynced — is
+//! what commits an image. See `docs/FORMAT.md` for every field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ImageId, FORMAT_VERSION};
+
+/// The value of the manifest's `format` field.
+pub const MANIFEST_FORMAT: &str = "tintype-image";
+
+/// What kind of capture an image is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    Full,
+    Differential,
+    Incremental,
+}
+
+/// The source an image was taken from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub path: String,
+    /// "block-device" or "file".
+    pub kind: String,
+    pub size_bytes: u64,
+    pub logical_sector_bytes: u32,
+    pub physical_sector_bytes: u32,
+    /// What the kernel tells about the device's identity (serial, wwid, model,
+    /// loop backing file, device number); absent keys were not exposed.
+    pub identity: BTreeMap<String, String>,
+}
+
+/// The settings a run used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub lanes: u32,
+    pub queue_depth: u32,
+    pub segment_size_bytes: u64,
+    pub batch_chunks: u32,
+    /// "io_uring" or "portable".
+    pub io_backend: String,
+    /// Whether the source was read with O_DIRECT.
+    pub source_direct_io: bool,
+}
+
+/// Statistics of the run that made the image.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub bytes_read: u64,
+    pub chunks_stored: u64,
+    pub chunks_zero: u64,
+    pub chunks_stored_raw: u64,
+    pub bytes_stored_raw: u64,
+    pub bytes_stored_payload: u64,
+    pub bytes_segments: u64,
+    pub wall_seconds: f64,
+    pub cpu_seconds: f64,
+    pub stage_seconds: BTreeMap<String, f64>,
+}
+
+/// One segment file of the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub file: String,
+    pub lane: u32,
+    pub seq: u32,
+    pub size_bytes: u64,
+    pub frames: u64,
+    /// xxh3-64 of the whole file, 16 hex digits.
+    pub xxh3_64: String,
+}
+
+/// The image's index file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexInfo {
+    pub file: String,
+    pub size_bytes: u64,
+    /// xxh3-128 of the whole file, 32 hex digits.
+    pub xxh3_128: String,
+}
+
+/// An image's manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub image_id: String,
+    pub kind: ImageKind,
+    pub parent: Option<String>,
+    pub created_unix_seconds: u64,
+    pub created: String,
+    pub tool_version: String,
+    pub source: SourceInfo,
+    pub chunk_size_bytes: u32,
+    pub chunk_count: u64,
+    pub codec: String,
+    pub level: i32,
+    pub frame_align_bytes: u32,
+    pub settings: Settings,
+    pub stats: Stats,
+    pub segments: Vec<SegmentInfo>,
+    pub index: IndexInfo,
+}
+
+/// Why a manifest could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ManifestError {
+    /// Not JSON, or not a Tintype manifest.
+    Foreign(String),
+    /// A newer format version.
+    Version(u32),
+    /// Parsed, but the fields contradict each other.
+    Invalid(String),
+}
+
+impl Manifest {
+    /// The manifest's image id, checked.
+    pub fn id(&self) -> ImageId {
+        ImageId::parse(&self.image_id).expect("validated on load")
+    }
+
+    /// Parse and validate a manifest.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        // Look at format and version before the full parse, so a newer
+        // version with different fields says "newer", not "malformed".
+        let probe: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestError::Foreign(format!("not JSON: {e}")))?;
+        if probe.get("format").and_then(|v| v.as_str()) != Some(MANIFEST_FORMAT) {
+            return Err(ManifestError::Foreign(format!(
+                "not a tintype manifest (no \"format\": \"{MANIFEST_FORMAT}\")"
+            )));
+        }
+        let version = probe
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if version != u64::from(FORMAT_VERSION) {
+            return Err(ManifestError::Version(
+                version.min(u64::from(u32::MAX)) as u32
+            ));
+        }
+        let m: Manifest =
+            serde_json::from_value(probe).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |s: String| Err(ManifestError::Invalid(s));
+        if ImageId::parse(&self.image_id).is_none() {
+            return bad(format!("image_id {:?} is not 16 hex digits", self.image_id));
+        }
+        let cs = u64::from(self.chunk_size_bytes);
+        if cs == 0
+            || cs % super::FRAME_ALIGN_BYTES != 0
+            || self.chunk_size_bytes > super::frame::CHUNK_BYTES_MAX
+        {
+            return bad(format!("chunk_size_bytes {cs} out of range"));
+        }
+        if self.chunk_count != self.source.size_bytes.div_ceil(cs) {
+            return bad(format!(
+                "chunk_count {} does not match source size {} / chunk size {cs}",
+                self.chunk_count, self.source.size_bytes
+            ));
+        }
+        if u64::from(self.frame_align_bytes) != super::FRAME_ALIGN_BYTES {
+            return bad(format!(
+                "frame_align_bytes {} unsupported",
+                self.frame_align_bytes
+            ));
+        }
+        if self.codec != "zstd" {
+            return bad(format!("codec {:?} unsupported", self.codec));
+        }
+        for s in &self.segments {
+            if s.file.contains('/') || s.file.starts_with('.') {
+                return bad(format!(
+                    "segment file name {:?} is not a plain name",
+                    s.file
+                ));
+            }
+        }
+        if self.index.file.contains('/') || self.index.file.starts_with('.') {
+            return bad(format!(
+                "index file name {:?} is not a plain name",
+                self.index.file
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialize as pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+}
+
+/// The file name of the manifest of image `id`.
+pub fn manifest_file_name(id: ImageId) -> String {
+    format!("{id}.manifest.json")
+}
+
+/// Format seconds since the epoch as an RFC 3339 UTC time.
+pub fn rfc3339_utc(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.into(),
+            format_version: 1,
+            image_id: "00000000000000aa".into(),
+            kind: ImageKind::Full,
+            parent: None,
+            created_unix_seconds: 0,
+            created: rfc3339_utc(0),
+            tool_version: "test".into(),
+            source: SourceInfo {
+                path: "/dev/x".into(),
+                kind: "file".into(),
+                size_bytes: 3 << 20,
+                logical_sector_bytes: 512,
+                physical_sector_bytes: 4096,
+                identity: BTreeMap::new(),
+            },
+            chunk_size_bytes: 1 << 20,
+            chunk_count: 3,
+            codec: "zstd".into(),
+            level: 1,
+            frame_align_bytes: 4096,
+            settings: Settings {
+                lanes: 1,
+                queue_depth: 4,
+                segment_size_bytes: 1 << 30,
+                batch_chunks: 64,
+                io_backend: "portable".into(),
+                source_direct_io: false,
+            },
+            stats: Stats::default(),
+            segments: vec![],
+            index: IndexInfo {
+                file: "00000000000000aa.index".into(),
+                size_bytes: 64 + 3 * 48,
+                xxh3_128: "0".repeat(32),
+            },
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let m = sample();
+        assert_eq!(Manifest::from_json(&m.to_json()), Ok(m));
+    }
+
+    #[test]
+    fn foreign_newer_and_inconsistent_manifests_are_refused() {
+        assert!(matches!(
+            Manifest::from_json(b"\x00\x01garbage"),
+            Err(ManifestError::Foreign(_))
+        ));
+        assert!(matches!(
+            Manifest::from_json(b"{\"a\": 1}"),
+            Err(ManifestError::Foreign(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["format_version"] = 2.into();
+        assert_eq!(
+            Manifest::from_json(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::Version(2))
+        );
+        let mut m = sample();
+        m.chunk_count = 4;
+        assert!(matches!(
+            Manifest::from_json(&m.to_json()),
+            Err(ManifestError::Invalid(_))
+        ));
+        let mut m = sample();
+        m.index.file = "../../etc/passwd".into();
+        assert!(matches!(
+            Manifest::from_json(&m.to_json()),
+            Err(ManifestError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_795_314_600), "2026-11-22T02:30:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,120 @@
+//! A segment: an append-only file of frames written sequentially by one lane.
+//! It starts with a 4096-byte header (so the first frame is aligned), then
+//! frames back to back, each padded to [`FRAME_ALIGN_BYTES`].
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic "TTsegmnt"
+//!      8    2 format version (1)
+//!     10    2 reserved (0)
+//!     12    4 frame alignment in bytes (4096)
+//!     16    8 image id
+//!     24    4 number of the lane that wrote it
+//!     28    4 segment number (its position in the manifest's segment list)
+//!     32    4 chunk size in bytes
+//!     36   20 reserved (0)
+//!     56    8 xxh3-64 of bytes 0..56
+//!     64 4032 zero
+//! ```
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::le::*;
+use super::{ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
+
+/// The eight bytes every segment starts with.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TTsegmnt";
+/// Size of the segment header; the first frame starts here.
+pub const SEGMENT_HEADER_BYTES: usize = 4096;
+
+const _: () = assert!(SEGMENT_HEADER_BYTES as u64 == FRAME_ALIGN_BYTES);
+
+/// The decoded header of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub image_id: ImageId,
+    pub lane: u32,
+    pub seq: u32,
+    pub chunk_bytes: u32,
+}
+
+impl SegmentHeader {
+    /// Encode into the first [`SEGMENT_HEADER_BYTES`] of `out` (padding zeroed).
+    pub fn encode(&self, out: &mut [u8]) {
+        let b = &mut out[..SEGMENT_HEADER_BYTES];
+        b.fill(0);
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        put_u16(b, 8, FORMAT_VERSION);
+        put_u32(b, 12, FRAME_ALIGN_BYTES as u32);
+        put_u64(b, 16, self.image_id.0);
+        put_u32(b, 24, self.lane);
+        put_u32(b, 28, self.seq);
+        put_u32(b, 32, self.chunk_bytes);
+        let h = xxh3_64(&b[..56]);
+        put_u64(b, 56, h);
+    }
+
+    /// Decode and check a segment header.
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
+        if b.len() < SEGMENT_HEADER_BYTES {
+            return Err(format!(
+                "segment header truncated ({} of {SEGMENT_HEADER_BYTES} bytes)",
+                b.len()
+            ));
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err("not a tintype segment (bad magic)".into());
+        }
+        if xxh3_64(&b[..56]) != u64_at(b, 56) {
+            return Err("segment header checksum mismatch".into());
+        }
+        let version = u16_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "segment format version {version} is not supported (this build reads 1)"
+            ));
+        }
+        if u32_at(b, 12) as u64 != FRAME_ALIGN_BYTES {
+            return Err(format!("unsupported frame alignment {}", u32_at(b, 12)));
+        }
+        Ok(SegmentHeader {
+            image_id: ImageId(u64_at(b, 16)),
+            lane: u32_at(b, 24),
+            seq: u32_at(b, 28),
+            chunk_bytes: u32_at(b, 32),
+        })
+    }
+}
+
+/// The file name of segment number `seq` of image `id`.
+pub fn segment_file_name(id: ImageId, seq: u32) -> String {
+    format!("{id}.{seq:06}.seg")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_header_round_trips_and_checks_itself() {
+        let h = SegmentHeader {
+            image_id: ImageId(77),
+            lane: 3,
+            seq: 12,
+            chunk_bytes: 1 << 20,
+        };
+        let mut b = vec![0xffu8; SEGMENT_HEADER_BYTES];
+        h.encode(&mut b);
+        assert!(b[64..].iter().all(|&x| x == 0));
+        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        b[30] ^= 1;
+        assert!(SegmentHeader::decode(&b).unwrap_err().contains("checksum"));
+        assert!(SegmentHeader::decode(&b[..100])
+            .unwrap_err()
+            .contains("truncated"));
+        assert_eq!(
+            segment_file_name(ImageId(0xab), 2),
+            "00000000000000ab.000002.seg"
+        );
+    }
+}

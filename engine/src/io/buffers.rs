@@ -1,0 +1,82 @@
+//! Aligned buffers for O_DIRECT, allocated once per lane up front.
+
+use std::alloc::{self, Layout};
+use std::ptr::NonNull;
+
+/// Alignment of every buffer: O_DIRECT needs the logical block size (512 or
+/// 4096) for memory; a page also suits registered buffers.
+pub const BUFFER_ALIGN_BYTES: usize = 4096;
+
+/// A heap buffer aligned to [`BUFFER_ALIGN_BYTES`] whose address never moves,
+/// so the kernel may hold a pointer to it while an operation is in flight.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively (like a Box<[u8]>); moving
+// it to another thread moves that ownership.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (rounded up to the alignment).
+    pub fn new(len: usize) -> AlignedBuf {
+        let len = len.max(1).next_multiple_of(BUFFER_ALIGN_BYTES);
+        let layout = Layout::from_size_align(len, BUFFER_ALIGN_BYTES).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes (zeroed at allocation)
+        // for as long as self lives, and &self forbids concurrent mutation.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice, and &mut self makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, BUFFER_ALIGN_BYTES).expect("buffer layout");
+        // SAFETY: allocated in new() with exactly this layout, freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_zeroed_and_rounded() {
+        let mut b = AlignedBuf::new(5000);
+        assert_eq!(b.len(), 8192);
+        assert_eq!(b.as_ptr() as usize % BUFFER_ALIGN_BYTES, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[8191] = 3;
+        assert_eq!(b.as_slice()[8191], 3);
+    }
+}

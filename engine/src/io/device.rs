@@ -1,0 +1,172 @@
+//! Opening and probing a source: block device or regular file, its size,
+//! sector sizes, O_DIRECT alignment and identity.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// What kind of thing a source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    BlockDevice,
+    File,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::BlockDevice => "block-device",
+            SourceKind::File => "file",
+        }
+    }
+}
+
+/// A source opened read-only, with what the kernel told us about it.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub kind: SourceKind,
+    pub size_bytes: u64,
+    pub logical_sector_bytes: u32,
+    pub physical_sector_bytes: u32,
+    /// Offsets and lengths of O_DIRECT reads must be multiples of this.
+    pub dio_align_bytes: u32,
+    /// Opened with O_DIRECT; false when the filesystem refused it.
+    pub direct: bool,
+    pub identity: BTreeMap<String, String>,
+    pub file: File,
+}
+
+impl Source {
+    /// Open `path` read-only (O_DIRECT when `direct` and the kernel allows it).
+    pub fn open(path: &Path, direct: bool) -> Result<Source> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("open source", path, e))?;
+        let kind = if meta.file_type().is_block_device() {
+            SourceKind::BlockDevice
+        } else if meta.file_type().is_file() {
+            SourceKind::File
+        } else {
+            return Err(Error::Unusable {
+                path: path.into(),
+                why: "not a block device or regular file".into(),
+            });
+        };
+        let (mut file, direct) = open_read_only(path, direct)?;
+        let (size_bytes, logical, physical) = match kind {
+            SourceKind::BlockDevice => {
+                let size = file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| Error::io("size of", path, e))?;
+                let logical = rustix::fs::ioctl_blksszget(&file)
+                    .map_err(|e| Error::io("BLKSSZGET on", path, e.into()))?;
+                let physical = rustix::fs::ioctl_blkpbszget(&file).unwrap_or(logical);
+                (size, logical, physical)
+            }
+            SourceKind::File => (meta.len(), 512, meta.blksize().clamp(512, 65536) as u32),
+        };
+        let dio_align_bytes = dio_alignment(&file)
+            .unwrap_or(logical)
+            .max(logical)
+            .max(512);
+        let identity = identity(path, &meta, kind);
+        Ok(Source {
+            path: path.into(),
+            kind,
+            size_bytes,
+            logical_sector_bytes: logical,
+            physical_sector_bytes: physical,
+            dio_align_bytes,
+            direct,
+            identity,
+            file,
+        })
+    }
+
+    /// Another descriptor on the same open source, for another lane.
+    pub fn reopen(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io("duplicate descriptor of", &self.path, e))
+    }
+}
+
+/// Open read-only; with O_DIRECT when asked, falling back to buffered reads
+/// when the filesystem refuses O_DIRECT (EINVAL). Returns whether it is direct.
+pub fn open_read_only(path: &Path, direct: bool) -> Result<(File, bool)> {
+    if direct {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(Error::io("open", path, e)),
+        }
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    Ok((f, false))
+}
+
+/// The O_DIRECT offset alignment from statx (Linux 6.1+), if reported.
+fn dio_alignment(file: &File) -> Option<u32> {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let st = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    if st.stx_mask & StatxFlags::DIOALIGN.bits() == 0 || st.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some(st.stx_dio_offset_align.max(st.stx_dio_mem_align))
+}
+
+/// Identity facts the kernel exposes in sysfs for a block device (serial,
+/// WWN, model, loop backing file) or, for a file, its device and inode.
+fn identity(path: &Path, meta: &std::fs::Metadata, kind: SourceKind) -> BTreeMap<String, String> {
+    let mut id = BTreeMap::new();
+    match kind {
+        SourceKind::File => {
+            id.insert(
+                "device".into(),
+                format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev())),
+            );
+            id.insert("inode".into(), meta.ino().to_string());
+        }
+        SourceKind::BlockDevice => {
+            let (maj, min) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            id.insert("device_number".into(), format!("{maj}:{min}"));
+            let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+            for (key, rel) in [
+                ("serial", "device/serial"),
+                ("serial", "serial"),
+                ("wwid", "wwid"),
+                ("wwid", "device/wwid"),
+                ("model", "device/model"),
+                ("loop_backing_file", "loop/backing_file"),
+            ] {
+                if id.contains_key(key) {
+                    continue;
+                }
+                if let Ok(v) = std::fs::read_to_string(sys.join(rel)) {
+                    let v = v.trim();
+                    if !v.is_empty() {
+                        id.insert(key.into(), v.to_string());
+                    }
+                }
+            }
+            if let Some(name) = path
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            {
+                id.insert("kernel_name".into(), name);
+            }
+        }
+    }
+    id
+}

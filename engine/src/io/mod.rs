@@ -1,0 +1,220 @@
+//! The I/O layer: one small trait, [`Io`], with an io_uring backend (the
+//! default) and a portable pread/pwrite backend for kernels and containers
+//! where io_uring is off.
+//!
+//! A backend owns a lane's buffers and files. An operation in flight owns its
+//! buffer and its file slot until its completion has been reaped: the trait
+//! hands out a buffer only while no operation uses it, and refuses to replace
+//! a file while an operation on it is in flight. That is what makes handing
+//! raw pointers to the kernel sound.
+
+pub mod buffers;
+pub mod device;
+pub mod portable;
+pub mod uring;
+
+use std::fs::File;
+use std::io;
+
+pub use buffers::AlignedBuf;
+
+/// Which backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoChoice {
+    /// io_uring when the probe says it works, else portable.
+    Auto,
+    Uring,
+    Portable,
+}
+
+/// The backend a run ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Portable,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Portable => "portable",
+        }
+    }
+}
+
+/// The outcome of one operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The caller's tag, as given when the operation was enqueued.
+    pub user_data: u64,
+    /// Bytes transferred, or the error.
+    pub result: io::Result<usize>,
+}
+
+/// One lane's I/O: a fixed set of aligned buffers and file slots, operations
+/// enqueued, submitted in batches, and completions reaped.
+pub trait Io: Send {
+    fn backend(&self) -> Backend;
+
+    /// Put `file` in `slot` (or empty it), returning what was there.
+    /// Fails if an operation on the slot is in flight.
+    fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>>;
+
+    /// The file in `slot`, for calls outside the ring (fstat, fsync).
+    fn file(&self, slot: usize) -> Option<&File>;
+
+    /// Buffer `id`, which must not be in use by an operation.
+    fn buffer(&self, id: usize) -> &[u8];
+
+    /// Buffer `id` for writing, which must not be in use by an operation.
+    fn buffer_mut(&mut self, id: usize) -> &mut [u8];
+
+    /// Buffer `src` to read and buffer `dst` to write, at once (src != dst);
+    /// neither may be in use by an operation.
+    fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]);
+
+    /// Queue a read of `len` bytes at file `offset` into buffer `buf` at
+    /// `buf_offset`. Not submitted until [`Io::flush`].
+    fn enqueue_read(
+        &mut self,
+        slot: usize,
+        buf: usize,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+        user_data: u64,
+    );
+
+    /// Queue a write of `len` bytes from buffer `buf` at `buf_offset` to file `offset`.
+    fn enqueue_write(
+        &mut self,
+        slot: usize,
+        buf: usize,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+        user_data: u64,
+    );
+
+    /// Submit everything queued and wait until at least `wait_for`
+    /// completions are ready to pop (fewer if fewer are in flight).
+    fn flush(&mut self, wait_for: usize) -> io::Result<()>;
+
+    /// The next reaped completion.
+    fn pop_completion(&mut self) -> Option<Completion>;
+
+    /// Operations queued or submitted and not yet popped.
+    fn in_flight(&self) -> usize;
+}
+
+/// Book-keeping shared by the backends: which buffers and slots are busy.
+#[derive(Debug)]
+pub(crate) struct Ownership {
+    buf_busy: Vec<bool>,
+    slot_ops: Vec<u32>,
+}
+
+impl Ownership {
+    pub(crate) fn new(buffers: usize, slots: usize) -> Self {
+        Ownership {
+            buf_busy: vec![false; buffers],
+            slot_ops: vec![0; slots],
+        }
+    }
+
+    pub(crate) fn take(&mut self, slot: usize, buf: usize) {
+        assert!(
+            !self.buf_busy[buf],
+            "buffer {buf} is already owned by an operation in flight"
+        );
+        self.buf_busy[buf] = true;
+        self.slot_ops[slot] += 1;
+    }
+
+    pub(crate) fn release(&mut self, slot: usize, buf: usize) {
+        debug_assert!(self.buf_busy[buf]);
+        self.buf_busy[buf] = false;
+        self.slot_ops[slot] -= 1;
+    }
+
+    pub(crate) fn assert_idle(&self, buf: usize) {
+        assert!(
+            !self.buf_busy[buf],
+            "buffer {buf} is owned by an operation in flight"
+        );
+    }
+
+    pub(crate) fn slot_busy(&self, slot: usize) -> bool {
+        self.slot_ops[slot] > 0
+    }
+}
+
+/// Split-borrow two distinct buffers of a pool.
+pub(crate) fn pair<'a>(
+    bufs: &'a mut [AlignedBuf],
+    own: &Ownership,
+    src: usize,
+    dst: usize,
+) -> (&'a [u8], &'a mut [u8]) {
+    assert_ne!(src, dst, "buffer_pair needs two distinct buffers");
+    own.assert_idle(src);
+    own.assert_idle(dst);
+    if src < dst {
+        let (a, b) = bufs.split_at_mut(dst);
+        (a[src].as_slice(), b[0].as_mut_slice())
+    } else {
+        let (a, b) = bufs.split_at_mut(src);
+        (b[0].as_slice(), a[dst].as_mut_slice())
+    }
+}
+
+/// Check an operation's range against its buffer before it reaches the kernel.
+pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
+    assert!(
+        buf_offset
+            .checked_add(len)
+            .is_some_and(|end| end <= buf.len()),
+        "operation of {len} bytes at {buf_offset} overruns a {}-byte buffer",
+        buf.len()
+    );
+}
+
+/// Open a backend for one lane with buffers of the given sizes and `slots`
+/// file slots, honouring `choice`.
+pub fn open(
+    choice: Backend,
+    buffer_sizes: &[usize],
+    slots: usize,
+    queue_depth: u32,
+) -> io::Result<Box<dyn Io>> {
+    Ok(match choice {
+        Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth)?),
+        Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
+    })
+}
+
+/// Decide the backend for a run: returns it and, when the choice was not the
+/// one asked for or io_uring is off, the reason to tell the user.
+pub fn select(choice: IoChoice) -> Result<(Backend, Option<String>), String> {
+    match choice {
+        IoChoice::Portable => Ok((Backend::Portable, None)),
+        IoChoice::Uring => uring::probe()
+            .map(|()| (Backend::Uring, None))
+            .map_err(|why| format!("--io uring was asked for, but io_uring cannot be used: {why}")),
+        IoChoice::Auto => match uring::probe() {
+            Ok(()) => Ok((Backend::Uring, None)),
+            Err(why) => Ok((
+                Backend::Portable,
+                Some(format!(
+                    "io_uring unavailable ({why}); using the portable pread/pwrite backend"
+                )),
+            )),
+        },
+    }
+}
+
+/// Is this errno worth retrying as is?
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN))
+}

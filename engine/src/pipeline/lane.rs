@@ -1,0 +1,723 @@
+//! One capture lane: a thread with its own ring, read buffers, compressor and
+//! segment writer. The walk of one chunk — read, zero check, hash, compress,
+//! append to the staging buffer, index entry — happens here, on one core.
+//!
+//! Buffers: ids `0..queue_depth` are read buffers of one chunk each; the two
+//! after them are staging buffers that alternate: one fills with frames while
+//! the other is written with one large sequential O_DIRECT append.
+//! File slots: 0 is the source; 1 and 2 alternate between the segment being
+//! written and the previous one while its last write finishes.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
+
+use super::plan::Plan;
+use crate::codec::Encoder;
+use crate::error::{Error, Result};
+use crate::format::frame::{frame_len, frame_len_max, FrameHeader, FRAME_HEADER_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, INDEX_ENTRY_BYTES};
+use crate::format::manifest::SegmentInfo;
+use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{align_up, ImageId};
+use crate::io::{self, device::Source, Backend, Completion, Io};
+
+const SLOT_SOURCE: usize = 0;
+const WRITE_FLAG: u64 = 1 << 63;
+
+/// Everything the lanes of one capture share. Read-only but for atomics.
+#[derive(Debug)]
+pub(crate) struct CaptureShared<'a> {
+    pub image_id: ImageId,
+    pub dir: &'a Path,
+    pub source: &'a Source,
+    pub chunk_bytes: u32,
+    pub queue_depth: u32,
+    pub segment_size_bytes: u64,
+    pub staging_bytes: usize,
+    pub level: i32,
+    pub backend: Backend,
+    pub plan: Plan,
+    pub index: &'a File,
+    pub index_path: &'a Path,
+    /// Set when a lane fails (or the run is interrupted): the others stop
+    /// claiming work, finish what is in flight and return.
+    pub stop: &'a AtomicBool,
+    pub bytes_done: AtomicU64,
+    pub next_segment: AtomicU32,
+}
+
+impl CaptureShared<'_> {
+    fn raw_len(&self, chunk: u64) -> u32 {
+        let start = chunk * u64::from(self.chunk_bytes);
+        u64::from(self.chunk_bytes).min(self.source.size_bytes - start) as u32
+    }
+}
+
+/// What a lane did: its segments and its counters.
+#[derive(Debug, Default)]
+pub(crate) struct LaneReport {
+    pub segments: Vec<SegmentInfo>,
+    pub stats: LaneStats,
+    pub segments_direct: bool,
+}
+
+/// Counters of one lane; summed over lanes for the manifest.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LaneStats {
+    pub chunks: u64,
+    pub bytes_read: u64,
+    pub chunks_stored: u64,
+    pub chunks_zero: u64,
+    pub chunks_stored_raw: u64,
+    pub bytes_stored_payload: u64,
+    pub bytes_stored_raw: u64,
+    pub bytes_segments: u64,
+    pub nanos_io_wait: u64,
+    pub nanos_zero_check: u64,
+    pub nanos_hash: u64,
+    pub nanos_compress: u64,
+    pub nanos_cpu: u64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    first: u64,
+    end: u64,
+    next: u64,
+    done: u64,
+    entries: Vec<Option<IndexEntry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Staging {
+    buf: usize,
+    fill: usize,
+    /// Which segment (by slot) and where in it this staging buffer goes;
+    /// None while it holds nothing.
+    target: Option<(usize, u64)>,
+    in_flight: bool,
+}
+
+struct OpenSegment {
+    slot: usize,
+    seq: u32,
+    path: PathBuf,
+    /// Where the next staging buffer will be written.
+    next_offset: u64,
+    frames: u64,
+    writes_in_flight: u32,
+    hasher: Xxh3Default,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadOp {
+    chunk: u64,
+    raw_len: u32,
+    read_len: u32,
+    got: u32,
+}
+
+impl std::fmt::Debug for OpenSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenSegment")
+            .field("seq", &self.seq)
+            .field("next_offset", &self.next_offset)
+            .finish()
+    }
+}
+
+pub(crate) struct CaptureLane<'a> {
+    sh: &'a CaptureShared<'a>,
+    lane: u32,
+    io: Box<dyn Io>,
+    enc: Encoder,
+    free_reads: Vec<usize>,
+    reads: Vec<Option<ReadOp>>,
+    ready: VecDeque<usize>,
+    batches: VecDeque<Batch>,
+    staging: [Staging; 2],
+    cur: usize,
+    seg: Option<OpenSegment>,
+    closing: Option<OpenSegment>,
+    zero_hashes: Vec<(u32, u128)>,
+    report: LaneReport,
+}
+
+impl<'a> CaptureLane<'a> {
+    pub fn new(sh: &'a CaptureShared<'a>, lane: u32) -> Result<CaptureLane<'a>> {
+        let qd = sh.queue_depth as usize;
+        let mut sizes = vec![sh.chunk_bytes as usize; qd];
+        sizes.extend([sh.staging_bytes; 2]);
+        let mut io = io::open(sh.backend, &sizes, 3, sh.queue_depth + 2)
+            .map_err(|e| Error::io("set up the I/O ring for", sh.source.path.clone(), e))?;
+        io.set_file(SLOT_SOURCE, Some(sh.source.reopen()?))
+            .map_err(|e| Error::io("register", sh.source.path.clone(), e))?;
+        let enc = Encoder::new(sh.level)
+            .map_err(|e| Error::InvalidSetting(format!("zstd level {}: {e}", sh.level)))?;
+        Ok(CaptureLane {
+            sh,
+            lane,
+            io,
+            enc,
+            free_reads: (0..qd).rev().collect(),
+            reads: vec![None; qd],
+            ready: VecDeque::new(),
+            batches: VecDeque::new(),
+            staging: [
+                Staging {
+                    buf: qd,
+                    fill: 0,
+                    target: None,
+                    in_flight: false,
+                },
+                Staging {
+                    buf: qd + 1,
+                    fill: 0,
+                    target: None,
+                    in_flight: false,
+                },
+            ],
+            cur: 0,
+            seg: None,
+            closing: None,
+            zero_hashes: Vec::new(),
+            report: LaneReport {
+                segments_direct: true,
+                ..LaneReport::default()
+            },
+        })
+    }
+
+    /// Run the lane until the plan is exhausted (or another lane failed).
+    pub fn run(mut self) -> Result<LaneReport> {
+        loop {
+            self.submit_reads();
+            self.process_ready()?;
+            if self.io.in_flight() == 0 {
+                if self.ready.is_empty() && self.batches.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let t = Instant::now();
+            self.io
+                .flush(1)
+                .map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
+            self.report.stats.nanos_io_wait += t.elapsed().as_nanos() as u64;
+            while let Some(c) = self.io.pop_completion() {
+                self.dispatch(c)?;
+            }
+        }
+        if self.sh.stop.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted("another lane stopped the run".into()));
+        }
+        self.finish()?;
+        self.report.stats.nanos_cpu = thread_cpu_nanos();
+        Ok(self.report)
+    }
+
+    /// Keep `queue_depth` reads in flight, claiming batches as needed.
+    fn submit_reads(&mut self) {
+        while let Some(&buf) = self.free_reads.last() {
+            let Some(chunk) = self.next_chunk() else {
+                break;
+            };
+            self.free_reads.pop();
+            let raw_len = self.sh.raw_len(chunk);
+            // O_DIRECT needs an aligned length; past the end of a file the
+            // read simply comes back short.
+            let read_len = align_up(
+                u64::from(raw_len),
+                u64::from(self.sh.source.dio_align_bytes),
+            ) as u32;
+            self.reads[buf] = Some(ReadOp {
+                chunk,
+                raw_len,
+                read_len,
+                got: 0,
+            });
+            let offset = chunk * u64::from(self.sh.chunk_bytes);
+            self.io
+                .enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<u64> {
+        if let Some(b) = self.batches.back_mut() {
+            if b.next < b.end {
+                b.next += 1;
+                return Some(b.next - 1);
+            }
+        }
+        // Two batches open at most: the one finishing and the one starting.
+        if self.batches.len() >= 2 || self.sh.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = self.sh.plan.claim()?;
+        self.batches.push_back(Batch {
+            first: r.start,
+            end: r.end,
+            next: r.start + 1,
+            done: 0,
+            entries: vec![None; (r.end - r.start) as usize],
+        });
+        Some(r.start)
+    }
+
+    fn dispatch(&mut self, c: Completion) -> Result<()> {
+        if c.user_data & WRITE_FLAG != 0 {
+            return self.on_write(c);
+        }
+        let buf = c.user_data as usize;
+        let mut op = self.reads[buf].expect("read completion for a buffer with a read");
+        let offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
+        match c.result {
+            Err(e) if io::is_transient(&e) => {
+                self.io
+                    .enqueue_read(SLOT_SOURCE, buf, op.got as usize, (op.read_len - op.got) as usize, offset, buf as u64);
+                Ok(())
+            }
+            Err(e) => Err(Error::io_at("read source", self.sh.source.path.clone(), offset, e)),
+            Ok(0) if op.got < op.raw_len => Err(Error::Unusable {
+                path: self.sh.source.path.clone(),
+                why: format!(
+                    "source ended at offset {offset}, but it was {} bytes when the run started (did it shrink?)",
+                    self.sh.source.size_bytes
+                ),
+            }),
+            Ok(n) => {
+                op.got += n as u32;
+                self.reads[buf] = Some(op);
+                if op.got < op.raw_len {
+                    // A short read before the end: ask for the rest.
+                    let rest_offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
+                    self.io.enqueue_read(
+                        SLOT_SOURCE,
+                        buf,
+                        op.got as usize,
+                        (op.read_len - op.got) as usize,
+                        rest_offset,
+                        buf as u64,
+                    );
+                } else {
+                    self.ready.push_back(buf);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Zero-check, hash, compress and stage every completed read, as long as
+    /// a staging buffer has room.
+    fn process_ready(&mut self) -> Result<()> {
+        while let Some(&buf) = self.ready.front() {
+            let op = self.reads[buf].expect("ready buffer has a read");
+            let raw_len = op.raw_len as usize;
+            let t = Instant::now();
+            let zero = is_zero(&self.io.buffer(buf)[..raw_len]);
+            self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
+            let entry = if zero {
+                self.report.stats.chunks_zero += 1;
+                IndexEntry {
+                    state: ChunkState::Zero,
+                    segment: 0,
+                    offset: 0,
+                    stored_len: 0,
+                    raw_len: op.raw_len,
+                    raw_hash: self.zero_hash(op.raw_len),
+                    image_id: ImageId(0),
+                }
+            } else {
+                if !self.make_room()? {
+                    return Ok(()); // wait for a staging write to finish
+                }
+                self.stage(buf, op)?
+            };
+            self.ready.pop_front();
+            self.reads[buf] = None;
+            self.free_reads.push(buf);
+            self.report.stats.chunks += 1;
+            self.report.stats.bytes_read += op.raw_len as u64;
+            self.sh
+                .bytes_done
+                .fetch_add(u64::from(op.raw_len), Ordering::Relaxed);
+            self.record(op.chunk, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Hash and compress the chunk in `buf` into the current staging buffer.
+    fn stage(&mut self, buf: usize, op: ReadOp) -> Result<IndexEntry> {
+        let raw_len = op.raw_len as usize;
+        let st = self.staging[self.cur];
+        let (slot, base) = st.target.expect("make_room opened the staging buffer");
+        let (raw, out) = self.io.buffer_pair(buf, st.buf);
+        let raw = &raw[..raw_len];
+        let t = Instant::now();
+        let raw_hash = xxh3_128(raw);
+        let t2 = Instant::now();
+        let frame = &mut out[st.fill..];
+        let (codec, stored_len) = self.enc.encode(
+            raw,
+            &mut frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + raw_len],
+        );
+        let t3 = Instant::now();
+        let stored_hash =
+            xxhash_rust::xxh3::xxh3_64(&frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + stored_len]);
+        let header = FrameHeader {
+            image_id: self.sh.image_id,
+            chunk: op.chunk,
+            raw_len: op.raw_len,
+            stored_len: stored_len as u32,
+            codec,
+            raw_hash,
+            stored_hash,
+        };
+        header.encode(frame);
+        let len = frame_len(stored_len as u32) as usize;
+        // Padding must be zeros, not whatever the buffer held before.
+        frame[FRAME_HEADER_BYTES + stored_len..len].fill(0);
+        let s = &mut self.report.stats;
+        s.nanos_hash += (t2 - t).as_nanos() as u64 + t3.elapsed().as_nanos() as u64;
+        s.nanos_compress += (t3 - t2).as_nanos() as u64;
+        s.chunks_stored += 1;
+        s.bytes_stored_payload += stored_len as u64;
+        if codec == crate::format::frame::Codec::None {
+            s.chunks_stored_raw += 1;
+            s.bytes_stored_raw += stored_len as u64;
+        }
+        let offset = base + st.fill as u64;
+        self.staging[self.cur].fill += len;
+        let seg = self.segment_in(slot);
+        seg.frames += 1;
+        Ok(IndexEntry {
+            state: ChunkState::Stored,
+            segment: seg.seq,
+            offset,
+            stored_len: stored_len as u32,
+            raw_len: op.raw_len,
+            raw_hash,
+            image_id: self.sh.image_id,
+        })
+    }
+
+    fn segment_in(&mut self, slot: usize) -> &mut OpenSegment {
+        match (&mut self.seg, &mut self.closing) {
+            (Some(s), _) if s.slot == slot => s,
+            (_, Some(s)) if s.slot == slot => s,
+            _ => unreachable!("no open segment in slot {slot}"),
+        }
+    }
+
+    /// Make sure the current staging buffer can take one more frame of the
+    /// largest size. Returns false when that needs a write to finish first.
+    fn make_room(&mut self) -> Result<bool> {
+        let max_frame = frame_len_max(self.sh.chunk_bytes) as usize;
+        let st = self.staging[self.cur];
+        if st.target.is_some() && st.fill + max_frame <= self.sh.staging_bytes {
+            return Ok(true);
+        }
+        if st.target.is_some() {
+            self.submit_staging(self.cur);
+            self.cur ^= 1;
+        }
+        if self.staging[self.cur].in_flight {
+            return Ok(false);
+        }
+        self.open_staging(self.cur)?;
+        Ok(true)
+    }
+
+    /// Point an idle staging buffer at the end of the current segment,
+    /// rolling over to a new segment when this one is full.
+    fn open_staging(&mut self, i: usize) -> Result<()> {
+        let roll = match &self.seg {
+            None => true,
+            Some(s) => {
+                s.next_offset + self.sh.staging_bytes as u64 > self.sh.segment_size_bytes
+                    && s.frames > 0
+            }
+        };
+        if roll {
+            self.roll_segment()?;
+        }
+        let seg = self.seg.as_ref().expect("a segment is open");
+        let (slot, seq, base) = (seg.slot, seg.seq, seg.next_offset);
+        let buf = self.staging[i].buf;
+        let mut fill = 0;
+        if base == 0 {
+            SegmentHeader {
+                image_id: self.sh.image_id,
+                lane: self.lane,
+                seq,
+                chunk_bytes: self.sh.chunk_bytes,
+            }
+            .encode(self.io.buffer_mut(buf));
+            fill = SEGMENT_HEADER_BYTES;
+        }
+        self.staging[i] = Staging {
+            buf,
+            fill,
+            target: Some((slot, base)),
+            in_flight: false,
+        };
+        Ok(())
+    }
+
+    fn submit_staging(&mut self, i: usize) {
+        let st = self.staging[i];
+        let (slot, offset) = st.target.expect("staging buffer has a target");
+        debug_assert_eq!(st.fill % SEGMENT_HEADER_BYTES, 0);
+        let bytes = &self.io.buffer(st.buf)[..st.fill];
+        let seg = match (&mut self.seg, &mut self.closing) {
+            (Some(s), _) if s.slot == slot => s,
+            (_, Some(s)) if s.slot == slot => s,
+            _ => unreachable!("no open segment in slot {slot}"),
+        };
+        assert_eq!(
+            seg.next_offset, offset,
+            "staging buffers are written in order"
+        );
+        seg.hasher.update(bytes);
+        seg.next_offset += st.fill as u64;
+        seg.writes_in_flight += 1;
+        self.io
+            .enqueue_write(slot, st.buf, 0, st.fill, offset, WRITE_FLAG | i as u64);
+        self.staging[i].in_flight = true;
+    }
+
+    fn on_write(&mut self, c: Completion) -> Result<()> {
+        let i = (c.user_data & !WRITE_FLAG) as usize;
+        let st = self.staging[i];
+        let (slot, offset) = st.target.expect("written staging buffer has a target");
+        let path = self.segment_in(slot).path.clone();
+        match c.result {
+            Err(e) if io::is_transient(&e) => {
+                self.io
+                    .enqueue_write(slot, st.buf, 0, st.fill, offset, c.user_data);
+                return Ok(());
+            }
+            Err(e) => {
+                let e = if e.raw_os_error() == Some(libc::ENOSPC) {
+                    std::io::Error::new(e.kind(), "no space left on the destination (ENOSPC)")
+                } else {
+                    e
+                };
+                return Err(Error::io_at("write segment", path, offset, e));
+            }
+            Ok(n) if n != st.fill => {
+                return Err(Error::io_at(
+                    "write segment",
+                    path,
+                    offset,
+                    std::io::Error::other(format!(
+                        "short write: {n} of {} bytes (is the destination full?)",
+                        st.fill
+                    )),
+                ))
+            }
+            Ok(_) => {}
+        }
+        self.staging[i] = Staging {
+            buf: st.buf,
+            fill: 0,
+            target: None,
+            in_flight: false,
+        };
+        let seg = self.segment_in(slot);
+        seg.writes_in_flight -= 1;
+        let done = seg.writes_in_flight == 0;
+        if done && self.closing.as_ref().is_some_and(|s| s.slot == slot) {
+            let s = self.closing.take().expect("closing segment");
+            self.close_segment(s)?;
+        }
+        Ok(())
+    }
+
+    fn roll_segment(&mut self) -> Result<()> {
+        if let Some(old) = self.seg.take() {
+            if old.writes_in_flight == 0 {
+                self.close_segment(old)?;
+            } else {
+                assert!(self.closing.is_none(), "at most one segment is closing");
+                self.closing = Some(old);
+            }
+        }
+        let slot = match (&self.seg, &self.closing) {
+            (_, Some(c)) if c.slot == 1 => 2,
+            _ => 1,
+        };
+        let seq = self.sh.next_segment.fetch_add(1, Ordering::Relaxed);
+        let path = self.sh.dir.join(segment_file_name(self.sh.image_id, seq));
+        let (file, direct) = create_segment_file(&path)?;
+        self.report.segments_direct &= direct;
+        self.io
+            .set_file(slot, Some(file))
+            .map_err(|e| Error::io("register", path.clone(), e))?;
+        self.seg = Some(OpenSegment {
+            slot,
+            seq,
+            path,
+            next_offset: 0,
+            frames: 0,
+            writes_in_flight: 0,
+            hasher: Xxh3Default::new(),
+        });
+        Ok(())
+    }
+
+    /// All writes of `s` are done: make it durable and record it.
+    fn close_segment(&mut self, s: OpenSegment) -> Result<()> {
+        assert_eq!(s.writes_in_flight, 0);
+        let file = self
+            .io
+            .set_file(s.slot, None)
+            .map_err(|e| Error::io("release", s.path.clone(), e))?
+            .expect("segment file in its slot");
+        // A failed fsync means the kernel may have dropped our pages: the
+        // run fails; nothing written before it is trusted.
+        file.sync_all()
+            .map_err(|e| Error::io("fsync segment", s.path.clone(), e))?;
+        self.report.stats.bytes_segments += s.next_offset;
+        self.report.segments.push(SegmentInfo {
+            file: s
+                .path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned(),
+            lane: self.lane,
+            seq: s.seq,
+            size_bytes: s.next_offset,
+            frames: s.frames,
+            xxh3_64: format!("{:016x}", s.hasher.digest()),
+        });
+        Ok(())
+    }
+
+    /// Write what is staged, wait for every write, close the segment.
+    fn finish(&mut self) -> Result<()> {
+        if self.staging[self.cur].target.is_some() {
+            self.submit_staging(self.cur);
+        }
+        while self.io.in_flight() > 0 {
+            self.io
+                .flush(1)
+                .map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
+            while let Some(c) = self.io.pop_completion() {
+                self.dispatch(c)?;
+            }
+        }
+        if let Some(s) = self.seg.take() {
+            self.close_segment(s)?;
+        }
+        assert!(self.closing.is_none() && self.batches.is_empty());
+        Ok(())
+    }
+
+    /// Store a chunk's entry; write a batch's entries once all are known.
+    fn record(&mut self, chunk: u64, entry: IndexEntry) -> Result<()> {
+        let pos = self
+            .batches
+            .iter()
+            .position(|b| (b.first..b.end).contains(&chunk))
+            .expect("chunk belongs to an open batch");
+        let b = &mut self.batches[pos];
+        b.entries[(chunk - b.first) as usize] = Some(entry);
+        b.done += 1;
+        if b.done < b.end - b.first {
+            return Ok(());
+        }
+        let b = self.batches.remove(pos).expect("batch");
+        let mut bytes = vec![0u8; b.entries.len() * INDEX_ENTRY_BYTES];
+        for (e, out) in b
+            .entries
+            .iter()
+            .zip(bytes.chunks_exact_mut(INDEX_ENTRY_BYTES))
+        {
+            e.expect("every chunk of a finished batch has an entry")
+                .encode(out);
+        }
+        let at = entry_offset(b.first);
+        self.sh
+            .index
+            .write_all_at(&bytes, at)
+            .map_err(|e| Error::io_at("write index", self.sh.index_path, at, e))
+    }
+
+    fn zero_hash(&mut self, len: u32) -> u128 {
+        if let Some(&(_, h)) = self.zero_hashes.iter().find(|(l, _)| *l == len) {
+            return h;
+        }
+        let h = xxh3_128(&vec![0u8; len as usize]);
+        self.zero_hashes.push((len, h));
+        h
+    }
+}
+
+/// Create a new segment file (never replacing one), with O_DIRECT when the
+/// filesystem allows it.
+fn create_segment_file(path: &Path) -> Result<(File, bool)> {
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(path)
+    };
+    match open(true) {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // The filesystem refuses O_DIRECT; the failed open may still have
+            // created the (empty) file, which belongs to this run.
+            if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(path);
+            }
+            open(false)
+                .map(|f| (f, false))
+                .map_err(|e| Error::io("create segment", path, e))
+        }
+        Err(e) => Err(Error::io("create segment", path, e)),
+    }
+}
+
+/// True when every byte is zero. Reads 16 bytes at a time; stops at the
+/// first non-zero word, so data chunks cost almost nothing.
+pub fn is_zero(b: &[u8]) -> bool {
+    let (head, body, tail) = {
+        // SAFETY: u128 has no invalid bit patterns; align_to only yields
+        // correctly aligned, in-bounds middle elements.
+        unsafe { b.align_to::<u128>() }
+    };
+    head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
+/// CPU time this thread has used, in nanoseconds.
+pub(crate) fn thread_cpu_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_check_finds_any_non_zero_byte() {
+        let mut v = vec![0u8; 4099];
+        assert!(is_zero(&v[1..]));
+        for i in [0, 1, 15, 16, 17, 4000, 4098] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i}");
+            assert!(i == 0 || !is_zero(&v[1..]), "byte {i} unaligned");
+            v[i] = 0;
+        }
+    }
+}

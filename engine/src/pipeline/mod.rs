@@ -1,0 +1,24 @@
+//! The pipelines — capture (`create`) and `verify` — built on lanes: one
+//! thread per core, each with its own ring, buffers and codec context.
+
+pub mod capture;
+pub mod lane;
+pub mod plan;
+pub mod verify;
+
+/// Where a pipeline reports what the user should see while it runs.
+pub trait Observer: Sync {
+    /// A one-line remark (a fallback taken, a limitation met).
+    fn note(&self, msg: &str);
+    /// `done` of `total` bytes processed.
+    fn progress(&self, done: u64, total: u64);
+}
+
+/// An observer that drops everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn note(&self, _msg: &str) {}
+    fn progress(&self, _done: u64, _total: u64) {}
+}

@@ -1,0 +1,566 @@
+//! `verify`: check an image without restoring it. The manifest, the index
+//! hash and every index entry first; then lanes claim segments and read each
+//! one front to back through their ring, checking every frame's header,
+//! stored hash, decompression and raw hash against its index entry, and the
+//! segment's own hash. It reports every problem it finds, never only the first.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
+
+use super::Observer;
+use crate::codec::Decoder;
+use crate::error::{Error, Result};
+use crate::format::frame::{check_frame, frame_len, frame_len_max};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry};
+use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::FRAME_ALIGN_BYTES;
+use crate::io::{self, device::open_read_only, Backend, Io, IoChoice};
+use crate::set::{Image, ImageSet};
+
+/// How to run `verify`.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub set: PathBuf,
+    /// A unique prefix of the Image ID; None for the newest image.
+    pub image: Option<String>,
+    pub lanes: Option<u32>,
+    pub queue_depth: u32,
+    pub io: IoChoice,
+}
+
+impl VerifyOptions {
+    pub fn new(set: impl Into<PathBuf>) -> VerifyOptions {
+        VerifyOptions {
+            set: set.into(),
+            image: None,
+            lanes: None,
+            queue_depth: 4,
+            io: IoChoice::Auto,
+        }
+    }
+}
+
+/// A chunk whose stored data is missing or damaged.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BadChunk {
+    pub chunk: u64,
+    pub source_offset: u64,
+    /// The segment file and the frame's offset in it, where the index names one.
+    pub segment: Option<String>,
+    pub segment_offset: Option<u64>,
+    pub reason: String,
+}
+
+/// Damage that is not one chunk's: an index or segment file as a whole.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub offset: Option<u64>,
+    pub what: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub image_id: String,
+    pub chunk_count: u64,
+    pub chunks_stored_ok: u64,
+    pub chunks_zero: u64,
+    pub chunks_unused: u64,
+    pub chunks_unreadable: u64,
+    pub bytes_segments_read: u64,
+    pub wall_seconds: f64,
+    pub io_backend: String,
+    pub bad_chunks: Vec<BadChunk>,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// No damage found.
+    pub fn is_clean(&self) -> bool {
+        self.bad_chunks.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// One frame to check: where the index says it is.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    chunk: u64,
+    entry: IndexEntry,
+}
+
+struct Findings {
+    bad: Vec<BadChunk>,
+    problems: Vec<Problem>,
+    ok: u64,
+}
+
+/// Verify an image.
+pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
+    if let Some(why) = why {
+        obs.note(&why);
+    }
+    if !(1..=1024).contains(&opts.queue_depth) {
+        return Err(Error::InvalidSetting(format!(
+            "--queue-depth {}: must be 1 to 1024",
+            opts.queue_depth
+        )));
+    }
+    let set = ImageSet::open(&opts.set)?;
+    let img = set.resolve(opts.image.as_deref())?;
+    let m = &img.manifest;
+    let index = img.read_index()?;
+    let mut f = Findings {
+        bad: Vec::new(),
+        problems: Vec::new(),
+        ok: 0,
+    };
+    let index_name = m.index.file.clone();
+    if !index.hash_matches {
+        f.problems.push(Problem {
+            file: index_name.clone(),
+            offset: None,
+            what: "index checksum (xxh3-128) does not match the manifest: the index was modified or damaged".into(),
+        });
+    }
+    let (mut zero, mut unused, mut unreadable) = (0, 0, 0);
+    let mut per_segment: Vec<Vec<FrameRef>> = vec![Vec::new(); m.segments.len()];
+    let mut zero_hashes: Vec<(u32, u128)> = Vec::new();
+    for (chunk, e) in index.entries.iter().enumerate() {
+        let chunk = chunk as u64;
+        let (start, raw_len) = img.chunk_extent(chunk);
+        let bad = |reason: String| BadChunk {
+            chunk,
+            source_offset: start,
+            segment: None,
+            segment_offset: None,
+            reason,
+        };
+        let e = match e {
+            Ok(e) => *e,
+            Err(why) => {
+                f.bad.push(bad(format!(
+                    "index entry at offset {} is invalid: {why}",
+                    entry_offset(chunk)
+                )));
+                continue;
+            }
+        };
+        if e.raw_len != raw_len && e.state != ChunkState::Unset {
+            f.bad.push(bad(format!(
+                "index says the chunk is {} bytes, it must be {raw_len}",
+                e.raw_len
+            )));
+            continue;
+        }
+        match e.state {
+            ChunkState::Stored => match check_location(&img, &e) {
+                Ok(()) => per_segment[e.segment as usize].push(FrameRef { chunk, entry: e }),
+                Err(why) => {
+                    let mut b = bad(why);
+                    if let Some(s) = m.segments.get(e.segment as usize) {
+                        b.segment = Some(s.file.clone());
+                        b.segment_offset = Some(e.offset);
+                    }
+                    f.bad.push(b);
+                }
+            },
+            ChunkState::Zero => {
+                let h = match zero_hashes.iter().find(|(l, _)| *l == raw_len) {
+                    Some(&(_, h)) => h,
+                    None => {
+                        let h = xxh3_128(&vec![0u8; raw_len as usize]);
+                        zero_hashes.push((raw_len, h));
+                        h
+                    }
+                };
+                if e.raw_hash == h {
+                    zero += 1;
+                } else {
+                    f.bad.push(bad(
+                        "index marks the chunk zero-filled but holds another chunk's hash".into(),
+                    ));
+                }
+            }
+            ChunkState::Unused => unused += 1,
+            ChunkState::Unreadable => unreadable += 1,
+            ChunkState::Unset => f.bad.push(bad(
+                "index entry was never written (the run that made it did not finish)".into(),
+            )),
+            ChunkState::Inherited => f.bad.push(bad(
+                "chunk is inherited from an ancestor image, which this build cannot follow".into(),
+            )),
+        }
+    }
+    for frames in &mut per_segment {
+        frames.sort_by_key(|r| r.entry.offset);
+    }
+
+    let lanes = opts
+        .lanes
+        .unwrap_or_else(super::capture::available_cores)
+        .clamp(1, 256) as usize;
+    let mut order: Vec<usize> = (0..m.segments.len()).collect();
+    order.sort_by_key(|&s| std::cmp::Reverse(m.segments[s].size_bytes));
+    let shared = VerifyShared {
+        img: &img,
+        per_segment: &per_segment,
+        order: &order,
+        next: AtomicUsize::new(0),
+        bytes_done: AtomicU64::new(0),
+        queue_depth: opts.queue_depth,
+        backend,
+        findings: Mutex::new(f),
+    };
+    let total: u64 = m.segments.iter().map(|s| s.size_bytes).sum();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..lanes.min(order.len().max(1)))
+            .map(|i| {
+                let sh = &shared;
+                std::thread::Builder::new()
+                    .name(format!("tintype-verify-{i}"))
+                    .spawn_scoped(scope, move || sh.run_lane())
+                    .expect("spawn verify lane")
+            })
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            obs.progress(shared.bytes_done.load(Ordering::Relaxed), total);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        obs.progress(shared.bytes_done.load(Ordering::Relaxed), total);
+        for h in handles {
+            h.join().expect("verify lane panicked")?;
+        }
+        Ok(())
+    })?;
+    let mut f = shared.findings.into_inner().expect("findings lock");
+    f.bad.sort_by_key(|b| b.chunk);
+    Ok(VerifyReport {
+        image_id: m.image_id.clone(),
+        chunk_count: m.chunk_count,
+        chunks_stored_ok: f.ok,
+        chunks_zero: zero,
+        chunks_unused: unused,
+        chunks_unreadable: unreadable,
+        bytes_segments_read: shared.bytes_done.load(Ordering::Relaxed),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        io_backend: backend.name().into(),
+        bad_chunks: f.bad,
+        problems: f.problems,
+    })
+}
+
+/// Does a stored entry point inside one of the image's segments?
+fn check_location(img: &Image, e: &IndexEntry) -> std::result::Result<(), String> {
+    let Some(seg) = img.manifest.segments.get(e.segment as usize) else {
+        return Err(format!(
+            "index names segment {}, but the image has {}",
+            e.segment,
+            img.manifest.segments.len()
+        ));
+    };
+    if e.stored_len > e.raw_len {
+        return Err(format!(
+            "index stored length {} exceeds the raw length {}",
+            e.stored_len, e.raw_len
+        ));
+    }
+    if e.offset < SEGMENT_HEADER_BYTES as u64
+        || e.offset % FRAME_ALIGN_BYTES != 0
+        || e.offset + frame_len(e.stored_len) > seg.size_bytes
+    {
+        return Err(format!(
+            "index points at offset {} (+{} bytes), outside the frames of {} ({} bytes)",
+            e.offset,
+            frame_len(e.stored_len),
+            seg.file,
+            seg.size_bytes
+        ));
+    }
+    Ok(())
+}
+
+struct VerifyShared<'a> {
+    img: &'a Image,
+    per_segment: &'a [Vec<FrameRef>],
+    order: &'a [usize],
+    next: AtomicUsize,
+    bytes_done: AtomicU64,
+    queue_depth: u32,
+    backend: Backend,
+    findings: Mutex<Findings>,
+}
+
+impl VerifyShared<'_> {
+    fn run_lane(&self) -> Result<()> {
+        let qd = self.queue_depth as usize;
+        let frame_max = frame_len_max(self.img.manifest.chunk_size_bytes) as usize;
+        let mut io = io::open(self.backend, &vec![frame_max; qd], 1, self.queue_depth)
+            .map_err(|e| Error::io("set up the I/O ring for", self.img.dir.clone(), e))?;
+        let mut dec =
+            Decoder::new().map_err(|e| Error::io("create decoder for", self.img.dir.clone(), e))?;
+        let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&seg) = self.order.get(i) else {
+                return Ok(());
+            };
+            let mut f = Findings {
+                bad: Vec::new(),
+                problems: Vec::new(),
+                ok: 0,
+            };
+            self.verify_segment(io.as_mut(), seg, &mut dec, &mut raw, &mut f)?;
+            let mut all = self.findings.lock().expect("findings lock");
+            all.bad.append(&mut f.bad);
+            all.problems.append(&mut f.problems);
+            all.ok += f.ok;
+        }
+    }
+
+    fn verify_segment(
+        &self,
+        io: &mut dyn Io,
+        seg: usize,
+        dec: &mut Decoder,
+        raw: &mut [u8],
+        f: &mut Findings,
+    ) -> Result<()> {
+        let info = &self.img.manifest.segments[seg];
+        let path = self.img.segment_path(seg);
+        let frames = &self.per_segment[seg];
+        let bad_all = |f: &mut Findings, why: &str| {
+            for r in frames {
+                f.bad.push(self.bad(r, info.file.clone(), why.to_string()));
+            }
+        };
+        let (file, _direct) = match open_read_only(&path, true) {
+            Ok(x) => x,
+            Err(e) => {
+                f.problems.push(Problem {
+                    file: info.file.clone(),
+                    offset: None,
+                    what: format!("cannot open: {e}"),
+                });
+                bad_all(f, "its segment file cannot be opened");
+                return Ok(());
+            }
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
+        if len != info.size_bytes {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: Some(len.min(info.size_bytes)),
+                what: format!(
+                    "segment is {len} bytes, the manifest says {} ({})",
+                    info.size_bytes,
+                    if len < info.size_bytes {
+                        "truncated"
+                    } else {
+                        "extended"
+                    }
+                ),
+            });
+        }
+        io.set_file(0, Some(file))
+            .map_err(|e| Error::io("register", &path, e))?;
+        let mut hasher = Xxh3Default::new();
+        // The segment header first, with one read.
+        io.enqueue_read(0, 0, 0, SEGMENT_HEADER_BYTES, 0, u64::MAX);
+        io.flush(1).map_err(|e| Error::io("read", &path, e))?;
+        let c = io.pop_completion().expect("header read completion");
+        let head_ok = match c.result {
+            Ok(n) => {
+                let b = &io.buffer(0)[..n];
+                hasher.update(b);
+                match SegmentHeader::decode(b) {
+                    Ok(h) if h.image_id != self.img.id() || h.seq as usize != seg => Err(format!(
+                        "segment header names image {} segment {}, expected image {} segment {seg}",
+                        h.image_id,
+                        h.seq,
+                        self.img.id()
+                    )),
+                    Ok(_) => Ok(()),
+                    Err(why) => Err(why),
+                }
+            }
+            Err(e) => Err(format!("cannot read the segment header: {e}")),
+        };
+        if let Err(what) = head_ok {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: Some(0),
+                what,
+            });
+        }
+        self.bytes_done
+            .fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+
+        let mut free: Vec<usize> = (0..self.queue_depth as usize).rev().collect();
+        let mut window: VecDeque<(usize, usize, Option<std::io::Result<usize>>)> = VecDeque::new();
+        let mut next = 0usize;
+        let mut expected_offset = SEGMENT_HEADER_BYTES as u64;
+        let mut contiguous = true;
+        while next < frames.len() || !window.is_empty() {
+            while next < frames.len() {
+                let Some(buf) = free.pop() else { break };
+                let e = frames[next].entry;
+                io.enqueue_read(
+                    0,
+                    buf,
+                    0,
+                    frame_len(e.stored_len) as usize,
+                    e.offset,
+                    buf as u64,
+                );
+                window.push_back((next, buf, None));
+                next += 1;
+            }
+            io.flush(1).map_err(|e| Error::io("read", &path, e))?;
+            while let Some(c) = io.pop_completion() {
+                let slot = window
+                    .iter_mut()
+                    .find(|w| w.1 == c.user_data as usize && w.2.is_none())
+                    .expect("completion for a read in the window");
+                match c.result {
+                    Err(e) if io::is_transient(&e) => {
+                        let entry = frames[slot.0].entry;
+                        io.enqueue_read(
+                            0,
+                            slot.1,
+                            0,
+                            frame_len(entry.stored_len) as usize,
+                            entry.offset,
+                            slot.1 as u64,
+                        );
+                    }
+                    r => slot.2 = Some(r),
+                }
+            }
+            // Check frames in segment order, so the segment hash runs in order.
+            while window.front().is_some_and(|w| w.2.is_some()) {
+                let (k, buf, result) = window.pop_front().expect("front");
+                let r = frames[k];
+                let want = frame_len(r.entry.stored_len) as usize;
+                if r.entry.offset != expected_offset {
+                    contiguous = false;
+                }
+                expected_offset = r.entry.offset + want as u64;
+                match result.expect("completed") {
+                    Err(e) => {
+                        f.bad
+                            .push(self.bad(&r, info.file.clone(), format!("read failed: {e}")))
+                    }
+                    Ok(n) => {
+                        let bytes = &io.buffer(buf)[..n];
+                        if contiguous {
+                            hasher.update(bytes);
+                        }
+                        self.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+                        if n < want {
+                            f.bad.push(self.bad(
+                                &r,
+                                info.file.clone(),
+                                format!(
+                                    "frame truncated: the segment ends at offset {}, the frame needs {want} bytes",
+                                    r.entry.offset + n as u64
+                                ),
+                            ));
+                        } else {
+                            match self.check(&r, bytes, dec, raw) {
+                                Ok(()) => f.ok += 1,
+                                Err(why) => f.bad.push(self.bad(&r, info.file.clone(), why)),
+                            }
+                        }
+                    }
+                }
+                free.push(buf);
+            }
+        }
+        io.set_file(0, None)
+            .map_err(|e| Error::io("release", &path, e))?;
+        if !contiguous {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: None,
+                what: "the index's frames overlap or leave gaps in this segment".into(),
+            });
+        } else if expected_offset != info.size_bytes {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: Some(expected_offset),
+                what: format!(
+                    "the indexed frames end at offset {expected_offset}, the manifest says the segment is {} bytes",
+                    info.size_bytes
+                ),
+            });
+        } else if len == info.size_bytes && format!("{:016x}", hasher.digest()) != info.xxh3_64 {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: None,
+                what: "segment checksum (xxh3-64) does not match the manifest".into(),
+            });
+        }
+        if frames.len() as u64 != info.frames {
+            f.problems.push(Problem {
+                file: info.file.clone(),
+                offset: None,
+                what: format!(
+                    "the index points at {} frames here, the manifest counts {}",
+                    frames.len(),
+                    info.frames
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn check(
+        &self,
+        r: &FrameRef,
+        bytes: &[u8],
+        dec: &mut Decoder,
+        raw: &mut [u8],
+    ) -> std::result::Result<(), String> {
+        let h = check_frame(bytes, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
+        let e = &r.entry;
+        if h.chunk != r.chunk {
+            return Err(format!(
+                "frame holds chunk {}, the index expects chunk {} here",
+                h.chunk, r.chunk
+            ));
+        }
+        if h.image_id != self.img.id() {
+            return Err(format!(
+                "frame belongs to image {}, not {}",
+                h.image_id,
+                self.img.id()
+            ));
+        }
+        if h.raw_len != e.raw_len || h.stored_len != e.stored_len || h.raw_hash != e.raw_hash {
+            return Err("frame header disagrees with the index (lengths or raw hash)".into());
+        }
+        Ok(())
+    }
+
+    fn bad(&self, r: &FrameRef, file: String, reason: String) -> BadChunk {
+        BadChunk {
+            chunk: r.chunk,
+            source_offset: self.img.chunk_extent(r.chunk).0,
+            segment: Some(file),
+            segment_offset: Some(r.entry.offset),
+            reason,
+        }
+    }
+}
