@@ -177,13 +177,16 @@ pub const fn frame_len_max(chunk_bytes: u32) -> u64 {
     frame_len(stored_len_max(chunk_bytes))
 }
 
+/// A payload decoder: stored bytes in, raw bytes out, decoded length back.
+pub type DecodeFn<'a> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'a;
+
 /// Check a whole frame (`bytes` starts at its header and holds at least
 /// header + payload) and decode its payload into `raw_out`, returning the
 /// header. `decompress` is the codec; it returns the decoded length.
 pub fn check_frame(
     bytes: &[u8],
     raw_out: &mut [u8],
-    decompress: &mut dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String>,
+    decompress: &mut DecodeFn<'_>,
 ) -> Result<FrameHeader, FrameError> {
     let h = FrameHeader::decode(bytes)?;
     let end = FRAME_HEADER_BYTES + h.stored_len as usize;
