@@ -207,6 +207,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .set_len(entry_offset(chunk_count))
         .map_err(|e| Error::io("size index", &index_path, e))?;
 
+    // Batches of up to 64 MiB keep each lane's reads sequential; a small
+    // source gets smaller batches so every lane has a share.
+    let batch_chunks = (chunk_count / (u64::from(lanes) * 8))
+        .clamp(1, (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1));
     let stop = AtomicBool::new(false);
     let sh = CaptureShared {
         image_id: id,
@@ -218,10 +222,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         staging_bytes: staging_bytes(opts.chunk_size_bytes),
         level: opts.level,
         backend,
-        plan: Plan::new(
-            chunk_count,
-            (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1),
-        ),
+        plan: Plan::new(chunk_count, batch_chunks),
         index: &index,
         index_path: &index_path,
         stop: &stop,
@@ -293,7 +294,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             lanes,
             queue_depth: opts.queue_depth,
             segment_size_bytes: opts.segment_size_bytes,
-            batch_chunks: (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1) as u32,
+            batch_chunks: batch_chunks as u32,
             io_backend: backend.name().into(),
             source_direct_io: source.direct,
         },
@@ -318,6 +319,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
 /// from this thread until they finish.
 fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<Vec<LaneReport>> {
     let cores = allowed_cores();
+    // Lanes set up (rings, buffers) first and start claiming together, so a
+    // quick first lane does not take a small source's every batch.
+    let start = std::sync::Barrier::new(lanes as usize);
+    let start = &start;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..lanes)
             .map(|lane| {
@@ -328,7 +333,9 @@ fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<V
                         if let Some(core) = core {
                             pin_to_core(core);
                         }
-                        let r = CaptureLane::new(sh, lane).and_then(|l| l.run());
+                        let lane = CaptureLane::new(sh, lane);
+                        start.wait();
+                        let r = lane.and_then(|l| l.run());
                         if r.is_err() {
                             sh.stop.store(true, Ordering::Relaxed);
                         }

@@ -197,10 +197,12 @@ impl<'a> CaptureLane<'a> {
     /// Run the lane until the plan is exhausted (or another lane failed).
     pub fn run(mut self) -> Result<LaneReport> {
         loop {
-            self.submit_reads();
             self.process_ready()?;
-            if self.io.in_flight() == 0 {
-                if self.ready.is_empty() && self.batches.is_empty() {
+            self.submit_reads();
+            if self.io.in_flight() == 0 && self.ready.is_empty() {
+                // Nothing in flight and nothing claimable: done, or stopped
+                // by another lane with part of a batch never read.
+                if self.batches.is_empty() || self.sh.stop.load(Ordering::Relaxed) {
                     break;
                 }
                 continue;

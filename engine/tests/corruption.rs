@@ -1,0 +1,267 @@
+//! Deliberate damage to finished images: verify names what is wrong and
+//! where; nothing panics.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use tintype::format::index::ChunkState;
+
+use crate::util::*;
+
+/// A set with one image of a mixed source, on the given backend.
+fn image(sb: &Sandbox, backend: &str) -> Vec<u8> {
+    let data = mixed_bytes(6 << 20, 21);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(
+        &[
+            "create",
+            "src.img",
+            "set",
+            "--chunk-size",
+            "64K",
+            "--io",
+            backend,
+        ],
+        0,
+    );
+    data
+}
+
+fn stored_chunks(set: &Path) -> Vec<u64> {
+    let (_, entries) = load(set);
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.state == ChunkState::Stored)
+        .map(|(i, _)| i as u64)
+        .collect()
+}
+
+fn flip(path: &Path, offset: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn only_file(set: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut v: Vec<_> = std::fs::read_dir(set)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v.remove(0)
+}
+
+/// One flipped byte in a frame's payload, and one in another frame's header:
+/// verify exits 3 and names both chunks with their segment file and offset.
+#[test]
+fn flipped_bytes_are_named_by_chunk_segment_and_offset() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        image(&sb, backend);
+        let set = sb.path("set");
+        let stored = stored_chunks(&set);
+        let (a, b) = (stored[3], stored[stored.len() - 2]);
+        let (seg_a, ea) = frame_of(&set, a);
+        let (seg_b, eb) = frame_of(&set, b);
+        flip(&seg_a, ea.offset + 64 + u64::from(ea.stored_len) / 2);
+        flip(&seg_b, eb.offset + 20);
+        let out = sb.expect(&["verify", "set", "--io", backend], 3);
+        let text = stdout(&out);
+        for (chunk, seg, e) in [(a, &seg_a, ea), (b, &seg_b, eb)] {
+            let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+            let line = format!(
+                "BAD chunk {chunk} (source offset {}): {name} at offset {}",
+                chunk * 65536,
+                e.offset
+            );
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        let out = sb.expect(&["verify", "set", "--io", backend, "--json"], 3);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut bad: Vec<u64> = r["bad_chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["chunk"].as_u64().unwrap())
+            .collect();
+        bad.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(bad, want, "exactly the damaged chunks are reported");
+        assert_eq!(r["clean"], false);
+    }
+}
+
+/// A segment cut in half: every chunk whose frame was lost is named, and the
+/// segment is reported truncated.
+#[test]
+fn truncated_segment_names_the_lost_chunks() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        image(&sb, backend);
+        let set = sb.path("set");
+        let seg = only_file(&set, ".seg");
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let cut = (len / 2) / 4096 * 4096 + 100;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let (img, entries) = load(&set);
+        let seg_no = img
+            .manifest
+            .segments
+            .iter()
+            .position(|s| seg.ends_with(&s.file))
+            .unwrap() as u32;
+        let lost: Vec<usize> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.state == ChunkState::Stored
+                    && e.segment == seg_no
+                    && e.offset + 64 + u64::from(e.stored_len) > cut
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!lost.is_empty());
+        let out = sb.expect(&["verify", "set", "--io", backend, "--json"], 3);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let bad: Vec<usize> = r["bad_chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["chunk"].as_u64().unwrap() as usize)
+            .collect();
+        for c in &lost {
+            assert!(bad.contains(c), "lost chunk {c} is reported: {bad:?}");
+        }
+        let problems = r["problems"].to_string();
+        assert!(problems.contains("truncated"), "{problems}");
+    }
+}
+
+#[test]
+fn missing_manifest_is_not_a_committed_image() {
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let m = only_file(&sb.path("set"), ".manifest.json");
+    std::fs::remove_file(&m).unwrap();
+    for cmd in ["verify", "info"] {
+        let out = sb.expect(&[cmd, "set"], 4);
+        assert!(
+            stderr(&out).contains("not a committed image"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("unfinished"), "{}", stderr(&out));
+    }
+}
+
+/// Random bytes in place of each file: a clear error naming the file, never a panic.
+#[test]
+fn random_bytes_as_manifest_index_or_segment_are_reported() {
+    let junk = mixed_bytes(256 << 10, 99);
+    for (suffix, code, needle) in [
+        (".manifest.json", 3, "manifest.json"),
+        (".index", 3, ".index"),
+        (".seg", 3, ".seg"),
+    ] {
+        let sb = Sandbox::new();
+        image(&sb, "portable");
+        let f = only_file(&sb.path("set"), suffix);
+        let len = std::fs::metadata(&f).unwrap().len() as usize;
+        std::fs::write(&f, &junk[..len.min(junk.len())]).unwrap();
+        let out = sb.run(&["verify", "set"]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{suffix}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let all = stdout(&out) + &stderr(&out);
+        assert!(
+            all.contains(needle),
+            "{suffix}: the message names the file:\n{all}"
+        );
+        assert!(!all.contains("panicked"), "{all}");
+    }
+}
+
+/// Files from a newer format version are refused with exit 4 and a message
+/// that says so.
+#[test]
+fn newer_format_versions_are_refused() {
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let m = only_file(&sb.path("set"), ".manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["format_version"] = 2.into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = sb.expect(&["verify", "set"], 4);
+    assert!(
+        stderr(&out).contains("format version 2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb.expect(&["info", "set"], 4);
+    assert!(stderr(&out).contains("newer tintype"), "{}", stderr(&out));
+
+    // An index header claiming version 2 (with a valid header checksum).
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let idx = only_file(&sb.path("set"), ".index");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&idx)
+        .unwrap();
+    let mut head = [0u8; 64];
+    f.read_exact_at(&mut head, 0).unwrap();
+    head[8] = 2;
+    let h = xxhash_rust::xxh3::xxh3_64(&head[..56]);
+    head[56..64].copy_from_slice(&h.to_le_bytes());
+    f.write_all_at(&head, 0).unwrap();
+    let out = sb.expect(&["verify", "set"], 4);
+    assert!(
+        stderr(&out).contains("index format version 2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A changed index entry (pointing a chunk at another chunk's frame) is caught
+/// by the index hash and by the frame check.
+#[test]
+fn a_tampered_index_entry_is_caught() {
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let set = sb.path("set");
+    let stored = stored_chunks(&set);
+    let (_, entries) = load(&set);
+    let (a, b) = (stored[1], stored[2]);
+    let mut e = entries[a as usize];
+    e.offset = entries[b as usize].offset;
+    e.stored_len = entries[b as usize].stored_len;
+    let mut bytes = [0u8; 48];
+    e.encode(&mut bytes);
+    let idx = only_file(&set, ".index");
+    let f = std::fs::OpenOptions::new().write(true).open(&idx).unwrap();
+    f.write_all_at(&bytes, 64 + 48 * a).unwrap();
+    let out = sb.expect(&["verify", "set"], 3);
+    let text = stdout(&out);
+    assert!(text.contains(&format!("BAD chunk {a} ")), "{text}");
+    assert!(text.contains("index checksum"), "{text}");
+}

@@ -1,0 +1,289 @@
+//! `create`, `verify` and `info` on files: hashes, states, round trips,
+//! bad flags, interrupted runs.
+
+use std::time::Duration;
+
+use tintype::format::index::ChunkState;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::util::*;
+
+/// An odd-sized mixed source imaged on every backend, with several lanes and
+/// segment roll-over: every raw hash in the index equals one computed here
+/// from the source, zero chunks are recorded (not stored), verify passes and
+/// every chunk reads back identical.
+#[test]
+fn create_records_true_hashes_and_round_trips_on_every_backend() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let size = 21 * (1 << 20) + 12_345; // not a multiple of the chunk size
+        let data = mixed_bytes(size, 7);
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        sb.expect(
+            &[
+                "create",
+                "src.img",
+                "set",
+                "--chunk-size",
+                "64K",
+                "--lanes",
+                "2",
+                "--queue-depth",
+                "3",
+                "--segment-size",
+                "9M",
+                "--io",
+                backend,
+            ],
+            0,
+        );
+        let (img, entries) = load(&sb.path("set"));
+        assert_eq!(
+            img.manifest.settings.io_backend,
+            if backend == "uring" {
+                "io_uring"
+            } else {
+                "portable"
+            }
+        );
+        assert_eq!(entries.len() as u64, (size as u64).div_ceil(64 << 10));
+        let (mut zero, mut stored) = (0, 0);
+        for (chunk, e) in entries.iter().enumerate() {
+            let start = chunk * (64 << 10);
+            let raw = &data[start..(start + (64 << 10)).min(size)];
+            assert_eq!(e.raw_len as usize, raw.len(), "chunk {chunk} length");
+            assert_eq!(e.raw_hash, xxh3_128(raw), "chunk {chunk} hash ({backend})");
+            if raw.iter().all(|&b| b == 0) {
+                assert_eq!(
+                    e.state,
+                    ChunkState::Zero,
+                    "all-zero chunk {chunk} is recorded, not stored"
+                );
+                zero += 1;
+            } else {
+                assert_eq!(e.state, ChunkState::Stored);
+                stored += 1;
+            }
+        }
+        assert!(
+            zero > 10 && stored > 100,
+            "the source mixes zero and data chunks ({zero}, {stored})"
+        );
+        let lanes: std::collections::BTreeSet<u32> =
+            img.manifest.segments.iter().map(|s| s.lane).collect();
+        assert_eq!(lanes.len(), 2, "both lanes wrote segments");
+        assert_round_trip(&sb.path("set"), &data);
+        let out = sb.expect(&["verify", "set", "--io", backend], 0);
+        assert!(
+            stdout(&out).contains(&format!("{} OK", img.manifest.image_id)),
+            "{}",
+            stdout(&out)
+        );
+
+        // Stored raw, the same source fills several 9 MiB segments per lane.
+        sb.expect(
+            &[
+                "create",
+                "src.img",
+                "raw",
+                "--chunk-size",
+                "64K",
+                "--lanes",
+                "2",
+                "--level",
+                "0",
+                "--segment-size",
+                "9M",
+                "--io",
+                backend,
+            ],
+            0,
+        );
+        let (img, _) = load(&sb.path("raw"));
+        assert!(
+            img.manifest.segments.len() >= 3,
+            "segments rolled over: {}",
+            img.manifest.segments.len()
+        );
+        assert!(img
+            .manifest
+            .segments
+            .iter()
+            .all(|s| s.size_bytes <= 9 << 20));
+        assert_round_trip(&sb.path("raw"), &data);
+        sb.expect(&["verify", "raw", "--io", backend], 0);
+    }
+}
+
+/// Level 0 stores every non-zero chunk raw; an all-zero source stores nothing.
+#[test]
+fn level_zero_stores_raw_and_all_zero_sources_store_nothing() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let data = mixed_bytes(3 << 20, 11);
+        std::fs::write(sb.path("a.img"), &data).unwrap();
+        sb.expect(
+            &["create", "a.img", "a", "--level", "0", "--io", backend],
+            0,
+        );
+        let (img, _) = load(&sb.path("a"));
+        assert_eq!(
+            img.manifest.stats.chunks_stored,
+            img.manifest.stats.chunks_stored_raw
+        );
+        assert_round_trip(&sb.path("a"), &data);
+        sb.expect(&["verify", "a", "--io", backend], 0);
+
+        std::fs::write(sb.path("z.img"), vec![0u8; 5 << 20]).unwrap();
+        sb.expect(&["create", "z.img", "z", "--io", backend], 0);
+        let (img, entries) = load(&sb.path("z"));
+        assert!(img.manifest.segments.is_empty());
+        assert!(entries.iter().all(|e| e.state == ChunkState::Zero));
+        sb.expect(&["verify", "z", "--io", backend], 0);
+    }
+}
+
+#[test]
+fn negative_fast_levels_and_json_summary() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(2 << 20, 3);
+    std::fs::write(sb.path("s.img"), &data).unwrap();
+    let out = sb.expect(&["create", "s.img", "set", "--level", "-5", "--json"], 0);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("create --json prints JSON");
+    assert_eq!(v["source_bytes"], 2 << 20);
+    assert_eq!(v["manifest"]["level"], -5);
+    let id = v["image_id"].as_str().unwrap().to_string();
+    assert_round_trip(&sb.path("set"), &data);
+
+    let out = sb.expect(&["info", &format!("set@{}", &id[..6]), "--json"], 0);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["manifest"]["image_id"], id.as_str());
+    assert_eq!(info["manifest"]["source"]["size_bytes"], 2 << 20);
+    let out = sb.expect(&["info", "set"], 0);
+    assert!(stdout(&out).contains(&id));
+
+    let out = sb.expect(&["verify", "set", "--json"], 0);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["clean"], true);
+    assert_eq!(r["bad_chunks"].as_array().unwrap().len(), 0);
+}
+
+/// Bad flags exit 2 with a message that names the flag; a missing source
+/// exits 1 naming the path.
+#[test]
+fn bad_flags_and_missing_sources_are_clear_errors() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("s.img"), vec![1u8; 1 << 20]).unwrap();
+    for (args, needle) in [
+        (vec!["--chunk-size", "1000"], "--chunk-size"),
+        (vec!["--chunk-size", "128M"], "--chunk-size"),
+        (vec!["--level", "99"], "--level"),
+        (vec!["--queue-depth", "0"], "--queue-depth"),
+        (vec!["--lanes", "0"], "--lanes"),
+        (vec!["--segment-size", "1M"], "--segment-size"),
+        (vec!["--chunk-size", "lots"], "size"),
+    ] {
+        let mut a = vec!["create", "s.img", "set"];
+        a.extend(args.iter());
+        let out = sb.expect(&a, 2);
+        assert!(stderr(&out).contains(needle), "{a:?}: {}", stderr(&out));
+    }
+    assert!(!sb.path("set").exists(), "a refused run creates nothing");
+    let out = sb.expect(&["create", "missing.img", "set"], 1);
+    assert!(stderr(&out).contains("missing.img"), "{}", stderr(&out));
+    let out = sb.expect(&["verify", "nowhere"], 1);
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+}
+
+/// A committed image is never overwritten: asking for an existing Image ID fails
+/// and the first image still verifies.
+#[test]
+fn an_existing_image_is_never_overwritten() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("a.img"), mixed_bytes(1 << 20, 1)).unwrap();
+    std::fs::write(sb.path("b.img"), mixed_bytes(1 << 20, 2)).unwrap();
+    sb.expect(
+        &["create", "a.img", "set", "--image-id", "00000000000000aa"],
+        0,
+    );
+    let before = std::fs::read(sb.path("set/00000000000000aa.manifest.json")).unwrap();
+    let out = sb.expect(
+        &["create", "b.img", "set", "--image-id", "00000000000000aa"],
+        2,
+    );
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(sb.path("set/00000000000000aa.manifest.json")).unwrap(),
+        before
+    );
+    sb.expect(&["verify", "set@000000000"], 0);
+}
+
+/// kill -9 in the middle of create: no committed image appears, and the next
+/// create into the same set succeeds and verifies.
+#[test]
+fn killed_create_commits_nothing_and_the_next_create_works() {
+    let sb = Sandbox::new();
+    // Text at a high level is slow enough to be killed mid-run.
+    let text: Vec<u8> = b"the lane reads the chunk and the ring writes the frame "
+        .iter()
+        .copied()
+        .cycle()
+        .take(48 << 20)
+        .enumerate()
+        .map(|(i, b)| b ^ ((i / 4093) as u8 & 1))
+        .collect();
+    std::fs::write(sb.path("big.img"), &text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+        .args(["create", "big.img", "set", "--level", "19", "--lanes", "1"])
+        .current_dir(sb.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the run has written something, then kill it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let has_files = std::fs::read_dir(sb.path("set"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".index"))
+            })
+            .unwrap_or(false);
+        if has_files || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "create finished before it could be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let names: Vec<String> = std::fs::read_dir(sb.path("set"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".manifest.json")),
+        "no committed image: {names:?}"
+    );
+    let out = sb.expect(&["verify", "set"], 4);
+    assert!(
+        stderr(&out).contains("no committed image"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(sb.path("small.img"), mixed_bytes(2 << 20, 5)).unwrap();
+    sb.expect(&["create", "small.img", "set"], 0);
+    sb.expect(&["verify", "set"], 0);
+    assert_round_trip(
+        &sb.path("set"),
+        &std::fs::read(sb.path("small.img")).unwrap(),
+    );
+}

@@ -1,0 +1,141 @@
+//! Helpers: a sandbox directory, running the CLI, deterministic sources.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tintype::codec::Decoder;
+use tintype::format::index::IndexEntry;
+use tintype::set::{Image, ImageSet};
+
+/// The backends every test body runs on. io_uring is left out only where
+/// the kernel refuses it, and then the test says so.
+pub fn backends() -> Vec<&'static str> {
+    match tintype::io::uring::probe() {
+        Ok(()) => vec!["uring", "portable"],
+        Err(why) => {
+            eprintln!("NOTE: io_uring unavailable ({why}); running on the portable backend only");
+            vec!["portable"]
+        }
+    }
+}
+
+/// A fresh directory, removed afterwards.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Run `tintype` with `args`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tintype"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run tintype")
+    }
+
+    /// Run and require exit code `code`, returning stdout.
+    pub fn expect(&self, args: &[&str], code: i32) -> Output {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tintype {args:?} exited {:?}, expected {code}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Deterministic mixed content in 16 KiB pieces: zeros, text, random bytes
+/// and repetitive binary, so small sources still exercise every path.
+pub fn mixed_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut v = vec![0u8; size];
+    let words: [&[u8]; 8] = [
+        b"sector ", b"image ", b"the ", b"chunk ", b"lane ", b"of ", b"ring ", b"frame\n",
+    ];
+    let mut at = 0;
+    while at < size {
+        let piece = (16 << 10) * (1 + (next() % 8) as usize);
+        let end = (at + piece).min(size);
+        match next() % 4 {
+            0 => {}
+            1 => {
+                let mut i = at;
+                while i < end {
+                    let w = words[(next() % 8) as usize];
+                    let n = w.len().min(end - i);
+                    v[i..i + n].copy_from_slice(&w[..n]);
+                    i += n;
+                }
+            }
+            2 => v[at..end].iter_mut().for_each(|b| *b = next() as u8),
+            _ => v[at..end]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i / 512) as u8 ^ 0x5a),
+        }
+        at = end;
+    }
+    v
+}
+
+/// The newest image of `set` and its decoded index entries.
+pub fn load(set: &Path) -> (Image, Vec<IndexEntry>) {
+    let img = ImageSet::open(set).unwrap().resolve(None).unwrap();
+    let idx = img.read_index().unwrap();
+    assert!(idx.hash_matches, "index hash matches the manifest");
+    let entries = idx.entries.into_iter().map(|e| e.unwrap()).collect();
+    (img, entries)
+}
+
+/// Read every chunk of the newest image of `set` back and compare with `source`.
+pub fn assert_round_trip(set: &Path, source: &[u8]) {
+    let (img, entries) = load(set);
+    assert_eq!(img.manifest.source.size_bytes, source.len() as u64);
+    let mut dec = Decoder::new().unwrap();
+    let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
+    for (chunk, e) in entries.iter().enumerate() {
+        let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec).unwrap();
+        let (start, len) = img.chunk_extent(chunk as u64);
+        assert_eq!(n, len as usize);
+        assert!(
+            buf[..n] == source[start as usize..start as usize + n],
+            "chunk {chunk} differs from the source"
+        );
+    }
+}
+
+/// The path of the only segment file of the newest image that holds `chunk`.
+pub fn frame_of(set: &Path, chunk: u64) -> (PathBuf, IndexEntry) {
+    let (img, entries) = load(set);
+    let e = entries[chunk as usize];
+    (img.segment_path(e.segment as usize), e)
+}
