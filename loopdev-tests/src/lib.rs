@@ -1,1 +1,136 @@
+//! Helpers for root-only tests on real loop devices: RAII guards that detach
+//! loop devices and unmount filesystems on every path (panics included), a
+//! check that says why the tests cannot run, and the path of the CLI.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Why loop-device tests cannot run here, or None when they can.
+pub fn unavailable() -> Option<String> {
+    if !rustix_is_root() {
+        return Some("not running as root (loop devices need CAP_SYS_ADMIN)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control: this kernel or container has no loop devices".into());
+    }
+    if which("losetup").is_none() {
+        return Some("losetup (util-linux) is not installed".into());
+    }
+    None
+}
+
+/// Run at the top of a loop-device test: returns false (after printing the
+/// reason) when the test cannot run here.
+pub fn require_loop_devices(test: &str) -> bool {
+    match unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The absolute path of `tool` on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The `tintype` binary built alongside these tests (cargo builds every
+/// target of the workspace before it runs any test).
+pub fn tintype_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
+    let bin = dir.join("tintype");
+    assert!(
+        bin.is_file(),
+        "{} not found: build the workspace first (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Run the CLI.
+pub fn tintype(args: &[&str]) -> Output {
+    Command::new(tintype_bin()).args(args).output().expect("run tintype")
+}
+
+/// Run a command, panicking with its output when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device we created over a backing file; detached on drop.
+#[derive(Debug)]
+pub struct LoopDev {
+    pub path: PathBuf,
+}
+
+impl LoopDev {
+    /// Attach `file` with the given logical sector size (512 or 4096).
+    pub fn attach(file: &Path, sector_bytes: u32) -> LoopDev {
+        let out = sh(
+            "losetup",
+            &[
+                "--find",
+                "--show",
+                "--sector-size",
+                &sector_bytes.to_string(),
+                file.to_str().expect("utf-8 path"),
+            ],
+        );
+        LoopDev {
+            path: PathBuf::from(out.trim()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// A filesystem we mounted; unmounted on drop.
+#[derive(Debug)]
+pub struct Mount {
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    pub fn new(dev: &LoopDev, dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).expect("mount point");
+        sh("mount", &[dev.as_str(), dir.to_str().expect("utf-8 path")]);
+        Mount { dir: dir.into() }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
