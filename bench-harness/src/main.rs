@@ -1,1 +1,275 @@
-fn main() {}
+//! `tintype-bench`: measures Tintype against the device's raw read rate and
+//! peer tools, in the same run, on the same device; reports medians, spread
+//! and the ratios that matter.
+
+mod corpus;
+mod measure;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use measure::{bytes_under, run_measured, summarize, Sample, Summary};
+
+#[derive(Parser, Debug)]
+#[command(name = "tintype-bench", about = "Benchmark harness for Tintype")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// `tintype create` vs `dd iflag=direct | zstd -T<cores>` on a realistic
+    /// ext4 disk (system files, incompressible files, stale data in free
+    /// space, ~30% free) on a memory-backed loop device. Needs root.
+    Ext4 {
+        /// Size of the disk in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Measured runs of each tool (after one warm-up run each).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// zstd level for both tools.
+        #[arg(long, default_value_t = 1)]
+        level: i32,
+        /// Logical sector size of the loop device.
+        #[arg(long, default_value_t = 512)]
+        sector: u32,
+        /// Where the disk and outputs live (memory-backed by default).
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Extra flags for `tintype create`.
+        #[arg(long, allow_hyphen_values = true)]
+        tintype_args: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Ext4 { size_mib, runs, level, sector, dir, json, tintype_args } => {
+            ext4(size_mib, runs.max(1), level, sector, &dir, json.as_deref(), tintype_args.as_deref())
+        }
+    }
+}
+
+fn tintype_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("tintype");
+    if !bin.is_file() {
+        bail!("{} not found: build it first (cargo build --release --workspace)", bin.display());
+    }
+    Ok(bin)
+}
+
+#[derive(Debug, Serialize)]
+struct ToolResult {
+    name: String,
+    command: String,
+    samples: Vec<Sample>,
+    wall_seconds: Summary,
+    mb_per_s: Summary,
+    cpu_seconds: Summary,
+    mb_per_cpu_second: f64,
+    peak_rss_bytes: u64,
+    output_bytes: u64,
+}
+
+fn tool_result(name: &str, command: String, samples: Vec<Sample>, source_bytes: u64) -> ToolResult {
+    let walls: Vec<f64> = samples.iter().map(|s| s.wall_seconds).collect();
+    let rates: Vec<f64> = walls.iter().map(|w| source_bytes as f64 / w / 1e6).collect();
+    let cpus: Vec<f64> = samples.iter().map(|s| s.cpu_seconds).collect();
+    let cpu = summarize(&cpus);
+    ToolResult {
+        name: name.into(),
+        command,
+        wall_seconds: summarize(&walls),
+        mb_per_s: summarize(&rates),
+        mb_per_cpu_second: source_bytes as f64 / 1e6 / cpu.median,
+        cpu_seconds: cpu,
+        peak_rss_bytes: samples.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
+        output_bytes: samples.last().map_or(0, |s| s.output_bytes),
+        samples,
+    }
+}
+
+/// The device's raw sequential O_DIRECT read rate through io_uring, at the
+/// best of a few queue depths and read sizes; in MB/s.
+fn raw_read_ceiling(dev: &Path) -> Result<(f64, String)> {
+    use tintype::io::{self, device::Source, Backend};
+    let mut best = (0.0, String::new());
+    for (read_bytes, qd) in [(1usize << 20, 8u32), (4 << 20, 4), (4 << 20, 16)] {
+        let src = Source::open(dev, true)?;
+        let backend = if io::uring::probe().is_ok() { Backend::Uring } else { Backend::Portable };
+        let mut ring = io::open(backend, &vec![read_bytes; qd as usize], 1, qd)?;
+        ring.set_file(0, Some(src.reopen()?))?;
+        let started = Instant::now();
+        let mut next = 0u64;
+        let mut free: Vec<usize> = (0..qd as usize).collect();
+        loop {
+            while next < src.size_bytes {
+                let Some(b) = free.pop() else { break };
+                let len = (read_bytes as u64).min(src.size_bytes - next) as usize;
+                ring.enqueue_read(0, b, 0, len, next, b as u64);
+                next += len as u64;
+            }
+            if ring.in_flight() == 0 {
+                break;
+            }
+            ring.flush(1)?;
+            while let Some(c) = ring.pop_completion() {
+                c.result.context("raw read")?;
+                free.push(c.user_data as usize);
+            }
+        }
+        let rate = src.size_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
+        if rate > best.0 {
+            best = (rate, format!("{} KiB reads, queue depth {qd}, {}", read_bytes >> 10, backend.name()));
+        }
+    }
+    Ok(best)
+}
+
+fn git_rev() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |k| k * 1024);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "memory_bytes": mem,
+        "kernel": kernel.trim(),
+        "cpu": cpu,
+    })
+}
+
+fn ext4(
+    size_mib: u64,
+    runs: usize,
+    level: i32,
+    sector: u32,
+    dir: &Path,
+    json_out: Option<&Path>,
+    extra: Option<&str>,
+) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the ext4 benchmark needs root (loop devices, mkfs, mount)");
+    }
+    let bin = tintype_bin()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("bench: building a {size_mib} MiB ext4 disk in {}", dir.display());
+    let corpus = corpus::ext4_disk(dir, size_mib << 20, sector, 0x5eed)?;
+    let dev = corpus.dev.clone();
+    let src_bytes = corpus.size_bytes;
+    eprintln!("bench: {} ready, {} MiB used of {} MiB", dev.display(), corpus.used_bytes >> 20, src_bytes >> 20);
+    let (raw, raw_how) = raw_read_ceiling(&dev)?;
+    eprintln!("bench: raw O_DIRECT read ceiling {raw:.0} MB/s ({raw_how})");
+
+    let out_dir = dir.join(format!("tintype-bench-out-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir)?;
+    let set = out_dir.join("set");
+    let zst = out_dir.join("dd.zst");
+    let extra: Vec<String> = extra.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let ours_cmd = format!("tintype create {} SET --level {level} {}", dev.display(), extra.join(" "));
+    let peer_cmd = format!("dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > OUT", dev.display());
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    // One warm-up of each, then alternate so drift hits both alike.
+    for i in 0..=runs {
+        let _ = std::fs::remove_dir_all(&set);
+        let mut c = Command::new(&bin);
+        c.args(["create", dev.to_str().unwrap(), set.to_str().unwrap(), "--level", &level.to_string()])
+            .args(&extra)
+            .stdout(std::process::Stdio::null());
+        let (w, cpu, rss) = run_measured(&mut c)?;
+        let s = Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: bytes_under(&set) };
+        let _ = std::fs::remove_file(&zst);
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "set -o pipefail 2>/dev/null; dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > {}",
+            dev.display(),
+            zst.display()
+        ));
+        let (w2, cpu2, rss2) = run_measured(&mut c)?;
+        let p = Sample { wall_seconds: w2, cpu_seconds: cpu2, peak_rss_bytes: rss2, output_bytes: bytes_under(&zst) };
+        eprintln!(
+            "bench: run {i}{}: tintype {:.3} s ({} bytes), dd|zstd {:.3} s ({} bytes)",
+            if i == 0 { " (warm-up)" } else { "" },
+            s.wall_seconds,
+            s.output_bytes,
+            p.wall_seconds,
+            p.output_bytes
+        );
+        if i > 0 {
+            ours.push(s);
+            peer.push(p);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let ours = tool_result("tintype", ours_cmd, ours, src_bytes);
+    let peer = tool_result("dd|zstd", peer_cmd, peer, src_bytes);
+    // Ratios of medians of runs made in the same session, alternating.
+    let speed_ratio = peer.wall_seconds.median / ours.wall_seconds.median;
+    let size_ratio = ours.output_bytes as f64 / peer.output_bytes as f64;
+    let of_ceiling = ours.mb_per_s.median / raw;
+    println!("| tool | median MB/s (min–max) | CPU s | MB per CPU-s | peak RSS | output bytes |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for t in [&ours, &peer] {
+        println!(
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} | {} MiB | {} |",
+            t.name,
+            t.mb_per_s.median,
+            t.mb_per_s.min,
+            t.mb_per_s.max,
+            t.cpu_seconds.median,
+            t.mb_per_cpu_second,
+            t.peak_rss_bytes >> 20,
+            t.output_bytes
+        );
+    }
+    println!();
+    println!("raw O_DIRECT read ceiling: {raw:.0} MB/s ({raw_how})");
+    println!("tintype ÷ dd|zstd throughput: {speed_ratio:.2}x   output size tintype ÷ dd|zstd: {size_ratio:.3}   tintype ÷ raw ceiling: {of_ceiling:.2}");
+    if let Some(path) = json_out {
+        let v = json!({
+            "benchmark": "ext4",
+            "git_revision": git_rev(),
+            "machine": machine(),
+            "settings": {"size_bytes": src_bytes, "used_bytes": corpus.used_bytes, "runs": runs, "level": level, "sector_bytes": sector, "dir": dir},
+            "raw_read_mb_per_s": raw,
+            "raw_read_how": raw_how,
+            "tools": [ours, peer],
+            "ratios": {"tintype_over_dd_zstd_throughput": speed_ratio, "tintype_over_dd_zstd_output_size": size_ratio, "tintype_over_raw_read": of_ceiling},
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}

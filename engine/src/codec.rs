@@ -10,9 +10,7 @@ pub struct Encoder {
 
 impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encoder")
-            .field("level", &self.level)
-            .finish()
+        f.debug_struct("Encoder").field("level", &self.level).finish()
     }
 }
 
@@ -26,11 +24,7 @@ impl Encoder {
     /// An encoder at `level`; 0 means "store uncompressed", negative levels
     /// are zstd's fast levels.
     pub fn new(level: i32) -> std::io::Result<Encoder> {
-        let cctx = if level == 0 {
-            None
-        } else {
-            Some(zstd::bulk::Compressor::new(level)?)
-        };
+        let cctx = if level == 0 { None } else { Some(zstd::bulk::Compressor::new(level)?) };
         Ok(Encoder { level, cctx })
     }
 
@@ -38,10 +32,7 @@ impl Encoder {
     /// Returns the codec used and the stored length; a chunk that does not
     /// shrink is stored raw.
     pub fn encode(&mut self, raw: &[u8], out: &mut [u8]) -> (Codec, usize) {
-        assert!(
-            out.len() >= raw.len(),
-            "encode output smaller than the chunk"
-        );
+        assert!(out.len() >= raw.len(), "encode output smaller than the chunk");
         if let Some(cctx) = self.cctx.as_mut() {
             // Only a result smaller than the chunk is worth keeping; zstd
             // stops with "destination too small" otherwise.
@@ -68,16 +59,12 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     pub fn new() -> std::io::Result<Decoder> {
-        Ok(Decoder {
-            dctx: zstd::bulk::Decompressor::new()?,
-        })
+        Ok(Decoder { dctx: zstd::bulk::Decompressor::new()? })
     }
 
     /// Decode a zstd payload into `out`, returning the decoded length.
     pub fn decode(&mut self, stored: &[u8], out: &mut [u8]) -> Result<usize, String> {
-        self.dctx
-            .decompress_to_buffer(stored, out)
-            .map_err(|e| e.to_string())
+        self.dctx.decompress_to_buffer(stored, out).map_err(|e| e.to_string())
     }
 }
 
@@ -89,12 +76,7 @@ mod tests {
     fn compressible_chunks_shrink_and_random_ones_are_stored_raw() {
         let mut enc = Encoder::new(1).unwrap();
         let mut dec = Decoder::new().unwrap();
-        let text: Vec<u8> = b"the quick brown fox "
-            .iter()
-            .copied()
-            .cycle()
-            .take(65536)
-            .collect();
+        let text: Vec<u8> = b"the quick brown fox ".iter().copied().cycle().take(65536).collect();
         let mut out = vec![0u8; 65536];
         let (codec, n) = enc.encode(&text, &mut out);
         assert_eq!(codec, Codec::Zstd);
@@ -114,9 +96,6 @@ mod tests {
             .collect();
         assert_eq!(enc.encode(&random, &mut out), (Codec::None, 65536));
         assert_eq!(out, random);
-        assert_eq!(
-            Encoder::new(0).unwrap().encode(&text, &mut out),
-            (Codec::None, 65536)
-        );
+        assert_eq!(Encoder::new(0).unwrap().encode(&text, &mut out), (Codec::None, 65536));
     }
 }

@@ -19,19 +19,10 @@ pub enum Error {
     },
     /// A file exists but its bytes are not what the format says they must be.
     #[error("{path} at offset {offset}: {what}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        what: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, what: String },
     /// A file was written by a newer (or unknown) version of the format.
     #[error("{path}: {what} format version {found}, but this build of tintype reads only version {supported}; use a newer tintype")]
-    UnsupportedVersion {
-        path: PathBuf,
-        what: &'static str,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { path: PathBuf, what: &'static str, found: u32, supported: u32 },
     /// The image has no committed manifest.
     #[error("{path}: not a committed image ({why})")]
     NotCommitted { path: PathBuf, why: String },
@@ -56,36 +47,17 @@ fn at_offset(offset: Option<u64>) -> String {
 impl Error {
     /// An I/O error on `path` without a particular offset.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            offset: None,
-            source,
-        }
+        Error::Io { op, path: path.into(), offset: None, source }
     }
 
     /// An I/O error on `path` at byte `offset`.
-    pub fn io_at(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        offset: u64,
-        source: io::Error,
-    ) -> Self {
-        Error::Io {
-            op,
-            path: path.into(),
-            offset: Some(offset),
-            source,
-        }
+    pub fn io_at(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {
+        Error::Io { op, path: path.into(), offset: Some(offset), source }
     }
 
     /// The bytes of `path` at `offset` are not valid.
     pub fn corrupt(path: impl Into<PathBuf>, offset: u64, what: impl Into<String>) -> Self {
-        Error::Corrupt {
-            path: path.into(),
-            offset,
-            what: what.into(),
-        }
+        Error::Corrupt { path: path.into(), offset, what: what.into() }
     }
 }
 

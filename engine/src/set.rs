@@ -11,9 +11,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
-use crate::format::index::{
-    entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
-};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::format::manifest::{manifest_file_name, Manifest, ManifestError};
 use crate::format::{ImageId, FORMAT_VERSION};
 
@@ -22,11 +20,7 @@ use crate::format::{ImageId, FORMAT_VERSION};
 /// `@` is taken whole when what follows the last `@` is not hex.
 pub fn parse_spec(spec: &str) -> (PathBuf, Option<String>) {
     if let Some((dir, sel)) = spec.rsplit_once('@') {
-        if !sel.is_empty()
-            && sel.len() <= 16
-            && sel.bytes().all(|b| b.is_ascii_hexdigit())
-            && !dir.is_empty()
-        {
+        if !sel.is_empty() && sel.len() <= 16 && sel.bytes().all(|b| b.is_ascii_hexdigit()) && !dir.is_empty() {
             return (PathBuf::from(dir), Some(sel.to_ascii_lowercase()));
         }
     }
@@ -54,8 +48,7 @@ impl ImageSet {
 
     /// Open the set directory, creating it (and its parents) if absent.
     pub fn create_or_open(dir: &Path) -> Result<ImageSet> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io("create image set directory", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create image set directory", dir, e))?;
         ImageSet::open(dir)
     }
 
@@ -87,10 +80,7 @@ impl ImageSet {
     /// The committed images, oldest first.
     pub fn images(&self) -> Result<Vec<Image>> {
         let (ids, _) = self.scan()?;
-        let mut images = ids
-            .into_iter()
-            .map(|id| Image::load(&self.dir, id))
-            .collect::<Result<Vec<_>>>()?;
+        let mut images = ids.into_iter().map(|id| Image::load(&self.dir, id)).collect::<Result<Vec<_>>>()?;
         images.sort_by_key(|i| (i.manifest.created_unix_seconds, i.committed_nanos));
         Ok(images)
     }
@@ -110,19 +100,12 @@ impl ImageSet {
                             partial.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
                         )
                     };
-                    return Err(Error::NotCommitted {
-                        path: self.dir.clone(),
-                        why,
-                    });
+                    return Err(Error::NotCommitted { path: self.dir.clone(), why });
                 }
                 Ok(self.images()?.pop().expect("at least one image"))
             }
             Some(prefix) => {
-                let hits: Vec<ImageId> = ids
-                    .iter()
-                    .copied()
-                    .filter(|i| i.to_string().starts_with(prefix))
-                    .collect();
+                let hits: Vec<ImageId> = ids.iter().copied().filter(|i| i.to_string().starts_with(prefix)).collect();
                 match hits.as_slice() {
                     [id] => Image::load(&self.dir, *id),
                     [] => {
@@ -131,10 +114,7 @@ impl ImageSet {
                         } else {
                             format!("no image whose ID starts with {prefix}")
                         };
-                        Err(Error::NotCommitted {
-                            path: self.dir.clone(),
-                            why,
-                        })
+                        Err(Error::NotCommitted { path: self.dir.clone(), why })
                     }
                     _ => Err(Error::InvalidSetting(format!(
                         "{}: image ID prefix {prefix} is ambiguous ({} images match)",
@@ -173,10 +153,7 @@ impl Image {
         let bytes = match std::fs::read(&manifest_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotCommitted {
-                    path: manifest_path,
-                    why: "the manifest is missing".into(),
-                })
+                return Err(Error::NotCommitted { path: manifest_path, why: "the manifest is missing".into() })
             }
             Err(e) => return Err(Error::io("read manifest", manifest_path, e)),
         };
@@ -188,18 +165,13 @@ impl Image {
                 found: v,
                 supported: u32::from(FORMAT_VERSION),
             },
-            ManifestError::Invalid(why) => {
-                Error::corrupt(&manifest_path, 0, format!("invalid manifest: {why}"))
-            }
+            ManifestError::Invalid(why) => Error::corrupt(&manifest_path, 0, format!("invalid manifest: {why}")),
         })?;
         if manifest.id() != id {
             return Err(Error::corrupt(
                 &manifest_path,
                 0,
-                format!(
-                    "manifest names image {} but its file name says {id}",
-                    manifest.image_id
-                ),
+                format!("manifest names image {} but its file name says {id}", manifest.image_id),
             ));
         }
         let committed_nanos = std::fs::metadata(&manifest_path)
@@ -207,12 +179,7 @@ impl Image {
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i128);
-        Ok(Image {
-            dir: dir.into(),
-            manifest,
-            manifest_path,
-            committed_nanos,
-        })
+        Ok(Image { dir: dir.into(), manifest, manifest_path, committed_nanos })
     }
 
     pub fn id(&self) -> ImageId {
@@ -243,24 +210,17 @@ impl Image {
         let m = &self.manifest;
         let mut f = File::open(&path).map_err(|e| Error::io("open index", &path, e))?;
         let expected = entry_offset(m.chunk_count);
-        let len = f
-            .metadata()
-            .map_err(|e| Error::io("stat index", &path, e))?
-            .len();
+        let len = f.metadata().map_err(|e| Error::io("stat index", &path, e))?.len();
         if len != expected || len != m.index.size_bytes {
             return Err(Error::corrupt(
                 &path,
                 len.min(expected),
-                format!(
-                    "index is {len} bytes; {} chunks need {expected}",
-                    m.chunk_count
-                ),
+                format!("index is {len} bytes; {} chunks need {expected}", m.chunk_count),
             ));
         }
         let mut hasher = Xxh3Default::new();
         let mut head = [0u8; INDEX_HEADER_BYTES];
-        f.read_exact(&mut head)
-            .map_err(|e| Error::io_at("read index", &path, 0, e))?;
+        f.read_exact(&mut head).map_err(|e| Error::io_at("read index", &path, 0, e))?;
         hasher.update(&head);
         let header = IndexHeader::decode(&head).map_err(|e| match e {
             crate::format::index::IndexHeaderError::Version(v) => Error::UnsupportedVersion {
@@ -289,31 +249,20 @@ impl Image {
         while left > 0 {
             let n = left.min(4096) as usize;
             let b = &mut buf[..n * INDEX_ENTRY_BYTES];
-            f.read_exact(b)
-                .map_err(|e| Error::io_at("read index", &path, at, e))?;
+            f.read_exact(b).map_err(|e| Error::io_at("read index", &path, at, e))?;
             hasher.update(b);
             entries.extend(b.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode));
             left -= n as u64;
             at += b.len() as u64;
         }
         let hash_matches = format!("{:032x}", hasher.digest128()) == m.index.xxh3_128;
-        Ok(IndexData {
-            header,
-            entries,
-            hash_matches,
-        })
+        Ok(IndexData { header, entries, hash_matches })
     }
 
     /// Read one chunk's raw bytes into `out` (at least a chunk long), checked
     /// against its hashes. A simple positioned read, for tests, tools and
     /// single-chunk access; the pipelines use lanes.
-    pub fn read_chunk(
-        &self,
-        entry: &IndexEntry,
-        chunk: u64,
-        out: &mut [u8],
-        dec: &mut Decoder,
-    ) -> Result<usize> {
+    pub fn read_chunk(&self, entry: &IndexEntry, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
         let (start, raw_len) = self.chunk_extent(chunk);
         let raw_len = raw_len as usize;
         match entry.state {
@@ -336,21 +285,13 @@ impl Image {
                 f.read_exact_at(&mut frame, entry.offset)
                     .map_err(|e| Error::io_at("read frame", &path, entry.offset, e))?;
                 let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o)).map_err(|e| {
-                    Error::corrupt(
-                        &path,
-                        entry.offset,
-                        format!("chunk {chunk} (source offset {start}): {e}"),
-                    )
+                    Error::corrupt(&path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}"))
                 })?;
-                if h.chunk != chunk || h.raw_hash != entry.raw_hash || h.raw_len as usize != raw_len
-                {
+                if h.chunk != chunk || h.raw_hash != entry.raw_hash || h.raw_len as usize != raw_len {
                     return Err(Error::corrupt(
                         &path,
                         entry.offset,
-                        format!(
-                            "frame holds chunk {} but the index expects chunk {chunk} here",
-                            h.chunk
-                        ),
+                        format!("frame holds chunk {} but the index expects chunk {chunk} here", h.chunk),
                     ));
                 }
                 debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
@@ -359,10 +300,7 @@ impl Image {
             ChunkState::Inherited | ChunkState::Unset => Err(Error::corrupt(
                 self.index_path(),
                 entry_offset(chunk),
-                format!(
-                    "chunk {chunk} is {:?}, which this build cannot read",
-                    entry.state
-                ),
+                format!("chunk {chunk} is {:?}, which this build cannot read", entry.state),
             )),
         }
     }
@@ -376,11 +314,7 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
     let tmp_name = format!("{final_name}.tmp");
     let tmp = dir.join(&tmp_name);
     let dest = dir.join(&final_name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let write = f.write_all(&manifest.to_json()).and_then(|()| f.sync_all());
     if let Err(e) = write {
         let _ = std::fs::remove_file(&tmp);
@@ -388,26 +322,19 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
     }
     drop(f);
     let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    if let Err(e) = rustix::fs::renameat_with(
-        &d,
-        tmp_name.as_str(),
-        &d,
-        final_name.as_str(),
-        rustix::fs::RenameFlags::NOREPLACE,
-    ) {
+    if let Err(e) =
+        rustix::fs::renameat_with(&d, tmp_name.as_str(), &d, final_name.as_str(), rustix::fs::RenameFlags::NOREPLACE)
+    {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io("commit (rename) manifest to", &dest, e.into()));
     }
-    d.sync_all()
-        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    d.sync_all().map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(dest)
 }
 
 /// Make a directory entry durable: fsync the directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 #[cfg(test)]
@@ -416,15 +343,9 @@ mod tests {
 
     #[test]
     fn spec_splits_on_a_hex_suffix_only() {
-        assert_eq!(
-            parse_spec("/a/set@12ab"),
-            (PathBuf::from("/a/set"), Some("12ab".into()))
-        );
+        assert_eq!(parse_spec("/a/set@12ab"), (PathBuf::from("/a/set"), Some("12ab".into())));
         assert_eq!(parse_spec("/a/set"), (PathBuf::from("/a/set"), None));
-        assert_eq!(
-            parse_spec("/a/s@t/set"),
-            (PathBuf::from("/a/s@t/set"), None)
-        );
+        assert_eq!(parse_spec("/a/s@t/set"), (PathBuf::from("/a/s@t/set"), None));
         assert_eq!(parse_spec("@12"), (PathBuf::from("@12"), None));
     }
 }

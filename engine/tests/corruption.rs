@@ -12,37 +12,17 @@ use crate::util::*;
 fn image(sb: &Sandbox, backend: &str) -> Vec<u8> {
     let data = mixed_bytes(6 << 20, 21);
     std::fs::write(sb.path("src.img"), &data).unwrap();
-    sb.expect(
-        &[
-            "create",
-            "src.img",
-            "set",
-            "--chunk-size",
-            "64K",
-            "--io",
-            backend,
-        ],
-        0,
-    );
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "64K", "--io", backend], 0);
     data
 }
 
 fn stored_chunks(set: &Path) -> Vec<u64> {
     let (_, entries) = load(set);
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.state == ChunkState::Stored)
-        .map(|(i, _)| i as u64)
-        .collect()
+    entries.iter().enumerate().filter(|(_, e)| e.state == ChunkState::Stored).map(|(i, _)| i as u64).collect()
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     b[0] ^= 0x40;
@@ -78,21 +58,13 @@ fn flipped_bytes_are_named_by_chunk_segment_and_offset() {
         let text = stdout(&out);
         for (chunk, seg, e) in [(a, &seg_a, ea), (b, &seg_b, eb)] {
             let name = seg.file_name().unwrap().to_string_lossy().into_owned();
-            let line = format!(
-                "BAD chunk {chunk} (source offset {}): {name} at offset {}",
-                chunk * 65536,
-                e.offset
-            );
+            let line = format!("BAD chunk {chunk} (source offset {}): {name} at offset {}", chunk * 65536, e.offset);
             assert!(text.contains(&line), "missing {line:?} in:\n{text}");
         }
         let out = sb.expect(&["verify", "set", "--io", backend, "--json"], 3);
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut bad: Vec<u64> = r["bad_chunks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["chunk"].as_u64().unwrap())
-            .collect();
+        let mut bad: Vec<u64> =
+            r["bad_chunks"].as_array().unwrap().iter().map(|b| b["chunk"].as_u64().unwrap()).collect();
         bad.sort();
         let mut want = vec![a, b];
         want.sort();
@@ -112,38 +84,22 @@ fn truncated_segment_names_the_lost_chunks() {
         let seg = only_file(&set, ".seg");
         let len = std::fs::metadata(&seg).unwrap().len();
         let cut = (len / 2) / 4096 * 4096 + 100;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
         let (img, entries) = load(&set);
-        let seg_no = img
-            .manifest
-            .segments
-            .iter()
-            .position(|s| seg.ends_with(&s.file))
-            .unwrap() as u32;
+        let seg_no = img.manifest.segments.iter().position(|s| seg.ends_with(&s.file)).unwrap() as u32;
         let lost: Vec<usize> = entries
             .iter()
             .enumerate()
             .filter(|(_, e)| {
-                e.state == ChunkState::Stored
-                    && e.segment == seg_no
-                    && e.offset + 64 + u64::from(e.stored_len) > cut
+                e.state == ChunkState::Stored && e.segment == seg_no && e.offset + 64 + u64::from(e.stored_len) > cut
             })
             .map(|(i, _)| i)
             .collect();
         assert!(!lost.is_empty());
         let out = sb.expect(&["verify", "set", "--io", backend, "--json"], 3);
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let bad: Vec<usize> = r["bad_chunks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["chunk"].as_u64().unwrap() as usize)
-            .collect();
+        let bad: Vec<usize> =
+            r["bad_chunks"].as_array().unwrap().iter().map(|b| b["chunk"].as_u64().unwrap() as usize).collect();
         for c in &lost {
             assert!(bad.contains(c), "lost chunk {c} is reported: {bad:?}");
         }
@@ -160,11 +116,7 @@ fn missing_manifest_is_not_a_committed_image() {
     std::fs::remove_file(&m).unwrap();
     for cmd in ["verify", "info"] {
         let out = sb.expect(&[cmd, "set"], 4);
-        assert!(
-            stderr(&out).contains("not a committed image"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains("not a committed image"), "{}", stderr(&out));
         assert!(stderr(&out).contains("unfinished"), "{}", stderr(&out));
     }
 }
@@ -173,29 +125,17 @@ fn missing_manifest_is_not_a_committed_image() {
 #[test]
 fn random_bytes_as_manifest_index_or_segment_are_reported() {
     let junk = mixed_bytes(256 << 10, 99);
-    for (suffix, code, needle) in [
-        (".manifest.json", 3, "manifest.json"),
-        (".index", 3, ".index"),
-        (".seg", 3, ".seg"),
-    ] {
+    for (suffix, code, needle) in [(".manifest.json", 3, "manifest.json"), (".index", 3, ".index"), (".seg", 3, ".seg")]
+    {
         let sb = Sandbox::new();
         image(&sb, "portable");
         let f = only_file(&sb.path("set"), suffix);
         let len = std::fs::metadata(&f).unwrap().len() as usize;
         std::fs::write(&f, &junk[..len.min(junk.len())]).unwrap();
         let out = sb.run(&["verify", "set"]);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{suffix}: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
+        assert_eq!(out.status.code(), Some(code), "{suffix}: {}{}", stdout(&out), stderr(&out));
         let all = stdout(&out) + &stderr(&out);
-        assert!(
-            all.contains(needle),
-            "{suffix}: the message names the file:\n{all}"
-        );
+        assert!(all.contains(needle), "{suffix}: the message names the file:\n{all}");
         assert!(!all.contains("panicked"), "{all}");
     }
 }
@@ -211,11 +151,7 @@ fn newer_format_versions_are_refused() {
     v["format_version"] = 2.into();
     std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     let out = sb.expect(&["verify", "set"], 4);
-    assert!(
-        stderr(&out).contains("format version 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("format version 2"), "{}", stderr(&out));
     let out = sb.expect(&["info", "set"], 4);
     assert!(stderr(&out).contains("newer tintype"), "{}", stderr(&out));
 
@@ -223,11 +159,7 @@ fn newer_format_versions_are_refused() {
     let sb = Sandbox::new();
     image(&sb, "portable");
     let idx = only_file(&sb.path("set"), ".index");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&idx)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&idx).unwrap();
     let mut head = [0u8; 64];
     f.read_exact_at(&mut head, 0).unwrap();
     head[8] = 2;
@@ -235,11 +167,7 @@ fn newer_format_versions_are_refused() {
     head[56..64].copy_from_slice(&h.to_le_bytes());
     f.write_all_at(&head, 0).unwrap();
     let out = sb.expect(&["verify", "set"], 4);
-    assert!(
-        stderr(&out).contains("index format version 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("index format version 2"), "{}", stderr(&out));
 }
 
 /// A changed index entry (pointing a chunk at another chunk's frame) is caught

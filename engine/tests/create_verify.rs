@@ -38,14 +38,7 @@ fn create_records_true_hashes_and_round_trips_on_every_backend() {
             0,
         );
         let (img, entries) = load(&sb.path("set"));
-        assert_eq!(
-            img.manifest.settings.io_backend,
-            if backend == "uring" {
-                "io_uring"
-            } else {
-                "portable"
-            }
-        );
+        assert_eq!(img.manifest.settings.io_backend, if backend == "uring" { "io_uring" } else { "portable" });
         assert_eq!(entries.len() as u64, (size as u64).div_ceil(64 << 10));
         let (mut zero, mut stored) = (0, 0);
         for (chunk, e) in entries.iter().enumerate() {
@@ -54,31 +47,19 @@ fn create_records_true_hashes_and_round_trips_on_every_backend() {
             assert_eq!(e.raw_len as usize, raw.len(), "chunk {chunk} length");
             assert_eq!(e.raw_hash, xxh3_128(raw), "chunk {chunk} hash ({backend})");
             if raw.iter().all(|&b| b == 0) {
-                assert_eq!(
-                    e.state,
-                    ChunkState::Zero,
-                    "all-zero chunk {chunk} is recorded, not stored"
-                );
+                assert_eq!(e.state, ChunkState::Zero, "all-zero chunk {chunk} is recorded, not stored");
                 zero += 1;
             } else {
                 assert_eq!(e.state, ChunkState::Stored);
                 stored += 1;
             }
         }
-        assert!(
-            zero > 10 && stored > 100,
-            "the source mixes zero and data chunks ({zero}, {stored})"
-        );
-        let lanes: std::collections::BTreeSet<u32> =
-            img.manifest.segments.iter().map(|s| s.lane).collect();
+        assert!(zero > 10 && stored > 100, "the source mixes zero and data chunks ({zero}, {stored})");
+        let lanes: std::collections::BTreeSet<u32> = img.manifest.segments.iter().map(|s| s.lane).collect();
         assert_eq!(lanes.len(), 2, "both lanes wrote segments");
         assert_round_trip(&sb.path("set"), &data);
         let out = sb.expect(&["verify", "set", "--io", backend], 0);
-        assert!(
-            stdout(&out).contains(&format!("{} OK", img.manifest.image_id)),
-            "{}",
-            stdout(&out)
-        );
+        assert!(stdout(&out).contains(&format!("{} OK", img.manifest.image_id)), "{}", stdout(&out));
 
         // Stored raw, the same source fills several 9 MiB segments per lane.
         sb.expect(
@@ -100,16 +81,8 @@ fn create_records_true_hashes_and_round_trips_on_every_backend() {
             0,
         );
         let (img, _) = load(&sb.path("raw"));
-        assert!(
-            img.manifest.segments.len() >= 3,
-            "segments rolled over: {}",
-            img.manifest.segments.len()
-        );
-        assert!(img
-            .manifest
-            .segments
-            .iter()
-            .all(|s| s.size_bytes <= 9 << 20));
+        assert!(img.manifest.segments.len() >= 3, "segments rolled over: {}", img.manifest.segments.len());
+        assert!(img.manifest.segments.iter().all(|s| s.size_bytes <= 9 << 20));
         assert_round_trip(&sb.path("raw"), &data);
         sb.expect(&["verify", "raw", "--io", backend], 0);
     }
@@ -122,15 +95,9 @@ fn level_zero_stores_raw_and_all_zero_sources_store_nothing() {
         let sb = Sandbox::new();
         let data = mixed_bytes(3 << 20, 11);
         std::fs::write(sb.path("a.img"), &data).unwrap();
-        sb.expect(
-            &["create", "a.img", "a", "--level", "0", "--io", backend],
-            0,
-        );
+        sb.expect(&["create", "a.img", "a", "--level", "0", "--io", backend], 0);
         let (img, _) = load(&sb.path("a"));
-        assert_eq!(
-            img.manifest.stats.chunks_stored,
-            img.manifest.stats.chunks_stored_raw
-        );
+        assert_eq!(img.manifest.stats.chunks_stored, img.manifest.stats.chunks_stored_raw);
         assert_round_trip(&sb.path("a"), &data);
         sb.expect(&["verify", "a", "--io", backend], 0);
 
@@ -149,8 +116,7 @@ fn negative_fast_levels_and_json_summary() {
     let data = mixed_bytes(2 << 20, 3);
     std::fs::write(sb.path("s.img"), &data).unwrap();
     let out = sb.expect(&["create", "s.img", "set", "--level", "-5", "--json"], 0);
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("create --json prints JSON");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("create --json prints JSON");
     assert_eq!(v["source_bytes"], 2 << 20);
     assert_eq!(v["manifest"]["level"], -5);
     let id = v["image_id"].as_str().unwrap().to_string();
@@ -203,20 +169,11 @@ fn an_existing_image_is_never_overwritten() {
     let sb = Sandbox::new();
     std::fs::write(sb.path("a.img"), mixed_bytes(1 << 20, 1)).unwrap();
     std::fs::write(sb.path("b.img"), mixed_bytes(1 << 20, 2)).unwrap();
-    sb.expect(
-        &["create", "a.img", "set", "--image-id", "00000000000000aa"],
-        0,
-    );
+    sb.expect(&["create", "a.img", "set", "--image-id", "00000000000000aa"], 0);
     let before = std::fs::read(sb.path("set/00000000000000aa.manifest.json")).unwrap();
-    let out = sb.expect(
-        &["create", "b.img", "set", "--image-id", "00000000000000aa"],
-        2,
-    );
+    let out = sb.expect(&["create", "b.img", "set", "--image-id", "00000000000000aa"], 2);
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(sb.path("set/00000000000000aa.manifest.json")).unwrap(),
-        before
-    );
+    assert_eq!(std::fs::read(sb.path("set/00000000000000aa.manifest.json")).unwrap(), before);
     sb.expect(&["verify", "set@000000000"], 0);
 }
 
@@ -246,10 +203,7 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let has_files = std::fs::read_dir(sb.path("set"))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".index"))
-            })
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".index")))
             .unwrap_or(false);
         if has_files || std::time::Instant::now() > deadline {
             break;
@@ -257,10 +211,7 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "create finished before it could be killed"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "create finished before it could be killed");
     child.kill().unwrap();
     child.wait().unwrap();
     let names: Vec<String> = std::fs::read_dir(sb.path("set"))
@@ -268,22 +219,12 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        !names.iter().any(|n| n.ends_with(".manifest.json")),
-        "no committed image: {names:?}"
-    );
+    assert!(!names.iter().any(|n| n.ends_with(".manifest.json")), "no committed image: {names:?}");
     let out = sb.expect(&["verify", "set"], 4);
-    assert!(
-        stderr(&out).contains("no committed image"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no committed image"), "{}", stderr(&out));
 
     std::fs::write(sb.path("small.img"), mixed_bytes(2 << 20, 5)).unwrap();
     sb.expect(&["create", "small.img", "set"], 0);
     sb.expect(&["verify", "set"], 0);
-    assert_round_trip(
-        &sb.path("set"),
-        &std::fs::read(sb.path("small.img")).unwrap(),
-    );
+    assert_round_trip(&sb.path("set"), &std::fs::read(sb.path("small.img")).unwrap());
 }

@@ -42,11 +42,8 @@ fn make(sb: &Sandbox, set: &str) {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -67,11 +64,7 @@ fn golden_v1_fixture_is_read_verified_and_reproduced_byte_for_byte() {
     let fixture = fixture_dir();
     assert_eq!(
         files(&fixture),
-        vec![
-            format!("{ID}.000000.seg"),
-            format!("{ID}.index"),
-            format!("{ID}.manifest.json"),
-        ],
+        vec![format!("{ID}.000000.seg"), format!("{ID}.index"), format!("{ID}.manifest.json"),],
         "the v1 fixture holds one image: segment, index, manifest"
     );
     // Read from a copy: verify must not need to write, but the repo stays untouched regardless.
@@ -87,11 +80,7 @@ fn golden_v1_fixture_is_read_verified_and_reproduced_byte_for_byte() {
     let seg = std::fs::read(copy.join(format!("{ID}.000000.seg"))).unwrap();
     let idx = std::fs::read(copy.join(format!("{ID}.index"))).unwrap();
     assert_eq!(&seg[..8], b"TTsegmnt");
-    assert_eq!(
-        &seg[4096..4100],
-        b"TTfr",
-        "the first frame follows the 4096-byte segment header"
-    );
+    assert_eq!(&seg[4096..4100], b"TTfr", "the first frame follows the 4096-byte segment header");
     assert_eq!(&idx[..8], b"TTindex\0");
     assert_eq!(idx.len(), 64 + 48 * SOURCE_BYTES.div_ceil(65536));
 
@@ -100,10 +89,7 @@ fn golden_v1_fixture_is_read_verified_and_reproduced_byte_for_byte() {
     for f in [format!("{ID}.000000.seg"), format!("{ID}.index")] {
         let a = std::fs::read(copy.join(&f)).unwrap();
         let b = std::fs::read(sb.path("fresh").join(&f)).unwrap();
-        assert!(
-            a == b,
-            "{f} differs from the golden fixture: the on-disk format changed"
-        );
+        assert!(a == b, "{f} differs from the golden fixture: the on-disk format changed");
     }
     let (old, _) = load(&copy);
     let (new, _) = load(&sb.path("fresh"));

@@ -26,9 +26,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Sandbox { dir: tempfile::tempdir().expect("tempdir") }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -78,9 +76,7 @@ pub fn mixed_bytes(size: usize, seed: u64) -> Vec<u8> {
         rng
     };
     let mut v = vec![0u8; size];
-    let words: [&[u8]; 8] = [
-        b"sector ", b"image ", b"the ", b"chunk ", b"lane ", b"of ", b"ring ", b"frame\n",
-    ];
+    let words: [&[u8]; 8] = [b"sector ", b"image ", b"the ", b"chunk ", b"lane ", b"of ", b"ring ", b"frame\n"];
     let mut at = 0;
     while at < size {
         let piece = (16 << 10) * (1 + (next() % 8) as usize);
@@ -97,10 +93,7 @@ pub fn mixed_bytes(size: usize, seed: u64) -> Vec<u8> {
                 }
             }
             2 => v[at..end].iter_mut().for_each(|b| *b = next() as u8),
-            _ => v[at..end]
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = (i / 512) as u8 ^ 0x5a),
+            _ => v[at..end].iter_mut().enumerate().for_each(|(i, b)| *b = (i / 512) as u8 ^ 0x5a),
         }
         at = end;
     }
@@ -126,10 +119,7 @@ pub fn assert_round_trip(set: &Path, source: &[u8]) {
         let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec).unwrap();
         let (start, len) = img.chunk_extent(chunk as u64);
         assert_eq!(n, len as usize);
-        assert!(
-            buf[..n] == source[start as usize..start as usize + n],
-            "chunk {chunk} differs from the source"
-        );
+        assert!(buf[..n] == source[start as usize..start as usize + n], "chunk {chunk} differs from the source");
     }
 }
 

@@ -52,11 +52,7 @@ pub fn tintype_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
     let bin = dir.join("tintype");
-    assert!(
-        bin.is_file(),
-        "{} not found: build the workspace first (cargo test --workspace builds it)",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} not found: build the workspace first (cargo test --workspace builds it)", bin.display());
     bin
 }
 
@@ -67,10 +63,7 @@ pub fn tintype(args: &[&str]) -> Output {
 
 /// Run a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -91,17 +84,9 @@ impl LoopDev {
     pub fn attach(file: &Path, sector_bytes: u32) -> LoopDev {
         let out = sh(
             "losetup",
-            &[
-                "--find",
-                "--show",
-                "--sector-size",
-                &sector_bytes.to_string(),
-                file.to_str().expect("utf-8 path"),
-            ],
+            &["--find", "--show", "--sector-size", &sector_bytes.to_string(), file.to_str().expect("utf-8 path")],
         );
-        LoopDev {
-            path: PathBuf::from(out.trim()),
-        }
+        LoopDev { path: PathBuf::from(out.trim()) }
     }
 
     pub fn as_str(&self) -> &str {

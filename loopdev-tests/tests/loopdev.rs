@@ -71,7 +71,15 @@ fn images_loop_devices_with_512_and_4096_byte_sectors_and_odd_sizes() {
         for backend in ["uring", "portable"] {
             let set = dir.path().join(format!("set-{sector}-{backend}"));
             let out = tintype(&[
-                "create", dev.as_str(), set.to_str().unwrap(), "--io", backend, "--lanes", "2", "--chunk-size", "256K",
+                "create",
+                dev.as_str(),
+                set.to_str().unwrap(),
+                "--io",
+                backend,
+                "--lanes",
+                "2",
+                "--chunk-size",
+                "256K",
             ]);
             assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
             check_image(&set, &content, sector);

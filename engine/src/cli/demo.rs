@@ -69,11 +69,7 @@ pub fn write_sample(path: &std::path::Path, size: u64, seed: u64) -> std::io::Re
             _ => {
                 let rec = next().to_le_bytes();
                 for (i, b) in p.iter_mut().enumerate() {
-                    *b = if i % 64 < 8 {
-                        rec[i % 8]
-                    } else {
-                        (i / 4096) as u8
-                    };
+                    *b = if i % 64 < 8 { rec[i % 8] } else { (i / 4096) as u8 };
                 }
             }
         }
@@ -83,17 +79,9 @@ pub fn write_sample(path: &std::path::Path, size: u64, seed: u64) -> std::io::Re
     f.flush()
 }
 
-pub fn run(
-    size: u64,
-    dir: Option<PathBuf>,
-    keep: bool,
-    level: i32,
-    io: IoChoice,
-) -> anyhow::Result<u8> {
+pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice) -> anyhow::Result<u8> {
     if size == 0 {
-        bail!(tintype::Error::InvalidSetting(
-            "--size must be more than 0".into()
-        ));
+        bail!(tintype::Error::InvalidSetting("--size must be more than 0".into()));
     }
     let mut tmp = None;
     let base = match dir {
@@ -112,14 +100,9 @@ pub fn run(
         human(size),
         sample.display()
     );
-    write_sample(&sample, size, 0x7147_7970_6500_0001)
-        .with_context(|| format!("write {}", sample.display()))?;
+    write_sample(&sample, size, 0x7147_7970_6500_0001).with_context(|| format!("write {}", sample.display()))?;
 
-    println!(
-        "demo: tintype create {} {} --level {level}",
-        sample.display(),
-        set.display()
-    );
+    println!("demo: tintype create {} {} --level {level}", sample.display(), set.display());
     let mut o = CreateOptions::new(&sample, &set);
     o.level = level;
     o.io = io;
@@ -147,9 +130,7 @@ pub fn run(
     let mut dec = Decoder::new()?;
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
     for (chunk, e) in index.entries.iter().enumerate() {
-        let e = e
-            .as_ref()
-            .map_err(|s| anyhow::anyhow!("chunk {chunk}: {s}"))?;
+        let e = e.as_ref().map_err(|s| anyhow::anyhow!("chunk {chunk}: {s}"))?;
         let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec)?;
         let (start, _) = img.chunk_extent(chunk as u64);
         if buf[..n] != original[start as usize..start as usize + n] {
@@ -157,11 +138,7 @@ pub fn run(
         }
         debug_assert!(e.state != ChunkState::Unset);
     }
-    println!(
-        "demo: all {} bytes identical after the round trip ({:.2} s)",
-        original.len(),
-        t.elapsed().as_secs_f64()
-    );
+    println!("demo: all {} bytes identical after the round trip ({:.2} s)", original.len(), t.elapsed().as_secs_f64());
     if keep {
         println!("demo: kept {} and {}", sample.display(), set.display());
         // Keep the temporary directory too.

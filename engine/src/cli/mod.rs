@@ -9,9 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tintype::io::IoChoice;
-use tintype::pipeline::capture::{
-    DEFAULT_CHUNK_BYTES, DEFAULT_LEVEL, DEFAULT_QUEUE_DEPTH, DEFAULT_SEGMENT_BYTES,
-};
+use tintype::pipeline::capture::{DEFAULT_CHUNK_BYTES, DEFAULT_LEVEL, DEFAULT_QUEUE_DEPTH, DEFAULT_SEGMENT_BYTES};
 use tintype::set::{parse_spec, ImageSet};
 use tintype::{CreateOptions, Error, VerifyOptions};
 
@@ -139,23 +137,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 1M, 64KiB, 4096)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1M, 64KiB, 4096)"))?;
     let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size suffix {other:?} in {s:?} (use K, M, G or T)"
-            ))
-        }
+        other => return Err(format!("unknown size suffix {other:?} in {s:?} (use K, M, G or T)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parse the command line, run, and map the outcome to an exit code.
@@ -164,11 +155,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
     match run(cli) {
@@ -184,9 +171,7 @@ fn code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::InvalidSetting(_)) => exit::USAGE,
         Some(Error::Corrupt { .. }) => exit::DAMAGED,
-        Some(Error::NotCommitted { .. }) | Some(Error::UnsupportedVersion { .. }) => {
-            exit::NOT_AN_IMAGE
-        }
+        Some(Error::NotCommitted { .. }) | Some(Error::UnsupportedVersion { .. }) => exit::NOT_AN_IMAGE,
         Some(Error::Interrupted(_)) => exit::INTERRUPTED,
         _ => exit::FAILURE,
     }
@@ -194,33 +179,19 @@ fn code_for(e: &anyhow::Error) -> u8 {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Create {
-            source,
-            set,
-            level,
-            lanes,
-            queue_depth,
-            chunk_size,
-            segment_size,
-            io,
-            json,
-            image_id,
-        } => {
+        Command::Create { source, set, level, lanes, queue_depth, chunk_size, segment_size, io, json, image_id } => {
             let mut o = CreateOptions::new(source, set);
             o.level = level;
             o.lanes = lanes;
             o.queue_depth = queue_depth;
-            o.chunk_size_bytes = u32::try_from(chunk_size).map_err(|_| {
-                Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB"))
-            })?;
+            o.chunk_size_bytes = u32::try_from(chunk_size)
+                .map_err(|_| Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB")))?;
             o.segment_size_bytes = segment_size;
             o.io = io.into();
             o.image_id = match image_id {
                 None => None,
                 Some(s) => Some(tintype::format::ImageId::parse(&s).ok_or_else(|| {
-                    Error::InvalidSetting(format!(
-                        "--image-id {s:?}: need 16 hex digits, not all zero"
-                    ))
+                    Error::InvalidSetting(format!("--image-id {s:?}: need 16 hex digits, not all zero"))
                 })?),
             };
             let obs = output::Console::new("imaging", json);
@@ -229,13 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output::print_create(&report, json);
             Ok(exit::OK)
         }
-        Command::Verify {
-            image,
-            lanes,
-            queue_depth,
-            io,
-            json,
-        } => {
+        Command::Verify { image, lanes, queue_depth, io, json } => {
             let (set, sel) = parse_spec(&image);
             let mut o = VerifyOptions::new(set);
             o.image = sel;
@@ -246,11 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let report = tintype::verify(&o, &obs)?;
             obs.finish();
             output::print_verify(&report, json);
-            Ok(if report.is_clean() {
-                exit::OK
-            } else {
-                exit::DAMAGED
-            })
+            Ok(if report.is_clean() { exit::OK } else { exit::DAMAGED })
         }
         Command::Info { image, json } => {
             let (set, sel) = parse_spec(&image);
@@ -260,13 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output::print_info(&img, &all, json);
             Ok(exit::OK)
         }
-        Command::Demo {
-            size,
-            dir,
-            keep,
-            level,
-            io,
-        } => demo::run(size, dir, keep, level, io.into()),
+        Command::Demo { size, dir, keep, level, io } => demo::run(size, dir, keep, level, io.into()),
     }
 }
 

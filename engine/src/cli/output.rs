@@ -80,11 +80,7 @@ fn mb_per_s(bytes: u64, secs: f64) -> f64 {
 pub fn print_create(r: &CreateReport, json: bool) {
     let m = &r.manifest;
     let s = &m.stats;
-    let ratio = if s.bytes_segments > 0 {
-        m.source.size_bytes as f64 / s.bytes_segments as f64
-    } else {
-        f64::INFINITY
-    };
+    let ratio = if s.bytes_segments > 0 { m.source.size_bytes as f64 / s.bytes_segments as f64 } else { f64::INFINITY };
     if json {
         let v = json!({
             "image_id": m.image_id,
@@ -99,11 +95,7 @@ pub fn print_create(r: &CreateReport, json: bool) {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return;
     }
-    println!(
-        "image {} committed: {}",
-        m.image_id,
-        r.manifest_path.display()
-    );
+    println!("image {} committed: {}", m.image_id, r.manifest_path.display());
     println!(
         "  source   {} ({}, {}, {}-byte logical / {}-byte physical sectors)",
         m.source.path,
@@ -126,12 +118,7 @@ pub fn print_create(r: &CreateReport, json: bool) {
         s.chunks_stored_raw,
         s.chunks_zero
     );
-    println!(
-        "  stored   {} in {} segment(s), ratio {:.2}x",
-        human(s.bytes_segments),
-        m.segments.len(),
-        ratio
-    );
+    println!("  stored   {} in {} segment(s), ratio {:.2}x", human(s.bytes_segments), m.segments.len(), ratio);
     let st = &s.stage_seconds;
     let g = |k: &str| st.get(k).copied().unwrap_or(0.0);
     println!(
@@ -148,11 +135,7 @@ pub fn print_create(r: &CreateReport, json: bool) {
         m.level,
         m.settings.queue_depth,
         m.settings.io_backend,
-        if m.settings.source_direct_io {
-            ", O_DIRECT source"
-        } else {
-            ", buffered source"
-        }
+        if m.settings.source_direct_io { ", O_DIRECT source" } else { ", buffered source" }
     );
 }
 
@@ -169,10 +152,7 @@ pub fn print_verify(r: &VerifyReport, json: bool) {
                 "BAD chunk {} (source offset {}): {} at offset {}: {}",
                 b.chunk, b.source_offset, seg, off, b.reason
             ),
-            _ => println!(
-                "BAD chunk {} (source offset {}): {}",
-                b.chunk, b.source_offset, b.reason
-            ),
+            _ => println!("BAD chunk {} (source offset {}): {}", b.chunk, b.source_offset, b.reason),
         }
     }
     for p in &r.problems {
@@ -214,10 +194,7 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
         return;
     }
     let s = &m.stats;
-    println!(
-        "image      {} ({:?}, format version {})",
-        m.image_id, m.kind, m.format_version
-    );
+    println!("image      {} ({:?}, format version {})", m.image_id, m.kind, m.format_version);
     println!("created    {} by tintype {}", m.created, m.tool_version);
     println!("source     {} ({})", m.source.path, m.source.kind);
     println!(

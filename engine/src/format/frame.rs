@@ -83,9 +83,7 @@ pub enum FrameError {
     Decompress(String),
     #[error("decoded {found} bytes, header says {expected}")]
     RawLength { expected: u32, found: usize },
-    #[error(
-        "raw chunk does not match its checksum (xxh3-128 {found:032x}, expected {expected:032x})"
-    )]
+    #[error("raw chunk does not match its checksum (xxh3-128 {found:032x}, expected {expected:032x})")]
     RawHash { expected: u128, found: u128 },
 }
 
@@ -130,16 +128,10 @@ impl FrameHeader {
         let raw_len = u32_at(b, 24);
         let stored_len = u32_at(b, 28);
         if raw_len == 0 || raw_len > CHUNK_BYTES_MAX || stored_len > stored_len_max(raw_len) {
-            return Err(FrameError::Lengths {
-                raw: raw_len,
-                stored: stored_len,
-            });
+            return Err(FrameError::Lengths { raw: raw_len, stored: stored_len });
         }
         if codec == Codec::None && stored_len != raw_len {
-            return Err(FrameError::Lengths {
-                raw: raw_len,
-                stored: stored_len,
-            });
+            return Err(FrameError::Lengths { raw: raw_len, stored: stored_len });
         }
         Ok(FrameHeader {
             image_id: ImageId(u64_at(b, 8)),
@@ -160,10 +152,7 @@ impl FrameHeader {
 
 /// Bytes a frame with `stored_len` payload bytes occupies, padding included.
 pub const fn frame_len(stored_len: u32) -> u64 {
-    align_up(
-        FRAME_HEADER_BYTES as u64 + stored_len as u64,
-        FRAME_ALIGN_BYTES,
-    )
+    align_up(FRAME_HEADER_BYTES as u64 + stored_len as u64, FRAME_ALIGN_BYTES)
 }
 
 /// The most payload a frame for a `raw_len`-byte chunk can hold: compression
@@ -183,55 +172,34 @@ pub type DecodeFn<'a> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + '
 /// Check a whole frame (`bytes` starts at its header and holds at least
 /// header + payload) and decode its payload into `raw_out`, returning the
 /// header. `decompress` is the codec; it returns the decoded length.
-pub fn check_frame(
-    bytes: &[u8],
-    raw_out: &mut [u8],
-    decompress: &mut DecodeFn<'_>,
-) -> Result<FrameHeader, FrameError> {
+pub fn check_frame(bytes: &[u8], raw_out: &mut [u8], decompress: &mut DecodeFn<'_>) -> Result<FrameHeader, FrameError> {
     let h = FrameHeader::decode(bytes)?;
     let end = FRAME_HEADER_BYTES + h.stored_len as usize;
     if bytes.len() < end {
-        return Err(FrameError::Lengths {
-            raw: h.raw_len,
-            stored: h.stored_len,
-        });
+        return Err(FrameError::Lengths { raw: h.raw_len, stored: h.stored_len });
     }
     let stored = &bytes[FRAME_HEADER_BYTES..end];
     let found = xxh3_64(stored);
     if found != h.stored_hash {
-        return Err(FrameError::StoredHash {
-            expected: h.stored_hash,
-            found,
-        });
+        return Err(FrameError::StoredHash { expected: h.stored_hash, found });
     }
     let raw_len = h.raw_len as usize;
     if raw_out.len() < raw_len {
-        return Err(FrameError::Lengths {
-            raw: h.raw_len,
-            stored: h.stored_len,
-        });
+        return Err(FrameError::Lengths { raw: h.raw_len, stored: h.stored_len });
     }
     let n = match h.codec {
         Codec::None => {
             raw_out[..raw_len].copy_from_slice(stored);
             raw_len
         }
-        Codec::Zstd => {
-            decompress(stored, &mut raw_out[..raw_len]).map_err(FrameError::Decompress)?
-        }
+        Codec::Zstd => decompress(stored, &mut raw_out[..raw_len]).map_err(FrameError::Decompress)?,
     };
     if n != raw_len {
-        return Err(FrameError::RawLength {
-            expected: h.raw_len,
-            found: n,
-        });
+        return Err(FrameError::RawLength { expected: h.raw_len, found: n });
     }
     let found = xxh3_128(&raw_out[..raw_len]);
     if found != h.raw_hash {
-        return Err(FrameError::RawHash {
-            expected: h.raw_hash,
-            found,
-        });
+        return Err(FrameError::RawHash { expected: h.raw_hash, found });
     }
     Ok(h)
 }
@@ -271,10 +239,7 @@ mod tests {
         for i in 0..FRAME_HEADER_BYTES {
             let mut c = b;
             c[i] ^= 0x10;
-            assert!(
-                FrameHeader::decode(&c).is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+            assert!(FrameHeader::decode(&c).is_err(), "flip at byte {i} went unnoticed");
         }
     }
 
@@ -289,14 +254,8 @@ mod tests {
         assert_eq!(FrameHeader::decode(&b), Err(FrameError::Version(2)));
         h.stored_len = h.raw_len + 1;
         h.encode(&mut b);
-        assert!(matches!(
-            FrameHeader::decode(&b),
-            Err(FrameError::Lengths { .. })
-        ));
-        assert!(matches!(
-            FrameHeader::decode(&b[..10]),
-            Err(FrameError::BadMagic(_))
-        ));
+        assert!(matches!(FrameHeader::decode(&b), Err(FrameError::Lengths { .. })));
+        assert!(matches!(FrameHeader::decode(&b[..10]), Err(FrameError::BadMagic(_))));
     }
 
     #[test]
@@ -319,9 +278,6 @@ mod tests {
         assert_eq!(check_frame(&frame, &mut out, &mut no_codec), Ok(h));
         assert_eq!(&out[..5000], &raw[..]);
         frame[FRAME_HEADER_BYTES + 17] ^= 1;
-        assert!(matches!(
-            check_frame(&frame, &mut out, &mut no_codec),
-            Err(FrameError::StoredHash { .. })
-        ));
+        assert!(matches!(check_frame(&frame, &mut out, &mut no_codec), Err(FrameError::StoredHash { .. })));
     }
 }

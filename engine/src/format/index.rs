@@ -105,8 +105,7 @@ impl IndexEntry {
 
     /// Decode one entry; an unknown state is an error.
     pub fn decode(b: &[u8]) -> Result<IndexEntry, String> {
-        let state =
-            ChunkState::from_u8(b[0]).ok_or_else(|| format!("unknown chunk state {}", b[0]))?;
+        let state = ChunkState::from_u8(b[0]).ok_or_else(|| format!("unknown chunk state {}", b[0]))?;
         if b[1..4] != [0, 0, 0] {
             return Err("reserved entry bytes are not zero".into());
         }
@@ -145,10 +144,7 @@ pub enum IndexHeaderError {
 impl std::fmt::Display for IndexHeaderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Truncated(n) => write!(
-                f,
-                "index header truncated ({n} of {INDEX_HEADER_BYTES} bytes)"
-            ),
+            Self::Truncated(n) => write!(f, "index header truncated ({n} of {INDEX_HEADER_BYTES} bytes)"),
             Self::Magic => write!(f, "not a tintype index (bad magic)"),
             Self::Checksum => write!(f, "index header checksum mismatch"),
             Self::Version(v) => write!(f, "index format version {v} is not supported"),
@@ -257,9 +253,6 @@ mod tests {
         let mut c = b;
         c[0] = b'X';
         assert_eq!(IndexHeader::decode(&c), Err(IndexHeaderError::Magic));
-        assert_eq!(
-            IndexHeader::decode(&b[..3]),
-            Err(IndexHeaderError::Truncated(3))
-        );
+        assert_eq!(IndexHeader::decode(&b[..3]), Err(IndexHeaderError::Truncated(3)));
     }
 }

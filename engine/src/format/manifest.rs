@@ -127,24 +127,18 @@ impl Manifest {
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         // Look at format and version before the full parse, so a newer
         // version with different fields says "newer", not "malformed".
-        let probe: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| ManifestError::Foreign(format!("not JSON: {e}")))?;
+        let probe: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Foreign(format!("not JSON: {e}")))?;
         if probe.get("format").and_then(|v| v.as_str()) != Some(MANIFEST_FORMAT) {
             return Err(ManifestError::Foreign(format!(
                 "not a tintype manifest (no \"format\": \"{MANIFEST_FORMAT}\")"
             )));
         }
-        let version = probe
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let version = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version != u64::from(FORMAT_VERSION) {
-            return Err(ManifestError::Version(
-                version.min(u64::from(u32::MAX)) as u32
-            ));
+            return Err(ManifestError::Version(version.min(u64::from(u32::MAX)) as u32));
         }
-        let m: Manifest =
-            serde_json::from_value(probe).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+        let m: Manifest = serde_json::from_value(probe).map_err(|e| ManifestError::Invalid(e.to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -155,10 +149,7 @@ impl Manifest {
             return bad(format!("image_id {:?} is not 16 hex digits", self.image_id));
         }
         let cs = u64::from(self.chunk_size_bytes);
-        if cs == 0
-            || cs % super::FRAME_ALIGN_BYTES != 0
-            || self.chunk_size_bytes > super::frame::CHUNK_BYTES_MAX
-        {
+        if cs == 0 || cs % super::FRAME_ALIGN_BYTES != 0 || self.chunk_size_bytes > super::frame::CHUNK_BYTES_MAX {
             return bad(format!("chunk_size_bytes {cs} out of range"));
         }
         if self.chunk_count != self.source.size_bytes.div_ceil(cs) {
@@ -168,27 +159,18 @@ impl Manifest {
             ));
         }
         if u64::from(self.frame_align_bytes) != super::FRAME_ALIGN_BYTES {
-            return bad(format!(
-                "frame_align_bytes {} unsupported",
-                self.frame_align_bytes
-            ));
+            return bad(format!("frame_align_bytes {} unsupported", self.frame_align_bytes));
         }
         if self.codec != "zstd" {
             return bad(format!("codec {:?} unsupported", self.codec));
         }
         for s in &self.segments {
             if s.file.contains('/') || s.file.starts_with('.') {
-                return bad(format!(
-                    "segment file name {:?} is not a plain name",
-                    s.file
-                ));
+                return bad(format!("segment file name {:?} is not a plain name", s.file));
             }
         }
         if self.index.file.contains('/') || self.index.file.starts_with('.') {
-            return bad(format!(
-                "index file name {:?} is not a plain name",
-                self.index.file
-            ));
+            return bad(format!("index file name {:?} is not a plain name", self.index.file));
         }
         Ok(())
     }
@@ -220,12 +202,7 @@ pub fn rfc3339_utc(unix_seconds: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 #[cfg(test)]
@@ -281,32 +258,17 @@ mod tests {
 
     #[test]
     fn foreign_newer_and_inconsistent_manifests_are_refused() {
-        assert!(matches!(
-            Manifest::from_json(b"\x00\x01garbage"),
-            Err(ManifestError::Foreign(_))
-        ));
-        assert!(matches!(
-            Manifest::from_json(b"{\"a\": 1}"),
-            Err(ManifestError::Foreign(_))
-        ));
+        assert!(matches!(Manifest::from_json(b"\x00\x01garbage"), Err(ManifestError::Foreign(_))));
+        assert!(matches!(Manifest::from_json(b"{\"a\": 1}"), Err(ManifestError::Foreign(_))));
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
         v["format_version"] = 2.into();
-        assert_eq!(
-            Manifest::from_json(&serde_json::to_vec(&v).unwrap()),
-            Err(ManifestError::Version(2))
-        );
+        assert_eq!(Manifest::from_json(&serde_json::to_vec(&v).unwrap()), Err(ManifestError::Version(2)));
         let mut m = sample();
         m.chunk_count = 4;
-        assert!(matches!(
-            Manifest::from_json(&m.to_json()),
-            Err(ManifestError::Invalid(_))
-        ));
+        assert!(matches!(Manifest::from_json(&m.to_json()), Err(ManifestError::Invalid(_))));
         let mut m = sample();
         m.index.file = "../../etc/passwd".into();
-        assert!(matches!(
-            Manifest::from_json(&m.to_json()),
-            Err(ManifestError::Invalid(_))
-        ));
+        assert!(matches!(Manifest::from_json(&m.to_json()), Err(ManifestError::Invalid(_))));
     }
 
     #[test]

@@ -49,10 +49,7 @@ impl ImageId {
         if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u64::from_str_radix(s, 16)
-            .ok()
-            .filter(|&v| v != 0)
-            .map(ImageId)
+        u64::from_str_radix(s, 16).ok().filter(|&v| v != 0).map(ImageId)
     }
 }
 

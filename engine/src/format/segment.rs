@@ -57,10 +57,7 @@ impl SegmentHeader {
     /// Decode and check a segment header.
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
         if b.len() < SEGMENT_HEADER_BYTES {
-            return Err(format!(
-                "segment header truncated ({} of {SEGMENT_HEADER_BYTES} bytes)",
-                b.len()
-            ));
+            return Err(format!("segment header truncated ({} of {SEGMENT_HEADER_BYTES} bytes)", b.len()));
         }
         if b[0..8] != SEGMENT_MAGIC {
             return Err("not a tintype segment (bad magic)".into());
@@ -70,9 +67,7 @@ impl SegmentHeader {
         }
         let version = u16_at(b, 8);
         if version != FORMAT_VERSION {
-            return Err(format!(
-                "segment format version {version} is not supported (this build reads 1)"
-            ));
+            return Err(format!("segment format version {version} is not supported (this build reads 1)"));
         }
         if u32_at(b, 12) as u64 != FRAME_ALIGN_BYTES {
             return Err(format!("unsupported frame alignment {}", u32_at(b, 12)));
@@ -97,24 +92,14 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_checks_itself() {
-        let h = SegmentHeader {
-            image_id: ImageId(77),
-            lane: 3,
-            seq: 12,
-            chunk_bytes: 1 << 20,
-        };
+        let h = SegmentHeader { image_id: ImageId(77), lane: 3, seq: 12, chunk_bytes: 1 << 20 };
         let mut b = vec![0xffu8; SEGMENT_HEADER_BYTES];
         h.encode(&mut b);
         assert!(b[64..].iter().all(|&x| x == 0));
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         b[30] ^= 1;
         assert!(SegmentHeader::decode(&b).unwrap_err().contains("checksum"));
-        assert!(SegmentHeader::decode(&b[..100])
-            .unwrap_err()
-            .contains("truncated"));
-        assert_eq!(
-            segment_file_name(ImageId(0xab), 2),
-            "00000000000000ab.000002.seg"
-        );
+        assert!(SegmentHeader::decode(&b[..100]).unwrap_err().contains("truncated"));
+        assert_eq!(segment_file_name(ImageId(0xab), 2), "00000000000000ab.000002.seg");
     }
 }

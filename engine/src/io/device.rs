@@ -50,28 +50,20 @@ impl Source {
         } else if meta.file_type().is_file() {
             SourceKind::File
         } else {
-            return Err(Error::Unusable {
-                path: path.into(),
-                why: "not a block device or regular file".into(),
-            });
+            return Err(Error::Unusable { path: path.into(), why: "not a block device or regular file".into() });
         };
         let (mut file, direct) = open_read_only(path, direct)?;
         let (size_bytes, logical, physical) = match kind {
             SourceKind::BlockDevice => {
-                let size = file
-                    .seek(SeekFrom::End(0))
-                    .map_err(|e| Error::io("size of", path, e))?;
-                let logical = rustix::fs::ioctl_blksszget(&file)
-                    .map_err(|e| Error::io("BLKSSZGET on", path, e.into()))?;
+                let size = file.seek(SeekFrom::End(0)).map_err(|e| Error::io("size of", path, e))?;
+                let logical =
+                    rustix::fs::ioctl_blksszget(&file).map_err(|e| Error::io("BLKSSZGET on", path, e.into()))?;
                 let physical = rustix::fs::ioctl_blkpbszget(&file).unwrap_or(logical);
                 (size, logical, physical)
             }
             SourceKind::File => (meta.len(), 512, meta.blksize().clamp(512, 65536) as u32),
         };
-        let dio_align_bytes = dio_alignment(&file)
-            .unwrap_or(logical)
-            .max(logical)
-            .max(512);
+        let dio_align_bytes = dio_alignment(&file).unwrap_or(logical).max(logical).max(512);
         let identity = identity(path, &meta, kind);
         Ok(Source {
             path: path.into(),
@@ -88,9 +80,7 @@ impl Source {
 
     /// Another descriptor on the same open source, for another lane.
     pub fn reopen(&self) -> Result<File> {
-        self.file
-            .try_clone()
-            .map_err(|e| Error::io("duplicate descriptor of", &self.path, e))
+        self.file.try_clone().map_err(|e| Error::io("duplicate descriptor of", &self.path, e))
     }
 }
 
@@ -98,20 +88,13 @@ impl Source {
 /// when the filesystem refuses O_DIRECT (EINVAL). Returns whether it is direct.
 pub fn open_read_only(path: &Path, direct: bool) -> Result<(File, bool)> {
     if direct {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
+        match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
             Ok(f) => return Ok((f, true)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(Error::io("open", path, e)),
         }
     }
-    let f = OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
+    let f = OpenOptions::new().read(true).open(path).map_err(|e| Error::io("open", path, e))?;
     Ok((f, false))
 }
 
@@ -131,10 +114,7 @@ fn identity(path: &Path, meta: &std::fs::Metadata, kind: SourceKind) -> BTreeMap
     let mut id = BTreeMap::new();
     match kind {
         SourceKind::File => {
-            id.insert(
-                "device".into(),
-                format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev())),
-            );
+            id.insert("device".into(), format!("{}:{}", libc::major(meta.dev()), libc::minor(meta.dev())));
             id.insert("inode".into(), meta.ino().to_string());
         }
         SourceKind::BlockDevice => {
@@ -159,10 +139,8 @@ fn identity(path: &Path, meta: &std::fs::Metadata, kind: SourceKind) -> BTreeMap
                     }
                 }
             }
-            if let Some(name) = path
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            if let Some(name) =
+                path.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             {
                 id.insert("kernel_name".into(), name);
             }

@@ -76,26 +76,10 @@ pub trait Io: Send {
 
     /// Queue a read of `len` bytes at file `offset` into buffer `buf` at
     /// `buf_offset`. Not submitted until [`Io::flush`].
-    fn enqueue_read(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    );
+    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64);
 
     /// Queue a write of `len` bytes from buffer `buf` at `buf_offset` to file `offset`.
-    fn enqueue_write(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    );
+    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64);
 
     /// Submit everything queued and wait until at least `wait_for`
     /// completions are ready to pop (fewer if fewer are in flight).
@@ -117,17 +101,11 @@ pub(crate) struct Ownership {
 
 impl Ownership {
     pub(crate) fn new(buffers: usize, slots: usize) -> Self {
-        Ownership {
-            buf_busy: vec![false; buffers],
-            slot_ops: vec![0; slots],
-        }
+        Ownership { buf_busy: vec![false; buffers], slot_ops: vec![0; slots] }
     }
 
     pub(crate) fn take(&mut self, slot: usize, buf: usize) {
-        assert!(
-            !self.buf_busy[buf],
-            "buffer {buf} is already owned by an operation in flight"
-        );
+        assert!(!self.buf_busy[buf], "buffer {buf} is already owned by an operation in flight");
         self.buf_busy[buf] = true;
         self.slot_ops[slot] += 1;
     }
@@ -139,10 +117,7 @@ impl Ownership {
     }
 
     pub(crate) fn assert_idle(&self, buf: usize) {
-        assert!(
-            !self.buf_busy[buf],
-            "buffer {buf} is owned by an operation in flight"
-        );
+        assert!(!self.buf_busy[buf], "buffer {buf} is owned by an operation in flight");
     }
 
     pub(crate) fn slot_busy(&self, slot: usize) -> bool {
@@ -172,9 +147,7 @@ pub(crate) fn pair<'a>(
 /// Check an operation's range against its buffer before it reaches the kernel.
 pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
     assert!(
-        buf_offset
-            .checked_add(len)
-            .is_some_and(|end| end <= buf.len()),
+        buf_offset.checked_add(len).is_some_and(|end| end <= buf.len()),
         "operation of {len} bytes at {buf_offset} overruns a {}-byte buffer",
         buf.len()
     );
@@ -182,12 +155,7 @@ pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
 
 /// Open a backend for one lane with buffers of the given sizes and `slots`
 /// file slots, honouring `choice`.
-pub fn open(
-    choice: Backend,
-    buffer_sizes: &[usize],
-    slots: usize,
-    queue_depth: u32,
-) -> io::Result<Box<dyn Io>> {
+pub fn open(choice: Backend, buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<Box<dyn Io>> {
     Ok(match choice {
         Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth)?),
         Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
@@ -206,9 +174,7 @@ pub fn select(choice: IoChoice) -> Result<(Backend, Option<String>), String> {
             Ok(()) => Ok((Backend::Uring, None)),
             Err(why) => Ok((
                 Backend::Portable,
-                Some(format!(
-                    "io_uring unavailable ({why}); using the portable pread/pwrite backend"
-                )),
+                Some(format!("io_uring unavailable ({why}); using the portable pread/pwrite backend")),
             )),
         },
     }

@@ -47,19 +47,15 @@ impl PortableIo {
     }
 
     fn run(&mut self, p: Pending) {
-        let file = self.files[p.slot]
-            .as_ref()
-            .expect("operation on an empty file slot");
+        let file = self.files[p.slot].as_ref().expect("operation on an empty file slot");
         let result = loop {
             let r = match p.kind {
-                Kind::Read => file.read_at(
-                    &mut self.bufs[p.buf].as_mut_slice()[p.buf_offset..p.buf_offset + p.len],
-                    p.offset,
-                ),
-                Kind::Write => file.write_at(
-                    &self.bufs[p.buf].as_slice()[p.buf_offset..p.buf_offset + p.len],
-                    p.offset,
-                ),
+                Kind::Read => {
+                    file.read_at(&mut self.bufs[p.buf].as_mut_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
+                }
+                Kind::Write => {
+                    file.write_at(&self.bufs[p.buf].as_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
+                }
             };
             match r {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -67,10 +63,7 @@ impl PortableIo {
             }
         };
         self.own.release(p.slot, p.buf);
-        self.ready.push_back(Completion {
-            user_data: p.user_data,
-            result,
-        });
+        self.ready.push_back(Completion { user_data: p.user_data, result });
     }
 
     fn enqueue(&mut self, p: Pending) {
@@ -87,9 +80,7 @@ impl Io for PortableIo {
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {
         if self.own.slot_busy(slot) {
-            return Err(io::Error::other(format!(
-                "file slot {slot} has operations in flight"
-            )));
+            return Err(io::Error::other(format!("file slot {slot} has operations in flight")));
         }
         Ok(std::mem::replace(&mut self.files[slot], file))
     }
@@ -112,44 +103,12 @@ impl Io for PortableIo {
         super::pair(&mut self.bufs, &self.own, src, dst)
     }
 
-    fn enqueue_read(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    ) {
-        self.enqueue(Pending {
-            kind: Kind::Read,
-            slot,
-            buf,
-            buf_offset,
-            len,
-            offset,
-            user_data,
-        });
+    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+        self.enqueue(Pending { kind: Kind::Read, slot, buf, buf_offset, len, offset, user_data });
     }
 
-    fn enqueue_write(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    ) {
-        self.enqueue(Pending {
-            kind: Kind::Write,
-            slot,
-            buf,
-            buf_offset,
-            len,
-            offset,
-            user_data,
-        });
+    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+        self.enqueue(Pending { kind: Kind::Write, slot, buf, buf_offset, len, offset, user_data });
     }
 
     fn flush(&mut self, _wait_for: usize) -> io::Result<()> {

@@ -52,23 +52,15 @@ impl UringIo {
     /// and the lane's buffers allocated and registered.
     pub fn new(buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<UringIo> {
         let entries = (queue_depth + 4).next_power_of_two().max(8);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .build(entries)
-            .or_else(|_| IoUring::new(entries))?;
+        let ring = IoUring::builder().setup_single_issuer().build(entries).or_else(|_| IoUring::new(entries))?;
         let mut bufs: Vec<AlignedBuf> = buffer_sizes.iter().map(|&n| AlignedBuf::new(n)).collect();
-        let iovecs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovecs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
         // SAFETY: every iovec points at an AlignedBuf owned by `bufs`, which
         // lives in the returned UringIo as long as the ring does and is never
         // reallocated; the ring is dropped (unregistering them) first in Drop.
-        let bufs_registered = iovecs.len() <= u16::MAX as usize
-            && unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
+        let bufs_registered =
+            iovecs.len() <= u16::MAX as usize && unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
         let files_registered = ring.submitter().register_files_sparse(slots as u32).is_ok();
         Ok(UringIo {
             ring,
@@ -107,11 +99,7 @@ impl UringIo {
 
     fn push(&mut self, entry: squeue::Entry, slot: usize, buf: usize, user_data: u64) {
         self.own.take(slot, buf);
-        let op = self.record(OpRecord {
-            user_data,
-            slot,
-            buf,
-        });
+        let op = self.record(OpRecord { user_data, slot, buf });
         let entry = entry.user_data(op);
         loop {
             // SAFETY: the entry points into self.bufs[buf] within its bounds
@@ -153,12 +141,7 @@ impl UringIo {
     }
 
     fn fd(&self, slot: usize) -> types::Fd {
-        types::Fd(
-            self.files[slot]
-                .as_ref()
-                .expect("operation on an empty file slot")
-                .as_raw_fd(),
-        )
+        types::Fd(self.files[slot].as_ref().expect("operation on an empty file slot").as_raw_fd())
     }
 
     fn reap(&mut self) {
@@ -167,21 +150,12 @@ impl UringIo {
             done.push((cqe.user_data(), cqe.result()));
         }
         for (op, res) in done {
-            let rec = self.ops[op as usize]
-                .take()
-                .expect("completion for a known operation");
+            let rec = self.ops[op as usize].take().expect("completion for a known operation");
             self.ops_free.push(op as u32);
             self.own.release(rec.slot, rec.buf);
             self.in_kernel -= 1;
-            let result = if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
-            } else {
-                Ok(res as usize)
-            };
-            self.ready.push_back(Completion {
-                user_data: rec.user_data,
-                result,
-            });
+            let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) };
+            self.ready.push_back(Completion { user_data: rec.user_data, result });
         }
     }
 }
@@ -193,15 +167,11 @@ impl Io for UringIo {
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {
         if self.own.slot_busy(slot) {
-            return Err(io::Error::other(format!(
-                "file slot {slot} has operations in flight"
-            )));
+            return Err(io::Error::other(format!("file slot {slot} has operations in flight")));
         }
         if self.files_registered {
             let fd = file.as_ref().map_or(-1, |f| f.as_raw_fd());
-            self.ring
-                .submitter()
-                .register_files_update(slot as u32, &[fd])?;
+            self.ring.submitter().register_files_update(slot as u32, &[fd])?;
         }
         Ok(std::mem::replace(&mut self.files[slot], file))
     }
@@ -224,66 +194,34 @@ impl Io for UringIo {
         super::pair(&mut self.bufs, &self.own, src, dst)
     }
 
-    fn enqueue_read(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    ) {
+    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
         check_range(&self.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
         let ptr = unsafe { self.bufs[buf].as_mut_ptr().add(buf_offset) };
         let len32 = len as u32;
         let entry = match (self.bufs_registered, self.files_registered) {
             (true, true) => {
-                opcode::ReadFixed::new(types::Fixed(slot as u32), ptr, len32, buf as u16)
-                    .offset(offset)
-                    .build()
+                opcode::ReadFixed::new(types::Fixed(slot as u32), ptr, len32, buf as u16).offset(offset).build()
             }
-            (true, false) => opcode::ReadFixed::new(self.fd(slot), ptr, len32, buf as u16)
-                .offset(offset)
-                .build(),
-            (false, true) => opcode::Read::new(types::Fixed(slot as u32), ptr, len32)
-                .offset(offset)
-                .build(),
-            (false, false) => opcode::Read::new(self.fd(slot), ptr, len32)
-                .offset(offset)
-                .build(),
+            (true, false) => opcode::ReadFixed::new(self.fd(slot), ptr, len32, buf as u16).offset(offset).build(),
+            (false, true) => opcode::Read::new(types::Fixed(slot as u32), ptr, len32).offset(offset).build(),
+            (false, false) => opcode::Read::new(self.fd(slot), ptr, len32).offset(offset).build(),
         };
         self.push(entry, slot, buf, user_data);
     }
 
-    fn enqueue_write(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-        user_data: u64,
-    ) {
+    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
         check_range(&self.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
         let ptr = unsafe { self.bufs[buf].as_ptr().add(buf_offset) };
         let len32 = len as u32;
         let entry = match (self.bufs_registered, self.files_registered) {
             (true, true) => {
-                opcode::WriteFixed::new(types::Fixed(slot as u32), ptr, len32, buf as u16)
-                    .offset(offset)
-                    .build()
+                opcode::WriteFixed::new(types::Fixed(slot as u32), ptr, len32, buf as u16).offset(offset).build()
             }
-            (true, false) => opcode::WriteFixed::new(self.fd(slot), ptr, len32, buf as u16)
-                .offset(offset)
-                .build(),
-            (false, true) => opcode::Write::new(types::Fixed(slot as u32), ptr, len32)
-                .offset(offset)
-                .build(),
-            (false, false) => opcode::Write::new(self.fd(slot), ptr, len32)
-                .offset(offset)
-                .build(),
+            (true, false) => opcode::WriteFixed::new(self.fd(slot), ptr, len32, buf as u16).offset(offset).build(),
+            (false, true) => opcode::Write::new(types::Fixed(slot as u32), ptr, len32).offset(offset).build(),
+            (false, false) => opcode::Write::new(self.fd(slot), ptr, len32).offset(offset).build(),
         };
         self.push(entry, slot, buf, user_data);
     }
@@ -291,9 +229,7 @@ impl Io for UringIo {
     fn flush(&mut self, wait_for: usize) -> io::Result<()> {
         self.reap();
         loop {
-            let want = wait_for
-                .saturating_sub(self.ready.len())
-                .min(self.queued + self.in_kernel);
+            let want = wait_for.saturating_sub(self.ready.len()).min(self.queued + self.in_kernel);
             if want == 0 && self.queued == 0 {
                 return Ok(());
             }
@@ -381,10 +317,7 @@ pub fn probe() -> Result<(), String> {
             }
         }
     } else {
-        return Err(
-            "the kernel's io_uring is too old to report its operations (needs Linux 5.6 or newer)"
-                .into(),
-        );
+        return Err("the kernel's io_uring is too old to report its operations (needs Linux 5.6 or newer)".into());
     }
     Ok(())
 }
@@ -406,24 +339,13 @@ mod tests {
         f.write_all(&[5u8; 8192]).unwrap();
         drop(f);
         let mut io = UringIo::new(&[8192, 4096], 2, 4).unwrap();
-        io.set_file(
-            0,
-            Some(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .unwrap(),
-            ),
-        )
-        .unwrap();
+        io.set_file(0, Some(std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap())).unwrap();
         io.enqueue_read(0, 0, 0, 8192, 0, 11);
         io.buffer_mut(1).fill(9);
         io.enqueue_write(0, 1, 0, 4096, 8192, 12);
         io.flush(2).unwrap();
-        let mut got: Vec<(u64, usize)> = std::iter::from_fn(|| io.pop_completion())
-            .map(|c| (c.user_data, c.result.unwrap()))
-            .collect();
+        let mut got: Vec<(u64, usize)> =
+            std::iter::from_fn(|| io.pop_completion()).map(|c| (c.user_data, c.result.unwrap())).collect();
         got.sort();
         assert_eq!(got, vec![(11, 8192), (12, 4096)]);
         assert!(io.buffer(0).iter().all(|&b| b == 5));

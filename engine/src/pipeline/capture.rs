@@ -88,9 +88,7 @@ fn validate(o: &CreateOptions) -> Result<u32> {
     let bad = |s: String| Err(Error::InvalidSetting(s));
     let cs = o.chunk_size_bytes;
     if !cs.is_power_of_two() || !(64 << 10..=CHUNK_BYTES_MAX).contains(&cs) {
-        return bad(format!(
-            "--chunk-size {cs}: must be a power of two from 64 KiB to 64 MiB"
-        ));
+        return bad(format!("--chunk-size {cs}: must be a power of two from 64 KiB to 64 MiB"));
     }
     let levels = crate::codec::level_range();
     if !levels.contains(&o.level) {
@@ -102,10 +100,7 @@ fn validate(o: &CreateOptions) -> Result<u32> {
         ));
     }
     if !(1..=1024).contains(&o.queue_depth) {
-        return bad(format!(
-            "--queue-depth {}: must be 1 to 1024",
-            o.queue_depth
-        ));
+        return bad(format!("--queue-depth {}: must be 1 to 1024", o.queue_depth));
     }
     let lanes = o.lanes.unwrap_or_else(available_cores);
     if !(1..=256).contains(&lanes) {
@@ -162,10 +157,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         ));
     }
     if source.size_bytes == 0 {
-        return Err(Error::Unusable {
-            path: source.path.clone(),
-            why: "the source is empty (0 bytes)".into(),
-        });
+        return Err(Error::Unusable { path: source.path.clone(), why: "the source is empty (0 bytes)".into() });
     }
     if u64::from(opts.chunk_size_bytes) % u64::from(source.dio_align_bytes) != 0 {
         return Err(Error::InvalidSetting(format!(
@@ -177,10 +169,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let (committed, partial) = set.scan()?;
     let id = match opts.image_id {
         Some(id) if committed.contains(&id) || partial.contains(&id) => {
-            return Err(Error::InvalidSetting(format!(
-                "image {id} already exists in {}",
-                set.dir.display()
-            )))
+            return Err(Error::InvalidSetting(format!("image {id} already exists in {}", set.dir.display())))
         }
         Some(id) => id,
         None => loop {
@@ -190,11 +179,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             }
         },
     };
-    let mut unfinished = Unfinished {
-        dir: &set.dir,
-        id,
-        armed: true,
-    };
+    let mut unfinished = Unfinished { dir: &set.dir, id, armed: true };
     let chunk_count = source.size_bytes.div_ceil(u64::from(opts.chunk_size_bytes));
     let index_path = set.dir.join(index_file_name(id));
     let index = OpenOptions::new()
@@ -203,14 +188,12 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .create_new(true)
         .open(&index_path)
         .map_err(|e| Error::io("create index", &index_path, e))?;
-    index
-        .set_len(entry_offset(chunk_count))
-        .map_err(|e| Error::io("size index", &index_path, e))?;
+    index.set_len(entry_offset(chunk_count)).map_err(|e| Error::io("size index", &index_path, e))?;
 
     // Batches of up to 64 MiB keep each lane's reads sequential; a small
     // source gets smaller batches so every lane has a share.
-    let batch_chunks = (chunk_count / (u64::from(lanes) * 8))
-        .clamp(1, (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1));
+    let batch_chunks =
+        (chunk_count / (u64::from(lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1));
     let stop = AtomicBool::new(false);
     let sh = CaptureShared {
         image_id: id,
@@ -233,19 +216,13 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let reports = run_lanes(&sh, lanes, obs)?;
     let wall = started.elapsed();
 
-    let mut segments: Vec<_> = reports
-        .iter()
-        .flat_map(|r| r.segments.iter().cloned())
-        .collect();
+    let mut segments: Vec<_> = reports.iter().flat_map(|r| r.segments.iter().cloned()).collect();
     segments.sort_by_key(|s| s.seq);
     for (i, s) in segments.iter().enumerate() {
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
     let stats = sum_stats(reports.iter().map(|r| &r.stats));
-    assert_eq!(
-        stats.chunks, chunk_count,
-        "every chunk was processed exactly once"
-    );
+    assert_eq!(stats.chunks, chunk_count, "every chunk was processed exactly once");
     if !reports.iter().all(|r| r.segments_direct) {
         obs.note("the destination filesystem refuses O_DIRECT; segments were written through the page cache");
     }
@@ -265,9 +242,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .map_err(|e| Error::io("write index", &index_path, e))?;
     let index_hash = hash_file(&index_path)?;
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         format_version: u32::from(FORMAT_VERSION),
@@ -309,10 +284,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     crate::set::sync_dir(&set.dir)?;
     let manifest_path = commit_manifest(&set.dir, &manifest)?;
     unfinished.armed = false;
-    Ok(CreateReport {
-        manifest,
-        manifest_path,
-    })
+    Ok(CreateReport { manifest, manifest_path })
 }
 
 /// Run `lanes` capture lanes, each pinned to a core, reporting progress
@@ -359,10 +331,7 @@ fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<V
                 // they were stopped.
                 Err(Error::Interrupted(_)) if first_err.is_some() => {}
                 Err(e) => {
-                    if first_err
-                        .as_ref()
-                        .is_none_or(|f| matches!(f, Error::Interrupted(_)))
-                    {
+                    if first_err.as_ref().is_none_or(|f| matches!(f, Error::Interrupted(_))) {
                         first_err = Some(e);
                     }
                 }
@@ -377,9 +346,7 @@ fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<V
 
 fn allowed_cores() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&c| set.is_set(c))
-            .collect(),
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
         Err(_) => Vec::new(),
     }
 }

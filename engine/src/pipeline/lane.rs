@@ -125,10 +125,7 @@ struct ReadOp {
 
 impl std::fmt::Debug for OpenSegment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenSegment")
-            .field("seq", &self.seq)
-            .field("next_offset", &self.next_offset)
-            .finish()
+        f.debug_struct("OpenSegment").field("seq", &self.seq).field("next_offset", &self.next_offset).finish()
     }
 }
 
@@ -158,8 +155,7 @@ impl<'a> CaptureLane<'a> {
             .map_err(|e| Error::io("set up the I/O ring for", sh.source.path.clone(), e))?;
         io.set_file(SLOT_SOURCE, Some(sh.source.reopen()?))
             .map_err(|e| Error::io("register", sh.source.path.clone(), e))?;
-        let enc = Encoder::new(sh.level)
-            .map_err(|e| Error::InvalidSetting(format!("zstd level {}: {e}", sh.level)))?;
+        let enc = Encoder::new(sh.level).map_err(|e| Error::InvalidSetting(format!("zstd level {}: {e}", sh.level)))?;
         Ok(CaptureLane {
             sh,
             lane,
@@ -170,27 +166,14 @@ impl<'a> CaptureLane<'a> {
             ready: VecDeque::new(),
             batches: VecDeque::new(),
             staging: [
-                Staging {
-                    buf: qd,
-                    fill: 0,
-                    target: None,
-                    in_flight: false,
-                },
-                Staging {
-                    buf: qd + 1,
-                    fill: 0,
-                    target: None,
-                    in_flight: false,
-                },
+                Staging { buf: qd, fill: 0, target: None, in_flight: false },
+                Staging { buf: qd + 1, fill: 0, target: None, in_flight: false },
             ],
             cur: 0,
             seg: None,
             closing: None,
             zero_hashes: Vec::new(),
-            report: LaneReport {
-                segments_direct: true,
-                ..LaneReport::default()
-            },
+            report: LaneReport { segments_direct: true, ..LaneReport::default() },
         })
     }
 
@@ -208,9 +191,7 @@ impl<'a> CaptureLane<'a> {
                 continue;
             }
             let t = Instant::now();
-            self.io
-                .flush(1)
-                .map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
+            self.io.flush(1).map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
             self.report.stats.nanos_io_wait += t.elapsed().as_nanos() as u64;
             while let Some(c) = self.io.pop_completion() {
                 self.dispatch(c)?;
@@ -234,19 +215,10 @@ impl<'a> CaptureLane<'a> {
             let raw_len = self.sh.raw_len(chunk);
             // O_DIRECT needs an aligned length; past the end of a file the
             // read simply comes back short.
-            let read_len = align_up(
-                u64::from(raw_len),
-                u64::from(self.sh.source.dio_align_bytes),
-            ) as u32;
-            self.reads[buf] = Some(ReadOp {
-                chunk,
-                raw_len,
-                read_len,
-                got: 0,
-            });
+            let read_len = align_up(u64::from(raw_len), u64::from(self.sh.source.dio_align_bytes)) as u32;
+            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0 });
             let offset = chunk * u64::from(self.sh.chunk_bytes);
-            self.io
-                .enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
+            self.io.enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
         }
     }
 
@@ -281,8 +253,14 @@ impl<'a> CaptureLane<'a> {
         let offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
         match c.result {
             Err(e) if io::is_transient(&e) => {
-                self.io
-                    .enqueue_read(SLOT_SOURCE, buf, op.got as usize, (op.read_len - op.got) as usize, offset, buf as u64);
+                self.io.enqueue_read(
+                    SLOT_SOURCE,
+                    buf,
+                    op.got as usize,
+                    (op.read_len - op.got) as usize,
+                    offset,
+                    buf as u64,
+                );
                 Ok(())
             }
             Err(e) => Err(Error::io_at("read source", self.sh.source.path.clone(), offset, e)),
@@ -346,9 +324,7 @@ impl<'a> CaptureLane<'a> {
             self.free_reads.push(buf);
             self.report.stats.chunks += 1;
             self.report.stats.bytes_read += op.raw_len as u64;
-            self.sh
-                .bytes_done
-                .fetch_add(u64::from(op.raw_len), Ordering::Relaxed);
+            self.sh.bytes_done.fetch_add(u64::from(op.raw_len), Ordering::Relaxed);
             self.record(op.chunk, entry)?;
         }
         Ok(())
@@ -365,13 +341,9 @@ impl<'a> CaptureLane<'a> {
         let raw_hash = xxh3_128(raw);
         let t2 = Instant::now();
         let frame = &mut out[st.fill..];
-        let (codec, stored_len) = self.enc.encode(
-            raw,
-            &mut frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + raw_len],
-        );
+        let (codec, stored_len) = self.enc.encode(raw, &mut frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + raw_len]);
         let t3 = Instant::now();
-        let stored_hash =
-            xxhash_rust::xxh3::xxh3_64(&frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + stored_len]);
+        let stored_hash = xxhash_rust::xxh3::xxh3_64(&frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + stored_len]);
         let header = FrameHeader {
             image_id: self.sh.image_id,
             chunk: op.chunk,
@@ -441,10 +413,7 @@ impl<'a> CaptureLane<'a> {
     fn open_staging(&mut self, i: usize) -> Result<()> {
         let roll = match &self.seg {
             None => true,
-            Some(s) => {
-                s.next_offset + self.sh.staging_bytes as u64 > self.sh.segment_size_bytes
-                    && s.frames > 0
-            }
+            Some(s) => s.next_offset + self.sh.staging_bytes as u64 > self.sh.segment_size_bytes && s.frames > 0,
         };
         if roll {
             self.roll_segment()?;
@@ -454,21 +423,11 @@ impl<'a> CaptureLane<'a> {
         let buf = self.staging[i].buf;
         let mut fill = 0;
         if base == 0 {
-            SegmentHeader {
-                image_id: self.sh.image_id,
-                lane: self.lane,
-                seq,
-                chunk_bytes: self.sh.chunk_bytes,
-            }
-            .encode(self.io.buffer_mut(buf));
+            SegmentHeader { image_id: self.sh.image_id, lane: self.lane, seq, chunk_bytes: self.sh.chunk_bytes }
+                .encode(self.io.buffer_mut(buf));
             fill = SEGMENT_HEADER_BYTES;
         }
-        self.staging[i] = Staging {
-            buf,
-            fill,
-            target: Some((slot, base)),
-            in_flight: false,
-        };
+        self.staging[i] = Staging { buf, fill, target: Some((slot, base)), in_flight: false };
         Ok(())
     }
 
@@ -482,15 +441,11 @@ impl<'a> CaptureLane<'a> {
             (_, Some(s)) if s.slot == slot => s,
             _ => unreachable!("no open segment in slot {slot}"),
         };
-        assert_eq!(
-            seg.next_offset, offset,
-            "staging buffers are written in order"
-        );
+        assert_eq!(seg.next_offset, offset, "staging buffers are written in order");
         seg.hasher.update(bytes);
         seg.next_offset += st.fill as u64;
         seg.writes_in_flight += 1;
-        self.io
-            .enqueue_write(slot, st.buf, 0, st.fill, offset, WRITE_FLAG | i as u64);
+        self.io.enqueue_write(slot, st.buf, 0, st.fill, offset, WRITE_FLAG | i as u64);
         self.staging[i].in_flight = true;
     }
 
@@ -501,8 +456,7 @@ impl<'a> CaptureLane<'a> {
         let path = self.segment_in(slot).path.clone();
         match c.result {
             Err(e) if io::is_transient(&e) => {
-                self.io
-                    .enqueue_write(slot, st.buf, 0, st.fill, offset, c.user_data);
+                self.io.enqueue_write(slot, st.buf, 0, st.fill, offset, c.user_data);
                 return Ok(());
             }
             Err(e) => {
@@ -518,20 +472,12 @@ impl<'a> CaptureLane<'a> {
                     "write segment",
                     path,
                     offset,
-                    std::io::Error::other(format!(
-                        "short write: {n} of {} bytes (is the destination full?)",
-                        st.fill
-                    )),
+                    std::io::Error::other(format!("short write: {n} of {} bytes (is the destination full?)", st.fill)),
                 ))
             }
             Ok(_) => {}
         }
-        self.staging[i] = Staging {
-            buf: st.buf,
-            fill: 0,
-            target: None,
-            in_flight: false,
-        };
+        self.staging[i] = Staging { buf: st.buf, fill: 0, target: None, in_flight: false };
         let seg = self.segment_in(slot);
         seg.writes_in_flight -= 1;
         let done = seg.writes_in_flight == 0;
@@ -559,9 +505,7 @@ impl<'a> CaptureLane<'a> {
         let path = self.sh.dir.join(segment_file_name(self.sh.image_id, seq));
         let (file, direct) = create_segment_file(&path)?;
         self.report.segments_direct &= direct;
-        self.io
-            .set_file(slot, Some(file))
-            .map_err(|e| Error::io("register", path.clone(), e))?;
+        self.io.set_file(slot, Some(file)).map_err(|e| Error::io("register", path.clone(), e))?;
         self.seg = Some(OpenSegment {
             slot,
             seq,
@@ -584,16 +528,10 @@ impl<'a> CaptureLane<'a> {
             .expect("segment file in its slot");
         // A failed fsync means the kernel may have dropped our pages: the
         // run fails; nothing written before it is trusted.
-        file.sync_all()
-            .map_err(|e| Error::io("fsync segment", s.path.clone(), e))?;
+        file.sync_all().map_err(|e| Error::io("fsync segment", s.path.clone(), e))?;
         self.report.stats.bytes_segments += s.next_offset;
         self.report.segments.push(SegmentInfo {
-            file: s
-                .path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned(),
+            file: s.path.file_name().expect("file name").to_string_lossy().into_owned(),
             lane: self.lane,
             seq: s.seq,
             size_bytes: s.next_offset,
@@ -609,9 +547,7 @@ impl<'a> CaptureLane<'a> {
             self.submit_staging(self.cur);
         }
         while self.io.in_flight() > 0 {
-            self.io
-                .flush(1)
-                .map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
+            self.io.flush(1).map_err(|e| Error::io("submit I/O for", self.sh.source.path.clone(), e))?;
             while let Some(c) = self.io.pop_completion() {
                 self.dispatch(c)?;
             }
@@ -638,19 +574,11 @@ impl<'a> CaptureLane<'a> {
         }
         let b = self.batches.remove(pos).expect("batch");
         let mut bytes = vec![0u8; b.entries.len() * INDEX_ENTRY_BYTES];
-        for (e, out) in b
-            .entries
-            .iter()
-            .zip(bytes.chunks_exact_mut(INDEX_ENTRY_BYTES))
-        {
-            e.expect("every chunk of a finished batch has an entry")
-                .encode(out);
+        for (e, out) in b.entries.iter().zip(bytes.chunks_exact_mut(INDEX_ENTRY_BYTES)) {
+            e.expect("every chunk of a finished batch has an entry").encode(out);
         }
         let at = entry_offset(b.first);
-        self.sh
-            .index
-            .write_all_at(&bytes, at)
-            .map_err(|e| Error::io_at("write index", self.sh.index_path, at, e))
+        self.sh.index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", self.sh.index_path, at, e))
     }
 
     fn zero_hash(&mut self, len: u32) -> u128 {
@@ -682,9 +610,7 @@ fn create_segment_file(path: &Path) -> Result<(File, bool)> {
             if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
                 let _ = std::fs::remove_file(path);
             }
-            open(false)
-                .map(|f| (f, false))
-                .map_err(|e| Error::io("create segment", path, e))
+            open(false).map(|f| (f, false)).map_err(|e| Error::io("create segment", path, e))
         }
         Err(e) => Err(Error::io("create segment", path, e)),
     }

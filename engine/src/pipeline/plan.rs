@@ -15,11 +15,7 @@ pub struct Plan {
 impl Plan {
     pub fn new(chunk_count: u64, batch_chunks: u64) -> Plan {
         assert!(batch_chunks > 0);
-        Plan {
-            chunk_count,
-            batch_chunks,
-            next: AtomicU64::new(0),
-        }
+        Plan { chunk_count, batch_chunks, next: AtomicU64::new(0) }
     }
 
     /// The next batch, or None when every chunk has been claimed.

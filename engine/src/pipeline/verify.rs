@@ -36,13 +36,7 @@ pub struct VerifyOptions {
 
 impl VerifyOptions {
     pub fn new(set: impl Into<PathBuf>) -> VerifyOptions {
-        VerifyOptions {
-            set: set.into(),
-            image: None,
-            lanes: None,
-            queue_depth: 4,
-            io: IoChoice::Auto,
-        }
+        VerifyOptions { set: set.into(), image: None, lanes: None, queue_depth: 4, io: IoChoice::Auto }
     }
 }
 
@@ -109,20 +103,13 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         obs.note(&why);
     }
     if !(1..=1024).contains(&opts.queue_depth) {
-        return Err(Error::InvalidSetting(format!(
-            "--queue-depth {}: must be 1 to 1024",
-            opts.queue_depth
-        )));
+        return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }
     let set = ImageSet::open(&opts.set)?;
     let img = set.resolve(opts.image.as_deref())?;
     let m = &img.manifest;
     let index = img.read_index()?;
-    let mut f = Findings {
-        bad: Vec::new(),
-        problems: Vec::new(),
-        ok: 0,
-    };
+    let mut f = Findings { bad: Vec::new(), problems: Vec::new(), ok: 0 };
     let index_name = m.index.file.clone();
     if !index.hash_matches {
         f.problems.push(Problem {
@@ -137,28 +124,17 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
     for (chunk, e) in index.entries.iter().enumerate() {
         let chunk = chunk as u64;
         let (start, raw_len) = img.chunk_extent(chunk);
-        let bad = |reason: String| BadChunk {
-            chunk,
-            source_offset: start,
-            segment: None,
-            segment_offset: None,
-            reason,
-        };
+        let bad =
+            |reason: String| BadChunk { chunk, source_offset: start, segment: None, segment_offset: None, reason };
         let e = match e {
             Ok(e) => *e,
             Err(why) => {
-                f.bad.push(bad(format!(
-                    "index entry at offset {} is invalid: {why}",
-                    entry_offset(chunk)
-                )));
+                f.bad.push(bad(format!("index entry at offset {} is invalid: {why}", entry_offset(chunk))));
                 continue;
             }
         };
         if e.raw_len != raw_len && e.state != ChunkState::Unset {
-            f.bad.push(bad(format!(
-                "index says the chunk is {} bytes, it must be {raw_len}",
-                e.raw_len
-            )));
+            f.bad.push(bad(format!("index says the chunk is {} bytes, it must be {raw_len}", e.raw_len)));
             continue;
         }
         match e.state {
@@ -185,29 +161,24 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
                 if e.raw_hash == h {
                     zero += 1;
                 } else {
-                    f.bad.push(bad(
-                        "index marks the chunk zero-filled but holds another chunk's hash".into(),
-                    ));
+                    f.bad.push(bad("index marks the chunk zero-filled but holds another chunk's hash".into()));
                 }
             }
             ChunkState::Unused => unused += 1,
             ChunkState::Unreadable => unreadable += 1,
-            ChunkState::Unset => f.bad.push(bad(
-                "index entry was never written (the run that made it did not finish)".into(),
-            )),
-            ChunkState::Inherited => f.bad.push(bad(
-                "chunk is inherited from an ancestor image, which this build cannot follow".into(),
-            )),
+            ChunkState::Unset => {
+                f.bad.push(bad("index entry was never written (the run that made it did not finish)".into()))
+            }
+            ChunkState::Inherited => {
+                f.bad.push(bad("chunk is inherited from an ancestor image, which this build cannot follow".into()))
+            }
         }
     }
     for frames in &mut per_segment {
         frames.sort_by_key(|r| r.entry.offset);
     }
 
-    let lanes = opts
-        .lanes
-        .unwrap_or_else(super::capture::available_cores)
-        .clamp(1, 256) as usize;
+    let lanes = opts.lanes.unwrap_or_else(super::capture::available_cores).clamp(1, 256) as usize;
     let mut order: Vec<usize> = (0..m.segments.len()).collect();
     order.sort_by_key(|&s| std::cmp::Reverse(m.segments[s].size_bytes));
     let shared = VerifyShared {
@@ -261,17 +232,10 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
 /// Does a stored entry point inside one of the image's segments?
 fn check_location(img: &Image, e: &IndexEntry) -> std::result::Result<(), String> {
     let Some(seg) = img.manifest.segments.get(e.segment as usize) else {
-        return Err(format!(
-            "index names segment {}, but the image has {}",
-            e.segment,
-            img.manifest.segments.len()
-        ));
+        return Err(format!("index names segment {}, but the image has {}", e.segment, img.manifest.segments.len()));
     };
     if e.stored_len > e.raw_len {
-        return Err(format!(
-            "index stored length {} exceeds the raw length {}",
-            e.stored_len, e.raw_len
-        ));
+        return Err(format!("index stored length {} exceeds the raw length {}", e.stored_len, e.raw_len));
     }
     if e.offset < SEGMENT_HEADER_BYTES as u64
         || e.offset % FRAME_ALIGN_BYTES != 0
@@ -305,19 +269,14 @@ impl VerifyShared<'_> {
         let frame_max = frame_len_max(self.img.manifest.chunk_size_bytes) as usize;
         let mut io = io::open(self.backend, &vec![frame_max; qd], 1, self.queue_depth)
             .map_err(|e| Error::io("set up the I/O ring for", self.img.dir.clone(), e))?;
-        let mut dec =
-            Decoder::new().map_err(|e| Error::io("create decoder for", self.img.dir.clone(), e))?;
+        let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", self.img.dir.clone(), e))?;
         let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(&seg) = self.order.get(i) else {
                 return Ok(());
             };
-            let mut f = Findings {
-                bad: Vec::new(),
-                problems: Vec::new(),
-                ok: 0,
-            };
+            let mut f = Findings { bad: Vec::new(), problems: Vec::new(), ok: 0 };
             self.verify_segment(io.as_mut(), seg, &mut dec, &mut raw, &mut f)?;
             let mut all = self.findings.lock().expect("findings lock");
             all.bad.append(&mut f.bad);
@@ -345,19 +304,12 @@ impl VerifyShared<'_> {
         let (file, _direct) = match open_read_only(&path, true) {
             Ok(x) => x,
             Err(e) => {
-                f.problems.push(Problem {
-                    file: info.file.clone(),
-                    offset: None,
-                    what: format!("cannot open: {e}"),
-                });
+                f.problems.push(Problem { file: info.file.clone(), offset: None, what: format!("cannot open: {e}") });
                 bad_all(f, "its segment file cannot be opened");
                 return Ok(());
             }
         };
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         if len != info.size_bytes {
             f.problems.push(Problem {
                 file: info.file.clone(),
@@ -365,16 +317,11 @@ impl VerifyShared<'_> {
                 what: format!(
                     "segment is {len} bytes, the manifest says {} ({})",
                     info.size_bytes,
-                    if len < info.size_bytes {
-                        "truncated"
-                    } else {
-                        "extended"
-                    }
+                    if len < info.size_bytes { "truncated" } else { "extended" }
                 ),
             });
         }
-        io.set_file(0, Some(file))
-            .map_err(|e| Error::io("register", &path, e))?;
+        io.set_file(0, Some(file)).map_err(|e| Error::io("register", &path, e))?;
         let mut hasher = Xxh3Default::new();
         // The segment header first, with one read.
         io.enqueue_read(0, 0, 0, SEGMENT_HEADER_BYTES, 0, u64::MAX);
@@ -398,14 +345,9 @@ impl VerifyShared<'_> {
             Err(e) => Err(format!("cannot read the segment header: {e}")),
         };
         if let Err(what) = head_ok {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: Some(0),
-                what,
-            });
+            f.problems.push(Problem { file: info.file.clone(), offset: Some(0), what });
         }
-        self.bytes_done
-            .fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+        self.bytes_done.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
 
         let mut free: Vec<usize> = (0..self.queue_depth as usize).rev().collect();
         let mut window: VecDeque<(usize, usize, Option<std::io::Result<usize>>)> = VecDeque::new();
@@ -416,14 +358,7 @@ impl VerifyShared<'_> {
             while next < frames.len() {
                 let Some(buf) = free.pop() else { break };
                 let e = frames[next].entry;
-                io.enqueue_read(
-                    0,
-                    buf,
-                    0,
-                    frame_len(e.stored_len) as usize,
-                    e.offset,
-                    buf as u64,
-                );
+                io.enqueue_read(0, buf, 0, frame_len(e.stored_len) as usize, e.offset, buf as u64);
                 window.push_back((next, buf, None));
                 next += 1;
             }
@@ -458,10 +393,7 @@ impl VerifyShared<'_> {
                 }
                 expected_offset = r.entry.offset + want as u64;
                 match result.expect("completed") {
-                    Err(e) => {
-                        f.bad
-                            .push(self.bad(&r, info.file.clone(), format!("read failed: {e}")))
-                    }
+                    Err(e) => f.bad.push(self.bad(&r, info.file.clone(), format!("read failed: {e}"))),
                     Ok(n) => {
                         let bytes = &io.buffer(buf)[..n];
                         if contiguous {
@@ -488,8 +420,7 @@ impl VerifyShared<'_> {
                 free.push(buf);
             }
         }
-        io.set_file(0, None)
-            .map_err(|e| Error::io("release", &path, e))?;
+        io.set_file(0, None).map_err(|e| Error::io("release", &path, e))?;
         if !contiguous {
             f.problems.push(Problem {
                 file: info.file.clone(),
@@ -516,37 +447,20 @@ impl VerifyShared<'_> {
             f.problems.push(Problem {
                 file: info.file.clone(),
                 offset: None,
-                what: format!(
-                    "the index points at {} frames here, the manifest counts {}",
-                    frames.len(),
-                    info.frames
-                ),
+                what: format!("the index points at {} frames here, the manifest counts {}", frames.len(), info.frames),
             });
         }
         Ok(())
     }
 
-    fn check(
-        &self,
-        r: &FrameRef,
-        bytes: &[u8],
-        dec: &mut Decoder,
-        raw: &mut [u8],
-    ) -> std::result::Result<(), String> {
+    fn check(&self, r: &FrameRef, bytes: &[u8], dec: &mut Decoder, raw: &mut [u8]) -> std::result::Result<(), String> {
         let h = check_frame(bytes, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
         let e = &r.entry;
         if h.chunk != r.chunk {
-            return Err(format!(
-                "frame holds chunk {}, the index expects chunk {} here",
-                h.chunk, r.chunk
-            ));
+            return Err(format!("frame holds chunk {}, the index expects chunk {} here", h.chunk, r.chunk));
         }
         if h.image_id != self.img.id() {
-            return Err(format!(
-                "frame belongs to image {}, not {}",
-                h.image_id,
-                self.img.id()
-            ));
+            return Err(format!("frame belongs to image {}, not {}", h.image_id, self.img.id()));
         }
         if h.raw_len != e.raw_len || h.stored_len != e.stored_len || h.raw_hash != e.raw_hash {
             return Err("frame header disagrees with the index (lengths or raw hash)".into());
