@@ -40,18 +40,29 @@ impl Drop for Mounted {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift64).
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+/// Write `len` deterministic pseudo-random bytes (xorshift64) to `path`,
+/// streaming, so the harness's own memory stays small (a child's peak RSS
+/// as the kernel reports it starts from the parent's).
+pub fn write_random(path: &Path, len: u64, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
     let mut x = seed | 1;
-    let mut v = vec![0u8; len];
-    for c in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        c.copy_from_slice(&b[..c.len()]);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
     }
-    v
+    f.flush()?;
+    Ok(())
 }
 
 /// Copy regular files from `srcs` (sorted walk) into `dest` until `budget` bytes.
@@ -99,15 +110,15 @@ pub fn ext4_disk(dir: &Path, size_bytes: u64, sector: u32, seed: u64) -> Result<
     let stale = mnt.join("stale");
     std::fs::create_dir_all(&stale)?;
     copy_files(&["/usr/lib"], &stale, size_bytes * 40 / 100)?;
-    std::fs::write(stale.join("random.bin"), random_bytes((size_bytes * 35 / 100) as usize, seed))?;
+    write_random(&stale.join("random.bin"), size_bytes * 35 / 100, seed)?;
     run("sync", &[])?;
     std::fs::remove_dir_all(&stale)?;
     run("sync", &[])?;
     // Live data: system files and incompressible files.
     let sys = mnt.join("sys");
     std::fs::create_dir_all(&sys)?;
-    copy_files(&["/usr/share", "/usr/bin", "/usr/lib/python3", "/usr/lib"], &sys, size_bytes * 38 / 100)?;
-    std::fs::write(mnt.join("media.bin"), random_bytes((size_bytes * 15 / 100) as usize, seed ^ 0xabc))?;
+    copy_files(&["/usr/share", "/usr/bin", "/usr/lib/python3", "/usr/lib"], &sys, size_bytes * 46 / 100)?;
+    write_random(&mnt.join("media.bin"), size_bytes * 15 / 100, seed ^ 0xabc)?;
     run("sync", &[])?;
     let df = run("df", &["--output=used", "-B1", mnt.to_str().unwrap()])?;
     corpus.used_bytes = df.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);

@@ -212,9 +212,9 @@ fn ext4(
         let (w, cpu, rss) = run_measured(&mut c)?;
         let s = Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: bytes_under(&set) };
         let _ = std::fs::remove_file(&zst);
-        let mut c = Command::new("sh");
+        let mut c = Command::new("bash");
         c.arg("-c").arg(format!(
-            "set -o pipefail 2>/dev/null; dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > {}",
+            "set -o pipefail; dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > {}",
             dev.display(),
             zst.display()
         ));

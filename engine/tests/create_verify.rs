@@ -228,3 +228,32 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
     sb.expect(&["verify", "set"], 0);
     assert_round_trip(&sb.path("set"), &std::fs::read(sb.path("small.img")).unwrap());
 }
+
+/// Incompressible data to a disk-backed directory with one lane: reads
+/// complete while both staging buffers are being written, which once made a
+/// lane submit a buffer that was still in flight.
+#[test]
+fn reads_completing_while_both_staging_buffers_are_in_flight() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let data: Vec<u8> = (0..(48usize << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(sb.path("rand.img"), &data).unwrap();
+        for qd in ["8", "32"] {
+            let set = format!("set{qd}");
+            sb.expect(
+                &["create", "rand.img", &set, "--lanes", "1", "--level", "0", "--queue-depth", qd, "--io", backend],
+                0,
+            );
+            sb.expect(&["verify", &set, "--io", backend], 0);
+            assert_round_trip(&sb.path(&set), &data);
+        }
+    }
+}

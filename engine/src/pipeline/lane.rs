@@ -394,6 +394,10 @@ impl<'a> CaptureLane<'a> {
     fn make_room(&mut self) -> Result<bool> {
         let max_frame = frame_len_max(self.sh.chunk_bytes) as usize;
         let st = self.staging[self.cur];
+        if st.in_flight {
+            // Still being written from the last time round: wait for it.
+            return Ok(false);
+        }
         if st.target.is_some() && st.fill + max_frame <= self.sh.staging_bytes {
             return Ok(true);
         }
