@@ -235,6 +235,7 @@ impl Image {
             || header.chunk_count != m.chunk_count
             || header.chunk_bytes != m.chunk_size_bytes
             || header.source_bytes != m.source.size_bytes
+            || header.parent.map(|p| p.to_string()) != m.parent
         {
             return Err(Error::corrupt(
                 &path,
@@ -287,11 +288,21 @@ impl Image {
                 let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o)).map_err(|e| {
                     Error::corrupt(&path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}"))
                 })?;
-                if h.chunk != chunk || h.raw_hash != entry.raw_hash || h.raw_len as usize != raw_len {
+                if h.chunk != chunk
+                    || h.image_id != self.id()
+                    || h.raw_hash != entry.raw_hash
+                    || h.raw_len as usize != raw_len
+                    || h.stored_len != entry.stored_len
+                {
                     return Err(Error::corrupt(
                         &path,
                         entry.offset,
-                        format!("frame holds chunk {} but the index expects chunk {chunk} here", h.chunk),
+                        format!(
+                            "frame holds chunk {} of image {}, the index expects chunk {chunk} of image {} here",
+                            h.chunk,
+                            h.image_id,
+                            self.id()
+                        ),
                     ));
                 }
                 debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
@@ -322,11 +333,19 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
     }
     drop(f);
     let d = File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
-    if let Err(e) =
-        rustix::fs::renameat_with(&d, tmp_name.as_str(), &d, final_name.as_str(), rustix::fs::RenameFlags::NOREPLACE)
-    {
+    let renamed =
+        rustix::fs::renameat_with(&d, tmp_name.as_str(), &d, final_name.as_str(), rustix::fs::RenameFlags::NOREPLACE);
+    let committed = match renamed {
+        // Filesystems without RENAME_NOREPLACE (NFS, some FUSE): a hard link
+        // is just as atomic and just as unwilling to replace.
+        Err(rustix::io::Errno::INVAL) => std::fs::hard_link(&tmp, &dest).map(|()| {
+            let _ = std::fs::remove_file(&tmp);
+        }),
+        other => other.map_err(std::io::Error::from),
+    };
+    if let Err(e) = committed {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("commit (rename) manifest to", &dest, e.into()));
+        return Err(Error::io("commit (rename) manifest to", &dest, e));
     }
     d.sync_all().map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(dest)

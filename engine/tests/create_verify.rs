@@ -177,12 +177,10 @@ fn an_existing_image_is_never_overwritten() {
     sb.expect(&["verify", "set@000000000"], 0);
 }
 
-/// kill -9 in the middle of create: no committed image appears, and the next
-/// create into the same set succeeds and verifies.
-#[test]
-fn killed_create_commits_nothing_and_the_next_create_works() {
-    let sb = Sandbox::new();
-    // Text at a high level is slow enough to be killed mid-run.
+/// Start `create` on a source slow enough to be interrupted, and return once
+/// it has written its first files.
+fn start_slow_create(sb: &Sandbox) -> std::process::Child {
+    // Text at a high level is slow enough to be stopped mid-run.
     let text: Vec<u8> = b"the lane reads the chunk and the ring writes the frame "
         .iter()
         .copied()
@@ -192,14 +190,13 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
         .map(|(i, b)| b ^ ((i / 4093) as u8 & 1))
         .collect();
     std::fs::write(sb.path("big.img"), &text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
         .args(["create", "big.img", "set", "--level", "19", "--lanes", "1"])
         .current_dir(sb.dir.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the run has written something, then kill it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let has_files = std::fs::read_dir(sb.path("set"))
@@ -211,14 +208,39 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
+    child
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Ctrl-C (SIGINT) during create: exit 130, a message saying nothing was
+/// committed, and the unfinished image's files removed.
+#[test]
+fn sigint_stops_create_cleanly() {
+    let sb = Sandbox::new();
+    let mut child = start_slow_create(&sb);
+    assert!(child.try_wait().unwrap().is_none(), "create finished before it could be interrupted");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted") && err.contains("no image was committed"), "{err}");
+    assert_eq!(files_in(&sb.path("set")), Vec::<String>::new(), "the unfinished image's files were removed");
+}
+
+/// kill -9 in the middle of create: no committed image appears, and the next
+/// create into the same set succeeds and verifies.
+#[test]
+fn killed_create_commits_nothing_and_the_next_create_works() {
+    let sb = Sandbox::new();
+    let mut child = start_slow_create(&sb);
     assert!(child.try_wait().unwrap().is_none(), "create finished before it could be killed");
     child.kill().unwrap();
     child.wait().unwrap();
-    let names: Vec<String> = std::fs::read_dir(sb.path("set"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = files_in(&sb.path("set"));
     assert!(!names.iter().any(|n| n.ends_with(".manifest.json")), "no committed image: {names:?}");
     let out = sb.expect(&["verify", "set"], 4);
     assert!(stderr(&out).contains("no committed image"), "{}", stderr(&out));

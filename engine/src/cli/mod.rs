@@ -151,6 +151,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // Ctrl-C or SIGTERM: ask the pipelines to stop cleanly (in-flight I/O
+    // drains, an unfinished image's files are removed); a second one ends
+    // the process at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = &tintype::pipeline::INTERRUPTED;
+        let _ = signal_hook::flag::register_conditional_default(sig, flag);
+        let _ = signal_hook::flag::register(sig, flag);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -75,6 +75,8 @@ pub enum FrameError {
     HeaderHash,
     #[error("unknown codec {0}")]
     Codec(u8),
+    #[error("reserved flags {0:#04x} set")]
+    Flags(u8),
     #[error("frame lengths out of range (raw {raw}, stored {stored})")]
     Lengths { raw: u32, stored: u32 },
     #[error("stored bytes do not match their checksum (xxh3-64 {found:016x}, header says {expected:016x})")]
@@ -125,6 +127,9 @@ impl FrameHeader {
             return Err(FrameError::Version(version));
         }
         let codec = Codec::from_u8(b[6]).ok_or(FrameError::Codec(b[6]))?;
+        if b[7] != 0 {
+            return Err(FrameError::Flags(b[7]));
+        }
         let raw_len = u32_at(b, 24);
         let stored_len = u32_at(b, 28);
         if raw_len == 0 || raw_len > CHUNK_BYTES_MAX || stored_len > stored_len_max(raw_len) {

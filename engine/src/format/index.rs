@@ -139,6 +139,7 @@ pub enum IndexHeaderError {
     Checksum,
     Version(u16),
     EntrySize(u16),
+    Reserved,
 }
 
 impl std::fmt::Display for IndexHeaderError {
@@ -149,6 +150,7 @@ impl std::fmt::Display for IndexHeaderError {
             Self::Checksum => write!(f, "index header checksum mismatch"),
             Self::Version(v) => write!(f, "index format version {v} is not supported"),
             Self::EntrySize(n) => write!(f, "index entry size {n}, expected {INDEX_ENTRY_BYTES}"),
+            Self::Reserved => write!(f, "reserved index header bytes are not zero"),
         }
     }
 }
@@ -188,6 +190,9 @@ impl IndexHeader {
         let entry = u16_at(b, 10);
         if entry as usize != INDEX_ENTRY_BYTES {
             return Err(IndexHeaderError::EntrySize(entry));
+        }
+        if u64_at(b, 48) != 0 {
+            return Err(IndexHeaderError::Reserved);
         }
         let parent = u64_at(b, 40);
         Ok(IndexHeader {

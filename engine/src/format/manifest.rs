@@ -148,8 +148,12 @@ impl Manifest {
         if ImageId::parse(&self.image_id).is_none() {
             return bad(format!("image_id {:?} is not 16 hex digits", self.image_id));
         }
+        let id = ImageId::parse(&self.image_id).expect("checked above");
         let cs = u64::from(self.chunk_size_bytes);
-        if cs == 0 || cs % super::FRAME_ALIGN_BYTES != 0 || self.chunk_size_bytes > super::frame::CHUNK_BYTES_MAX {
+        if !self.chunk_size_bytes.is_power_of_two()
+            || cs < 64 << 10
+            || self.chunk_size_bytes > super::frame::CHUNK_BYTES_MAX
+        {
             return bad(format!("chunk_size_bytes {cs} out of range"));
         }
         if self.chunk_count != self.source.size_bytes.div_ceil(cs) {
@@ -164,13 +168,15 @@ impl Manifest {
         if self.codec != "zstd" {
             return bad(format!("codec {:?} unsupported", self.codec));
         }
-        for s in &self.segments {
-            if s.file.contains('/') || s.file.starts_with('.') {
-                return bad(format!("segment file name {:?} is not a plain name", s.file));
+        // File names are derived, never free: a manifest cannot point at
+        // another image's files or outside the set directory.
+        for (i, s) in self.segments.iter().enumerate() {
+            if s.seq as usize != i || s.file != super::segment::segment_file_name(id, s.seq) {
+                return bad(format!("segment {i} is listed as {:?} (number {})", s.file, s.seq));
             }
         }
-        if self.index.file.contains('/') || self.index.file.starts_with('.') {
-            return bad(format!("index file name {:?} is not a plain name", self.index.file));
+        if self.index.file != super::index::index_file_name(id) {
+            return bad(format!("index file name {:?} is not {id}.index", self.index.file));
         }
         Ok(())
     }

@@ -40,13 +40,14 @@ impl ImageId {
         seed[8..16].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
         seed[16..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
         let id = xxhash_rust::xxh3::xxh3_64(&seed);
-        // Zero means "no image" in the index's ancestor field.
+        // Zero means "no image" in the index's parent and entry image fields.
         ImageId(if id == 0 { 1 } else { id })
     }
 
     /// Parse exactly 16 hex digits.
     pub fn parse(s: &str) -> Option<ImageId> {
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Lowercase only: file names are compared as written.
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return None;
         }
         u64::from_str_radix(s, 16).ok().filter(|&v| v != 0).map(ImageId)
@@ -100,6 +101,7 @@ mod tests {
         assert_eq!(ImageId::parse("0000000000000000"), None, "zero is reserved");
         assert_eq!(ImageId::parse("g000000000000001"), None);
         assert_eq!(ImageId::parse("abc"), None);
+        assert_eq!(ImageId::parse("00000000000000AB"), None, "uppercase is not a file name we write");
         assert_ne!(ImageId::generate(), ImageId::generate());
     }
 

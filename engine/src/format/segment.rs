@@ -69,6 +69,9 @@ impl SegmentHeader {
         if version != FORMAT_VERSION {
             return Err(format!("segment format version {version} is not supported (this build reads 1)"));
         }
+        if b[10..12] != [0, 0] || b[36..56].iter().any(|&x| x != 0) {
+            return Err("reserved segment header bytes are not zero".into());
+        }
         if u32_at(b, 12) as u64 != FRAME_ALIGN_BYTES {
             return Err(format!("unsupported frame alignment {}", u32_at(b, 12)));
         }

@@ -213,7 +213,13 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         next_segment: AtomicU32::new(0),
     };
     let started = Instant::now();
-    let reports = run_lanes(&sh, lanes, obs)?;
+    let reports = run_lanes(&sh, lanes, obs).map_err(|e| match e {
+        Error::Interrupted(_) if super::interrupted() => Error::Interrupted(format!(
+            "no image was committed; the unfinished image {id}'s files were removed from {}",
+            set.dir.display()
+        )),
+        e => e,
+    })?;
     let wall = started.elapsed();
 
     let mut segments: Vec<_> = reports.iter().flat_map(|r| r.segments.iter().cloned()).collect();
@@ -253,7 +259,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         created: rfc3339_utc(now),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         source: SourceInfo {
-            path: source.path.display().to_string(),
+            path: std::fs::canonicalize(&source.path).unwrap_or_else(|_| source.path.clone()).display().to_string(),
             kind: source.kind.name().into(),
             size_bytes: source.size_bytes,
             logical_sector_bytes: source.logical_sector_bytes,
@@ -282,7 +288,17 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         },
     };
     crate::set::sync_dir(&set.dir)?;
-    let manifest_path = commit_manifest(&set.dir, &manifest)?;
+    let manifest_path = match commit_manifest(&set.dir, &manifest) {
+        Ok(p) => p,
+        Err(e) => {
+            // Renamed but not made durable (the directory fsync failed): the
+            // image is there and its data must stay with it.
+            if set.dir.join(crate::format::manifest::manifest_file_name(id)).exists() {
+                unfinished.armed = false;
+            }
+            return Err(e);
+        }
+    };
     unfinished.armed = false;
     Ok(CreateReport { manifest, manifest_path })
 }

@@ -198,7 +198,11 @@ impl<'a> CaptureLane<'a> {
             }
         }
         if self.sh.stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted("another lane stopped the run".into()));
+            return Err(Error::Interrupted(if super::interrupted() {
+                "stopped by a signal".into()
+            } else {
+                "another lane stopped the run".into()
+            }));
         }
         self.finish()?;
         self.report.stats.nanos_cpu = thread_cpu_nanos();
@@ -223,6 +227,12 @@ impl<'a> CaptureLane<'a> {
     }
 
     fn next_chunk(&mut self) -> Option<u64> {
+        if super::interrupted() {
+            self.sh.stop.store(true, Ordering::Relaxed);
+        }
+        if self.sh.stop.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Some(b) = self.batches.back_mut() {
             if b.next < b.end {
                 b.next += 1;
@@ -230,7 +240,7 @@ impl<'a> CaptureLane<'a> {
             }
         }
         // Two batches open at most: the one finishing and the one starting.
-        if self.batches.len() >= 2 || self.sh.stop.load(Ordering::Relaxed) {
+        if self.batches.len() >= 2 {
             return None;
         }
         let r = self.sh.plan.claim()?;

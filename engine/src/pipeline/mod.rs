@@ -6,6 +6,18 @@ pub mod lane;
 pub mod plan;
 pub mod verify;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set (by the CLI's SIGINT/SIGTERM handler, or by an embedding program) to
+/// ask every running pipeline to stop: lanes stop claiming work, finish the
+/// I/O in flight, and the run returns [`crate::Error::Interrupted`].
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Has a stop been requested?
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// Where a pipeline reports what the user should see while it runs.
 pub trait Observer: Sync {
     /// A one-line remark (a fallback taken, a limitation met).

@@ -272,6 +272,9 @@ impl VerifyShared<'_> {
         let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", self.img.dir.clone(), e))?;
         let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
         loop {
+            if super::interrupted() {
+                return Err(Error::Interrupted("verify stopped by a signal before it finished".into()));
+            }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(&seg) = self.order.get(i) else {
                 return Ok(());
@@ -332,6 +335,10 @@ impl VerifyShared<'_> {
                 let b = &io.buffer(0)[..n];
                 hasher.update(b);
                 match SegmentHeader::decode(b) {
+                    Ok(h) if h.chunk_bytes != self.img.manifest.chunk_size_bytes => Err(format!(
+                        "segment header says chunk size {}, the manifest {}",
+                        h.chunk_bytes, self.img.manifest.chunk_size_bytes
+                    )),
                     Ok(h) if h.image_id != self.img.id() || h.seq as usize != seg => Err(format!(
                         "segment header names image {} segment {}, expected image {} segment {seg}",
                         h.image_id,
