@@ -25,6 +25,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a command and print its wall time, CPU time and peak RSS as JSON.
+    /// The harness measures every tool through this small process, so the
+    /// peak RSS the kernel reports is the tool's, not inherited from the
+    /// harness's own memory at fork time.
+    #[command(hide = true)]
+    Measure {
+        #[arg(trailing_var_arg = true, required = true)]
+        argv: Vec<String>,
+    },
     /// `tintype create` vs `dd iflag=direct | zstd -T<cores>` on a realistic
     /// ext4 disk (system files, incompressible files, stale data in free
     /// space, ~30% free) on a memory-backed loop device. Needs root.
@@ -55,10 +64,32 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Measure { argv } => {
+            let (w, cpu, rss) = run_measured(Command::new(&argv[0]).args(&argv[1..]).stdout(std::process::Stdio::null()))?;
+            println!("{}", json!({"wall_seconds": w, "cpu_seconds": cpu, "peak_rss_bytes": rss}));
+            Ok(())
+        }
         Cmd::Ext4 { size_mib, runs, level, sector, dir, json, tintype_args } => {
             ext4(size_mib, runs.max(1), level, sector, &dir, json.as_deref(), tintype_args.as_deref())
         }
     }
+}
+
+/// Measure `argv` through a fresh `tintype-bench measure` process.
+fn measure(argv: &[&str]) -> Result<(f64, f64, u64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("measure")
+        .arg("--")
+        .args(argv)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run the measuring helper")?;
+    if !out.status.success() {
+        bail!("{argv:?} failed");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("helper output")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok((f("wall_seconds"), f("cpu_seconds"), v["peak_rss_bytes"].as_u64().unwrap_or(0)))
 }
 
 fn tintype_bin() -> Result<PathBuf> {
@@ -205,20 +236,19 @@ fn ext4(
     // One warm-up of each, then alternate so drift hits both alike.
     for i in 0..=runs {
         let _ = std::fs::remove_dir_all(&set);
-        let mut c = Command::new(&bin);
-        c.args(["create", dev.to_str().unwrap(), set.to_str().unwrap(), "--level", &level.to_string()])
-            .args(&extra)
-            .stdout(std::process::Stdio::null());
-        let (w, cpu, rss) = run_measured(&mut c)?;
+        let level_arg = level.to_string();
+        let mut argv = vec![bin.to_str().unwrap(), "create", dev.to_str().unwrap(), set.to_str().unwrap(), "--level"];
+        argv.push(&level_arg);
+        argv.extend(extra.iter().map(String::as_str));
+        let (w, cpu, rss) = measure(&argv)?;
         let s = Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: bytes_under(&set) };
         let _ = std::fs::remove_file(&zst);
-        let mut c = Command::new("bash");
-        c.arg("-c").arg(format!(
+        let pipeline = format!(
             "set -o pipefail; dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > {}",
             dev.display(),
             zst.display()
-        ));
-        let (w2, cpu2, rss2) = run_measured(&mut c)?;
+        );
+        let (w2, cpu2, rss2) = measure(&["bash", "-c", &pipeline])?;
         let p = Sample { wall_seconds: w2, cpu_seconds: cpu2, peak_rss_bytes: rss2, output_bytes: bytes_under(&zst) };
         eprintln!(
             "bench: run {i}{}: tintype {:.3} s ({} bytes), dd|zstd {:.3} s ({} bytes)",
