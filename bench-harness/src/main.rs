@@ -65,7 +65,8 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Measure { argv } => {
-            let (w, cpu, rss) = run_measured(Command::new(&argv[0]).args(&argv[1..]).stdout(std::process::Stdio::null()))?;
+            let (w, cpu, rss) =
+                run_measured(Command::new(&argv[0]).args(&argv[1..]).stdout(std::process::Stdio::null()))?;
             println!("{}", json!({"wall_seconds": w, "cpu_seconds": cpu, "peak_rss_bytes": rss}));
             Ok(())
         }
