@@ -15,5 +15,6 @@ pub mod set;
 
 pub use error::{Error, Result};
 pub use pipeline::capture::{create, CreateOptions, CreateReport};
+pub use pipeline::restore::{restore, RestoreOptions, RestoreReport};
 pub use pipeline::verify::{verify, VerifyOptions, VerifyReport};
 pub use pipeline::{Observer, Quiet};

@@ -3,4 +3,5 @@
 mod corruption;
 mod create_verify;
 mod golden;
+mod restore;
 mod util;

@@ -106,6 +106,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore an image to TARGET: a block device, or a file (created sparse if absent).
+    /// Every check that can refuse runs before the first byte is written.
+    Restore {
+        /// Image set directory, optionally @IMAGE_ID (default: the newest image).
+        image: String,
+        /// Block device or file to write.
+        target: PathBuf,
+        /// Overwrite a target that holds data, or has another logical sector size than the source.
+        #[arg(long)]
+        force: bool,
+        /// Restore to a smaller block device when everything past its end is zero or unused.
+        #[arg(long)]
+        allow_shrink: bool,
+        /// On block devices, discard zero ranges where the device guarantees zeroed reads (else zero-out).
+        #[arg(long)]
+        discard: bool,
+        /// Verify the whole image before writing anything; a damaged image leaves the target untouched.
+        #[arg(long)]
+        verify_first: bool,
+        /// Write zeros for damaged chunks, restore the rest, list them, exit 3.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Read the target back (O_DIRECT) and compare every chunk with the index's hashes.
+        #[arg(long)]
+        verify_after: bool,
+        #[arg(long)]
+        lanes: Option<u32>,
+        #[arg(long, default_value_t = 8)]
+        queue_depth: u32,
+        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+        io: IoArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an image's metadata and statistics.
     Info {
         /// Image set directory, optionally @IMAGE_ID.
@@ -219,6 +253,38 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let report = tintype::verify(&o, &obs)?;
             obs.finish();
             output::print_verify(&report, json);
+            Ok(if report.is_clean() { exit::OK } else { exit::DAMAGED })
+        }
+        Command::Restore {
+            image,
+            target,
+            force,
+            allow_shrink,
+            discard,
+            verify_first,
+            skip_bad,
+            verify_after,
+            lanes,
+            queue_depth,
+            io,
+            json,
+        } => {
+            let (set, sel) = parse_spec(&image);
+            let mut o = tintype::RestoreOptions::new(set, target);
+            o.image = sel;
+            o.force = force;
+            o.allow_shrink = allow_shrink;
+            o.discard = discard;
+            o.verify_first = verify_first;
+            o.skip_bad = skip_bad;
+            o.verify_after = verify_after;
+            o.lanes = lanes;
+            o.queue_depth = queue_depth;
+            o.io = io.into();
+            let obs = output::Console::new("restoring", json);
+            let report = tintype::restore(&o, &obs)?;
+            obs.finish();
+            output::print_restore(&report, json);
             Ok(if report.is_clean() { exit::OK } else { exit::DAMAGED })
         }
         Command::Info { image, json } => {

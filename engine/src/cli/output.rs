@@ -7,7 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tintype::set::Image;
-use tintype::{CreateReport, Observer, VerifyReport};
+use tintype::{CreateReport, Observer, RestoreReport, VerifyReport};
 
 /// Notes go to stderr; progress is a bar when stderr is a terminal.
 pub struct Console {
@@ -234,5 +234,63 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
     if all.len() > 1 {
         let others: Vec<_> = all.iter().map(|i| i.manifest.image_id.as_str()).collect();
         println!("set holds  {} images: {}", all.len(), others.join(", "));
+    }
+}
+
+pub fn print_restore(r: &RestoreReport, json: bool) {
+    if json {
+        let mut v = serde_json::to_value(r).expect("json");
+        v["clean"] = json!(r.is_clean());
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    for b in &r.bad_chunks {
+        println!(
+            "BAD chunk {} (source offset {}) written as zeros: {} at offset {}: {}",
+            b.chunk,
+            b.source_offset,
+            b.segment.as_deref().unwrap_or("?"),
+            b.segment_offset.unwrap_or(0),
+            b.reason
+        );
+    }
+    let verdict = if r.bad_chunks.is_empty() { "restored" } else { "restored WITH DAMAGE" };
+    println!("image {} {verdict} to {} ({})", r.image_id, r.target, r.target_kind);
+    println!(
+        "  wrote    {} in {} chunks; {} of zero or unused chunks as {} (not written byte by byte)",
+        human(r.bytes_written),
+        r.chunks_written,
+        human(r.bytes_zeroed),
+        r.zero_method
+    );
+    println!(
+        "  speed    {} of source in {:.2} s = {:.0} MB/s ({} I/O{})",
+        human(r.source_bytes),
+        r.wall_seconds,
+        mb_per_s(r.source_bytes, r.wall_seconds),
+        r.io_backend,
+        if r.target_direct_io { ", O_DIRECT target" } else { ", buffered target" }
+    );
+    if r.target_bytes > r.source_bytes {
+        println!(
+            "  target   {} bytes; the {} bytes past the image's end were left untouched",
+            r.target_bytes,
+            r.target_bytes - r.source_bytes
+        );
+    }
+    if !r.bad_chunks.is_empty() {
+        println!("  {} damaged chunk(s) were written as zeros (listed above)", r.bad_chunks.len());
+    }
+    if let Some(rb) = &r.read_back {
+        if rb.mismatched_chunks.is_empty() {
+            println!("  read back: all {} chunks match the image", rb.chunks_checked);
+        } else {
+            println!(
+                "  read back: {} of {} chunks DIFFER from the image: {:?}",
+                rb.mismatched_chunks.len(),
+                rb.chunks_checked,
+                &rb.mismatched_chunks[..rb.mismatched_chunks.len().min(20)]
+            );
+        }
     }
 }

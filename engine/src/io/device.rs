@@ -99,7 +99,7 @@ pub fn open_read_only(path: &Path, direct: bool) -> Result<(File, bool)> {
 }
 
 /// The O_DIRECT offset alignment from statx (Linux 6.1+), if reported.
-fn dio_alignment(file: &File) -> Option<u32> {
+pub(crate) fn dio_alignment(file: &File) -> Option<u32> {
     use rustix::fs::{statx, AtFlags, StatxFlags};
     let st = statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
     if st.stx_mask & StatxFlags::DIOALIGN.bits() == 0 || st.stx_dio_offset_align == 0 {

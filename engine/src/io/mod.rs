@@ -11,6 +11,7 @@
 pub mod buffers;
 pub mod device;
 pub mod portable;
+pub mod target;
 pub mod uring;
 
 use std::fs::File;

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod lane;
 pub mod plan;
+pub mod restore;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};

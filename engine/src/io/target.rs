@@ -1,0 +1,283 @@
+//! Opening and inspecting a restore target: a block device (opened
+//! exclusively) or a regular file (created sparse if absent). What is on it,
+//! whether it is mounted, and zeroing ranges without writing zeros byte by
+//! byte (BLKZEROOUT, discard, holes).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// What a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    BlockDevice,
+    /// A regular file that existed before the restore.
+    ExistingFile,
+    /// A regular file this restore created: it reads as zeros where nothing
+    /// is written.
+    NewFile,
+}
+
+/// An opened restore target.
+#[derive(Debug)]
+pub struct Target {
+    pub path: PathBuf,
+    pub kind: TargetKind,
+    pub size_bytes: u64,
+    pub logical_sector_bytes: u32,
+    /// Offsets and lengths of O_DIRECT writes must be multiples of this.
+    pub dio_align_bytes: u32,
+    pub direct: bool,
+    /// The device number (block devices).
+    pub rdev: Option<(u32, u32)>,
+    pub file: File,
+}
+
+/// What an existing target is, seen without opening it for writing.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub kind: TargetKind,
+    pub size_bytes: u64,
+    pub logical_sector_bytes: u32,
+    /// The device number (block devices).
+    pub rdev: Option<(u32, u32)>,
+}
+
+impl Target {
+    /// Inspect `path` without opening it for writing: kind, size, sector
+    /// size. None when it does not exist.
+    pub fn probe(path: &Path) -> Result<Option<Probe>> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("stat target", path, e)),
+        };
+        if meta.file_type().is_block_device() {
+            let f = File::open(path).map_err(|e| Error::io("open target", path, e))?;
+            let mut f2 = &f;
+            let size = f2.seek(SeekFrom::End(0)).map_err(|e| Error::io("size of", path, e))?;
+            let sector = rustix::fs::ioctl_blksszget(&f).map_err(|e| Error::io("BLKSSZGET on", path, e.into()))?;
+            let rdev = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+            Ok(Some(Probe {
+                kind: TargetKind::BlockDevice,
+                size_bytes: size,
+                logical_sector_bytes: sector,
+                rdev: Some(rdev),
+            }))
+        } else if meta.file_type().is_file() {
+            Ok(Some(Probe {
+                kind: TargetKind::ExistingFile,
+                size_bytes: meta.len(),
+                logical_sector_bytes: 512,
+                rdev: None,
+            }))
+        } else {
+            Err(Error::Unusable {
+                path: path.into(),
+                why: "a restore target must be a block device or a regular file".into(),
+            })
+        }
+    }
+
+    /// Open for writing. A block device is opened with O_EXCL, which fails
+    /// while it is mounted or held by another user (RAID, LVM, another
+    /// exclusive opener). A missing file is created (never replacing one)
+    /// and sized to `source_bytes`, so unwritten ranges are holes.
+    pub fn open(path: &Path, source_bytes: u64) -> Result<Target> {
+        let probed = Target::probe(path)?;
+        let p =
+            probed.unwrap_or(Probe { kind: TargetKind::NewFile, size_bytes: 0, logical_sector_bytes: 512, rdev: None });
+        let (kind, mut size, sector, rdev) = (p.kind, p.size_bytes, p.logical_sector_bytes, p.rdev);
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true);
+            let mut flags = libc::O_CLOEXEC;
+            if direct {
+                flags |= libc::O_DIRECT;
+            }
+            match kind {
+                TargetKind::BlockDevice => flags |= libc::O_EXCL,
+                TargetKind::NewFile => {
+                    o.create_new(true);
+                }
+                TargetKind::ExistingFile => {}
+            }
+            o.custom_flags(flags).open(path)
+        };
+        let (file, direct) = match open(true) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if kind == TargetKind::NewFile && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(path);
+                }
+                (open(false).map_err(|e| open_error(path, e))?, false)
+            }
+            Err(e) => return Err(open_error(path, e)),
+        };
+        if kind != TargetKind::BlockDevice && size < source_bytes {
+            file.set_len(source_bytes).map_err(|e| Error::io("size", path, e))?;
+            size = source_bytes;
+        }
+        let dio_align_bytes = super::device::dio_alignment(&file).unwrap_or(sector).max(sector).max(512);
+        Ok(Target {
+            path: path.into(),
+            kind,
+            size_bytes: size,
+            logical_sector_bytes: sector,
+            dio_align_bytes,
+            direct,
+            rdev,
+            file,
+        })
+    }
+
+    /// Another descriptor on the same open target (for another lane).
+    pub fn reopen(&self) -> Result<File> {
+        self.file.try_clone().map_err(|e| Error::io("duplicate descriptor of", &self.path, e))
+    }
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        return Error::Unusable {
+            path: path.into(),
+            why: "the device is busy: it is mounted, or held open exclusively (a RAID or LVM member, a \
+                  filesystem, another program); unmount or release it first"
+                .into(),
+        };
+    }
+    Error::io("open target", path, e)
+}
+
+/// Zero `len` bytes at `offset` of `file` without writing zeros byte by
+/// byte. Block devices: with `discard`, a discard that guarantees zeroed
+/// reads (fallocate PUNCH_HOLE, which the kernel refuses where the device
+/// cannot promise zeros), else BLKZEROOUT (write-zeroes offload where the
+/// device has it). Files: punch a hole. Returns how it was done.
+pub fn zero_range(
+    file: &File,
+    kind: TargetKind,
+    offset: u64,
+    len: u64,
+    discard: bool,
+) -> std::io::Result<&'static str> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    if len == 0 {
+        return Ok("nothing");
+    }
+    match kind {
+        TargetKind::NewFile => Ok("hole"),
+        TargetKind::ExistingFile => {
+            fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len)?;
+            Ok("hole")
+        }
+        TargetKind::BlockDevice => {
+            if discard && fallocate(file, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, offset, len).is_ok() {
+                return Ok("discard");
+            }
+            blk_zeroout(file, offset, len)?;
+            Ok("zero-out")
+        }
+    }
+}
+
+fn blk_zeroout(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use rustix::ioctl::{ioctl, opcode, Setter};
+    const BLKZEROOUT: rustix::ioctl::Opcode = opcode::none(0x12, 127);
+    // SAFETY: BLKZEROOUT takes a pointer to two u64s (start, length), which
+    // is exactly what Setter passes; the kernel only reads them.
+    unsafe { ioctl(file, Setter::<BLKZEROOUT, [u64; 2]>::new([offset, len])) }.map_err(std::io::Error::from)
+}
+
+/// Is the block device `rdev` (or a partition of it) mounted? Returns the
+/// mount point.
+pub fn mounted_at(rdev: (u32, u32)) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut devs = vec![format!("{}:{}", rdev.0, rdev.1)];
+    // Partitions of the device: /sys/dev/block/M:m/<name>/dev for each child.
+    if let Ok(rd) = std::fs::read_dir(format!("/sys/dev/block/{}:{}", rdev.0, rdev.1)) {
+        for e in rd.flatten() {
+            if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                if e.path().join("partition").exists() {
+                    devs.push(d.trim().to_string());
+                }
+            }
+        }
+    }
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 4 && devs.iter().any(|d| d == f[2])).then(|| f[4].to_string())
+    })
+}
+
+/// What the first bytes of a device say it holds: a filesystem or partition
+/// table signature, or "non-zero data". None when it looks empty.
+pub fn describe_contents(path: &Path) -> Result<Option<String>> {
+    let mut f = File::open(path).map_err(|e| Error::io("read target", path, e))?;
+    let mut head = vec![0u8; 1 << 20];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io_at("read target", path, n as u64, e)),
+        }
+    }
+    Ok(signature(&head[..n]))
+}
+
+/// Recognise common on-disk signatures in the first bytes of a device.
+pub fn signature(b: &[u8]) -> Option<String> {
+    let at = |off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
+    let found = if at(1080, &[0x53, 0xef]) {
+        "an ext2/3/4 filesystem (superblock magic at offset 1080)"
+    } else if at(0, b"XFSB") {
+        "an XFS filesystem (magic at offset 0)"
+    } else if at(512, b"EFI PART") || at(4096, b"EFI PART") {
+        "a GPT partition table"
+    } else if at(65600, b"_BHRfS_M") {
+        "a btrfs filesystem"
+    } else if at(0, b"LUKS\xba\xbe") {
+        "a LUKS encrypted volume"
+    } else if at(4086, b"SWAPSPACE2") || at(65526, b"SWAPSPACE2") {
+        "a swap area"
+    } else if at(3, b"NTFS    ") {
+        "an NTFS filesystem"
+    } else if at(54, b"FAT") || at(82, b"FAT32") {
+        "a FAT filesystem"
+    } else if at(32769, b"CD001") {
+        "an ISO 9660 filesystem"
+    } else if at(510, &[0x55, 0xaa]) {
+        "an MBR partition table or boot sector"
+    } else if b.iter().any(|&x| x != 0) {
+        "non-zero data in its first MiB"
+    } else {
+        return None;
+    };
+    Some(found.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_recognised() {
+        let mut b = vec![0u8; 1 << 20];
+        assert_eq!(signature(&b), None);
+        b[1080] = 0x53;
+        b[1081] = 0xef;
+        assert!(signature(&b).unwrap().contains("ext2/3/4"));
+        let mut b = vec![0u8; 1 << 20];
+        b[512..520].copy_from_slice(b"EFI PART");
+        assert!(signature(&b).unwrap().contains("GPT"));
+        let mut b = vec![0u8; 1 << 20];
+        b[700_000] = 1;
+        assert!(signature(&b).unwrap().contains("non-zero"));
+        assert_eq!(signature(&[]), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! `restore` to files on every backend: identical bytes, holes for zero
+//! chunks, refusals that leave the target untouched, damaged frames.
+
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use tintype::format::index::ChunkState;
+
+use crate::util::*;
+
+fn image(sb: &Sandbox, size: usize, seed: u64, backend: &str) -> Vec<u8> {
+    let data = mixed_bytes(size, seed);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "64K", "--io", backend], 0);
+    data
+}
+
+/// Is `offset` inside a hole of the file?
+fn is_hole(path: &Path, offset: u64) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on a valid descriptor has no memory-safety preconditions.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, libc::SEEK_HOLE) };
+    r == offset as libc::off_t
+}
+
+/// The bytes come back identical (odd size, short last chunk, zero regions),
+/// zero chunks are holes in the new file, and --verify-after agrees.
+#[test]
+fn restores_identical_bytes_to_a_new_sparse_file_on_every_backend() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let data = image(&sb, 9 * (1 << 20) + 4321, 31, backend);
+        let out = sb.expect(&["restore", "set", "out.img", "--io", backend, "--verify-after", "--lanes", "2"], 0);
+        assert!(stdout(&out).contains("read back: all"), "{}", stdout(&out));
+        assert!(std::fs::read(sb.path("out.img")).unwrap() == data, "restored bytes differ ({backend})");
+        let (img, entries) = load(&sb.path("set"));
+        let zero: Vec<usize> =
+            entries.iter().enumerate().filter(|(_, e)| e.state == ChunkState::Zero).map(|(i, _)| i).collect();
+        assert!(!zero.is_empty());
+        for c in zero {
+            let (start, _) = img.chunk_extent(c as u64);
+            assert!(is_hole(&sb.path("out.img"), start), "zero chunk {c} is a hole in the restored file");
+        }
+        let out = sb.expect(&["restore", "set", "again.img", "--io", backend, "--json"], 0);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["clean"], true);
+        assert_eq!(v["target_kind"], "new-file");
+        assert_eq!(v["bytes_written"].as_u64().unwrap() + v["bytes_zeroed"].as_u64().unwrap(), data.len() as u64);
+    }
+}
+
+/// An existing file with data is refused (named, untouched) unless --force;
+/// with --force, zero chunks are punched, and bytes past the image's end stay.
+#[test]
+fn existing_files_are_refused_then_overwritten_with_force() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let data = image(&sb, 3 << 20, 41, backend);
+        let old: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8 | 1).collect();
+        std::fs::write(sb.path("t.img"), &old).unwrap();
+        let out = sb.expect(&["restore", "set", "t.img", "--io", backend], 1);
+        assert!(stderr(&out).contains("holds non-zero data") && stderr(&out).contains("--force"), "{}", stderr(&out));
+        assert_eq!(std::fs::read(sb.path("t.img")).unwrap(), old, "a refused restore leaves the target untouched");
+
+        sb.expect(&["restore", "set", "t.img", "--io", backend, "--force", "--verify-after"], 0);
+        let got = std::fs::read(sb.path("t.img")).unwrap();
+        assert_eq!(got.len(), old.len());
+        assert!(got[..data.len()] == data, "the image's bytes");
+        assert!(got[data.len()..] == old[data.len()..], "the rest of a larger target is untouched");
+    }
+}
+
+/// A flipped byte in one frame: the default stops naming the chunk;
+/// --skip-bad restores everything else, writes zeros there, lists it and
+/// exits 3; --verify-first refuses before touching the target.
+#[test]
+fn damaged_frames_are_never_written_as_good() {
+    for backend in backends() {
+        let sb = Sandbox::new();
+        let data = image(&sb, 4 << 20, 51, backend);
+        let (_, entries) = load(&sb.path("set"));
+        let bad = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64 + 2;
+        let bad = (bad..entries.len() as u64).find(|&c| entries[c as usize].state == ChunkState::Stored).unwrap();
+        let (seg, e) = frame_of(&sb.path("set"), bad);
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+        let at = e.offset + 64 + u64::from(e.stored_len) / 3;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
+
+        let out = sb.expect(&["restore", "set", "a.img", "--io", backend], 3);
+        assert!(stderr(&out).contains(&format!("chunk {bad} (source offset {})", bad * 65536)), "{}", stderr(&out));
+        assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+
+        let out = sb.expect(&["restore", "set", "b.img", "--io", backend, "--skip-bad", "--json"], 3);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: Vec<u64> =
+            v["bad_chunks"].as_array().unwrap().iter().map(|b| b["chunk"].as_u64().unwrap()).collect();
+        assert_eq!(listed, vec![bad]);
+        let got = std::fs::read(sb.path("b.img")).unwrap();
+        let (s, end) = ((bad * 65536) as usize, ((bad + 1) * 65536) as usize);
+        assert!(got[s..end].iter().all(|&x| x == 0), "the bad chunk is zeros");
+        assert!(got[..s] == data[..s] && got[end..] == data[end..], "everything else is restored");
+
+        let old = vec![7u8; 1 << 20];
+        std::fs::write(sb.path("c.img"), &old).unwrap();
+        let out = sb.expect(&["restore", "set", "c.img", "--io", backend, "--verify-first", "--force"], 3);
+        assert!(stderr(&out).contains("target was not touched"), "{}", stderr(&out));
+        assert_eq!(std::fs::read(sb.path("c.img")).unwrap(), old);
+        let out = sb.expect(&["restore", "set", "d.img", "--io", backend, "--verify-first"], 3);
+        assert!(!sb.path("d.img").exists(), "{}", stderr(&out));
+    }
+}
+
+/// SET@ID restores an older image; a missing image or bad flags are clear errors.
+#[test]
+fn picks_images_by_id_and_refuses_bad_input() {
+    let sb = Sandbox::new();
+    let a = mixed_bytes(2 << 20, 61);
+    let b = mixed_bytes(2 << 20, 62);
+    std::fs::write(sb.path("a.img"), &a).unwrap();
+    std::fs::write(sb.path("b.img"), &b).unwrap();
+    sb.expect(&["create", "a.img", "set", "--image-id", "00000000000000a1"], 0);
+    sb.expect(&["create", "b.img", "set", "--image-id", "00000000000000b2"], 0);
+    sb.expect(&["restore", "set@00000000000000a1", "ra.img"], 0);
+    assert_eq!(std::fs::read(sb.path("ra.img")).unwrap(), a);
+    sb.expect(&["restore", "set@00000000000000b", "rb.img"], 0);
+    assert_eq!(std::fs::read(sb.path("rb.img")).unwrap(), b);
+    let out = sb.expect(&["restore", "set@00000000000000c", "x.img"], 4);
+    assert!(stderr(&out).contains("no image whose ID starts with"), "{}", stderr(&out));
+    sb.expect(&["restore", "set", "x.img", "--queue-depth", "0"], 2);
+    assert!(!sb.path("x.img").exists());
+    let out = sb.expect(&["restore", "set", "/dev/null"], 1);
+    assert!(stderr(&out).contains("block device or a regular file"), "{}", stderr(&out));
+}
