@@ -126,3 +126,174 @@ fn images_a_real_ext4_filesystem() {
     let info = tintype(&["info", set.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&info.stdout).contains("loop_backing_file"));
 }
+
+fn restore(args: &[&str]) -> std::process::Output {
+    let mut a = vec!["restore"];
+    a.extend_from_slice(args);
+    tintype(&a)
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Image a device, then restore to zeroed, junk-filled (with --force, and
+/// with --discard) and larger devices: the source's bytes come back exactly,
+/// zero regions included, and bytes past the image's end stay as they were.
+#[test]
+fn restores_to_loop_devices_byte_for_byte() {
+    if !require_loop_devices("restores_to_loop_devices_byte_for_byte") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sector in [512u32, 4096] {
+        let size = (5 << 20) + 3 * 4096;
+        let content = mixed(size, 100 + u64::from(sector));
+        let src_file = dir.path().join(format!("src{sector}.img"));
+        std::fs::write(&src_file, &content).unwrap();
+        let src = LoopDev::attach(&src_file, sector);
+        let set = dir.path().join(format!("set{sector}"));
+        let out = tintype(&["create", src.as_str(), set.to_str().unwrap(), "--chunk-size", "256K"]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        let set = set.to_str().unwrap();
+
+        for backend in ["uring", "portable"] {
+            // A zeroed device of the same size: nothing on it, no --force needed.
+            let t_file = dir.path().join(format!("t{sector}{backend}.img"));
+            std::fs::File::create(&t_file).unwrap().set_len(size as u64).unwrap();
+            let t = LoopDev::attach(&t_file, sector);
+            let out = restore(&[set, t.as_str(), "--io", backend, "--verify-after"]);
+            assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+            assert!(out_text(&out).contains("zero-out"), "zero chunks are zeroed by the kernel: {}", out_text(&out));
+            assert!(std::fs::read(&t_file).unwrap() == content, "sector {sector} {backend}: identical");
+
+            // Junk everywhere: refused without --force, identical with it (and with --discard).
+            for extra in [&[][..], &["--discard"][..]] {
+                std::fs::write(&t_file, vec![0xa5u8; size]).unwrap();
+                let out = restore(&[set, t.as_str(), "--io", backend]);
+                assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+                assert!(std::fs::read(&t_file).unwrap().iter().all(|&b| b == 0xa5), "refused: untouched");
+                let mut a = vec![set, t.as_str(), "--io", backend, "--force"];
+                a.extend_from_slice(extra);
+                let out = restore(&a);
+                assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+                assert!(std::fs::read(&t_file).unwrap() == content, "junk target {extra:?}: identical");
+            }
+        }
+
+        // A larger device: the image's bytes, then the rest untouched.
+        let big_file = dir.path().join(format!("big{sector}.img"));
+        let mut big = vec![0u8; size + (3 << 20)];
+        big[size..].iter_mut().enumerate().for_each(|(i, b)| *b = (i % 253) as u8 | 0x80);
+        std::fs::write(&big_file, &big).unwrap();
+        let bigdev = LoopDev::attach(&big_file, sector);
+        let out = restore(&[set, bigdev.as_str()]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        let got = std::fs::read(&big_file).unwrap();
+        assert!(got[..size] == content[..], "the source's bytes");
+        assert!(got[size..] == big[size..], "then the rest untouched");
+    }
+}
+
+/// Targets that must be refused: too small, another sector size, mounted,
+/// holding a filesystem. Each refusal names the cause and leaves the target
+/// byte-for-byte unchanged.
+#[test]
+fn refuses_unsafe_targets_and_leaves_them_untouched() {
+    if !require_loop_devices("refuses_unsafe_targets_and_leaves_them_untouched") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 8 << 20;
+    // Data in the first 7 MiB, zeros in the last MiB (for --allow-shrink).
+    let mut content = mixed(size, 7);
+    content[7 << 20..].fill(0);
+    let src_file = dir.path().join("src.img");
+    std::fs::write(&src_file, &content).unwrap();
+    let src = LoopDev::attach(&src_file, 512);
+    let set = dir.path().join("set");
+    let out = tintype(&["create", src.as_str(), set.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let set = set.to_str().unwrap();
+    let check_refused = |dev: &LoopDev, file: &Path, args: &[&str], needle: &str| {
+        let before = std::fs::read(file).unwrap();
+        let mut a = vec![set, dev.as_str()];
+        a.extend_from_slice(args);
+        let out = restore(&a);
+        assert_ne!(out.status.code(), Some(0), "{args:?} must be refused");
+        assert!(out_text(&out).contains(needle), "{args:?}: expected {needle:?} in: {}", out_text(&out));
+        assert!(std::fs::read(file).unwrap() == before, "{args:?}: the target is unchanged");
+    };
+
+    // Smaller by 1 MiB: refused; with --allow-shrink fine, since that MiB is zero.
+    let small_file = dir.path().join("small.img");
+    std::fs::File::create(&small_file).unwrap().set_len((size - (1 << 20)) as u64).unwrap();
+    let small = LoopDev::attach(&small_file, 512);
+    check_refused(&small, &small_file, &[], "smaller than the image's source");
+    let out = restore(&[set, small.as_str(), "--allow-shrink", "--verify-after"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(std::fs::read(&small_file).unwrap() == content[..size - (1 << 20)]);
+    // Smaller by 2 MiB: data would be lost, so refused even with --allow-shrink.
+    let tiny_file = dir.path().join("tiny.img");
+    std::fs::File::create(&tiny_file).unwrap().set_len((size - (2 << 20)) as u64).unwrap();
+    let tiny = LoopDev::attach(&tiny_file, 512);
+    check_refused(&tiny, &tiny_file, &["--allow-shrink"], "holds data past the target's end");
+
+    // Another logical sector size: refused unless --force.
+    let s4k_file = dir.path().join("s4k.img");
+    std::fs::File::create(&s4k_file).unwrap().set_len(size as u64).unwrap();
+    let s4k = LoopDev::attach(&s4k_file, 4096);
+    check_refused(&s4k, &s4k_file, &[], "logical sector size is 4096 bytes");
+    let out = restore(&[set, s4k.as_str(), "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(std::fs::read(&s4k_file).unwrap() == content);
+
+    // A filesystem on it: refused, naming it; mounted: refused even with --force.
+    let fs_file = dir.path().join("fs.img");
+    std::fs::File::create(&fs_file).unwrap().set_len(size as u64).unwrap();
+    let fsdev = LoopDev::attach(&fs_file, 512);
+    sh("mkfs.ext4", &["-q", "-F", fsdev.as_str()]);
+    check_refused(&fsdev, &fs_file, &[], "ext2/3/4 filesystem");
+    {
+        let _m = Mount::new(&fsdev, &dir.path().join("mnt"));
+        check_refused(&fsdev, &fs_file, &["--force"], "mounted at");
+    }
+    let out = restore(&[set, fsdev.as_str(), "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(std::fs::read(&fs_file).unwrap() == content);
+}
+
+/// An ext4 filesystem imaged and restored to another device: identical
+/// bytes, and e2fsck finds it clean.
+#[test]
+fn restored_ext4_filesystem_is_clean() {
+    if !require_loop_devices("restored_ext4_filesystem_is_clean") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 48u64 << 20;
+    let src_file = dir.path().join("ext4.img");
+    std::fs::File::create(&src_file).unwrap().set_len(size).unwrap();
+    let src = LoopDev::attach(&src_file, 4096);
+    sh("mkfs.ext4", &["-q", "-F", src.as_str()]);
+    {
+        let m = Mount::new(&src, &dir.path().join("mnt"));
+        for p in ["/etc/services", "/usr/bin/ls"] {
+            if Path::new(p).exists() {
+                std::fs::copy(p, m.dir.join(Path::new(p).file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::write(m.dir.join("random.bin"), mixed(5 << 20, 9)).unwrap();
+    }
+    sh("sync", &[]);
+    let set = dir.path().join("set");
+    let out = tintype(&["create", src.as_str(), set.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let t_file = dir.path().join("t.img");
+    std::fs::File::create(&t_file).unwrap().set_len(size).unwrap();
+    let t = LoopDev::attach(&t_file, 4096);
+    let out = restore(&[set.to_str().unwrap(), t.as_str(), "--verify-after"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert!(std::fs::read(&t_file).unwrap() == std::fs::read(&src_file).unwrap());
+    sh("e2fsck", &["-fn", t.as_str()]);
+}
