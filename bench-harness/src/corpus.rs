@@ -93,6 +93,29 @@ fn copy_files(srcs: &[&str], dest: &Path, budget: u64) -> Result<u64> {
     Ok(used)
 }
 
+/// An all-zero device of `size_bytes` to restore onto.
+pub fn blank(dir: &Path, size_bytes: u64, sector: u32) -> Result<LoopCorpus> {
+    let backing = dir.join(format!("tintype-bench-target-{}.img", std::process::id()));
+    std::fs::File::create(&backing)?.set_len(size_bytes)?;
+    let dev = run("losetup", &["--find", "--show", "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
+    Ok(LoopCorpus { dev: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes: 0 })
+}
+
+/// xxh3-128 of a whole device or file, read with plain buffered reads.
+pub fn hash_device(path: &Path) -> Result<u128> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.digest128());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
 /// Make the realistic ext4 disk: `size_bytes` in `dir` (use /dev/shm so CPU
 /// cost dominates), with logical sector size `sector`.
 pub fn ext4_disk(dir: &Path, size_bytes: u64, sector: u32, seed: u64) -> Result<LoopCorpus> {

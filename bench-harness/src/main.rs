@@ -37,6 +37,8 @@ enum Cmd {
     /// `tintype create` vs `dd iflag=direct | zstd -T<cores>` on a realistic
     /// ext4 disk (system files, incompressible files, stale data in free
     /// space, ~30% free) on a memory-backed loop device. Needs root.
+    /// Then restores that image to a second loop device with `tintype restore`
+    /// and with `zstd -dc | dd oflag=direct`, and checks the restored bytes.
     Ext4 {
         /// Size of the disk in MiB.
         #[arg(long, default_value_t = 1024)]
@@ -264,9 +266,38 @@ fn ext4(
             peer.push(p);
         }
     }
+    // Restore: both write the image they just made back to a second device.
+    let target = corpus::blank(dir, src_bytes, sector)?;
+    let tdev = target.dev.to_str().unwrap().to_string();
+    let r_ours_cmd = format!("tintype restore SET {tdev} --force");
+    let r_peer_cmd = format!("zstd -dc OUT | dd of={tdev} bs=1M oflag=direct");
+    let mut r_ours = Vec::new();
+    let mut r_peer = Vec::new();
+    for i in 0..=runs {
+        let (w, cpu, rss) = measure(&[bin.to_str().unwrap(), "restore", set.to_str().unwrap(), &tdev, "--force"])?;
+        let pipeline =
+            format!("set -o pipefail; zstd -dc -q {} | dd of={tdev} bs=1M oflag=direct status=none", zst.display());
+        let (w2, cpu2, rss2) = measure(&["bash", "-c", &pipeline])?;
+        eprintln!(
+            "bench: restore run {i}{}: tintype {w:.3} s, zstd|dd {w2:.3} s",
+            if i == 0 { " (warm-up)" } else { "" }
+        );
+        if i > 0 {
+            r_ours.push(Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: src_bytes });
+            r_peer.push(Sample { wall_seconds: w2, cpu_seconds: cpu2, peak_rss_bytes: rss2, output_bytes: src_bytes });
+        }
+    }
+    // One more tintype restore, then the proof: the target equals the source.
+    measure(&[bin.to_str().unwrap(), "restore", set.to_str().unwrap(), &tdev, "--force"])?;
+    let identical = corpus::hash_device(&target.dev)? == corpus::hash_device(&dev)?;
+    eprintln!("bench: restored device identical to the source: {identical}");
+    drop(target);
     let _ = std::fs::remove_dir_all(&out_dir);
     let ours = tool_result("tintype", ours_cmd, ours, src_bytes);
     let peer = tool_result("dd|zstd", peer_cmd, peer, src_bytes);
+    let r_ours = tool_result("tintype restore", r_ours_cmd, r_ours, src_bytes);
+    let r_peer = tool_result("zstd -dc | dd", r_peer_cmd, r_peer, src_bytes);
+    let restore_ratio = r_peer.wall_seconds.median / r_ours.wall_seconds.median;
     // Ratios of medians of runs made in the same session, alternating.
     let speed_ratio = peer.wall_seconds.median / ours.wall_seconds.median;
     let size_ratio = ours.output_bytes as f64 / peer.output_bytes as f64;
@@ -289,6 +320,23 @@ fn ext4(
     println!();
     println!("raw O_DIRECT read ceiling: {raw:.0} MB/s ({raw_how})");
     println!("tintype ÷ dd|zstd throughput: {speed_ratio:.2}x   output size tintype ÷ dd|zstd: {size_ratio:.3}   tintype ÷ raw ceiling: {of_ceiling:.2}");
+    println!();
+    println!("| restore | median MB/s (min–max) | CPU s | MB per CPU-s | peak RSS |");
+    println!("| --- | --- | --- | --- | --- |");
+    for t in [&r_ours, &r_peer] {
+        println!(
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} | {} MiB |",
+            t.name,
+            t.mb_per_s.median,
+            t.mb_per_s.min,
+            t.mb_per_s.max,
+            t.cpu_seconds.median,
+            t.mb_per_cpu_second,
+            t.peak_rss_bytes >> 20
+        );
+    }
+    println!();
+    println!("restore: tintype ÷ zstd|dd throughput: {restore_ratio:.2}x   restored device identical to the source: {identical}");
     if let Some(path) = json_out {
         let v = json!({
             "benchmark": "ext4",
@@ -298,6 +346,7 @@ fn ext4(
             "raw_read_mb_per_s": raw,
             "raw_read_how": raw_how,
             "tools": [ours, peer],
+            "restore": {"tools": [r_ours, r_peer], "tintype_over_zstd_dd_throughput": restore_ratio, "restored_identical": identical},
             "ratios": {"tintype_over_dd_zstd_throughput": speed_ratio, "tintype_over_dd_zstd_output_size": size_ratio, "tintype_over_raw_read": of_ceiling},
         });
         std::fs::write(path, serde_json::to_vec_pretty(&v)?).with_context(|| format!("write {}", path.display()))?;
