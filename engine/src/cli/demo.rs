@@ -1,18 +1,15 @@
 //! `tintype demo`: generate a sample source with mixed content, image it,
-//! verify it, read every chunk back, and say what happened and how fast.
+//! verify it, restore it, compare, and say what happened and how fast.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use tintype::codec::Decoder;
-use tintype::format::index::ChunkState;
 use tintype::io::IoChoice;
-use tintype::set::ImageSet;
-use tintype::{CreateOptions, VerifyOptions};
+use tintype::{CreateOptions, RestoreOptions, VerifyOptions};
 
-use super::output::{human, print_create, print_verify, Console};
+use super::output::{human, print_create, print_restore, print_verify, Console};
 
 /// Write `size` bytes of mixed content to `path`: runs of zeros, text,
 /// random (incompressible) bytes and repetitive binary, in 1–4 MiB pieces,
@@ -122,32 +119,59 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
         bail!("the demo image failed verification");
     }
 
-    println!("demo: reading every chunk back from the image and comparing with the sample");
-    let t = Instant::now();
-    let img = ImageSet::open(&set)?.resolve(None)?;
-    let index = img.read_index()?;
-    let original = std::fs::read(&sample)?;
-    let mut dec = Decoder::new()?;
-    let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
-    for (chunk, e) in index.entries.iter().enumerate() {
-        let e = e.as_ref().map_err(|s| anyhow::anyhow!("chunk {chunk}: {s}"))?;
-        let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec)?;
-        let (start, _) = img.chunk_extent(chunk as u64);
-        if buf[..n] != original[start as usize..start as usize + n] {
-            bail!("chunk {chunk} read back differs from the sample");
-        }
-        debug_assert!(e.state != ChunkState::Unset);
+    let restored = base.join("sample-restored.img");
+    println!("demo: tintype restore {} {} --verify-after", set.display(), restored.display());
+    let mut r = RestoreOptions::new(&set, &restored);
+    r.verify_after = true;
+    r.io = io;
+    let obs = Console::new("restoring", false);
+    let rr = tintype::restore(&r, &obs)?;
+    obs.finish();
+    print_restore(&rr, false);
+    if !rr.is_clean() {
+        bail!("the demo restore did not read back intact");
     }
-    println!("demo: all {} bytes identical after the round trip ({:.2} s)", original.len(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let same = files_equal(&sample, &restored)?;
+    if !same {
+        bail!("{} differs from {}", restored.display(), sample.display());
+    }
+    println!(
+        "demo: compared byte for byte: {} identical to the sample ({} bytes, {:.2} s)",
+        restored.display(),
+        size,
+        t.elapsed().as_secs_f64()
+    );
     if keep {
-        println!("demo: kept {} and {}", sample.display(), set.display());
+        println!("demo: kept {}, {} and {}", sample.display(), set.display(), restored.display());
         // Keep the temporary directory too.
         std::mem::forget(tmp.take());
     } else {
         std::fs::remove_file(&sample).ok();
+        std::fs::remove_file(&restored).ok();
         std::fs::remove_dir_all(&set).ok();
     }
     Ok(super::exit::OK)
+}
+
+/// Compare two files byte for byte, a few MiB at a time.
+fn files_equal(a: &std::path::Path, b: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// A temporary directory removed on drop.

@@ -147,7 +147,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Generate a sample source with mixed content, image it, verify it and read it back.
+    /// Generate a sample source with mixed content, image it, verify it, restore it and compare.
     Demo {
         /// Size of the sample source.
         #[arg(long, value_parser = parse_size, default_value = "256M")]
