@@ -9,14 +9,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system call failed on a file or device.
-    #[error("{op} {path}{}: {source}", at_offset(*.offset))]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        offset: Option<u64>,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message and deliberately not a `#[source]`,
+    // so printing the error chain does not repeat it.
+    #[error("{op} {path}{}: {cause}", at_offset(*.offset))]
+    Io { op: &'static str, path: PathBuf, offset: Option<u64>, cause: io::Error },
     /// A file exists but its bytes are not what the format says they must be.
     #[error("{path} at offset {offset}: {what}")]
     Corrupt { path: PathBuf, offset: u64, what: String },
@@ -47,12 +43,12 @@ fn at_offset(offset: Option<u64>) -> String {
 impl Error {
     /// An I/O error on `path` without a particular offset.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), offset: None, source }
+        Error::Io { op, path: path.into(), offset: None, cause: source }
     }
 
     /// An I/O error on `path` at byte `offset`.
     pub fn io_at(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), offset: Some(offset), source }
+        Error::Io { op, path: path.into(), offset: Some(offset), cause: source }
     }
 
     /// The bytes of `path` at `offset` are not valid.

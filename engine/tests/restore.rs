@@ -134,3 +134,101 @@ fn picks_images_by_id_and_refuses_bad_input() {
     let out = sb.expect(&["restore", "set", "/dev/null"], 1);
     assert!(stderr(&out).contains("block device or a regular file"), "{}", stderr(&out));
 }
+
+/// Rewrite one index entry and fix up the manifest's index hash, as a buggy
+/// writer or a hand edit would leave it.
+fn forge_entry(set: &Path, chunk: u64, change: impl Fn(&mut tintype::format::index::IndexEntry)) {
+    let (img, entries) = load(set);
+    let mut e = entries[chunk as usize];
+    change(&mut e);
+    let mut bytes = [0u8; 48];
+    e.encode(&mut bytes);
+    let idx = img.index_path();
+    std::fs::OpenOptions::new().write(true).open(&idx).unwrap().write_all_at(&bytes, 64 + 48 * chunk).unwrap();
+    let hash = xxhash_rust::xxh3::xxh3_128(&std::fs::read(&idx).unwrap());
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&img.manifest_path).unwrap()).unwrap();
+    m["index"]["xxh3_128"] = format!("{hash:032x}").into();
+    std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Index entries that point outside the image are refused before anything
+/// is written (exit 3), never a panic.
+#[test]
+fn forged_index_entries_are_refused_before_writing() {
+    for (name, change) in [
+        ("segment", Box::new(|e: &mut tintype::format::index::IndexEntry| e.segment = 99) as Box<dyn Fn(&mut _)>),
+        ("stored_len", Box::new(|e: &mut tintype::format::index::IndexEntry| e.stored_len = 16 << 20)),
+        ("offset", Box::new(|e: &mut tintype::format::index::IndexEntry| e.offset = 1 << 40)),
+    ] {
+        let sb = Sandbox::new();
+        image(&sb, 2 << 20, 71, "portable");
+        let (_, entries) = load(&sb.path("set"));
+        let c = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64;
+        forge_entry(&sb.path("set"), c, change);
+        let out = sb.expect(&["restore", "set", "t.img", "--skip-bad"], 3);
+        assert!(stderr(&out).contains("points outside"), "{name}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{name}");
+        assert!(!sb.path("t.img").exists(), "{name}: nothing was written");
+    }
+}
+
+/// A missing segment: refused before writing; with --skip-bad, its chunks
+/// are listed and zeroed and everything else is restored.
+#[test]
+fn a_missing_segment_is_refused_or_skipped() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(6 << 20, 81);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(
+        &["create", "src.img", "set", "--chunk-size", "64K", "--lanes", "2", "--level", "0", "--segment-size", "9M"],
+        0,
+    );
+    let (img, entries) = load(&sb.path("set"));
+    assert!(img.manifest.segments.len() >= 2);
+    std::fs::remove_file(img.segment_path(0)).unwrap();
+    let out = sb.expect(&["restore", "set", "t.img"], 3);
+    assert!(stderr(&out).contains("cannot be opened"), "{}", stderr(&out));
+    assert!(!sb.path("t.img").exists());
+    let out = sb.expect(&["restore", "set", "t.img", "--skip-bad", "--json"], 3);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad: Vec<u64> = v["bad_chunks"].as_array().unwrap().iter().map(|b| b["chunk"].as_u64().unwrap()).collect();
+    let lost: Vec<u64> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.state == ChunkState::Stored && e.segment == 0)
+        .map(|(i, _)| i as u64)
+        .collect();
+    assert_eq!(bad, lost);
+    let got = std::fs::read(sb.path("t.img")).unwrap();
+    for c in 0..entries.len() as u64 {
+        let (s, e) = ((c * 65536) as usize, (((c + 1) * 65536) as usize).min(data.len()));
+        if lost.contains(&c) {
+            assert!(got[s..e].iter().all(|&b| b == 0), "lost chunk {c} is zeros");
+        } else {
+            assert!(got[s..e] == data[s..e], "chunk {c} restored");
+        }
+    }
+}
+
+/// Data only in the last MiB of an existing target still counts as data.
+#[test]
+fn data_at_the_end_of_a_target_is_noticed() {
+    let sb = Sandbox::new();
+    image(&sb, 1 << 20, 91, "portable");
+    let mut old = vec![0u8; 4 << 20];
+    old[(4 << 20) - 10] = 1;
+    std::fs::write(sb.path("t.img"), &old).unwrap();
+    let out = sb.expect(&["restore", "set", "t.img"], 1);
+    assert!(stderr(&out).contains("last MiB"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(sb.path("t.img")).unwrap(), old);
+}
+
+#[test]
+fn buffer_memory_beyond_half_the_machine_is_refused() {
+    let sb = Sandbox::new();
+    image(&sb, 1 << 20, 92, "portable");
+    let out = sb.expect(&["create", "src.img", "set2", "--queue-depth", "1024", "--chunk-size", "64M"], 2);
+    assert!(stderr(&out).contains("I/O buffers"), "{}", stderr(&out));
+    let out = sb.expect(&["restore", "set", "t.img", "--queue-depth", "1024", "--lanes", "256"], 2);
+    assert!(stderr(&out).contains("I/O buffers"), "{}", stderr(&out));
+}

@@ -297,3 +297,36 @@ fn restored_ext4_filesystem_is_clean() {
     assert!(std::fs::read(&t_file).unwrap() == std::fs::read(&src_file).unwrap());
     sh("e2fsck", &["-fn", t.as_str()]);
 }
+
+/// Images of files whose size is not a multiple of the target device's
+/// sector, ending in zeros: the kernel zeroes whole sectors only, so the
+/// unaligned end is written as explicit zeros and the restore completes.
+#[test]
+fn unaligned_zero_tails_restore_to_block_devices() {
+    if !require_loop_devices("unaligned_zero_tails_restore_to_block_devices") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (tail, sector) in [(100usize, 512u32), (512, 4096), (4096 + 100, 4096)] {
+        let mut content = mixed(3 << 20, 5);
+        content.extend(vec![0u8; (1 << 20) + tail]);
+        let src = dir.path().join(format!("s{tail}.img"));
+        std::fs::write(&src, &content).unwrap();
+        let set = dir.path().join(format!("set{tail}"));
+        let out = tintype(&["create", src.to_str().unwrap(), set.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        for backend in ["uring", "portable"] {
+            let t_file = dir.path().join(format!("t{tail}{backend}.img"));
+            let mut old = vec![0u8; 8 << 20];
+            old[content.len()..].fill(0x3c);
+            old[..content.len()].iter_mut().enumerate().for_each(|(i, b)| *b = if i < (1 << 20) { 0 } else { 0x77 });
+            std::fs::write(&t_file, &old).unwrap();
+            let t = LoopDev::attach(&t_file, sector);
+            let out = restore(&[set.to_str().unwrap(), t.as_str(), "--io", backend, "--force", "--verify-after"]);
+            assert_eq!(out.status.code(), Some(0), "tail {tail} sector {sector} {backend}: {}", out_text(&out));
+            let got = std::fs::read(&t_file).unwrap();
+            assert!(got[..content.len()] == content[..], "tail {tail} sector {sector} {backend}: identical");
+            assert!(got[content.len()..] == old[content.len()..], "the rest untouched");
+        }
+    }
+}

@@ -256,13 +256,17 @@ pub fn print_restore(r: &RestoreReport, json: bool) {
     }
     let verdict = if r.bad_chunks.is_empty() { "restored" } else { "restored WITH DAMAGE" };
     println!("image {} {verdict} to {} ({})", r.image_id, r.target, r.target_kind);
-    println!(
-        "  wrote    {} in {} chunks; {} of zero or unused chunks as {} (not written byte by byte)",
-        human(r.bytes_written),
-        r.chunks_written,
-        human(r.bytes_zeroed),
-        r.zero_method
-    );
+    if r.bytes_zeroed > 0 {
+        println!(
+            "  wrote    {} in {} chunks; {} of zero or unused chunks as {} (not written byte by byte)",
+            human(r.bytes_written),
+            r.chunks_written,
+            human(r.bytes_zeroed),
+            r.zero_method
+        );
+    } else {
+        println!("  wrote    {} in {} chunks; no zero chunks", human(r.bytes_written), r.chunks_written);
+    }
     println!(
         "  speed    {} of source in {:.2} s = {:.0} MB/s ({} I/O{})",
         human(r.source_bytes),
@@ -285,10 +289,16 @@ pub fn print_restore(r: &RestoreReport, json: bool) {
         if rb.mismatched_chunks.is_empty() {
             println!("  read back: all {} chunks match the image", rb.chunks_checked);
         } else {
+            let zeroed = rb.mismatched_chunks.iter().filter(|c| r.bad_chunks.iter().any(|b| b.chunk == **c)).count();
             println!(
-                "  read back: {} of {} chunks DIFFER from the image: {:?}",
+                "  read back: {} of {} chunks DIFFER from the image{}: {:?}",
                 rb.mismatched_chunks.len(),
                 rb.chunks_checked,
+                if zeroed > 0 {
+                    format!(" ({zeroed} of them the damaged chunks written as zeros)")
+                } else {
+                    String::new()
+                },
                 &rb.mismatched_chunks[..rb.mismatched_chunks.len().min(20)]
             );
         }

@@ -213,21 +213,34 @@ pub fn mounted_at(rdev: (u32, u32)) -> Option<String> {
     })
 }
 
-/// What the first bytes of a device say it holds: a filesystem or partition
-/// table signature, or "non-zero data". None when it looks empty.
-pub fn describe_contents(path: &Path) -> Result<Option<String>> {
+/// What a device or file of `size` bytes says it holds: a filesystem or
+/// partition table signature in its first MiB, or non-zero data in its first
+/// or last MiB (where partition tables, boot code, superblocks and backup
+/// GPTs live). None when both look empty.
+pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     let mut f = File::open(path).map_err(|e| Error::io("read target", path, e))?;
-    let mut head = vec![0u8; 1 << 20];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io_at("read target", path, n as u64, e)),
+    let mut read_at = |offset: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 1 << 20];
+        f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io_at("read target", path, offset, e))?;
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io_at("read target", path, offset + n as u64, e)),
+            }
         }
+        buf.truncate(n);
+        Ok(buf)
+    };
+    if let Some(what) = signature(&read_at(0)?) {
+        return Ok(Some(what));
     }
-    Ok(signature(&head[..n]))
+    if size > 1 << 20 && read_at(size - (1 << 20))?.iter().any(|&b| b != 0) {
+        return Ok(Some("non-zero data in its last MiB".into()));
+    }
+    Ok(None)
 }
 
 /// Recognise common on-disk signatures in the first bytes of a device.

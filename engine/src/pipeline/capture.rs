@@ -106,6 +106,9 @@ fn validate(o: &CreateOptions) -> Result<u32> {
     if !(1..=256).contains(&lanes) {
         return bad(format!("--lanes {lanes}: must be 1 to 256"));
     }
+    super::check_buffer_memory(
+        u64::from(lanes) * (u64::from(o.queue_depth) * u64::from(cs) + 2 * staging_bytes(cs) as u64),
+    )?;
     let min_segment = (SEGMENT_HEADER_BYTES + staging_bytes(cs)) as u64;
     if o.segment_size_bytes < min_segment {
         return bad(format!(

@@ -19,6 +19,24 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Refuse settings whose buffers (pinned when registered with the ring)
+/// would take more than half of this machine's memory.
+pub(crate) fn check_buffer_memory(bytes: u64) -> crate::Result<()> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map_or(u64::MAX, |kib| kib * 1024);
+    if bytes > total / 2 {
+        return Err(crate::Error::InvalidSetting(format!(
+            "these settings need {} MiB of I/O buffers (lanes x queue depth x chunk size), more than half of this \
+             machine's {} MiB; lower --queue-depth, --lanes or --chunk-size",
+            bytes >> 20,
+            total >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Where a pipeline reports what the user should see while it runs.
 pub trait Observer: Sync {
     /// A one-line remark (a fallback taken, a limitation met).

@@ -127,6 +127,8 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     let m = &img.manifest;
     let source_bytes = m.source.size_bytes;
 
+    let missing_segments = check_segments(opts, &img)?;
+    let write_limit = preflight(opts, &img, &entries)?;
     if opts.verify_first {
         obs.note("--verify-first: checking the whole image before touching the target");
         let mut v = super::verify::VerifyOptions::new(&opts.set);
@@ -155,7 +157,6 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         }
     }
 
-    let write_limit = preflight(opts, &img, &entries)?;
     let target = Target::open(&opts.target, source_bytes)?;
     if !target.direct {
         obs.note(&format!(
@@ -174,6 +175,11 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         OpenOptions::new().write(true).open(&target.path).map_err(|e| Error::io("open target", &target.path, e))?;
 
     let lanes = opts.lanes.unwrap_or_else(super::capture::available_cores).clamp(1, 256);
+    super::check_buffer_memory(
+        u64::from(lanes)
+            * u64::from(opts.queue_depth)
+            * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes)),
+    )?;
     let chunk_count = m.chunk_count;
     let batch_chunks =
         (chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
@@ -188,6 +194,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         backend,
         skip_bad: opts.skip_bad,
         discard: opts.discard,
+        missing_segments: &missing_segments,
         plan: Plan::new(chunk_count, batch_chunks),
         stop: &stop,
         bytes_done: AtomicU64::new(0),
@@ -196,7 +203,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     run_lanes(lanes, &sh, obs, source_bytes.min(write_limit), |sh| RestoreLane::new(sh)?.run()).map_err(
         |e| match e {
             Error::Interrupted(_) if super::interrupted() => Error::Interrupted(format!(
-                "restore stopped by a signal; {} is incomplete: restore again to finish it",
+                "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to finish it",
                 target.path.display()
             )),
             e => incomplete(e, &target.path),
@@ -242,7 +249,11 @@ fn incomplete(e: Error, target: &std::path::Path) -> Error {
         Error::Corrupt { path, offset, what } => Error::Corrupt {
             path,
             offset,
-            what: format!("{what}; {} is incomplete (use --skip-bad to restore the rest, or --verify-first to check an image before writing)", target.display()),
+            what: format!(
+                "{what}; {} is incomplete (--skip-bad restores everything else; --verify-first checks an image \
+                 before writing; a new attempt needs --force, since the target now holds data)",
+                target.display()
+            ),
         },
         other => other,
     }
@@ -262,12 +273,36 @@ fn load_entries(img: &Image) -> Result<Vec<IndexEntry>> {
     for (chunk, e) in idx.entries.into_iter().enumerate() {
         let e =
             e.map_err(|why| Error::corrupt(img.index_path(), crate::format::index::entry_offset(chunk as u64), why))?;
+        let at = crate::format::index::entry_offset(chunk as u64);
         if matches!(e.state, ChunkState::Unset | ChunkState::Inherited) {
             return Err(Error::corrupt(
                 img.index_path(),
-                crate::format::index::entry_offset(chunk as u64),
+                at,
                 format!("chunk {chunk} is {:?}, which this build cannot restore", e.state),
             ));
+        }
+        let (_, extent) = img.chunk_extent(chunk as u64);
+        if e.raw_len != extent {
+            return Err(Error::corrupt(
+                img.index_path(),
+                at,
+                format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", e.raw_len),
+            ));
+        }
+        if e.state == ChunkState::Stored {
+            let seg = img.manifest.segments.get(e.segment as usize);
+            let fits = seg.is_some_and(|s| {
+                e.offset % crate::format::FRAME_ALIGN_BYTES == 0
+                    && e.offset >= crate::format::segment::SEGMENT_HEADER_BYTES as u64
+                    && e.offset + frame_len(e.stored_len) <= s.size_bytes
+            });
+            if e.stored_len > e.raw_len || !fits {
+                return Err(Error::corrupt(
+                    img.index_path(),
+                    at,
+                    format!("chunk {chunk}: the index points outside the image's segments (run `tintype verify`)"),
+                ));
+            }
         }
         out.push(e);
     }
@@ -293,7 +328,20 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
     let path = &opts.target;
     let refuse = |why: String| Err(Error::Unusable { path: path.clone(), why });
     let Some(p) = Target::probe(path)? else {
-        return Ok(source_bytes); // a new file
+        // A new file: will the data fit on its filesystem?
+        let stored: u64 = entries.iter().filter(|e| e.state == ChunkState::Stored).map(|e| u64::from(e.raw_len)).sum();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if let Ok(st) = rustix::fs::statvfs(dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if stored > free {
+                return refuse(format!(
+                    "its filesystem has {} free, and the image's data needs {} (zero chunks become holes and need nothing)",
+                    human(free),
+                    human(stored)
+                ));
+            }
+        }
+        return Ok(source_bytes);
     };
     let (kind, size, sector, rdev) = (p.kind, p.size_bytes, p.logical_sector_bytes, p.rdev);
     if let Some(rdev) = rdev {
@@ -322,7 +370,7 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
         limit = size;
     }
     if !opts.force {
-        if let Some(what) = describe_contents(path)? {
+        if let Some(what) = describe_contents(path, size)? {
             return refuse(format!(
                 "it is {size} bytes ({}) and holds {what}; restoring would overwrite it. Pass --force to \
                  overwrite it anyway",
@@ -331,6 +379,34 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
         }
     }
     Ok(limit)
+}
+
+/// Every segment must be there with the size the manifest records. Under
+/// --skip-bad a missing one only makes its chunks bad; returns those.
+fn check_segments(opts: &RestoreOptions, img: &Image) -> Result<Vec<bool>> {
+    let mut missing = vec![false; img.manifest.segments.len()];
+    for (i, s) in img.manifest.segments.iter().enumerate() {
+        let path = img.segment_path(i);
+        let problem = match std::fs::metadata(&path) {
+            Err(e) => Some(format!("cannot be opened: {e}")),
+            Ok(md) if md.len() < s.size_bytes => {
+                Some(format!("is {} bytes, the manifest says {} (truncated)", md.len(), s.size_bytes))
+            }
+            Ok(_) => None,
+        };
+        let Some(problem) = problem else { continue };
+        if !opts.skip_bad {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("segment {problem}; nothing was written (--skip-bad restores every chunk it can)"),
+            ));
+        }
+        // A truncated segment's surviving frames are still restored; only
+        // a segment that cannot be opened at all is skipped whole.
+        missing[i] = std::fs::File::open(&path).is_err();
+    }
+    Ok(missing)
 }
 
 /// With --allow-shrink: every chunk past the target's end must hold only zeros.
@@ -380,6 +456,8 @@ struct RestoreShared<'a> {
     backend: Backend,
     skip_bad: bool,
     discard: bool,
+    /// Segments that cannot be opened (only with --skip-bad): their chunks are bad.
+    missing_segments: &'a [bool],
     plan: Plan,
     stop: &'a AtomicBool,
     bytes_done: AtomicU64,
@@ -569,11 +647,40 @@ impl<'a> RestoreLane<'a> {
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
-        let how = zero_range(&self.sh.target.file, self.sh.target.kind, offset, len, self.sh.discard)
-            .map_err(|e| Error::io_at("zero", self.sh.target.path.clone(), offset, e))?;
-        self.totals.zero_method.get_or_insert(how);
+        // The kernel zeroes (or punches) whole logical sectors only; an
+        // unaligned end (a source whose size is not a multiple of this
+        // device's sector) is written as explicit zeros.
+        let align = u64::from(self.sh.target.logical_sector_bytes);
+        let aligned = if self.sh.target.kind == TargetKind::BlockDevice { len / align * align } else { len };
+        let how = match zero_range(&self.sh.target.file, self.sh.target.kind, offset, aligned, self.sh.discard) {
+            Ok(how) => how,
+            // A filesystem that cannot punch holes: write the zeros.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.write_zeros(offset, aligned)?;
+                "written zeros"
+            }
+            Err(e) => return Err(Error::io_at("zero", self.sh.target.path.clone(), offset, e)),
+        };
+        self.write_zeros(offset + aligned, len - aligned)?;
+        if aligned > 0 {
+            self.totals.zero_method.get_or_insert(how);
+        }
         self.totals.bytes_zeroed += len;
         self.sh.bytes_done.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_zeros(&self, mut offset: u64, mut len: u64) -> Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        while len > 0 {
+            let n = len.min(zeros.len() as u64) as usize;
+            self.sh
+                .tail_file
+                .write_all_at(&zeros[..n], offset)
+                .map_err(|e| write_error(&self.sh.target.path, offset, e))?;
+            offset += n as u64;
+            len -= n as u64;
+        }
         Ok(())
     }
 
@@ -610,6 +717,11 @@ impl<'a> RestoreLane<'a> {
                 return Ok(());
             };
             let e = self.sh.entries[chunk as usize];
+            if self.sh.missing_segments[e.segment as usize] {
+                self.pending.pop_front();
+                self.bad_chunk(chunk, &e, "its segment file cannot be opened".into())?;
+                continue;
+            }
             let Some(slot) = self.segment_slot(e.segment)? else {
                 return Ok(());
             };
@@ -649,7 +761,6 @@ impl<'a> RestoreLane<'a> {
         let e = self.sh.entries[chunk as usize];
         let slot = self.slots.iter().position(|s| s.segment == Some(e.segment)).expect("segment slot of a read");
         self.slots[slot].ops -= 1;
-        let seg_path = self.sh.img.segment_path(e.segment as usize);
         let checked = match c.result {
             Err(e) if io::is_transient(&e) => {
                 let en = self.sh.entries[chunk as usize];
@@ -664,27 +775,34 @@ impl<'a> RestoreLane<'a> {
             Ok(_) => self.decode(pair, chunk, &e),
         };
         if let Err(reason) = checked {
-            let bad = BadChunk {
-                chunk,
-                source_offset: start,
-                segment: Some(seg_path.file_name().unwrap_or_default().to_string_lossy().into_owned()),
-                segment_offset: Some(e.offset),
-                reason: reason.clone(),
-            };
-            if !self.sh.skip_bad {
-                return Err(Error::corrupt(
-                    &seg_path,
-                    e.offset,
-                    format!("chunk {chunk} (source offset {start}) is damaged: {reason}; it was not written"),
-                ));
-            }
-            let len = u64::from(raw_len).min(self.sh.write_limit - start);
-            self.zero(start, len)?;
-            self.totals.bad.push(bad);
             self.free_pairs.push(pair);
-            return Ok(());
+            return self.bad_chunk(chunk, &e, reason);
         }
         self.write_chunk(pair, start, raw_len)
+    }
+
+    /// A chunk that cannot be restored: stop (the default), or with
+    /// --skip-bad write zeros there and list it.
+    fn bad_chunk(&mut self, chunk: u64, e: &IndexEntry, reason: String) -> Result<()> {
+        let (start, raw_len) = self.sh.img.chunk_extent(chunk);
+        let seg_path = self.sh.img.segment_path(e.segment as usize);
+        if !self.sh.skip_bad {
+            return Err(Error::corrupt(
+                &seg_path,
+                e.offset,
+                format!("chunk {chunk} (source offset {start}) is damaged: {reason}; it was not written"),
+            ));
+        }
+        let len = u64::from(raw_len).min(self.sh.write_limit - start);
+        self.zero(start, len)?;
+        self.totals.bad.push(BadChunk {
+            chunk,
+            source_offset: start,
+            segment: Some(seg_path.file_name().unwrap_or_default().to_string_lossy().into_owned()),
+            segment_offset: Some(e.offset),
+            reason,
+        });
+        Ok(())
     }
 
     /// Check the frame in pair's frame buffer and decode it into its raw buffer.
@@ -697,6 +815,7 @@ impl<'a> RestoreLane<'a> {
             || h.image_id != self.sh.img.id()
             || h.raw_hash != e.raw_hash
             || h.stored_len != e.stored_len
+            || h.raw_len != e.raw_len
         {
             return Err(format!("frame holds chunk {} of image {}, not the one the index names", h.chunk, h.image_id));
         }
@@ -843,7 +962,8 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
             let chunk = owner[b];
             let (start, raw_len) = sh.img.chunk_extent(chunk);
             let want = u64::from(raw_len).min(sh.limit - start) as usize;
-            let n = c.result.map_err(|e| Error::io_at("read back", sh.path, start, e))?;
+            // A read error is a difference like any other, not the end of the check.
+            let n = c.result.unwrap_or(0);
             let e = &sh.entries[chunk as usize];
             let ok = if n < want {
                 false
