@@ -187,7 +187,11 @@ fn restores_to_loop_devices_byte_for_byte() {
         big[size..].iter_mut().enumerate().for_each(|(i, b)| *b = (i % 253) as u8 | 0x80);
         std::fs::write(&big_file, &big).unwrap();
         let bigdev = LoopDev::attach(&big_file, sector);
+        // Data in its last MiB is data: refused without --force.
         let out = restore(&[set, bigdev.as_str()]);
+        assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+        assert!(std::fs::read(&big_file).unwrap() == big, "refused: untouched");
+        let out = restore(&[set, bigdev.as_str(), "--force"]);
         assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
         let got = std::fs::read(&big_file).unwrap();
         assert!(got[..size] == content[..], "the source's bytes");
