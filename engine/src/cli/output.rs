@@ -130,6 +130,10 @@ pub fn print_create(r: &CreateReport, json: bool) {
         g("zero_check"),
         g("io_wait")
     );
+    let lat = &s.read_latency_us;
+    if let (Some(p50), Some(p99), Some(max)) = (lat.get("p50"), lat.get("p99"), lat.get("max")) {
+        println!("  reads    latency p50 {p50} µs, p99 {p99} µs, max {max} µs");
+    }
     println!(
         "  settings zstd level {}, queue depth {}, {} I/O{}",
         m.level,

@@ -60,6 +60,12 @@ pub struct Stats {
     pub wall_seconds: f64,
     pub cpu_seconds: f64,
     pub stage_seconds: BTreeMap<String, f64>,
+    /// Latency of the source reads in µs, from submission until the lane
+    /// reaped the completion (so it includes time a finished read waited
+    /// while the lane compressed):
+    /// p50, p90, p99, p999, max, and the number of reads (count).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub read_latency_us: BTreeMap<String, u64>,
 }
 
 /// One segment file of the image.

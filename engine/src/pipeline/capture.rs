@@ -231,6 +231,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
     let stats = sum_stats(reports.iter().map(|r| &r.stats));
+    let mut latency = super::lane::latency_histogram();
+    for r in &reports {
+        let _ = latency.add(&r.read_latency_us);
+    }
     assert_eq!(stats.chunks, chunk_count, "every chunk was processed exactly once");
     if !reports.iter().all(|r| r.segments_direct) {
         obs.note("the destination filesystem refuses O_DIRECT; segments were written through the page cache");
@@ -282,7 +286,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             io_backend: backend.name().into(),
             source_direct_io: source.direct,
         },
-        stats: manifest_stats(&stats, wall),
+        stats: manifest_stats(&stats, wall, &latency),
         segments,
         index: IndexInfo {
             file: index_file_name(id),
@@ -397,7 +401,15 @@ fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {
     t
 }
 
-fn manifest_stats(s: &LaneStats, wall: Duration) -> Stats {
+fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogram<u64>) -> Stats {
+    let mut read_latency_us = BTreeMap::new();
+    if !latency.is_empty() {
+        for (name, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)] {
+            read_latency_us.insert(name.to_string(), latency.value_at_quantile(q));
+        }
+        read_latency_us.insert("max".to_string(), latency.max());
+        read_latency_us.insert("count".to_string(), latency.len());
+    }
     let secs = |n: u64| n as f64 / 1e9;
     let mut stage = BTreeMap::new();
     stage.insert("io_wait".to_string(), secs(s.nanos_io_wait));
@@ -415,6 +427,7 @@ fn manifest_stats(s: &LaneStats, wall: Duration) -> Stats {
         wall_seconds: wall.as_secs_f64(),
         cpu_seconds: secs(s.nanos_cpu),
         stage_seconds: stage,
+        read_latency_us,
     }
 }
 

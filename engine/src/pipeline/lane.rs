@@ -59,12 +59,18 @@ impl CaptureShared<'_> {
     }
 }
 
-/// What a lane did: its segments and its counters.
-#[derive(Debug, Default)]
+/// What a lane did: its segments, its counters, and how long its reads took.
+#[derive(Debug)]
 pub(crate) struct LaneReport {
     pub segments: Vec<SegmentInfo>,
     pub stats: LaneStats,
     pub segments_direct: bool,
+    pub read_latency_us: hdrhistogram::Histogram<u64>,
+}
+
+/// A histogram of latencies from 1 µs to 10 minutes, 3 significant digits.
+pub(crate) fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Counters of one lane; summed over lanes for the manifest.
@@ -121,6 +127,7 @@ struct ReadOp {
     raw_len: u32,
     read_len: u32,
     got: u32,
+    submitted: Instant,
 }
 
 impl std::fmt::Debug for OpenSegment {
@@ -173,7 +180,12 @@ impl<'a> CaptureLane<'a> {
             seg: None,
             closing: None,
             zero_hashes: Vec::new(),
-            report: LaneReport { segments_direct: true, ..LaneReport::default() },
+            report: LaneReport {
+                segments: Vec::new(),
+                stats: LaneStats::default(),
+                segments_direct: true,
+                read_latency_us: latency_histogram(),
+            },
         })
     }
 
@@ -220,7 +232,7 @@ impl<'a> CaptureLane<'a> {
             // O_DIRECT needs an aligned length; past the end of a file the
             // read simply comes back short.
             let read_len = align_up(u64::from(raw_len), u64::from(self.sh.source.dio_align_bytes)) as u32;
-            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0 });
+            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0, submitted: Instant::now() });
             let offset = chunk * u64::from(self.sh.chunk_bytes);
             self.io.enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
         }
@@ -296,6 +308,8 @@ impl<'a> CaptureLane<'a> {
                         buf as u64,
                     );
                 } else {
+                    let us = op.submitted.elapsed().as_micros() as u64;
+                    let _ = self.report.read_latency_us.record(us.max(1));
                     self.ready.push_back(buf);
                 }
                 Ok(())
