@@ -1,26 +1,54 @@
-//! Benchmark corpora on loop devices: a realistic ext4 disk with system
-//! files, incompressible files, and free space holding stale data.
+//! Benchmark corpora and the devices they sit on: generated content (zero,
+//! random, text, mixed) or a realistic ext4 disk, on a loop device with a
+//! chosen logical sector size when we are root, else on a plain file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use tintype::sample::{self, Content};
 
-/// A loop device over a backing file we created; detached (and the file
-/// removed) on drop.
+/// What a corpus holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorpusKind {
+    /// All zeros: the read path alone.
+    Zero,
+    /// Incompressible bytes.
+    Random,
+    /// Text-like, compresses well.
+    Text,
+    /// Runs of zeros, text, random and binary.
+    Mixed,
+    /// A realistic ext4 disk: system files, incompressible files, stale data
+    /// in free space, ~30% free (needs root).
+    Ext4,
+}
+
+/// A device (or file) holding a corpus; its loop device is detached and its
+/// backing file removed on drop, on every path.
 #[derive(Debug)]
-pub struct LoopCorpus {
-    pub dev: PathBuf,
+pub struct Device {
+    /// What the tools read or write: the loop device, or the file itself.
+    pub path: PathBuf,
     pub backing: PathBuf,
     pub size_bytes: u64,
     pub used_bytes: u64,
+    pub is_loop: bool,
 }
 
-impl Drop for LoopCorpus {
+impl Drop for Device {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        if self.is_loop {
+            let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        }
         let _ = std::fs::remove_file(&self.backing);
     }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<String> {
@@ -29,6 +57,50 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
         bail!("{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn attach(backing: PathBuf, size_bytes: u64, sector: u32, used_bytes: u64) -> Result<Device> {
+    if !is_root() {
+        return Ok(Device { path: backing.clone(), backing, size_bytes, used_bytes, is_loop: false });
+    }
+    let dev = run("losetup", &["--find", "--show", "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
+    Ok(Device { path: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes, is_loop: true })
+}
+
+/// A corpus of `kind` and `size_bytes` in `dir`.
+pub fn make(kind: CorpusKind, dir: &Path, size_bytes: u64, sector: u32, seed: u64) -> Result<Device> {
+    let backing = dir.join(format!("tintype-bench-{kind:?}-{}.img", std::process::id()).to_lowercase());
+    let content = match kind {
+        CorpusKind::Ext4 => return ext4_disk(backing, size_bytes, sector, seed),
+        CorpusKind::Zero => Content::Zero,
+        CorpusKind::Random => Content::Random,
+        CorpusKind::Text => Content::Text,
+        CorpusKind::Mixed => Content::Mixed,
+    };
+    sample::write(&backing, content, size_bytes, seed).with_context(|| format!("write {}", backing.display()))?;
+    attach(backing, size_bytes, sector, size_bytes)
+}
+
+/// An all-zero device of `size_bytes` to restore onto.
+pub fn blank(dir: &Path, size_bytes: u64, sector: u32) -> Result<Device> {
+    let backing = dir.join(format!("tintype-bench-target-{}.img", std::process::id()));
+    std::fs::File::create(&backing)?.set_len(size_bytes)?;
+    attach(backing, size_bytes, sector, 0)
+}
+
+/// xxh3-128 of a whole device or file.
+pub fn hash_device(path: &Path) -> Result<u128> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.digest128());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 struct Mounted(PathBuf);
@@ -40,33 +112,8 @@ impl Drop for Mounted {
     }
 }
 
-/// Write `len` deterministic pseudo-random bytes (xorshift64) to `path`,
-/// streaming, so the harness's own memory stays small (a child's peak RSS
-/// as the kernel reports it starts from the parent's).
-pub fn write_random(path: &Path, len: u64, seed: u64) -> Result<()> {
-    use std::io::Write;
-    let mut f =
-        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
-    let mut x = seed | 1;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
-}
-
 /// Copy regular files from `srcs` (sorted walk) into `dest` until `budget` bytes.
-fn copy_files(srcs: &[&str], dest: &Path, budget: u64) -> Result<u64> {
+fn copy_files(srcs: &[&str], dest: &Path, budget: u64) -> u64 {
     let mut used = 0u64;
     let mut stack: Vec<PathBuf> = srcs.iter().rev().map(PathBuf::from).collect();
     let mut n = 0u64;
@@ -90,61 +137,38 @@ fn copy_files(srcs: &[&str], dest: &Path, budget: u64) -> Result<u64> {
             }
         }
     }
-    Ok(used)
+    used
 }
 
-/// An all-zero device of `size_bytes` to restore onto.
-pub fn blank(dir: &Path, size_bytes: u64, sector: u32) -> Result<LoopCorpus> {
-    let backing = dir.join(format!("tintype-bench-target-{}.img", std::process::id()));
-    std::fs::File::create(&backing)?.set_len(size_bytes)?;
-    let dev = run("losetup", &["--find", "--show", "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
-    Ok(LoopCorpus { dev: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes: 0 })
-}
-
-/// xxh3-128 of a whole device or file, read with plain buffered reads.
-pub fn hash_device(path: &Path) -> Result<u128> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.digest128());
-        }
-        h.update(&buf[..n]);
+/// The realistic ext4 disk.
+fn ext4_disk(backing: PathBuf, size_bytes: u64, sector: u32, seed: u64) -> Result<Device> {
+    if !is_root() {
+        bail!("the ext4 corpus needs root (loop device, mkfs.ext4, mount); use --corpus mixed without root");
     }
-}
-
-/// Make the realistic ext4 disk: `size_bytes` in `dir` (use /dev/shm so CPU
-/// cost dominates), with logical sector size `sector`.
-pub fn ext4_disk(dir: &Path, size_bytes: u64, sector: u32, seed: u64) -> Result<LoopCorpus> {
-    let backing = dir.join(format!("tintype-bench-ext4-{}.img", std::process::id()));
     std::fs::File::create(&backing)?.set_len(size_bytes)?;
-    let dev = run("losetup", &["--find", "--show", "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
-    let mut corpus = LoopCorpus { dev: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes: 0 };
-    let dev = corpus.dev.to_str().unwrap().to_string();
-    run("mkfs.ext4", &["-q", "-F", &dev])?;
+    let mut dev = attach(backing, size_bytes, sector, 0)?;
+    let path = dev.path.to_str().unwrap().to_string();
+    run("mkfs.ext4", &["-q", "-F", &path])?;
     let mnt = std::env::temp_dir().join(format!("tintype-bench-mnt-{}", std::process::id()));
     std::fs::create_dir_all(&mnt)?;
-    run("mount", &[&dev, mnt.to_str().unwrap()])?;
+    run("mount", &[&path, mnt.to_str().unwrap()])?;
     let m = Mounted(mnt.clone());
     // Stale data: files written, synced, then deleted, so free space is not zero.
     let stale = mnt.join("stale");
     std::fs::create_dir_all(&stale)?;
-    copy_files(&["/usr/lib"], &stale, size_bytes * 40 / 100)?;
-    write_random(&stale.join("random.bin"), size_bytes * 35 / 100, seed)?;
+    copy_files(&["/usr/lib"], &stale, size_bytes * 40 / 100);
+    sample::write(&stale.join("random.bin"), Content::Random, size_bytes * 35 / 100, seed)?;
     run("sync", &[])?;
     std::fs::remove_dir_all(&stale)?;
     run("sync", &[])?;
-    // Live data: system files and incompressible files.
+    // Live data: system files and an incompressible file.
     let sys = mnt.join("sys");
     std::fs::create_dir_all(&sys)?;
-    copy_files(&["/usr/share", "/usr/bin", "/usr/lib/python3", "/usr/lib"], &sys, size_bytes * 46 / 100)?;
-    write_random(&mnt.join("media.bin"), size_bytes * 15 / 100, seed ^ 0xabc)?;
+    copy_files(&["/usr/share", "/usr/bin", "/usr/lib/python3", "/usr/lib"], &sys, size_bytes * 46 / 100);
+    sample::write(&mnt.join("media.bin"), Content::Random, size_bytes * 15 / 100, seed ^ 0xabc)?;
     run("sync", &[])?;
     let df = run("df", &["--output=used", "-B1", mnt.to_str().unwrap()])?;
-    corpus.used_bytes = df.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    dev.used_bytes = df.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
     drop(m);
-    Ok(corpus)
+    Ok(dev)
 }

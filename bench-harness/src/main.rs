@@ -1,66 +1,129 @@
 //! `tintype-bench`: measures Tintype against the device's raw read rate and
 //! peer tools, in the same run, on the same device; reports medians, spread
-//! and the ratios that matter.
+//! and the ratios that matter; gates regressions on those ratios.
 
+mod compare;
 mod corpus;
 mod measure;
+mod peers;
+mod report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use serde::Serialize;
+use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use measure::{bytes_under, run_measured, summarize, Sample, Summary};
+use corpus::CorpusKind;
+use measure::{bytes_under, measure, run_measured, summarize, Sample};
+use peers::{Ctx, Phase, Tool};
+use report::{markdown, Ratio, RawRead, Report, ToolResult};
 
 #[derive(Parser, Debug)]
-#[command(name = "tintype-bench", about = "Benchmark harness for Tintype")]
+#[command(
+    name = "tintype-bench",
+    about = "Benchmark harness for Tintype: same-run ratios against the device and peer tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+struct SuiteArgs {
+    /// What the source device holds.
+    #[arg(long, value_enum, default_value_t = CorpusKind::Ext4)]
+    corpus: CorpusKind,
+    /// Size of the source device in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Measured runs of each tool, after one warm-up run each.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// zstd level for every tool.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    level: i32,
+    /// Logical sector size of the loop devices.
+    #[arg(long, default_value_t = 512)]
+    sector: u32,
+    /// Where the devices' backing files and the outputs live (memory-backed by default).
+    #[arg(long, default_value = "/dev/shm")]
+    dir: PathBuf,
+    /// Extra flags for `tintype create`, e.g. "--queue-depth 16".
+    #[arg(long, allow_hyphen_values = true)]
+    tintype_args: Option<String>,
+    /// Only Tintype; no peer tools.
+    #[arg(long)]
+    no_peers: bool,
+    /// Skip the restore half.
+    #[arg(long)]
+    no_restore: bool,
+    /// Write the whole report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Param {
+    QueueDepth,
+    Lanes,
+    ChunkSize,
+    Level,
+    /// The raw reader's read size (KiB) at queue depth 8.
+    ReadSize,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a command and print its wall time, CPU time and peak RSS as JSON.
-    /// The harness measures every tool through this small process, so the
-    /// peak RSS the kernel reports is the tool's, not inherited from the
-    /// harness's own memory at fork time.
     #[command(hide = true)]
     Measure {
         #[arg(trailing_var_arg = true, required = true)]
         argv: Vec<String>,
     },
-    /// `tintype create` vs `dd iflag=direct | zstd -T<cores>` on a realistic
-    /// ext4 disk (system files, incompressible files, stale data in free
-    /// space, ~30% free) on a memory-backed loop device. Needs root.
-    /// Then restores that image to a second loop device with `tintype restore`
-    /// and with `zstd -dc | dd oflag=direct`, and checks the restored bytes.
-    Ext4 {
-        /// Size of the disk in MiB.
-        #[arg(long, default_value_t = 1024)]
-        size_mib: u64,
-        /// Measured runs of each tool (after one warm-up run each).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// zstd level for both tools.
-        #[arg(long, default_value_t = 1)]
-        level: i32,
-        /// Logical sector size of the loop device.
-        #[arg(long, default_value_t = 512)]
-        sector: u32,
-        /// Where the disk and outputs live (memory-backed by default).
-        #[arg(long, default_value = "/dev/shm")]
-        dir: PathBuf,
-        /// Also write the results as JSON here.
+    /// The full suite: raw read ceiling (own io_uring reader, fio), the
+    /// compression ceiling (zstd alone), then create and restore with
+    /// Tintype and every installed peer (dd|zstd, partclone|zstd, qemu-img),
+    /// alternating, several runs each; ratios measured in the same run.
+    Run(SuiteArgs),
+    /// The CI job (well under a minute): a 256 MiB mixed corpus, Tintype
+    /// against dd|zstd and zstd -dc|dd, five runs each.
+    Quick {
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Extra flags for `tintype create`.
-        #[arg(long, allow_hyphen_values = true)]
-        tintype_args: Option<String>,
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+    },
+    /// Compare the gated same-run ratios of two reports; exit 1 on a
+    /// regression beyond --max-regression (widened to the measured noise).
+    Compare {
+        baseline: PathBuf,
+        current: PathBuf,
+        #[arg(long, default_value_t = 25.0)]
+        max_regression: f64,
+    },
+    /// Sweep one setting and show where throughput stops growing.
+    Sweep {
+        #[arg(long, value_enum)]
+        param: Param,
+        /// Comma-separated values (sizes in KiB for chunk-size and read-size).
+        #[arg(long, value_delimiter = ',')]
+        values: Vec<i64>,
+        #[arg(long, value_enum, default_value_t = CorpusKind::Mixed)]
+        corpus: CorpusKind,
+        #[arg(long, default_value_t = 512)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        level: i32,
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -72,104 +135,162 @@ fn main() -> Result<()> {
             println!("{}", json!({"wall_seconds": w, "cpu_seconds": cpu, "peak_rss_bytes": rss}));
             Ok(())
         }
-        Cmd::Ext4 { size_mib, runs, level, sector, dir, json, tintype_args } => {
-            ext4(size_mib, runs.max(1), level, sector, &dir, json.as_deref(), tintype_args.as_deref())
+        Cmd::Run(a) => finish(run_suite(&a, true)?, a.json.as_deref()),
+        Cmd::Quick { json, dir } => {
+            let a = SuiteArgs {
+                corpus: CorpusKind::Mixed,
+                size_mib: 256,
+                runs: 5,
+                level: 1,
+                sector: 512,
+                dir,
+                tintype_args: None,
+                no_peers: false,
+                no_restore: false,
+                json: json.clone(),
+            };
+            finish(run_suite(&a, false)?, json.as_deref())
+        }
+        Cmd::Compare { baseline, current, max_regression } => {
+            let load = |p: &Path| -> Result<Report> {
+                serde_json::from_slice(&std::fs::read(p).with_context(|| format!("read {}", p.display()))?)
+                    .with_context(|| format!("{} is not a tintype-bench report", p.display()))
+            };
+            let (b, c) = (load(&baseline)?, load(&current)?);
+            let verdicts = compare::compare(&b, &c, max_regression);
+            if verdicts.is_empty() {
+                bail!("the reports share no gated ratio");
+            }
+            println!(
+                "| ratio | baseline | current | worse by | allowed | verdict |\n| --- | --- | --- | --- | --- | --- |"
+            );
+            for v in &verdicts {
+                println!(
+                    "| {} | {:.3} | {:.3} | {:.1}% | {:.1}% | {} |",
+                    v.key,
+                    v.baseline,
+                    v.current,
+                    v.worse_by * 100.0,
+                    v.tolerance * 100.0,
+                    if v.regressed { "REGRESSED" } else { "ok" }
+                );
+            }
+            if verdicts.iter().any(|v| v.regressed) {
+                eprintln!(
+                    "tintype-bench: performance regressed beyond the allowed {max_regression}% (or the measured noise)"
+                );
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Sweep { param, values, corpus, size_mib, runs, level, dir, json } => {
+            sweep(param, &values, corpus, size_mib << 20, runs.max(1), level, &dir, json.as_deref())
         }
     }
 }
 
-/// Measure `argv` through a fresh `tintype-bench measure` process.
-fn measure(argv: &[&str]) -> Result<(f64, f64, u64)> {
-    let out = Command::new(std::env::current_exe()?)
-        .arg("measure")
-        .arg("--")
-        .args(argv)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("run the measuring helper")?;
-    if !out.status.success() {
-        bail!("{argv:?} failed");
+fn finish(r: Report, json_out: Option<&Path>) -> Result<()> {
+    print!("{}", markdown(&r));
+    if let Some(p) = json_out {
+        std::fs::write(p, serde_json::to_vec_pretty(&r)?).with_context(|| format!("write {}", p.display()))?;
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("helper output")?;
-    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok((f("wall_seconds"), f("cpu_seconds"), v["peak_rss_bytes"].as_u64().unwrap_or(0)))
+    if r.restored_identical == Some(false) {
+        bail!("the restored device differs from the source");
+    }
+    Ok(())
 }
 
 fn tintype_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("tintype");
+    let bin = std::env::current_exe()?.with_file_name("tintype");
     if !bin.is_file() {
         bail!("{} not found: build it first (cargo build --release --workspace)", bin.display());
     }
     Ok(bin)
 }
 
-#[derive(Debug, Serialize)]
-struct ToolResult {
-    name: String,
-    command: String,
-    samples: Vec<Sample>,
-    wall_seconds: Summary,
-    mb_per_s: Summary,
-    cpu_seconds: Summary,
-    mb_per_cpu_second: f64,
-    peak_rss_bytes: u64,
-    output_bytes: u64,
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn tool_result(name: &str, command: String, samples: Vec<Sample>, source_bytes: u64) -> ToolResult {
-    let walls: Vec<f64> = samples.iter().map(|s| s.wall_seconds).collect();
-    let rates: Vec<f64> = walls.iter().map(|w| source_bytes as f64 / w / 1e6).collect();
-    let cpus: Vec<f64> = samples.iter().map(|s| s.cpu_seconds).collect();
-    let cpu = summarize(&cpus);
-    ToolResult {
-        name: name.into(),
-        command,
-        wall_seconds: summarize(&walls),
-        mb_per_s: summarize(&rates),
-        mb_per_cpu_second: source_bytes as f64 / 1e6 / cpu.median,
-        cpu_seconds: cpu,
-        peak_rss_bytes: samples.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
-        output_bytes: samples.last().map_or(0, |s| s.output_bytes),
-        samples,
-    }
-}
-
-/// The device's raw sequential O_DIRECT read rate through io_uring, at the
-/// best of a few queue depths and read sizes; in MB/s.
-fn raw_read_ceiling(dev: &Path) -> Result<(f64, String)> {
+/// Sequential O_DIRECT reads of the whole device through io_uring with
+/// `read_bytes` reads and `qd` in flight; returns MB/s and, if asked, the
+/// per-read latency histogram.
+fn raw_read(dev: &Path, read_bytes: usize, qd: u32, latency: bool) -> Result<(f64, BTreeMap<String, u64>)> {
     use tintype::io::{self, device::Source, Backend};
-    let mut best = (0.0, String::new());
-    for (read_bytes, qd) in [(1usize << 20, 8u32), (4 << 20, 4), (4 << 20, 16)] {
-        let src = Source::open(dev, true)?;
-        let backend = if io::uring::probe().is_ok() { Backend::Uring } else { Backend::Portable };
-        let mut ring = io::open(backend, &vec![read_bytes; qd as usize], 1, qd)?;
-        ring.set_file(0, Some(src.reopen()?))?;
-        let started = Instant::now();
-        let mut next = 0u64;
-        let mut free: Vec<usize> = (0..qd as usize).collect();
-        loop {
-            while next < src.size_bytes {
-                let Some(b) = free.pop() else { break };
-                let len = (read_bytes as u64).min(src.size_bytes - next) as usize;
-                ring.enqueue_read(0, b, 0, len, next, b as u64);
-                next += len as u64;
-            }
-            if ring.in_flight() == 0 {
-                break;
-            }
-            ring.flush(1)?;
-            while let Some(c) = ring.pop_completion() {
-                c.result.context("raw read")?;
-                free.push(c.user_data as usize);
-            }
+    let src = Source::open(dev, true)?;
+    let backend = if io::uring::probe().is_ok() { Backend::Uring } else { Backend::Portable };
+    let mut ring = io::open(backend, &vec![read_bytes; qd as usize], 1, qd)?;
+    ring.set_file(0, Some(src.reopen()?))?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut started_at = vec![Instant::now(); qd as usize];
+    let started = Instant::now();
+    let mut next = 0u64;
+    let mut free: Vec<usize> = (0..qd as usize).collect();
+    loop {
+        while next < src.size_bytes {
+            let Some(b) = free.pop() else { break };
+            let len = (read_bytes as u64).min(src.size_bytes - next) as usize;
+            let len = len.next_multiple_of(src.dio_align_bytes as usize).min(read_bytes);
+            started_at[b] = Instant::now();
+            ring.enqueue_read(0, b, 0, len, next, b as u64);
+            next += read_bytes as u64;
         }
-        let rate = src.size_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
-        if rate > best.0 {
-            best = (rate, format!("{} KiB reads, queue depth {qd}, {}", read_bytes >> 10, backend.name()));
+        if ring.in_flight() == 0 {
+            break;
+        }
+        ring.flush(1)?;
+        while let Some(c) = ring.pop_completion() {
+            c.result.context("raw read")?;
+            let b = c.user_data as usize;
+            if latency {
+                hist.record(started_at[b].elapsed().as_micros().max(1) as u64)?;
+            }
+            free.push(b);
         }
     }
-    Ok(best)
+    let rate = src.size_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
+    let mut lat = BTreeMap::new();
+    if latency && !hist.is_empty() {
+        for (k, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            lat.insert(k.to_string(), hist.value_at_quantile(q));
+        }
+        lat.insert("max".into(), hist.max());
+    }
+    Ok((rate, lat))
+}
+
+fn raw_read_ceiling(dev: &Path) -> Result<RawRead> {
+    let mut tried = BTreeMap::new();
+    let mut best = (0.0, 1usize << 20, 8u32);
+    for (read_bytes, qd) in [(1usize << 20, 1u32), (1 << 20, 8), (1 << 20, 32), (4 << 20, 4), (4 << 20, 16)] {
+        let (rate, _) = raw_read(dev, read_bytes, qd, false)?;
+        tried.insert(format!("{} KiB x {qd}", read_bytes >> 10), rate);
+        if rate > best.0 {
+            best = (rate, read_bytes, qd);
+        }
+    }
+    let (_, latency_us) = raw_read(dev, best.1, best.2, true)?;
+    Ok(RawRead {
+        mb_per_s: best.0,
+        how: format!("{} KiB reads, queue depth {}, io_uring when available", best.1 >> 10, best.2),
+        latency_us,
+        tried,
+    })
+}
+
+fn fio_read(dev: &Path, size: u64) -> Option<f64> {
+    if !peers::installed("fio") {
+        return None;
+    }
+    let out = Command::new("fio")
+        .args(["--name=read", "--rw=read", "--bs=1M", "--iodepth=16", "--ioengine=io_uring", "--direct=1"])
+        .arg(format!("--filename={}", dev.display()))
+        .arg(format!("--size={size}"))
+        .arg("--output-format=json")
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["jobs"][0]["read"]["bw_bytes"].as_f64().map(|b| b / 1e6)
 }
 
 fn git_rev() -> String {
@@ -192,164 +313,288 @@ fn machine() -> serde_json::Value {
         .unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
-        .and_then(|k| k.parse::<u64>().ok())
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
         .map_or(0, |k| k * 1024);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    json!({
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "memory_bytes": mem,
-        "kernel": kernel.trim(),
-        "cpu": cpu,
+    json!({"cores": cores(), "memory_bytes": mem, "kernel": kernel.trim(), "cpu": cpu})
+}
+
+/// Run every tool of `tools` `runs` times (plus a warm-up), alternating.
+fn run_tools(tools: &[Tool], runs: usize, source_bytes: u64) -> Result<Vec<ToolResult>> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    for i in 0..=runs {
+        for (t, out) in tools.iter().zip(samples.iter_mut()) {
+            if t.phase == Phase::Create {
+                let _ = std::fs::remove_dir_all(&t.output);
+                let _ = std::fs::remove_file(&t.output);
+            }
+            let argv: Vec<&str> = t.argv.iter().map(String::as_str).collect();
+            let (w, cpu, rss) = measure(&argv, &[])?;
+            let output_bytes = if t.phase == Phase::Create { bytes_under(&t.output) } else { source_bytes };
+            eprintln!("bench: {} run {i}{}: {w:.3} s", t.name, if i == 0 { " (warm-up)" } else { "" });
+            if i > 0 {
+                out.push(Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes });
+            }
+        }
+    }
+    Ok(tools
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| ToolResult::new(&t.key, &t.name, t.phase, t.shown.clone(), s, source_bytes))
+        .collect())
+}
+
+/// Ratio of two tools' wall times per run and of their medians: how many
+/// times faster `ours` is than `peer`.
+fn speed_ratio(ours: &ToolResult, peer: &ToolResult, gate: bool, meaning: String) -> Ratio {
+    Ratio {
+        value: peer.wall_seconds.median / ours.wall_seconds.median,
+        per_run: ours.samples.iter().zip(&peer.samples).map(|(o, p)| p.wall_seconds / o.wall_seconds).collect(),
+        higher_is_better: true,
+        gate,
+        meaning,
+    }
+}
+
+fn run_suite(a: &SuiteArgs, extras: bool) -> Result<Report> {
+    let bin = tintype_bin()?;
+    let mut notes = Vec::new();
+    if !corpus::is_root() {
+        notes.push("not root: the corpus is a plain file, not a loop device".to_string());
+    }
+    let size = a.size_mib << 20;
+    eprintln!("bench: building a {} MiB {:?} corpus in {}", a.size_mib, a.corpus, a.dir.display());
+    let source = corpus::make(a.corpus, &a.dir, size, a.sector, 0x5eed)?;
+    eprintln!("bench: source {} ({} MiB used)", source.path.display(), source.used_bytes >> 20);
+    let raw = raw_read_ceiling(&source.path)?;
+    eprintln!("bench: raw read ceiling {:.0} MB/s ({})", raw.mb_per_s, raw.how);
+    let fio = if extras { fio_read(&source.path, size) } else { None };
+    let out_dir = a.dir.join(format!("tintype-bench-out-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir)?;
+    let result = run_in(a, extras, &bin, &source, &out_dir, raw, fio, notes);
+    let _ = std::fs::remove_dir_all(&out_dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    a: &SuiteArgs,
+    extras: bool,
+    bin: &Path,
+    source: &corpus::Device,
+    out_dir: &Path,
+    raw: RawRead,
+    fio: Option<f64>,
+    notes: Vec<String>,
+) -> Result<Report> {
+    let size = source.size_bytes;
+    let n = cores();
+    let zstd_ceiling = if extras && !a.no_peers && peers::installed("zstd") {
+        let script = format!("zstd -{} -T{n} -q -c {} > /dev/null", a.level, source.backing.display());
+        let tool = Tool {
+            key: "zstd_ceiling".into(),
+            name: format!("zstd -{} -T{n} alone", a.level),
+            phase: Phase::Create,
+            argv: vec!["bash".into(), "-c".into(), script],
+            output: out_dir.join("none"),
+            shown: format!("zstd -{} -T{n} -c BACKING_FILE > /dev/null", a.level),
+        };
+        run_tools(&[tool], a.runs, size)?.pop()
+    } else {
+        None
+    };
+    let target = if a.no_restore { None } else { Some(corpus::blank(&a.dir, size, a.sector)?) };
+    let extra: Vec<String> =
+        a.tintype_args.as_deref().map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let ctx = Ctx {
+        tintype: bin,
+        source: &source.path,
+        target: target.as_ref().map_or(Path::new("/nonexistent"), |t| &t.path),
+        out_dir,
+        level: a.level,
+        cores: n,
+        ext4: a.corpus == CorpusKind::Ext4,
+        tintype_args: &extra,
+        peers: !a.no_peers,
+    };
+    let mut create = peers::create_tools(&ctx);
+    if !extras {
+        create.retain(|t| t.key == "tintype" || t.key == "dd_zstd");
+    }
+    let mut results = run_tools(&create, a.runs, size)?;
+    let latency = tintype::set::ImageSet::open(&out_dir.join("set"))
+        .and_then(|s| s.resolve(None))
+        .map(|i| i.manifest.stats.read_latency_us)
+        .unwrap_or_default();
+    let mut restored_identical = None;
+    if let Some(target) = &target {
+        let restore = peers::restore_tools(&ctx, &create);
+        results.extend(run_tools(&restore, a.runs, size)?);
+        // One more Tintype restore, then the proof: the target equals the source.
+        let argv: Vec<&str> = restore[0].argv.iter().map(String::as_str).collect();
+        measure(&argv, &[])?;
+        restored_identical = Some(corpus::hash_device(&target.path)? == corpus::hash_device(&source.path)?);
+    }
+    let mut ratios = BTreeMap::new();
+    let ours_c = results.iter().find(|t| t.key == "tintype" && t.phase == Phase::Create).expect("tintype create ran");
+    ratios.insert(
+        "create_over_raw_read".into(),
+        Ratio {
+            value: ours_c.mb_per_s.median / raw.mb_per_s,
+            per_run: vec![],
+            higher_is_better: true,
+            gate: false,
+            meaning: "tintype create MB/s ÷ the device's raw O_DIRECT read rate".into(),
+        },
+    );
+    if let Some(z) = &zstd_ceiling {
+        ratios.insert(
+            "create_cpu_over_zstd_alone".into(),
+            Ratio {
+                value: ours_c.cpu_seconds.median / z.cpu_seconds.median,
+                per_run: vec![],
+                higher_is_better: false,
+                gate: false,
+                meaning: format!("tintype create CPU s ÷ {} CPU s on the same bytes", z.name),
+            },
+        );
+        ratios.insert(
+            "create_over_zstd_alone".into(),
+            Ratio {
+                value: ours_c.mb_per_s.median / z.mb_per_s.median,
+                per_run: vec![],
+                higher_is_better: true,
+                gate: false,
+                meaning: format!("tintype create MB/s ÷ {} MB/s (the compression ceiling)", z.name),
+            },
+        );
+    }
+    for phase in [Phase::Create, Phase::Restore] {
+        let Some(ours) = results.iter().find(|t| t.key == "tintype" && t.phase == phase) else { continue };
+        for peer in results.iter().filter(|t| t.key != "tintype" && t.phase == phase) {
+            let gate = peer.key == "dd_zstd";
+            let what = if phase == Phase::Create { "create" } else { "restore" };
+            ratios.insert(
+                format!("{what}_vs_{}", peer.key),
+                speed_ratio(ours, peer, gate, format!("times faster than {} (wall, same run)", peer.name)),
+            );
+            if phase == Phase::Create {
+                ratios.insert(
+                    format!("output_vs_{}", peer.key),
+                    Ratio {
+                        value: ours.output_bytes as f64 / peer.output_bytes as f64,
+                        per_run: ours
+                            .samples
+                            .iter()
+                            .zip(&peer.samples)
+                            .map(|(o, p)| o.output_bytes as f64 / p.output_bytes as f64)
+                            .collect(),
+                        higher_is_better: false,
+                        gate,
+                        meaning: format!("tintype's output bytes ÷ {}'s", peer.name),
+                    },
+                );
+            }
+        }
+    }
+    Ok(Report {
+        benchmark: format!("{:?}", a.corpus).to_lowercase(),
+        git_revision: git_rev(),
+        machine: machine(),
+        settings: json!({
+            "size_bytes": size, "used_bytes": source.used_bytes, "runs": a.runs, "level": a.level,
+            "sector_bytes": a.sector, "dir": a.dir, "loop_device": source.is_loop, "tintype_args": extra,
+        }),
+        raw_read: raw,
+        fio_read_mb_per_s: fio,
+        zstd_ceiling,
+        tools: results,
+        tintype_read_latency_us: latency,
+        ratios,
+        restored_identical,
+        notes,
     })
 }
 
-fn ext4(
-    size_mib: u64,
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    param: Param,
+    values: &[i64],
+    corpus_kind: CorpusKind,
+    size: u64,
     runs: usize,
     level: i32,
-    sector: u32,
     dir: &Path,
     json_out: Option<&Path>,
-    extra: Option<&str>,
 ) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the ext4 benchmark needs root (loop devices, mkfs, mount)");
+    if values.is_empty() {
+        bail!("--values needs at least one value");
     }
     let bin = tintype_bin()?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!("bench: building a {size_mib} MiB ext4 disk in {}", dir.display());
-    let corpus = corpus::ext4_disk(dir, size_mib << 20, sector, 0x5eed)?;
-    let dev = corpus.dev.clone();
-    let src_bytes = corpus.size_bytes;
-    eprintln!("bench: {} ready, {} MiB used of {} MiB", dev.display(), corpus.used_bytes >> 20, src_bytes >> 20);
-    let (raw, raw_how) = raw_read_ceiling(&dev)?;
-    eprintln!("bench: raw O_DIRECT read ceiling {raw:.0} MB/s ({raw_how})");
-
-    let out_dir = dir.join(format!("tintype-bench-out-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir)?;
-    let set = out_dir.join("set");
-    let zst = out_dir.join("dd.zst");
-    let extra: Vec<String> = extra.map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
-    let ours_cmd = format!("tintype create {} SET --level {level} {}", dev.display(), extra.join(" "));
-    let peer_cmd = format!("dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > OUT", dev.display());
-    let mut ours = Vec::new();
-    let mut peer = Vec::new();
-    // One warm-up of each, then alternate so drift hits both alike.
-    for i in 0..=runs {
-        let _ = std::fs::remove_dir_all(&set);
-        let level_arg = level.to_string();
-        let mut argv = vec![bin.to_str().unwrap(), "create", dev.to_str().unwrap(), set.to_str().unwrap(), "--level"];
-        argv.push(&level_arg);
-        argv.extend(extra.iter().map(String::as_str));
-        let (w, cpu, rss) = measure(&argv)?;
-        let s = Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: bytes_under(&set) };
-        let _ = std::fs::remove_file(&zst);
-        let pipeline = format!(
-            "set -o pipefail; dd if={} bs=1M iflag=direct status=none | zstd -{level} -T{cores} -q > {}",
-            dev.display(),
-            zst.display()
-        );
-        let (w2, cpu2, rss2) = measure(&["bash", "-c", &pipeline])?;
-        let p = Sample { wall_seconds: w2, cpu_seconds: cpu2, peak_rss_bytes: rss2, output_bytes: bytes_under(&zst) };
-        eprintln!(
-            "bench: run {i}{}: tintype {:.3} s ({} bytes), dd|zstd {:.3} s ({} bytes)",
-            if i == 0 { " (warm-up)" } else { "" },
-            s.wall_seconds,
-            s.output_bytes,
-            p.wall_seconds,
-            p.output_bytes
-        );
-        if i > 0 {
-            ours.push(s);
-            peer.push(p);
+    let source = corpus::make(corpus_kind, dir, size, 512, 0x5eed)?;
+    let out = dir.join(format!("tintype-bench-sweep-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for &v in values {
+        let mut rates = Vec::new();
+        for i in 0..=runs {
+            let rate = match param {
+                Param::ReadSize => raw_read(&source.path, (v as usize) << 10, 8, false)?.0,
+                _ => {
+                    let _ = std::fs::remove_dir_all(&out);
+                    let (flag, val) = match param {
+                        Param::QueueDepth => ("--queue-depth", v.to_string()),
+                        Param::Lanes => ("--lanes", v.to_string()),
+                        Param::ChunkSize => ("--chunk-size", format!("{v}K")),
+                        Param::Level => ("--level", v.to_string()),
+                        Param::ReadSize => unreachable!(),
+                    };
+                    let mut argv =
+                        vec![bin.to_str().unwrap(), "create", source.path.to_str().unwrap(), out.to_str().unwrap()];
+                    let lvl = level.to_string();
+                    if !matches!(param, Param::Level) {
+                        argv.extend(["--level", &lvl]);
+                    }
+                    argv.extend([flag, &val]);
+                    let (w, _, _) = measure(&argv, &[])?;
+                    size as f64 / w / 1e6
+                }
+            };
+            if i > 0 {
+                rates.push(rate);
+            }
         }
+        let _ = std::fs::remove_dir_all(&out);
+        rows.push((v, summarize(&rates)));
     }
-    // Restore: both write the image they just made back to a second device.
-    let target = corpus::blank(dir, src_bytes, sector)?;
-    let tdev = target.dev.to_str().unwrap().to_string();
-    let r_ours_cmd = format!("tintype restore SET {tdev} --force");
-    let r_peer_cmd = format!("zstd -dc OUT | dd of={tdev} bs=1M oflag=direct");
-    let mut r_ours = Vec::new();
-    let mut r_peer = Vec::new();
-    for i in 0..=runs {
-        let (w, cpu, rss) = measure(&[bin.to_str().unwrap(), "restore", set.to_str().unwrap(), &tdev, "--force"])?;
-        let pipeline =
-            format!("set -o pipefail; zstd -dc -q {} | dd of={tdev} bs=1M oflag=direct status=none", zst.display());
-        let (w2, cpu2, rss2) = measure(&["bash", "-c", &pipeline])?;
-        eprintln!(
-            "bench: restore run {i}{}: tintype {w:.3} s, zstd|dd {w2:.3} s",
-            if i == 0 { " (warm-up)" } else { "" }
-        );
-        if i > 0 {
-            r_ours.push(Sample { wall_seconds: w, cpu_seconds: cpu, peak_rss_bytes: rss, output_bytes: src_bytes });
-            r_peer.push(Sample { wall_seconds: w2, cpu_seconds: cpu2, peak_rss_bytes: rss2, output_bytes: src_bytes });
+    println!("| {param:?} | median MB/s (min–max) | gain over the previous value |\n| --- | --- | --- |");
+    let mut prev: Option<f64> = None;
+    let mut plateau = None;
+    for (v, s) in &rows {
+        let gain = prev.map(|p| s.median / p - 1.0);
+        if plateau.is_none() && gain.is_some_and(|g| g < 0.05) {
+            plateau = Some(*v);
         }
-    }
-    // One more tintype restore, then the proof: the target equals the source.
-    measure(&[bin.to_str().unwrap(), "restore", set.to_str().unwrap(), &tdev, "--force"])?;
-    let identical = corpus::hash_device(&target.dev)? == corpus::hash_device(&dev)?;
-    eprintln!("bench: restored device identical to the source: {identical}");
-    drop(target);
-    let _ = std::fs::remove_dir_all(&out_dir);
-    let ours = tool_result("tintype", ours_cmd, ours, src_bytes);
-    let peer = tool_result("dd|zstd", peer_cmd, peer, src_bytes);
-    let r_ours = tool_result("tintype restore", r_ours_cmd, r_ours, src_bytes);
-    let r_peer = tool_result("zstd -dc | dd", r_peer_cmd, r_peer, src_bytes);
-    let restore_ratio = r_peer.wall_seconds.median / r_ours.wall_seconds.median;
-    // Ratios of medians of runs made in the same session, alternating.
-    let speed_ratio = peer.wall_seconds.median / ours.wall_seconds.median;
-    let size_ratio = ours.output_bytes as f64 / peer.output_bytes as f64;
-    let of_ceiling = ours.mb_per_s.median / raw;
-    println!("| tool | median MB/s (min–max) | CPU s | MB per CPU-s | peak RSS | output bytes |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for t in [&ours, &peer] {
         println!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} | {} MiB | {} |",
-            t.name,
-            t.mb_per_s.median,
-            t.mb_per_s.min,
-            t.mb_per_s.max,
-            t.cpu_seconds.median,
-            t.mb_per_cpu_second,
-            t.peak_rss_bytes >> 20,
-            t.output_bytes
+            "| {v} | {:.0} ({:.0}–{:.0}) | {} |",
+            s.median,
+            s.min,
+            s.max,
+            gain.map_or("—".into(), |g| format!("{:+.1}%", g * 100.0))
         );
+        prev = Some(s.median);
     }
-    println!();
-    println!("raw O_DIRECT read ceiling: {raw:.0} MB/s ({raw_how})");
-    println!("tintype ÷ dd|zstd throughput: {speed_ratio:.2}x   output size tintype ÷ dd|zstd: {size_ratio:.3}   tintype ÷ raw ceiling: {of_ceiling:.2}");
-    println!();
-    println!("| restore | median MB/s (min–max) | CPU s | MB per CPU-s | peak RSS |");
-    println!("| --- | --- | --- | --- | --- |");
-    for t in [&r_ours, &r_peer] {
-        println!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} | {} MiB |",
-            t.name,
-            t.mb_per_s.median,
-            t.mb_per_s.min,
-            t.mb_per_s.max,
-            t.cpu_seconds.median,
-            t.mb_per_cpu_second,
-            t.peak_rss_bytes >> 20
-        );
+    match plateau {
+        Some(v) => println!("\nthroughput stops growing (< 5% gain) at {param:?} = {v}"),
+        None => println!("\nthroughput still grows at the largest value tried"),
     }
-    println!();
-    println!("restore: tintype ÷ zstd|dd throughput: {restore_ratio:.2}x   restored device identical to the source: {identical}");
-    if let Some(path) = json_out {
+    if let Some(p) = json_out {
         let v = json!({
-            "benchmark": "ext4",
-            "git_revision": git_rev(),
-            "machine": machine(),
-            "settings": {"size_bytes": src_bytes, "used_bytes": corpus.used_bytes, "runs": runs, "level": level, "sector_bytes": sector, "dir": dir},
-            "raw_read_mb_per_s": raw,
-            "raw_read_how": raw_how,
-            "tools": [ours, peer],
-            "restore": {"tools": [r_ours, r_peer], "tintype_over_zstd_dd_throughput": restore_ratio, "restored_identical": identical},
-            "ratios": {"tintype_over_dd_zstd_throughput": speed_ratio, "tintype_over_dd_zstd_output_size": size_ratio, "tintype_over_raw_read": of_ceiling},
+            "param": format!("{param:?}"), "corpus": corpus_kind, "size_bytes": size, "runs": runs, "level": level,
+            "git_revision": git_rev(), "machine": machine(),
+            "rows": rows.iter().map(|(v, s)| json!({"value": v, "mb_per_s": s})).collect::<Vec<_>>(),
+            "plateau_at": plateau,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&v)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod pipeline;
+pub mod sample;
 pub mod set;
 
 pub use error::{Error, Result};

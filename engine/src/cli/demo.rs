@@ -1,7 +1,6 @@
 //! `tintype demo`: generate a sample source with mixed content, image it,
 //! verify it, restore it, compare, and say what happened and how fast.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -10,71 +9,6 @@ use tintype::io::IoChoice;
 use tintype::{CreateOptions, RestoreOptions, VerifyOptions};
 
 use super::output::{human, print_create, print_restore, print_verify, Console};
-
-/// Write `size` bytes of mixed content to `path`: runs of zeros, text,
-/// random (incompressible) bytes and repetitive binary, in 1–4 MiB pieces,
-/// deterministically from `seed`. The size need not be a chunk multiple.
-pub fn write_sample(path: &std::path::Path, size: u64, seed: u64) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path)?);
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    const WORDS: [&str; 16] = [
-        "disk ",
-        "image ",
-        "sector ",
-        "the ",
-        "block ",
-        "of ",
-        "chunk ",
-        "kernel ",
-        "ring ",
-        "lane ",
-        "segment ",
-        "and ",
-        "frame ",
-        "index ",
-        "to ",
-        "restore\n",
-    ];
-    let mut left = size;
-    let mut piece = vec![0u8; 4 << 20];
-    while left > 0 {
-        let len = (((next() % 4) + 1) << 20).min(left) as usize;
-        let p = &mut piece[..len];
-        match next() % 4 {
-            0 => p.fill(0),
-            1 => {
-                let mut i = 0;
-                while i < len {
-                    let w = WORDS[(next() % 16) as usize].as_bytes();
-                    let n = w.len().min(len - i);
-                    p[i..i + n].copy_from_slice(&w[..n]);
-                    i += n;
-                }
-            }
-            2 => {
-                for c in p.chunks_mut(8) {
-                    let v = next().to_le_bytes();
-                    c.copy_from_slice(&v[..c.len()]);
-                }
-            }
-            _ => {
-                let rec = next().to_le_bytes();
-                for (i, b) in p.iter_mut().enumerate() {
-                    *b = if i % 64 < 8 { rec[i % 8] } else { (i / 4096) as u8 };
-                }
-            }
-        }
-        f.write_all(p)?;
-        left -= len as u64;
-    }
-    f.flush()
-}
 
 pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice) -> anyhow::Result<u8> {
     if size == 0 {
@@ -97,7 +31,8 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
         human(size),
         sample.display()
     );
-    write_sample(&sample, size, 0x7147_7970_6500_0001).with_context(|| format!("write {}", sample.display()))?;
+    tintype::sample::write_mixed(&sample, size, 0x7147_7970_6500_0001)
+        .with_context(|| format!("write {}", sample.display()))?;
 
     println!("demo: tintype create {} {} --level {level}", sample.display(), set.display());
     let mut o = CreateOptions::new(&sample, &set);

@@ -343,6 +343,8 @@ impl<'a> CaptureLane<'a> {
                 }
                 self.stage(buf, op)?
             };
+            #[cfg(feature = "slowdown")]
+            slowdown();
             self.ready.pop_front();
             self.reads[buf] = None;
             self.free_reads.push(buf);
@@ -653,6 +655,18 @@ pub fn is_zero(b: &[u8]) -> bool {
         unsafe { b.align_to::<u128>() }
     };
     head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
+/// Test builds only (feature `slowdown`): sleep as long as
+/// `TINTYPE_SLOWDOWN_US_PER_CHUNK` says, once per chunk.
+#[cfg(feature = "slowdown")]
+fn slowdown() {
+    static US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let us = *US
+        .get_or_init(|| std::env::var("TINTYPE_SLOWDOWN_US_PER_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    if us > 0 {
+        std::thread::sleep(std::time::Duration::from_micros(us));
+    }
 }
 
 /// CPU time this thread has used, in nanoseconds.

@@ -1,0 +1,105 @@
+//! The regression gate: compare the same-run ratios of two reports. A ratio
+//! has regressed when it moved the wrong way by more than the allowed
+//! percentage, widened to the noise the runs themselves showed (capped at
+//! twice the allowed percentage, so noise cannot hide everything).
+
+use crate::report::Report;
+
+/// One gated ratio's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub key: String,
+    pub baseline: f64,
+    pub current: f64,
+    /// How much worse, as a fraction (negative: better).
+    pub worse_by: f64,
+    pub tolerance: f64,
+    pub regressed: bool,
+}
+
+/// Compare every gated ratio of `baseline` that `current` also has.
+pub fn compare(baseline: &Report, current: &Report, max_regression_pct: f64) -> Vec<Verdict> {
+    let allowed = max_regression_pct / 100.0;
+    let mut out = Vec::new();
+    for (key, b) in baseline.ratios.iter().filter(|(_, r)| r.gate) {
+        let Some(c) = current.ratios.get(key) else { continue };
+        let worse_by = if b.higher_is_better { (b.value - c.value) / b.value } else { (c.value - b.value) / b.value };
+        let tolerance = allowed.max(b.noise().max(c.noise()).min(2.0 * allowed));
+        out.push(Verdict {
+            key: key.clone(),
+            baseline: b.value,
+            current: c.value,
+            worse_by,
+            tolerance,
+            regressed: worse_by > tolerance,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::{Ratio, RawRead};
+
+    fn report(ratios: &[(&str, f64, &[f64], bool)]) -> Report {
+        Report {
+            benchmark: "t".into(),
+            git_revision: "x".into(),
+            machine: serde_json::Value::Null,
+            settings: serde_json::Value::Null,
+            raw_read: RawRead {
+                mb_per_s: 1.0,
+                how: String::new(),
+                latency_us: BTreeMap::new(),
+                tried: BTreeMap::new(),
+            },
+            fio_read_mb_per_s: None,
+            zstd_ceiling: None,
+            tools: vec![],
+            tintype_read_latency_us: BTreeMap::new(),
+            ratios: ratios
+                .iter()
+                .map(|(k, v, runs, hib)| {
+                    (
+                        k.to_string(),
+                        Ratio {
+                            value: *v,
+                            per_run: runs.to_vec(),
+                            higher_is_better: *hib,
+                            gate: true,
+                            meaning: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+            restored_identical: None,
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_drop_beyond_the_allowance_regresses_and_noise_widens_it_up_to_a_cap() {
+        let base = report(&[("speed", 2.0, &[1.9, 2.0, 2.1], true), ("size", 1.0, &[1.0], false)]);
+        // 10% slower, within 25%.
+        let cur = report(&[("speed", 1.8, &[1.8, 1.8, 1.8], true), ("size", 1.0, &[1.0], false)]);
+        assert!(compare(&base, &cur, 25.0).iter().all(|v| !v.regressed));
+        // Half the speed: regressed.
+        let cur = report(&[("speed", 1.0, &[1.0, 1.0, 1.0], true), ("size", 1.0, &[1.0], false)]);
+        let v = compare(&base, &cur, 25.0);
+        assert!(v.iter().any(|v| v.key == "speed" && v.regressed));
+        // Output 40% larger: regressed (lower is better).
+        let cur = report(&[("speed", 2.0, &[2.0], true), ("size", 1.4, &[1.4], false)]);
+        assert!(compare(&base, &cur, 25.0).iter().any(|v| v.key == "size" && v.regressed));
+        // Very noisy runs widen the tolerance, but never past twice the allowance.
+        let noisy = report(&[("speed", 2.0, &[0.5, 2.0, 4.0], true)]);
+        let cur = report(&[("speed", 1.3, &[1.3], true)]);
+        let v = &compare(&noisy, &cur, 25.0)[0];
+        assert_eq!(v.tolerance, 0.5);
+        assert!(!v.regressed, "35% worse is within the widened 50%");
+        let cur = report(&[("speed", 0.9, &[0.9], true)]);
+        assert!(compare(&noisy, &cur, 25.0)[0].regressed, "55% worse is past the cap");
+    }
+}
