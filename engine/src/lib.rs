@@ -11,8 +11,10 @@ pub mod error;
 pub mod format;
 pub mod io;
 pub mod pipeline;
+pub mod profile;
 pub mod sample;
 pub mod set;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use pipeline::capture::{create, CreateOptions, CreateReport};

@@ -3,5 +3,6 @@
 mod corruption;
 mod create_verify;
 mod golden;
+mod profiles;
 mod restore;
 mod util;

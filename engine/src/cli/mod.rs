@@ -68,24 +68,29 @@ enum Command {
         source: PathBuf,
         /// Image set directory (created if absent).
         set: PathBuf,
-        /// zstd level: 1..22, negative for fast levels, 0 stores uncompressed.
-        #[arg(long, default_value_t = DEFAULT_LEVEL, allow_negative_numbers = true)]
-        level: i32,
-        /// Parallel lanes (threads, one per core). Default: one per available core.
+        /// Settings for a kind of hardware: a built-in profile name (nvme-gen4, nvme-gen5,
+        /// nvme-array, sata-ssd, hdd, cloud-volume, ci-loop) or a path to a TOML file.
+        /// Flags given here override it.
+        #[arg(long)]
+        profile: Option<String>,
+        /// zstd level: 1..22, negative for fast levels, 0 stores uncompressed [default: 1].
+        #[arg(long, allow_negative_numbers = true)]
+        level: Option<i32>,
+        /// Parallel lanes (threads, one per core) [default: one per available core].
         #[arg(long)]
         lanes: Option<u32>,
-        /// Reads in flight per lane.
-        #[arg(long, default_value_t = DEFAULT_QUEUE_DEPTH)]
-        queue_depth: u32,
-        /// Chunk size: a power of two from 64KiB to 64MiB (suffixes K, M, G are binary).
-        #[arg(long, value_parser = parse_size, default_value_t = u64::from(DEFAULT_CHUNK_BYTES))]
-        chunk_size: u64,
-        /// Roll segment files over at this size.
-        #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_SEGMENT_BYTES)]
-        segment_size: u64,
-        /// I/O backend.
-        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
-        io: IoArg,
+        /// Reads in flight per lane [default: 8].
+        #[arg(long)]
+        queue_depth: Option<u32>,
+        /// Chunk size: a power of two from 64KiB to 64MiB (suffixes K, M, G are binary) [default: 1M].
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Roll segment files over at this size [default: 1G].
+        #[arg(long, value_parser = parse_size)]
+        segment_size: Option<u64>,
+        /// I/O backend [default: auto].
+        #[arg(long, value_enum)]
+        io: Option<IoArg>,
         /// Print a machine-readable summary on stdout.
         #[arg(long)]
         json: bool,
@@ -140,6 +145,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a device (read-only, bounded: a few seconds) and choose queue depth, read size and
+    /// compression level for it; optionally write them as a profile for `create --profile`.
+    Tune {
+        /// Block device or file to measure.
+        device: PathBuf,
+        /// Write the chosen settings to this new TOML file.
+        #[arg(long)]
+        write_profile: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = IoArg::Auto)]
+        io: IoArg,
+        #[arg(long)]
+        json: bool,
+        /// Longest time one read measurement may take, in milliseconds.
+        #[arg(long, default_value_t = 400, hide = true)]
+        step_ms: u64,
+    },
     /// Show an image's metadata and statistics.
     Info {
         /// Image set directory, optionally @IMAGE_ID.
@@ -165,23 +186,7 @@ enum Command {
     },
 }
 
-/// Parse a size: a number with an optional binary suffix (K, M, G, T, with
-/// or without "iB"/"B"), e.g. "1M", "64KiB", "1073741824".
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1M, 64KiB, 4096)"))?;
-    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size suffix {other:?} in {s:?} (use K, M, G or T)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
-}
+pub use tintype::profile::parse_size;
 
 /// Parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -221,15 +226,42 @@ fn code_for(e: &anyhow::Error) -> u8 {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Create { source, set, level, lanes, queue_depth, chunk_size, segment_size, io, json, image_id } => {
+        Command::Create {
+            source,
+            set,
+            profile,
+            level,
+            lanes,
+            queue_depth,
+            chunk_size,
+            segment_size,
+            io,
+            json,
+            image_id,
+        } => {
             let mut o = CreateOptions::new(source, set);
-            o.level = level;
-            o.lanes = lanes;
-            o.queue_depth = queue_depth;
+            // Flags, then the profile, then the built-in defaults.
+            let p = match &profile {
+                Some(name) => {
+                    let (p, origin) = tintype::profile::Profile::load(name)?;
+                    o.profile = Some(origin);
+                    p
+                }
+                None => tintype::profile::Profile::default(),
+            };
+            o.level = level.or(p.level).unwrap_or(DEFAULT_LEVEL);
+            o.lanes = lanes.or(p.lanes);
+            o.queue_depth = queue_depth.or(p.queue_depth).unwrap_or(DEFAULT_QUEUE_DEPTH);
+            let chunk_size = chunk_size.or(p.chunk_size_bytes()).unwrap_or(u64::from(DEFAULT_CHUNK_BYTES));
             o.chunk_size_bytes = u32::try_from(chunk_size)
                 .map_err(|_| Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB")))?;
-            o.segment_size_bytes = segment_size;
-            o.io = io.into();
+            o.segment_size_bytes = segment_size.or(p.segment_size_bytes()).unwrap_or(DEFAULT_SEGMENT_BYTES);
+            o.io = match (io, p.io.as_deref()) {
+                (Some(a), _) => a.into(),
+                (None, Some("uring")) => IoChoice::Uring,
+                (None, Some("portable")) => IoChoice::Portable,
+                (None, _) => IoChoice::Auto,
+            };
             o.image_id = match image_id {
                 None => None,
                 Some(s) => Some(tintype::format::ImageId::parse(&s).ok_or_else(|| {
@@ -287,6 +319,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output::print_restore(&report, json);
             Ok(if report.is_clean() { exit::OK } else { exit::DAMAGED })
         }
+        Command::Tune { device, write_profile, io, json, step_ms } => {
+            let mut o = tintype::tune::TuneOptions::new(device);
+            o.io = io.into();
+            o.step_time = std::time::Duration::from_millis(step_ms.clamp(1, 10_000));
+            let obs = output::Console::new("measuring", json);
+            let report = tintype::tune::tune(&o, &obs)?;
+            obs.finish();
+            if let Some(path) = &write_profile {
+                tintype::tune::write_profile(&report.profile, path)?;
+            }
+            output::print_tune(&report, write_profile.as_deref(), json);
+            Ok(exit::OK)
+        }
         Command::Info { image, json } => {
             let (set, sel) = parse_spec(&image);
             let set = ImageSet::open(&set)?;
@@ -302,17 +347,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999999999T").is_err());
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

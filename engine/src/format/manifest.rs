@@ -45,6 +45,9 @@ pub struct Settings {
     pub io_backend: String,
     /// Whether the source was read with O_DIRECT.
     pub source_direct_io: bool,
+    /// The profile the settings came from (flags override it), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// Statistics of the run that made the image.
@@ -251,6 +254,7 @@ mod tests {
                 batch_chunks: 64,
                 io_backend: "portable".into(),
                 source_direct_io: false,
+                profile: None,
             },
             stats: Stats::default(),
             segments: vec![],

@@ -49,6 +49,8 @@ pub struct CreateOptions {
     pub io: IoChoice,
     /// Use this Image ID instead of a fresh one (golden fixtures).
     pub image_id: Option<ImageId>,
+    /// The profile the settings came from, recorded in the manifest.
+    pub profile: Option<String>,
 }
 
 impl CreateOptions {
@@ -63,6 +65,7 @@ impl CreateOptions {
             segment_size_bytes: DEFAULT_SEGMENT_BYTES,
             io: IoChoice::Auto,
             image_id: None,
+            profile: None,
         }
     }
 }
@@ -285,6 +288,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             batch_chunks: batch_chunks as u32,
             io_backend: backend.name().into(),
             source_direct_io: source.direct,
+            profile: opts.profile.clone(),
         },
         stats: manifest_stats(&stats, wall, &latency),
         segments,
