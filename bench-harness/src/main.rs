@@ -110,7 +110,7 @@ enum Cmd {
         #[arg(long, value_enum)]
         param: Param,
         /// Comma-separated values (sizes in KiB for chunk-size and read-size).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         values: Vec<i64>,
         #[arg(long, value_enum, default_value_t = CorpusKind::Mixed)]
         corpus: CorpusKind,

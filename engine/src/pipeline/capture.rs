@@ -322,13 +322,16 @@ fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<V
     // quick first lane does not take a small source's every batch.
     let start = std::sync::Barrier::new(lanes as usize);
     let start = &start;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..lanes)
             .map(|lane| {
                 let core = cores.get(lane as usize % cores.len().max(1)).copied();
+                let done = tx.clone();
                 std::thread::Builder::new()
                     .name(format!("tintype-lane-{lane}"))
                     .spawn_scoped(scope, move || {
+                        let _done = done;
                         if let Some(core) = core {
                             pin_to_core(core);
                         }
@@ -343,12 +346,9 @@ fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<V
                     .expect("spawn lane thread")
             })
             .collect();
+        drop(tx);
         let total = sh.source.size_bytes;
-        while !handles.iter().all(|h| h.is_finished()) {
-            obs.progress(sh.bytes_done.load(Ordering::Relaxed), total);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        obs.progress(sh.bytes_done.load(Ordering::Relaxed), total);
+        super::watch(rx, || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total));
         let mut reports = Vec::new();
         let mut first_err: Option<Error> = None;
         for h in handles {

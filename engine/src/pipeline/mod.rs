@@ -19,6 +19,22 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// Report progress until every lane has finished, waking the moment the last
+/// one does: each lane holds a clone of the channel's sender and drops it
+/// when it ends (a panic included), which disconnects `rx`. (Polling with a
+/// sleep instead added up to one sleep to every run's wall time.)
+pub(crate) fn watch(rx: std::sync::mpsc::Receiver<()>, mut progress: impl FnMut()) {
+    loop {
+        progress();
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+        {
+            break;
+        }
+    }
+    progress();
+}
+
 /// Refuse settings whose buffers (pinned when registered with the ring)
 /// would take more than half of this machine's memory.
 pub(crate) fn check_buffer_memory(bytes: u64) -> crate::Result<()> {

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -473,13 +473,16 @@ fn run_lanes<'a, S: Sync + LaneShared>(
     total: u64,
     body: impl Fn(&'a S) -> Result<()> + Sync,
 ) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let body = &body;
         let handles: Vec<_> = (0..lanes)
             .map(|i| {
+                let done = tx.clone();
                 std::thread::Builder::new()
                     .name(format!("tintype-restore-{i}"))
                     .spawn_scoped(scope, move || {
+                        let _done = done;
                         let r = body(sh);
                         if r.is_err() {
                             sh.stop().store(true, Ordering::Relaxed);
@@ -489,11 +492,8 @@ fn run_lanes<'a, S: Sync + LaneShared>(
                     .expect("spawn restore lane")
             })
             .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            obs.progress(sh.done(), total);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        obs.progress(sh.done(), total);
+        drop(tx);
+        super::watch(rx, || obs.progress(sh.done(), total));
         let mut first: Option<Error> = None;
         for h in handles {
             match h.join().expect("restore lane panicked") {

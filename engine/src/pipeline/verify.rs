@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
@@ -192,21 +192,23 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         findings: Mutex::new(f),
     };
     let total: u64 = m.segments.iter().map(|s| s.size_bytes).sum();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = (0..lanes.min(order.len().max(1)))
             .map(|i| {
                 let sh = &shared;
+                let done = tx.clone();
                 std::thread::Builder::new()
                     .name(format!("tintype-verify-{i}"))
-                    .spawn_scoped(scope, move || sh.run_lane())
+                    .spawn_scoped(scope, move || {
+                        let _done = done;
+                        sh.run_lane()
+                    })
                     .expect("spawn verify lane")
             })
             .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            obs.progress(shared.bytes_done.load(Ordering::Relaxed), total);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        obs.progress(shared.bytes_done.load(Ordering::Relaxed), total);
+        drop(tx);
+        super::watch(rx, || obs.progress(shared.bytes_done.load(Ordering::Relaxed), total));
         for h in handles {
             h.join().expect("verify lane panicked")?;
         }
