@@ -107,15 +107,30 @@ impl Target {
             }
             o.custom_flags(flags).open(path)
         };
+        // udev re-probes a device after a writer closes it and briefly holds
+        // it; an exclusive open in that window fails with EBUSY. Wait that
+        // out (at most ~2 s), unless a real holder (RAID, LVM, dm) is listed.
+        let open = |direct: bool| {
+            let mut tries = 0;
+            loop {
+                match open(direct) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 20 && holders(rdev).is_empty() => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    other => return other,
+                }
+            }
+        };
         let (file, direct) = match open(true) {
             Ok(f) => (f, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 if kind == TargetKind::NewFile && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
                     let _ = std::fs::remove_file(path);
                 }
-                (open(false).map_err(|e| open_error(path, e))?, false)
+                (open(false).map_err(|e| open_error(path, e, &holders(rdev)))?, false)
             }
-            Err(e) => return Err(open_error(path, e)),
+            Err(e) => return Err(open_error(path, e, &holders(rdev))),
         };
         if kind != TargetKind::BlockDevice && size < source_bytes {
             file.set_len(source_bytes).map_err(|e| Error::io("size", path, e))?;
@@ -140,14 +155,27 @@ impl Target {
     }
 }
 
-fn open_error(path: &Path, e: std::io::Error) -> Error {
+/// What the kernel lists as holding a block device (dm, md, bcache, ...).
+fn holders(rdev: Option<(u32, u32)>) -> Vec<String> {
+    let Some((maj, min)) = rdev else { return Vec::new() };
+    std::fs::read_dir(format!("/sys/dev/block/{maj}:{min}/holders"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn open_error(path: &Path, e: std::io::Error, holders: &[String]) -> Error {
     if e.raw_os_error() == Some(libc::EBUSY) {
-        return Error::Unusable {
-            path: path.into(),
-            why: "the device is busy: it is mounted, or held open exclusively (a RAID or LVM member, a \
-                  filesystem, another program); unmount or release it first"
-                .into(),
+        let why = if holders.is_empty() {
+            "the device is busy: it is mounted, or held open exclusively by another program; unmount or \
+             release it first"
+                .to_string()
+        } else {
+            format!(
+                "the device is busy: it is part of {} (a RAID, LVM or device-mapper volume); release it first",
+                holders.join(", ")
+            )
         };
+        return Error::Unusable { path: path.into(), why };
     }
     Error::io("open target", path, e)
 }
