@@ -20,13 +20,23 @@ pub struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes (rounded up to the alignment).
+    /// A zeroed buffer of `len` bytes (rounded up to the alignment). The
+    /// memory is an anonymous mapping: page-aligned and zero-filled by the
+    /// kernel as it is first touched, with no memset of the whole buffer up
+    /// front (what a zeroed heap allocation with this alignment costs).
     pub fn new(len: usize) -> AlignedBuf {
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
         let len = len.max(1).next_multiple_of(BUFFER_ALIGN_BYTES);
-        let layout = Layout::from_size_align(len, BUFFER_ALIGN_BYTES).expect("buffer layout");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        // SAFETY: a new private anonymous mapping with no address hint
+        // aliases no existing memory; we own it until Drop unmaps it.
+        let raw =
+            unsafe { mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) };
+        let ptr = match raw {
+            Ok(p) => NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success"),
+            Err(_) => {
+                alloc::handle_alloc_error(Layout::from_size_align(len, BUFFER_ALIGN_BYTES).expect("buffer layout"))
+            }
+        };
         AlignedBuf { ptr, len }
     }
 
@@ -60,9 +70,10 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len, BUFFER_ALIGN_BYTES).expect("buffer layout");
-        // SAFETY: allocated in new() with exactly this layout, freed once.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
+        // SAFETY: ptr/len are exactly the mapping made in new(), unmapped
+        // once; nothing borrows it any more (Drop has &mut self), and the
+        // I/O backends never drop a buffer while an operation uses it.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
