@@ -13,19 +13,10 @@ use tintype::format::frame::{check_frame, frame_len, Codec, FrameHeader, FRAME_H
 use tintype::format::ImageId;
 use tintype::io::{self, Backend};
 use tintype::pipeline::lane::is_zero;
+use tintype::sample::xorshift;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 const CHUNK: usize = 1 << 20;
-
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 /// The kinds of data a disk holds, one chunk each.
 fn corpora() -> Vec<(&'static str, Vec<u8>)> {

@@ -85,15 +85,7 @@ mod tests {
         assert_eq!(dec.decode(&out[..n], &mut back), Ok(65536));
         assert_eq!(back, text);
 
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = crate::sample::random_bytes(65536, 0x9e37_79b9_7f4a_7c15);
         assert_eq!(enc.encode(&random, &mut out), (Codec::None, 65536));
         assert_eq!(out, random);
         assert_eq!(Encoder::new(0).unwrap().encode(&text, &mut out), (Codec::None, 65536));

@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::path::Path;
 
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+/// A xorshift64 generator: fast, deterministic, not for secrets.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed | 1;
     move || {
         x ^= x << 13;
@@ -95,6 +96,33 @@ pub fn write(path: &Path, content: Content, size: u64, seed: u64) -> std::io::Re
         left -= len as u64;
     }
     f.flush()
+}
+
+/// `len` pseudo-random (incompressible) bytes from `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut next = xorshift(seed);
+    let mut v = vec![0u8; len];
+    for c in v.chunks_mut(8) {
+        let x = next().to_le_bytes();
+        c.copy_from_slice(&x[..c.len()]);
+    }
+    v
+}
+
+/// Bytes in binary units for people: "1.5 MiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Write `size` bytes of mixed content (see [`Content::Mixed`]).

@@ -258,15 +258,7 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
 fn reads_completing_while_both_staging_buffers_are_in_flight() {
     for backend in backends() {
         let sb = Sandbox::new();
-        let mut x = 0x1234_5678_9abc_def1u64;
-        let data: Vec<u8> = (0..(48usize << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = tintype::sample::random_bytes(48 << 20, 0x1234_5678_9abc_def1);
         std::fs::write(sb.path("rand.img"), &data).unwrap();
         for qd in ["8", "32"] {
             let set = format!("set{qd}");

@@ -53,21 +53,7 @@ impl Observer for Console {
     }
 }
 
-/// Bytes in binary units for people.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use tintype::sample::human_bytes as human;
 
 fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     if secs > 0.0 {

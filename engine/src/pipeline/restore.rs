@@ -309,17 +309,6 @@ fn load_entries(img: &Image) -> Result<Vec<IndexEntry>> {
     Ok(out)
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
-
 /// Every check that can refuse the restore, before anything is written.
 /// Returns how many bytes of the source go to the target.
 fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Result<u64> {
@@ -336,8 +325,8 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
             if stored > free {
                 return refuse(format!(
                     "its filesystem has {} free, and the image's data needs {} (zero chunks become holes and need nothing)",
-                    human(free),
-                    human(stored)
+                    crate::sample::human_bytes(free),
+                    crate::sample::human_bytes(stored)
                 ));
             }
         }
@@ -362,8 +351,8 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
             return refuse(format!(
                 "the device is {size} bytes ({}), smaller than the image's source, {source_bytes} bytes ({}); \
                  use a device at least that large, or --allow-shrink if everything past {size} is unused",
-                human(size),
-                human(source_bytes)
+                crate::sample::human_bytes(size),
+                crate::sample::human_bytes(source_bytes)
             ));
         }
         shrink_check(img, entries, size)?;
@@ -374,7 +363,7 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
             return refuse(format!(
                 "it is {size} bytes ({}) and holds {what}; restoring would overwrite it. Pass --force to \
                  overwrite it anyway",
-                human(size)
+                crate::sample::human_bytes(size)
             ));
         }
     }
