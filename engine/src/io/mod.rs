@@ -126,6 +126,52 @@ impl Ownership {
     }
 }
 
+/// What a backend owns: its buffers, its file slots, and which of them
+/// operations in flight are using. Both backends hand these out the same way.
+#[derive(Debug)]
+pub(crate) struct Resources {
+    pub(crate) bufs: Vec<AlignedBuf>,
+    pub(crate) files: Vec<Option<File>>,
+    pub(crate) own: Ownership,
+}
+
+impl Resources {
+    pub(crate) fn new(buffer_sizes: &[usize], slots: usize) -> Resources {
+        Resources {
+            bufs: buffer_sizes.iter().map(|&n| AlignedBuf::new(n)).collect(),
+            files: (0..slots).map(|_| None).collect(),
+            own: Ownership::new(buffer_sizes.len(), slots),
+        }
+    }
+
+    /// Fails while an operation on the slot is in flight.
+    pub(crate) fn check_slot_idle(&self, slot: usize) -> io::Result<()> {
+        if self.own.slot_busy(slot) {
+            return Err(io::Error::other(format!("file slot {slot} has operations in flight")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn replace_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {
+        self.check_slot_idle(slot)?;
+        Ok(std::mem::replace(&mut self.files[slot], file))
+    }
+
+    pub(crate) fn buffer(&self, id: usize) -> &[u8] {
+        self.own.assert_idle(id);
+        self.bufs[id].as_slice()
+    }
+
+    pub(crate) fn buffer_mut(&mut self, id: usize) -> &mut [u8] {
+        self.own.assert_idle(id);
+        self.bufs[id].as_mut_slice()
+    }
+
+    pub(crate) fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]) {
+        pair(&mut self.bufs, &self.own, src, dst)
+    }
+}
+
 /// Split-borrow two distinct buffers of a pool.
 pub(crate) fn pair<'a>(
     bufs: &'a mut [AlignedBuf],

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::{check_range, AlignedBuf, Backend, Completion, Io, Ownership};
+use super::{check_range, Backend, Completion, Io, Resources};
 
 #[derive(Debug)]
 enum Kind {
@@ -28,33 +28,25 @@ struct Pending {
 /// Synchronous positioned I/O behind the [`Io`] interface.
 #[derive(Debug)]
 pub struct PortableIo {
-    bufs: Vec<AlignedBuf>,
-    files: Vec<Option<File>>,
-    own: Ownership,
+    res: Resources,
     pending: VecDeque<Pending>,
     ready: VecDeque<Completion>,
 }
 
 impl PortableIo {
     pub fn new(buffer_sizes: &[usize], slots: usize) -> PortableIo {
-        PortableIo {
-            bufs: buffer_sizes.iter().map(|&n| AlignedBuf::new(n)).collect(),
-            files: (0..slots).map(|_| None).collect(),
-            own: Ownership::new(buffer_sizes.len(), slots),
-            pending: VecDeque::new(),
-            ready: VecDeque::new(),
-        }
+        PortableIo { res: Resources::new(buffer_sizes, slots), pending: VecDeque::new(), ready: VecDeque::new() }
     }
 
     fn run(&mut self, p: Pending) {
-        let file = self.files[p.slot].as_ref().expect("operation on an empty file slot");
+        let file = self.res.files[p.slot].as_ref().expect("operation on an empty file slot");
         let result = loop {
             let r = match p.kind {
                 Kind::Read => {
-                    file.read_at(&mut self.bufs[p.buf].as_mut_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
+                    file.read_at(&mut self.res.bufs[p.buf].as_mut_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
                 }
                 Kind::Write => {
-                    file.write_at(&self.bufs[p.buf].as_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
+                    file.write_at(&self.res.bufs[p.buf].as_slice()[p.buf_offset..p.buf_offset + p.len], p.offset)
                 }
             };
             match r {
@@ -62,13 +54,13 @@ impl PortableIo {
                 other => break other,
             }
         };
-        self.own.release(p.slot, p.buf);
+        self.res.own.release(p.slot, p.buf);
         self.ready.push_back(Completion { user_data: p.user_data, result });
     }
 
     fn enqueue(&mut self, p: Pending) {
-        check_range(&self.bufs[p.buf], p.buf_offset, p.len);
-        self.own.take(p.slot, p.buf);
+        check_range(&self.res.bufs[p.buf], p.buf_offset, p.len);
+        self.res.own.take(p.slot, p.buf);
         self.pending.push_back(p);
     }
 }
@@ -79,28 +71,23 @@ impl Io for PortableIo {
     }
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {
-        if self.own.slot_busy(slot) {
-            return Err(io::Error::other(format!("file slot {slot} has operations in flight")));
-        }
-        Ok(std::mem::replace(&mut self.files[slot], file))
+        self.res.replace_file(slot, file)
     }
 
     fn file(&self, slot: usize) -> Option<&File> {
-        self.files[slot].as_ref()
+        self.res.files[slot].as_ref()
     }
 
     fn buffer(&self, id: usize) -> &[u8] {
-        self.own.assert_idle(id);
-        self.bufs[id].as_slice()
+        self.res.buffer(id)
     }
 
     fn buffer_mut(&mut self, id: usize) -> &mut [u8] {
-        self.own.assert_idle(id);
-        self.bufs[id].as_mut_slice()
+        self.res.buffer_mut(id)
     }
 
     fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]) {
-        super::pair(&mut self.bufs, &self.own, src, dst)
+        self.res.buffer_pair(src, dst)
     }
 
     fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {

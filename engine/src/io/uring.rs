@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-use super::{check_range, AlignedBuf, Backend, Completion, Io, Ownership};
+use super::{check_range, Backend, Completion, Io, Resources};
 
 /// What an operation in flight holds: the caller's tag, and the buffer and
 /// file slot it owns until its completion is reaped.
@@ -23,11 +23,9 @@ struct OpRecord {
 /// One lane's ring.
 pub struct UringIo {
     ring: IoUring,
-    bufs: Vec<AlignedBuf>,
+    res: Resources,
     bufs_registered: bool,
-    files: Vec<Option<File>>,
     files_registered: bool,
-    own: Ownership,
     ops: Vec<Option<OpRecord>>,
     ops_free: Vec<u32>,
     /// Pushed to the submission queue, not yet submitted.
@@ -53,10 +51,10 @@ impl UringIo {
     pub fn new(buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<UringIo> {
         let entries = (queue_depth + 4).next_power_of_two().max(8);
         let ring = IoUring::builder().setup_single_issuer().build(entries).or_else(|_| IoUring::new(entries))?;
-        let mut bufs: Vec<AlignedBuf> = buffer_sizes.iter().map(|&n| AlignedBuf::new(n)).collect();
+        let mut res = Resources::new(buffer_sizes, slots);
         let iovecs: Vec<libc::iovec> =
-            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
-        // SAFETY: every iovec points at an AlignedBuf owned by `bufs`, which
+            res.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        // SAFETY: every iovec points at an AlignedBuf owned by `res.bufs`, which
         // lives in the returned UringIo as long as the ring does and is never
         // reallocated; the ring is dropped (unregistering them) first in Drop.
         let bufs_registered =
@@ -64,11 +62,9 @@ impl UringIo {
         let files_registered = ring.submitter().register_files_sparse(slots as u32).is_ok();
         Ok(UringIo {
             ring,
-            bufs,
+            res,
             bufs_registered,
-            files: (0..slots).map(|_| None).collect(),
             files_registered,
-            own: Ownership::new(buffer_sizes.len(), slots),
             ops: Vec::new(),
             ops_free: Vec::new(),
             queued: 0,
@@ -98,12 +94,12 @@ impl UringIo {
     }
 
     fn push(&mut self, entry: squeue::Entry, slot: usize, buf: usize, user_data: u64) {
-        self.own.take(slot, buf);
+        self.res.own.take(slot, buf);
         let op = self.record(OpRecord { user_data, slot, buf });
         let entry = entry.user_data(op);
         loop {
-            // SAFETY: the entry points into self.bufs[buf] within its bounds
-            // (check_range) and at the file in self.files[slot]. Ownership
+            // SAFETY: the entry points into self.res.bufs[buf] within its bounds
+            // (check_range) and at the file in self.res.files[slot]. Ownership
             // marks both busy until the completion is reaped in reap(): the
             // buffer cannot be handed out, the file cannot be replaced, and
             // Drop waits for every operation in the kernel before freeing
@@ -141,7 +137,7 @@ impl UringIo {
     }
 
     fn fd(&self, slot: usize) -> types::Fd {
-        types::Fd(self.files[slot].as_ref().expect("operation on an empty file slot").as_raw_fd())
+        types::Fd(self.res.files[slot].as_ref().expect("operation on an empty file slot").as_raw_fd())
     }
 
     fn reap(&mut self) {
@@ -152,7 +148,7 @@ impl UringIo {
         for (op, res) in done {
             let rec = self.ops[op as usize].take().expect("completion for a known operation");
             self.ops_free.push(op as u32);
-            self.own.release(rec.slot, rec.buf);
+            self.res.own.release(rec.slot, rec.buf);
             self.in_kernel -= 1;
             let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) };
             self.ready.push_back(Completion { user_data: rec.user_data, result });
@@ -166,38 +162,34 @@ impl Io for UringIo {
     }
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {
-        if self.own.slot_busy(slot) {
-            return Err(io::Error::other(format!("file slot {slot} has operations in flight")));
-        }
+        self.res.check_slot_idle(slot)?;
         if self.files_registered {
             let fd = file.as_ref().map_or(-1, |f| f.as_raw_fd());
             self.ring.submitter().register_files_update(slot as u32, &[fd])?;
         }
-        Ok(std::mem::replace(&mut self.files[slot], file))
+        self.res.replace_file(slot, file)
     }
 
     fn file(&self, slot: usize) -> Option<&File> {
-        self.files[slot].as_ref()
+        self.res.files[slot].as_ref()
     }
 
     fn buffer(&self, id: usize) -> &[u8] {
-        self.own.assert_idle(id);
-        self.bufs[id].as_slice()
+        self.res.buffer(id)
     }
 
     fn buffer_mut(&mut self, id: usize) -> &mut [u8] {
-        self.own.assert_idle(id);
-        self.bufs[id].as_mut_slice()
+        self.res.buffer_mut(id)
     }
 
     fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]) {
-        super::pair(&mut self.bufs, &self.own, src, dst)
+        self.res.buffer_pair(src, dst)
     }
 
     fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
-        check_range(&self.bufs[buf], buf_offset, len);
+        check_range(&self.res.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
-        let ptr = unsafe { self.bufs[buf].as_mut_ptr().add(buf_offset) };
+        let ptr = unsafe { self.res.bufs[buf].as_mut_ptr().add(buf_offset) };
         let len32 = len as u32;
         let entry = match (self.bufs_registered, self.files_registered) {
             (true, true) => {
@@ -211,9 +203,9 @@ impl Io for UringIo {
     }
 
     fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
-        check_range(&self.bufs[buf], buf_offset, len);
+        check_range(&self.res.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
-        let ptr = unsafe { self.bufs[buf].as_ptr().add(buf_offset) };
+        let ptr = unsafe { self.res.bufs[buf].as_ptr().add(buf_offset) };
         let len32 = len as u32;
         let entry = match (self.bufs_registered, self.files_registered) {
             (true, true) => {
@@ -271,8 +263,8 @@ impl Drop for UringIo {
                     // We cannot learn when the kernel is done with them:
                     // park the buffers and files forever rather than free
                     // memory the kernel may still write into.
-                    std::mem::forget(std::mem::take(&mut self.bufs));
-                    std::mem::forget(std::mem::take(&mut self.files));
+                    std::mem::forget(std::mem::take(&mut self.res.bufs));
+                    std::mem::forget(std::mem::take(&mut self.res.files));
                     return;
                 }
             }
