@@ -59,11 +59,20 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Is `path` on tmpfs (memory)? Loop devices over anything else use direct
+/// I/O to their backing file, so the page cache does not flatter the disk.
+fn on_tmpfs(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    rustix::fs::statfs(path.parent().unwrap_or(path)).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC)
+}
+
 fn attach(backing: PathBuf, size_bytes: u64, sector: u32, used_bytes: u64) -> Result<Device> {
     if !is_root() {
         return Ok(Device { path: backing.clone(), backing, size_bytes, used_bytes, is_loop: false });
     }
-    let dev = run("losetup", &["--find", "--show", "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
+    let direct = if on_tmpfs(&backing) { "--direct-io=off" } else { "--direct-io=on" };
+    let dev =
+        run("losetup", &["--find", "--show", direct, "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
     Ok(Device { path: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes, is_loop: true })
 }
 
