@@ -63,7 +63,7 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
 /// I/O to their backing file, so the page cache does not flatter the disk.
 fn on_tmpfs(path: &Path) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
-    rustix::fs::statfs(path.parent().unwrap_or(path)).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC)
+    rustix::fs::statfs(path.parent().unwrap_or(path)).is_ok_and(|s| s.f_type == TMPFS_MAGIC)
 }
 
 fn attach(backing: PathBuf, size_bytes: u64, sector: u32, used_bytes: u64) -> Result<Device> {
