@@ -129,12 +129,16 @@ pub fn print_create(r: &CreateReport, json: bool) {
     );
 }
 
+/// A report as JSON on stdout, with a top-level `clean` verdict added.
+fn print_json_verdict(report: &impl serde::Serialize, clean: bool) {
+    let mut v = serde_json::to_value(report).expect("json");
+    v["clean"] = json!(clean);
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+}
+
 pub fn print_verify(r: &VerifyReport, json: bool) {
     if json {
-        let mut v = serde_json::to_value(r).expect("json");
-        v["clean"] = json!(r.is_clean());
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
+        return print_json_verdict(r, r.is_clean());
     }
     for b in &r.bad_chunks {
         match (&b.segment, b.segment_offset) {
@@ -229,10 +233,7 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
 
 pub fn print_restore(r: &RestoreReport, json: bool) {
     if json {
-        let mut v = serde_json::to_value(r).expect("json");
-        v["clean"] = json!(r.is_clean());
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
+        return print_json_verdict(r, r.is_clean());
     }
     for b in &r.bad_chunks {
         println!(

@@ -317,72 +317,22 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
 /// Run `lanes` capture lanes, each pinned to a core, reporting progress
 /// from this thread until they finish.
 fn run_lanes(sh: &CaptureShared<'_>, lanes: u32, obs: &dyn Observer) -> Result<Vec<LaneReport>> {
-    let cores = allowed_cores();
     // Lanes set up (rings, buffers) first and start claiming together, so a
     // quick first lane does not take a small source's every batch.
     let start = std::sync::Barrier::new(lanes as usize);
-    let start = &start;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..lanes)
-            .map(|lane| {
-                let core = cores.get(lane as usize % cores.len().max(1)).copied();
-                let done = tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("tintype-lane-{lane}"))
-                    .spawn_scoped(scope, move || {
-                        let _done = done;
-                        if let Some(core) = core {
-                            pin_to_core(core);
-                        }
-                        let lane = CaptureLane::new(sh, lane);
-                        start.wait();
-                        let r = lane.and_then(|l| l.run());
-                        if r.is_err() {
-                            sh.stop.store(true, Ordering::Relaxed);
-                        }
-                        r
-                    })
-                    .expect("spawn lane thread")
-            })
-            .collect();
-        drop(tx);
-        let total = sh.source.size_bytes;
-        super::watch(rx, || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total));
-        let mut reports = Vec::new();
-        let mut first_err: Option<Error> = None;
-        for h in handles {
-            match h.join().expect("lane thread panicked") {
-                Ok(r) => reports.push(r),
-                // The lane that failed first says why; the others only say
-                // they were stopped.
-                Err(Error::Interrupted(_)) if first_err.is_some() => {}
-                Err(e) => {
-                    if first_err.as_ref().is_none_or(|f| matches!(f, Error::Interrupted(_))) {
-                        first_err = Some(e);
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(reports),
-        }
-    })
-}
-
-fn allowed_cores() -> Vec<usize> {
-    match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn pin_to_core(core: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(core);
-    // Best effort: a lane that cannot be pinned still works.
-    let _ = rustix::thread::sched_setaffinity(None, &set);
+    let total = sh.source.size_bytes;
+    super::run_lanes(
+        lanes,
+        "tintype-lane",
+        true,
+        sh.stop,
+        || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total),
+        |lane| {
+            let lane = CaptureLane::new(sh, lane);
+            start.wait();
+            lane.and_then(|l| l.run())
+        },
+    )
 }
 
 fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {

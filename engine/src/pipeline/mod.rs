@@ -19,11 +19,66 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-/// Report progress until every lane has finished, waking the moment the last
-/// one does: each lane holds a clone of the channel's sender and drops it
-/// when it ends (a panic included), which disconnects `rx`. (Polling with a
-/// sleep instead added up to one sleep to every run's wall time.)
-pub(crate) fn watch(rx: std::sync::mpsc::Receiver<()>, mut progress: impl FnMut()) {
+/// Run `lanes` threads of `body` (given the lane number), each pinned to a
+/// core of this process's affinity set when `pin`, reporting progress until
+/// they finish. A lane that fails sets `stop`, so the others stop claiming
+/// work; the first real error wins over the "stopped" of the others.
+pub(crate) fn run_lanes<T: Send>(
+    lanes: u32,
+    name: &str,
+    pin: bool,
+    stop: &AtomicBool,
+    progress: impl FnMut(),
+    body: impl Fn(u32) -> crate::Result<T> + Sync,
+) -> crate::Result<Vec<T>> {
+    let cores = if pin { allowed_cores() } else { Vec::new() };
+    // Each lane holds a clone of the sender and drops it when it ends (a
+    // panic included); the channel then disconnects and `watch` returns at
+    // once, instead of polling.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let body = &body;
+        let handles: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let core = cores.get(lane as usize % cores.len().max(1)).copied();
+                let done = tx.clone();
+                std::thread::Builder::new()
+                    .name(format!("{name}-{lane}"))
+                    .spawn_scoped(scope, move || {
+                        let _done = done;
+                        if let Some(core) = core {
+                            pin_to_core(core);
+                        }
+                        let r = body(lane);
+                        if r.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                    .expect("spawn lane thread")
+            })
+            .collect();
+        drop(tx);
+        watch(rx, progress);
+        let mut out = Vec::new();
+        let mut first: Option<crate::Error> = None;
+        for h in handles {
+            match h.join().expect("lane thread panicked") {
+                Ok(v) => out.push(v),
+                Err(crate::Error::Interrupted(_)) if first.is_some() => {}
+                Err(e) => {
+                    if first.as_ref().is_none_or(|f| matches!(f, crate::Error::Interrupted(_))) {
+                        first = Some(e);
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(out), Err)
+    })
+}
+
+/// Report progress every 100 ms until `rx` disconnects.
+fn watch(rx: std::sync::mpsc::Receiver<()>, mut progress: impl FnMut()) {
     loop {
         progress();
         if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
@@ -33,6 +88,20 @@ pub(crate) fn watch(rx: std::sync::mpsc::Receiver<()>, mut progress: impl FnMut(
         }
     }
     progress();
+}
+
+fn allowed_cores() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn pin_to_core(core: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    // Best effort: a lane that cannot be pinned still works.
+    let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
 /// Refuse settings whose buffers (pinned when registered with the ring)

@@ -200,7 +200,16 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         bytes_done: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),
     };
-    run_lanes(lanes, &sh, obs, source_bytes.min(write_limit), |sh| RestoreLane::new(sh)?.run()).map_err(
+    let total = source_bytes.min(write_limit);
+    super::run_lanes(
+        lanes,
+        "tintype-restore",
+        false,
+        &stop,
+        || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total),
+        |_| RestoreLane::new(&sh)?.run(),
+    )
+    .map_err(
         |e| match e {
             Error::Interrupted(_) if super::interrupted() => Error::Interrupted(format!(
                 "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to finish it",
@@ -451,66 +460,6 @@ struct RestoreShared<'a> {
     stop: &'a AtomicBool,
     bytes_done: AtomicU64,
     totals: Mutex<Totals>,
-}
-
-/// Run `lanes` threads of `body`, pinned one per core, reporting progress
-/// until they finish; the first real error wins.
-fn run_lanes<'a, S: Sync + LaneShared>(
-    lanes: u32,
-    sh: &'a S,
-    obs: &dyn Observer,
-    total: u64,
-    body: impl Fn(&'a S) -> Result<()> + Sync,
-) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        let body = &body;
-        let handles: Vec<_> = (0..lanes)
-            .map(|i| {
-                let done = tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("tintype-restore-{i}"))
-                    .spawn_scoped(scope, move || {
-                        let _done = done;
-                        let r = body(sh);
-                        if r.is_err() {
-                            sh.stop().store(true, Ordering::Relaxed);
-                        }
-                        r
-                    })
-                    .expect("spawn restore lane")
-            })
-            .collect();
-        drop(tx);
-        super::watch(rx, || obs.progress(sh.done(), total));
-        let mut first: Option<Error> = None;
-        for h in handles {
-            match h.join().expect("restore lane panicked") {
-                Ok(()) => {}
-                Err(Error::Interrupted(_)) if first.is_some() => {}
-                Err(e) => {
-                    if first.as_ref().is_none_or(|f| matches!(f, Error::Interrupted(_))) {
-                        first = Some(e);
-                    }
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
-    })
-}
-
-trait LaneShared {
-    fn stop(&self) -> &AtomicBool;
-    fn done(&self) -> u64;
-}
-
-impl LaneShared for RestoreShared<'_> {
-    fn stop(&self) -> &AtomicBool {
-        self.stop
-    }
-    fn done(&self) -> u64 {
-        self.bytes_done.load(Ordering::Relaxed)
-    }
 }
 
 const SLOT_TARGET: usize = 0;
@@ -868,15 +817,6 @@ struct ReadBackShared<'a> {
     checked: AtomicU64,
 }
 
-impl LaneShared for ReadBackShared<'_> {
-    fn stop(&self) -> &AtomicBool {
-        &self.stop
-    }
-    fn done(&self) -> u64 {
-        self.bytes_done.load(Ordering::Relaxed)
-    }
-}
-
 /// `--verify-after`: read the target back with O_DIRECT and compare every
 /// chunk's hash with the index (zero and unused chunks with the hash of zeros).
 #[allow(clippy::too_many_arguments)]
@@ -904,7 +844,14 @@ fn read_back(
         mismatched: Mutex::new(Vec::new()),
         checked: AtomicU64::new(0),
     };
-    run_lanes(lanes, &sh, obs, limit, read_back_lane)?;
+    super::run_lanes(
+        lanes,
+        "tintype-read-back",
+        false,
+        &sh.stop,
+        || obs.progress(sh.bytes_done.load(Ordering::Relaxed), limit),
+        |_| read_back_lane(&sh),
+    )?;
     let mut mismatched = sh.mismatched.into_inner().expect("lock");
     mismatched.sort_unstable();
     Ok(ReadBack { chunks_checked: sh.checked.load(Ordering::Relaxed), mismatched_chunks: mismatched })

@@ -192,28 +192,16 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         findings: Mutex::new(f),
     };
     let total: u64 = m.segments.iter().map(|s| s.size_bytes).sum();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = (0..lanes.min(order.len().max(1)))
-            .map(|i| {
-                let sh = &shared;
-                let done = tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("tintype-verify-{i}"))
-                    .spawn_scoped(scope, move || {
-                        let _done = done;
-                        sh.run_lane()
-                    })
-                    .expect("spawn verify lane")
-            })
-            .collect();
-        drop(tx);
-        super::watch(rx, || obs.progress(shared.bytes_done.load(Ordering::Relaxed), total));
-        for h in handles {
-            h.join().expect("verify lane panicked")?;
-        }
-        Ok(())
-    })?;
+    // A failing lane stops the others from claiming more segments.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    super::run_lanes(
+        (lanes as u32).min(order.len().max(1) as u32),
+        "tintype-verify",
+        false,
+        &stop,
+        || obs.progress(shared.bytes_done.load(Ordering::Relaxed), total),
+        |_| shared.run_lane(&stop),
+    )?;
     let mut f = shared.findings.into_inner().expect("findings lock");
     f.bad.sort_by_key(|b| b.chunk);
     Ok(VerifyReport {
@@ -266,7 +254,7 @@ struct VerifyShared<'a> {
 }
 
 impl VerifyShared<'_> {
-    fn run_lane(&self) -> Result<()> {
+    fn run_lane(&self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         let qd = self.queue_depth as usize;
         let frame_max = frame_len_max(self.img.manifest.chunk_size_bytes) as usize;
         let mut io = io::open(self.backend, &vec![frame_max; qd], 1, self.queue_depth)
@@ -276,6 +264,9 @@ impl VerifyShared<'_> {
         loop {
             if super::interrupted() {
                 return Err(Error::Interrupted("verify stopped by a signal before it finished".into()));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted("another verify lane failed".into()));
             }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(&seg) = self.order.get(i) else {
