@@ -17,12 +17,41 @@ pub struct Verdict {
     pub regressed: bool,
 }
 
-/// Compare every gated ratio of `baseline` that `current` also has.
+/// Check a baseline before comparing against it: every gated ratio must be
+/// a finite, positive number.
+pub fn check_baseline(baseline: &Report) -> Result<(), String> {
+    let gated: Vec<_> = baseline.ratios.iter().filter(|(_, r)| r.gate).collect();
+    if gated.is_empty() {
+        return Err("the baseline has no gated ratio".into());
+    }
+    for (k, r) in gated {
+        if !(r.value.is_finite() && r.value > 0.0) {
+            return Err(format!("the baseline's {k} is {}, not a positive number", r.value));
+        }
+    }
+    Ok(())
+}
+
+/// Compare every gated ratio of `baseline` with `current`; a gated ratio
+/// missing from `current` counts as regressed.
 pub fn compare(baseline: &Report, current: &Report, max_regression_pct: f64) -> Vec<Verdict> {
+    assert!(max_regression_pct.is_finite() && max_regression_pct > 0.0, "checked by the caller");
     let allowed = max_regression_pct / 100.0;
     let mut out = Vec::new();
     for (key, b) in baseline.ratios.iter().filter(|(_, r)| r.gate) {
-        let Some(c) = current.ratios.get(key) else { continue };
+        let Some(c) = current.ratios.get(key).filter(|c| c.value.is_finite() && c.value > 0.0) else {
+            // A gated ratio the current run did not measure (or measured as
+            // nonsense) fails the gate: a missing peer must not pass silently.
+            out.push(Verdict {
+                key: key.clone(),
+                baseline: b.value,
+                current: f64::NAN,
+                worse_by: f64::INFINITY,
+                tolerance: allowed,
+                regressed: true,
+            });
+            continue;
+        };
         let worse_by = if b.higher_is_better { (b.value - c.value) / b.value } else { (c.value - b.value) / b.value };
         let tolerance = allowed.max(b.noise().max(c.noise()).min(2.0 * allowed));
         out.push(Verdict {
@@ -101,5 +130,10 @@ mod tests {
         assert!(!v.regressed, "35% worse is within the widened 50%");
         let cur = report(&[("speed", 0.9, &[0.9], true)]);
         assert!(compare(&noisy, &cur, 25.0)[0].regressed, "55% worse is past the cap");
+        // A gated ratio the current run lacks fails the gate.
+        let cur = report(&[("size", 1.0, &[1.0], false)]);
+        assert!(compare(&base, &cur, 25.0).iter().any(|v| v.key == "speed" && v.regressed));
+        assert!(check_baseline(&report(&[("speed", 0.0, &[], true)])).is_err());
+        assert!(check_baseline(&base).is_ok());
     }
 }

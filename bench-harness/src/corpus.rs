@@ -71,8 +71,11 @@ fn attach(backing: PathBuf, size_bytes: u64, sector: u32, used_bytes: u64) -> Re
         return Ok(Device { path: backing.clone(), backing, size_bytes, used_bytes, is_loop: false });
     }
     let direct = if on_tmpfs(&backing) { "--direct-io=off" } else { "--direct-io=on" };
-    let dev =
-        run("losetup", &["--find", "--show", direct, "--sector-size", &sector.to_string(), backing.to_str().unwrap()])?;
+    let attached =
+        run("losetup", &["--find", "--show", direct, "--sector-size", &sector.to_string(), backing.to_str().unwrap()]);
+    let dev = attached.inspect_err(|_| {
+        let _ = std::fs::remove_file(&backing);
+    })?;
     Ok(Device { path: PathBuf::from(dev.trim()), backing, size_bytes, used_bytes, is_loop: true })
 }
 
@@ -86,15 +89,54 @@ pub fn make(kind: CorpusKind, dir: &Path, size_bytes: u64, sector: u32, seed: u6
         CorpusKind::Text => Content::Text,
         CorpusKind::Mixed => Content::Mixed,
     };
-    sample::write(&backing, content, size_bytes, seed).with_context(|| format!("write {}", backing.display()))?;
+    if let Err(e) = sample::write(&backing, content, size_bytes, seed) {
+        let _ = std::fs::remove_file(&backing);
+        return Err(e).with_context(|| format!("write {}", backing.display()));
+    }
     attach(backing, size_bytes, sector, size_bytes)
 }
 
 /// An all-zero device of `size_bytes` to restore onto.
 pub fn blank(dir: &Path, size_bytes: u64, sector: u32) -> Result<Device> {
     let backing = dir.join(format!("tintype-bench-target-{}.img", std::process::id()));
-    std::fs::File::create(&backing)?.set_len(size_bytes)?;
+    if let Err(e) = std::fs::File::create(&backing).and_then(|f| f.set_len(size_bytes)) {
+        let _ = std::fs::remove_file(&backing);
+        return Err(e).with_context(|| format!("create {}", backing.display()));
+    }
     attach(backing, size_bytes, sector, 0)
+}
+
+/// Overwrite the first `size` bytes of `path` with a non-zero pattern.
+pub fn fill_pattern(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    let block: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A directory removed (with its contents) on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(path: PathBuf) -> Result<TempDir> {
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// xxh3-128 of a whole device or file.

@@ -41,13 +41,13 @@ struct SuiteArgs {
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
     /// Measured runs of each tool, after one warm-up run each.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: u32,
     /// zstd level for every tool.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     level: i32,
     /// Logical sector size of the loop devices.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = parse_sector)]
     sector: u32,
     /// Where the devices' backing files and the outputs live (memory-backed by default).
     #[arg(long, default_value = "/dev/shm")]
@@ -116,8 +116,8 @@ enum Cmd {
         corpus: CorpusKind,
         #[arg(long, default_value_t = 512)]
         size_mib: u64,
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         level: i32,
         #[arg(long, default_value = "/dev/shm")]
@@ -125,6 +125,13 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+fn parse_sector(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n @ (512 | 1024 | 2048 | 4096)) => Ok(n),
+        _ => Err(format!("{s:?}: a logical sector size is 512, 1024, 2048 or 4096")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -156,11 +163,20 @@ fn main() -> Result<()> {
                 serde_json::from_slice(&std::fs::read(p).with_context(|| format!("read {}", p.display()))?)
                     .with_context(|| format!("{} is not a tintype-bench report", p.display()))
             };
-            let (b, c) = (load(&baseline)?, load(&current)?);
-            let verdicts = compare::compare(&b, &c, max_regression);
-            if verdicts.is_empty() {
-                bail!("the reports share no gated ratio");
+            // Bad input exits 2, so CI can tell it from a regression (exit 1).
+            let input_error = |e: anyhow::Error| -> ! {
+                eprintln!("tintype-bench: {e:#}");
+                std::process::exit(2)
+            };
+            if !(max_regression.is_finite() && max_regression > 0.0) {
+                input_error(anyhow::anyhow!("--max-regression {max_regression}: must be a positive percentage"));
             }
+            let b = load(&baseline).unwrap_or_else(|e| input_error(e));
+            let c = load(&current).unwrap_or_else(|e| input_error(e));
+            if let Err(why) = compare::check_baseline(&b) {
+                input_error(anyhow::anyhow!("{}: {why}", baseline.display()));
+            }
+            let verdicts = compare::compare(&b, &c, max_regression);
             println!(
                 "| ratio | baseline | current | worse by | allowed | verdict |\n| --- | --- | --- | --- | --- | --- |"
             );
@@ -184,7 +200,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Sweep { param, values, corpus, size_mib, runs, level, dir, json } => {
-            sweep(param, &values, corpus, size_mib << 20, runs.max(1), level, &dir, json.as_deref())
+            sweep(param, &values, corpus, size_mib << 20, runs as usize, level, &dir, json.as_deref())
         }
     }
 }
@@ -218,6 +234,9 @@ fn cores() -> usize {
 fn raw_read(dev: &Path, read_bytes: usize, qd: u32, latency: bool) -> Result<(f64, BTreeMap<String, u64>)> {
     use tintype::io::{self, device::Source, Backend};
     let src = Source::open(dev, true)?;
+    if read_bytes == 0 || read_bytes % src.dio_align_bytes as usize != 0 {
+        bail!("read size {read_bytes} must be a positive multiple of {} bytes", src.dio_align_bytes);
+    }
     let backend = if io::uring::probe().is_ok() { Backend::Uring } else { Backend::Portable };
     let mut ring = io::open(backend, &vec![read_bytes; qd as usize], 1, qd)?;
     ring.set_file(0, Some(src.reopen()?))?;
@@ -369,11 +388,8 @@ fn run_suite(a: &SuiteArgs, extras: bool) -> Result<Report> {
     let raw = raw_read_ceiling(&source.path)?;
     eprintln!("bench: raw read ceiling {:.0} MB/s ({})", raw.mb_per_s, raw.how);
     let fio = if extras { fio_read(&source.path, size) } else { None };
-    let out_dir = a.dir.join(format!("tintype-bench-out-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir)?;
-    let result = run_in(a, extras, &bin, &source, &out_dir, raw, fio, notes);
-    let _ = std::fs::remove_dir_all(&out_dir);
-    result
+    let out = corpus::TempDir::new(a.dir.join(format!("tintype-bench-out-{}", std::process::id())))?;
+    run_in(a, extras, &bin, &source, &out.0, raw, fio, notes)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -399,7 +415,7 @@ fn run_in(
             output: out_dir.join("none"),
             shown: format!("zstd -{} -T{n} -c BACKING_FILE > /dev/null", a.level),
         };
-        run_tools(&[tool], a.runs, size)?.pop()
+        run_tools(&[tool], a.runs as usize, size)?.pop()
     } else {
         None
     };
@@ -421,7 +437,7 @@ fn run_in(
     if !extras {
         create.retain(|t| t.key == "tintype" || t.key == "dd_zstd");
     }
-    let mut results = run_tools(&create, a.runs, size)?;
+    let mut results = run_tools(&create, a.runs as usize, size)?;
     let latency = tintype::set::ImageSet::open(&out_dir.join("set"))
         .and_then(|s| s.resolve(None))
         .map(|i| i.manifest.stats.read_latency_us)
@@ -429,8 +445,11 @@ fn run_in(
     let mut restored_identical = None;
     if let Some(target) = &target {
         let restore = peers::restore_tools(&ctx, &create);
-        results.extend(run_tools(&restore, a.runs, size)?);
-        // One more Tintype restore, then the proof: the target equals the source.
+        results.extend(run_tools(&restore, a.runs as usize, size)?);
+        // One more Tintype restore onto a target filled with a pattern (so
+        // nothing left by an earlier restore can pass for Tintype's work),
+        // then the proof: the target equals the source.
+        corpus::fill_pattern(&target.path, size)?;
         let argv: Vec<&str> = restore[0].argv.iter().map(String::as_str).collect();
         measure(&argv, &[])?;
         restored_identical = Some(corpus::hash_device(&target.path)? == corpus::hash_device(&source.path)?);
@@ -502,7 +521,7 @@ fn run_in(
         git_revision: git_rev(),
         machine: machine(),
         settings: json!({
-            "size_bytes": size, "used_bytes": source.used_bytes, "runs": a.runs, "level": a.level,
+            "size_bytes": size, "used_bytes": source.used_bytes, "runs": a.runs as usize, "level": a.level,
             "sector_bytes": a.sector, "dir": a.dir, "loop_device": source.is_loop, "tintype_args": extra,
         }),
         raw_read: raw,
@@ -529,6 +548,18 @@ fn sweep(
 ) -> Result<()> {
     if values.is_empty() {
         bail!("--values needs at least one value");
+    }
+    for &v in values {
+        let ok = match param {
+            Param::QueueDepth => (1..=1024).contains(&v),
+            Param::Lanes => (1..=256).contains(&v),
+            Param::ChunkSize => (64..=65536).contains(&v) && (v as u64).is_power_of_two(),
+            Param::ReadSize => (4..=65536).contains(&v) && v % 4 == 0,
+            Param::Level => (-131_072..=22).contains(&v),
+        };
+        if !ok {
+            bail!("--values {v} is out of range for {param:?} (sizes are in KiB)");
+        }
     }
     let bin = tintype_bin()?;
     let source = corpus::make(corpus_kind, dir, size, 512, 0x5eed)?;

@@ -115,8 +115,8 @@ impl Profile {
     pub fn load(name_or_path: &str) -> Result<(Profile, String)> {
         let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
         if looks_like_path {
-            let text = std::fs::read_to_string(name_or_path)
-                .map_err(|e| Error::io("read profile", Path::new(name_or_path), e))?;
+            let text = std::fs::read_to_string(Path::new(name_or_path))
+                .map_err(|e| Error::InvalidSetting(format!("--profile {name_or_path}: cannot read it: {e}")))?;
             return Ok((Profile::parse(&text, name_or_path)?, name_or_path.to_string()));
         }
         match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {

@@ -186,12 +186,18 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
         });
     }
     // The highest level that keeps up with the read rate; else the fastest.
-    let keeping_up = levels.iter().filter(|l| l.projected_mb_per_s >= peak).max_by_key(|l| l.level);
-    let keeps_up = keeping_up.is_some();
-    let chosen_level = keeping_up
-        .or_else(|| levels.iter().max_by(|a, b| a.projected_mb_per_s.total_cmp(&b.projected_mb_per_s)))
-        .expect("levels were measured")
-        .level;
+    // Among the levels that keep up with the read rate, the best ratio; a
+    // higher level that stores no less (within 1%: incompressible or
+    // all-zero data) is not worth its CPU, so ties go to the lowest level.
+    // If none keeps up, the fastest.
+    let keeping: Vec<&LevelStep> = levels.iter().filter(|l| l.projected_mb_per_s >= peak).collect();
+    let keeps_up = !keeping.is_empty();
+    let chosen_level = if keeps_up {
+        let best = keeping.iter().map(|l| l.ratio).fold(0.0, f64::max);
+        keeping.iter().filter(|l| l.ratio >= best * 0.99).map(|l| l.level).min().expect("non-empty")
+    } else {
+        levels.iter().max_by(|a, b| a.projected_mb_per_s.total_cmp(&b.projected_mb_per_s)).expect("levels").level
+    };
     let per_lane_qd = chosen.queue_depth.div_ceil(cores).max(1);
     let name = src.path.file_name().map_or("device".into(), |n| n.to_string_lossy().into_owned());
     let profile = Profile {

@@ -50,7 +50,7 @@ fn bad_profiles_are_usage_errors_that_name_the_problem() {
     std::fs::write(sb.path("p.toml"), "queue_depth = 4\nturbo = true\n").unwrap();
     let out = sb.expect(&["create", "s.img", "a", "--profile", "./p.toml"], 2);
     assert!(stderr(&out).contains("turbo"), "{}", stderr(&out));
-    let out = sb.expect(&["create", "s.img", "a", "--profile", "missing.toml"], 1);
+    let out = sb.expect(&["create", "s.img", "a", "--profile", "missing.toml"], 2);
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
     assert!(!sb.path("a").exists());
 }
@@ -80,7 +80,7 @@ fn tune_writes_a_profile_that_create_accepts() {
         sb.expect(&["create", "dev.img", "set", "--profile", "./tuned.toml"], 0);
         assert_round_trip(&sb.path("set"), &data);
         // Never overwrites.
-        let out = sb.expect(&["tune", "dev.img", "--write-profile", "tuned.toml", "--step-ms", "5"], 1);
+        let out = sb.expect(&["tune", "dev.img", "--write-profile", "tuned.toml", "--step-ms", "5"], 2);
         assert!(stderr(&out).contains("tuned.toml"), "{}", stderr(&out));
     }
 }

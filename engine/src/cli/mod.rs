@@ -320,6 +320,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(if report.is_clean() { exit::OK } else { exit::DAMAGED })
         }
         Command::Tune { device, write_profile, io, json, step_ms } => {
+            if let Some(p) = write_profile.as_deref().filter(|p| p.exists()) {
+                return Err(Error::InvalidSetting(format!(
+                    "--write-profile {}: the file exists; tune never replaces a file",
+                    p.display()
+                ))
+                .into());
+            }
             let mut o = tintype::tune::TuneOptions::new(device);
             o.io = io.into();
             o.step_time = std::time::Duration::from_millis(step_ms.clamp(1, 10_000));

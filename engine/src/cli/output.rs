@@ -352,6 +352,9 @@ pub fn print_tune(r: &tintype::tune::TuneReport, wrote: Option<&std::path::Path>
     }
     println!("\nprofile:\n{}", r.profile.to_toml());
     if let Some(p) = wrote {
-        println!("written to {} (use: tintype create --profile {} SOURCE SET)", p.display(), p.display());
+        // `--profile` takes a name for built-ins; a path must look like one.
+        let shown = p.display().to_string();
+        let arg = if shown.contains('/') || shown.ends_with(".toml") { shown.clone() } else { format!("./{shown}") };
+        println!("written to {shown} (use: tintype create --profile {arg} SOURCE SET)");
     }
 }
