@@ -271,3 +271,25 @@ fn reads_completing_while_both_staging_buffers_are_in_flight() {
         }
     }
 }
+
+/// `list` shows every committed image, oldest first, and an interrupted
+/// run's leftovers as unfinished.
+#[test]
+fn list_shows_images_and_unfinished_runs() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("a.img"), mixed_bytes(1 << 20, 1)).unwrap();
+    sb.expect(&["create", "a.img", "set", "--image-id", "00000000000000a1"], 0);
+    sb.expect(&["create", "a.img", "set", "--image-id", "00000000000000a2"], 0);
+    // An interrupted run's file: data without a manifest.
+    std::fs::write(sb.path("set/00000000000000a3.index"), b"partial").unwrap();
+    let out = sb.expect(&["list", "set", "--json"], 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = v["images"].as_array().unwrap().iter().map(|i| i["image_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"00000000000000a1") && ids.contains(&"00000000000000a2"));
+    assert_eq!(v["images"][0]["source_bytes"], 1 << 20);
+    assert_eq!(v["unfinished"], serde_json::json!(["00000000000000a3"]));
+    let out = sb.expect(&["list", "set"], 0);
+    assert!(stdout(&out).contains("00000000000000a3  unfinished"), "{}", stdout(&out));
+    sb.expect(&["list", "nowhere"], 1);
+}

@@ -145,6 +145,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the images of a set, oldest first, and any unfinished runs' leftovers.
+    List {
+        /// Image set directory.
+        set: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure a device (read-only, bounded: a few seconds) and choose queue depth, read size and
     /// compression level for it; optionally write them as a profile for `create --profile`.
     Tune {
@@ -337,6 +344,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 tintype::tune::write_profile(&report.profile, path)?;
             }
             output::print_tune(&report, write_profile.as_deref(), json);
+            Ok(exit::OK)
+        }
+        Command::List { set, json } => {
+            let set = ImageSet::open(&set)?;
+            let (_, partial) = set.scan()?;
+            output::print_list(&set, &set.images()?, &partial, json);
             Ok(exit::OK)
         }
         Command::Info { image, json } => {

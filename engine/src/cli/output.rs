@@ -358,3 +358,53 @@ pub fn print_tune(r: &tintype::tune::TuneReport, wrote: Option<&std::path::Path>
         println!("written to {shown} (use: tintype create --profile {arg} SOURCE SET)");
     }
 }
+
+pub fn print_list(set: &tintype::set::ImageSet, images: &[Image], partial: &[tintype::format::ImageId], json: bool) {
+    let row = |i: &Image| {
+        let m = &i.manifest;
+        json!({
+            "image_id": m.image_id,
+            "kind": m.kind,
+            "parent": m.parent,
+            "created": m.created,
+            "source": m.source.path,
+            "source_bytes": m.source.size_bytes,
+            "stored_bytes": m.stats.bytes_segments + m.index.size_bytes,
+            "state": "committed",
+        })
+    };
+    if json {
+        let v = json!({
+            "set": set.dir,
+            "images": images.iter().map(row).collect::<Vec<_>>(),
+            "unfinished": partial.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!(
+        "{:<16}  {:<12}  {:<20}  {:>10}  {:>10}  {:<16}  source",
+        "image", "kind", "created", "size", "stored", "parent"
+    );
+    for i in images {
+        let m = &i.manifest;
+        println!(
+            "{:<16}  {:<12}  {:<20}  {:>10}  {:>10}  {:<16}  {}",
+            m.image_id,
+            format!("{:?}", m.kind).to_lowercase(),
+            m.created,
+            human(m.source.size_bytes),
+            human(m.stats.bytes_segments + m.index.size_bytes),
+            m.parent.as_deref().unwrap_or("-"),
+            m.source.path
+        );
+    }
+    for p in partial {
+        println!(
+            "{p:<16}  unfinished: data files without a manifest (an interrupted run; not an image, safe to delete)"
+        );
+    }
+    if images.is_empty() && partial.is_empty() {
+        println!("(the set holds no images)");
+    }
+}
