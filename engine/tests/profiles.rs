@@ -50,6 +50,9 @@ fn bad_profiles_are_usage_errors_that_name_the_problem() {
     std::fs::write(sb.path("p.toml"), "queue_depth = 4\nturbo = true\n").unwrap();
     let out = sb.expect(&["create", "s.img", "a", "--profile", "./p.toml"], 2);
     assert!(stderr(&out).contains("turbo"), "{}", stderr(&out));
+    std::fs::write(sb.path("q.toml"), "queue_depth = 0\n").unwrap();
+    let out = sb.expect(&["create", "s.img", "a", "--profile", "./q.toml"], 2);
+    assert!(stderr(&out).contains("queue") && stderr(&out).contains("./q.toml"), "{}", stderr(&out));
     let out = sb.expect(&["create", "s.img", "a", "--profile", "missing.toml"], 2);
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
     assert!(!sb.path("a").exists());

@@ -276,7 +276,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 })?),
             };
             let obs = output::Console::new("imaging", json);
-            let report = tintype::create(&o, &obs)?;
+            let report = tintype::create(&o, &obs).map_err(|e| match (e, &o.profile) {
+                // Name where a bad value came from when it was not a flag.
+                (Error::InvalidSetting(m), Some(origin)) => {
+                    Error::InvalidSetting(format!("{m} (settings not given as flags come from {origin})"))
+                }
+                (e, _) => e,
+            })?;
             obs.finish();
             output::print_create(&report, json);
             Ok(exit::OK)
