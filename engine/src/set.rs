@@ -202,6 +202,34 @@ impl Image {
         (start, len as u32)
     }
 
+    /// Does a stored entry point at a whole frame inside one of the image's
+    /// segments (past the segment header, aligned, within its size)?
+    pub fn check_stored_location(&self, e: &IndexEntry) -> Result<(), String> {
+        let Some(seg) = self.manifest.segments.get(e.segment as usize) else {
+            return Err(format!(
+                "index names segment {}, but the image has {}",
+                e.segment,
+                self.manifest.segments.len()
+            ));
+        };
+        if e.stored_len > e.raw_len {
+            return Err(format!("index stored length {} exceeds the raw length {}", e.stored_len, e.raw_len));
+        }
+        if e.offset < crate::format::segment::SEGMENT_HEADER_BYTES as u64
+            || e.offset % crate::format::FRAME_ALIGN_BYTES != 0
+            || e.offset + frame_len(e.stored_len) > seg.size_bytes
+        {
+            return Err(format!(
+                "index points at offset {} (+{} bytes), outside the frames of {} ({} bytes)",
+                e.offset,
+                frame_len(e.stored_len),
+                seg.file,
+                seg.size_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// Read the index: its size and header must agree with the manifest
     /// (otherwise nothing in it can be trusted and this fails); entries that
     /// do not decode and a hash mismatch are reported, not fatal.
@@ -288,23 +316,8 @@ impl Image {
                 let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o)).map_err(|e| {
                     Error::corrupt(&path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}"))
                 })?;
-                if h.chunk != chunk
-                    || h.image_id != self.id()
-                    || h.raw_hash != entry.raw_hash
-                    || h.raw_len as usize != raw_len
-                    || h.stored_len != entry.stored_len
-                {
-                    return Err(Error::corrupt(
-                        &path,
-                        entry.offset,
-                        format!(
-                            "frame holds chunk {} of image {}, the index expects chunk {chunk} of image {} here",
-                            h.chunk,
-                            h.image_id,
-                            self.id()
-                        ),
-                    ));
-                }
+                h.check_matches(chunk, self.id(), entry)
+                    .map_err(|why| Error::corrupt(&path, entry.offset, format!("chunk {chunk}: {why}")))?;
                 debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
                 Ok(raw_len)
             }

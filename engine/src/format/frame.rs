@@ -20,6 +20,7 @@
 
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
+use super::index::IndexEntry;
 use super::le::*;
 use super::{align_up, ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
 
@@ -147,6 +148,21 @@ impl FrameHeader {
             raw_hash: u128_at(b, 32),
             stored_hash: u64_at(b, 48),
         })
+    }
+
+    /// Is this the frame `entry` (chunk `chunk` of `image`) points at? The
+    /// header checks itself; this checks it against the index.
+    pub fn check_matches(&self, chunk: u64, image: ImageId, entry: &IndexEntry) -> Result<(), String> {
+        if self.chunk != chunk || self.image_id != image {
+            return Err(format!(
+                "frame holds chunk {} of image {}, the index expects chunk {chunk} of image {image} here",
+                self.chunk, self.image_id
+            ));
+        }
+        if self.raw_len != entry.raw_len || self.stored_len != entry.stored_len || self.raw_hash != entry.raw_hash {
+            return Err("frame header disagrees with the index (lengths or raw hash)".into());
+        }
+        Ok(())
     }
 
     /// Bytes the whole frame occupies in its segment, padding included.

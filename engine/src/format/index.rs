@@ -205,6 +205,22 @@ impl IndexHeader {
     }
 }
 
+/// The xxh3-128 of `len` zero bytes, which zero-filled chunks record as
+/// their raw hash; computed once per length (a chunk size and a short tail).
+#[derive(Debug, Default)]
+pub struct ZeroHashes(Vec<(u32, u128)>);
+
+impl ZeroHashes {
+    pub fn get(&mut self, len: u32) -> u128 {
+        if let Some(&(_, h)) = self.0.iter().find(|(l, _)| *l == len) {
+            return h;
+        }
+        let h = xxhash_rust::xxh3::xxh3_128(&vec![0u8; len as usize]);
+        self.0.push((len, h));
+        h
+    }
+}
+
 /// Byte offset of entry `chunk` in the index file.
 pub const fn entry_offset(chunk: u64) -> u64 {
     INDEX_HEADER_BYTES as u64 + chunk * INDEX_ENTRY_BYTES as u64
@@ -238,6 +254,14 @@ mod tests {
         b[0] = 9;
         assert!(IndexEntry::decode(&b).is_err());
         assert_eq!(entry_offset(2), 64 + 96);
+    }
+
+    #[test]
+    fn zero_hashes_are_the_hash_of_zeros_per_length() {
+        let mut z = ZeroHashes::default();
+        assert_eq!(z.get(4096), xxhash_rust::xxh3::xxh3_128(&[0u8; 4096]));
+        assert_eq!(z.get(100), xxhash_rust::xxh3::xxh3_128(&[0u8; 100]));
+        assert_ne!(z.get(4096), z.get(100));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::plan::Plan;
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, frame_len_max, FrameHeader, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, INDEX_ENTRY_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
 use crate::format::manifest::SegmentInfo;
 use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::{align_up, ImageId};
@@ -149,7 +149,7 @@ pub(crate) struct CaptureLane<'a> {
     cur: usize,
     seg: Option<OpenSegment>,
     closing: Option<OpenSegment>,
-    zero_hashes: Vec<(u32, u128)>,
+    zero_hashes: ZeroHashes,
     report: LaneReport,
 }
 
@@ -179,7 +179,7 @@ impl<'a> CaptureLane<'a> {
             cur: 0,
             seg: None,
             closing: None,
-            zero_hashes: Vec::new(),
+            zero_hashes: ZeroHashes::default(),
             report: LaneReport {
                 segments: Vec::new(),
                 stats: LaneStats::default(),
@@ -334,7 +334,7 @@ impl<'a> CaptureLane<'a> {
                     offset: 0,
                     stored_len: 0,
                     raw_len: op.raw_len,
-                    raw_hash: self.zero_hash(op.raw_len),
+                    raw_hash: self.zero_hashes.get(op.raw_len),
                     image_id: ImageId(0),
                 }
             } else {
@@ -609,15 +609,6 @@ impl<'a> CaptureLane<'a> {
         }
         let at = entry_offset(b.first);
         self.sh.index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", self.sh.index_path, at, e))
-    }
-
-    fn zero_hash(&mut self, len: u32) -> u128 {
-        if let Some(&(_, h)) = self.zero_hashes.iter().find(|(l, _)| *l == len) {
-            return h;
-        }
-        let h = xxh3_128(&vec![0u8; len as usize]);
-        self.zero_hashes.push((len, h));
-        h
     }
 }
 

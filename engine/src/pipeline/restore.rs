@@ -25,7 +25,7 @@ use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::format::align_up;
 use crate::format::frame::{check_frame, frame_len, frame_len_max};
-use crate::format::index::{ChunkState, IndexEntry};
+use crate::format::index::{ChunkState, IndexEntry, ZeroHashes};
 use crate::io::device::open_read_only;
 use crate::io::target::{describe_contents, mounted_at, zero_range, Target, TargetKind};
 use crate::io::{self, Backend, Completion, Io, IoChoice};
@@ -299,19 +299,15 @@ fn load_entries(img: &Image) -> Result<Vec<IndexEntry>> {
             ));
         }
         if e.state == ChunkState::Stored {
-            let seg = img.manifest.segments.get(e.segment as usize);
-            let fits = seg.is_some_and(|s| {
-                e.offset % crate::format::FRAME_ALIGN_BYTES == 0
-                    && e.offset >= crate::format::segment::SEGMENT_HEADER_BYTES as u64
-                    && e.offset + frame_len(e.stored_len) <= s.size_bytes
-            });
-            if e.stored_len > e.raw_len || !fits {
-                return Err(Error::corrupt(
+            img.check_stored_location(&e).map_err(|why| {
+                Error::corrupt(
                     img.index_path(),
                     at,
-                    format!("chunk {chunk}: the index points outside the image's segments (run `tintype verify`)"),
-                ));
-            }
+                    format!(
+                        "chunk {chunk}: the index points outside the image's segments: {why} (run `tintype verify`)"
+                    ),
+                )
+            })?;
         }
         out.push(e);
     }
@@ -749,14 +745,7 @@ impl<'a> RestoreLane<'a> {
         let dec = &mut self.dec;
         let (frame, raw) = self.io.buffer_pair(pair, raw_buf);
         let h = check_frame(frame, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
-        if h.chunk != chunk
-            || h.image_id != self.sh.img.id()
-            || h.raw_hash != e.raw_hash
-            || h.stored_len != e.stored_len
-            || h.raw_len != e.raw_len
-        {
-            return Err(format!("frame holds chunk {} of image {}, not the one the index names", h.chunk, h.image_id));
-        }
+        h.check_matches(chunk, self.sh.img.id(), e)?;
         Ok(())
     }
 
@@ -868,7 +857,7 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
     let mut free: Vec<usize> = (0..qd).collect();
     let mut owner = vec![0u64; qd];
     let mut todo: std::collections::VecDeque<u64> = Default::default();
-    let mut zero_hashes: Vec<(usize, u128)> = Vec::new();
+    let mut zero_hashes = ZeroHashes::default();
     loop {
         if todo.is_empty() && !super::interrupted() {
             if let Some(r) = sh.plan.claim() {
@@ -911,14 +900,7 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
                 match e.state {
                     ChunkState::Stored | ChunkState::Zero => h == e.raw_hash,
                     _ => {
-                        let zh = match zero_hashes.iter().find(|(l, _)| *l == raw_len as usize) {
-                            Some(&(_, z)) => z,
-                            None => {
-                                let z = xxh3_128(&vec![0u8; raw_len as usize]);
-                                zero_hashes.push((raw_len as usize, z));
-                                z
-                            }
-                        };
+                        let zh = zero_hashes.get(raw_len);
                         h == zh
                     }
                 }

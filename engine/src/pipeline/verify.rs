@@ -11,15 +11,14 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_128, Xxh3Default};
+use xxhash_rust::xxh3::Xxh3Default;
 
 use super::Observer;
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, frame_len_max};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::format::FRAME_ALIGN_BYTES;
 use crate::io::{self, device::open_read_only, Backend, Io, IoChoice};
 use crate::set::{Image, ImageSet};
 
@@ -120,7 +119,7 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
     }
     let (mut zero, mut unused, mut unreadable) = (0, 0, 0);
     let mut per_segment: Vec<Vec<FrameRef>> = vec![Vec::new(); m.segments.len()];
-    let mut zero_hashes: Vec<(u32, u128)> = Vec::new();
+    let mut zero_hashes = ZeroHashes::default();
     for (chunk, e) in index.entries.iter().enumerate() {
         let chunk = chunk as u64;
         let (start, raw_len) = img.chunk_extent(chunk);
@@ -138,7 +137,7 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
             continue;
         }
         match e.state {
-            ChunkState::Stored => match check_location(&img, &e) {
+            ChunkState::Stored => match img.check_stored_location(&e) {
                 Ok(()) => per_segment[e.segment as usize].push(FrameRef { chunk, entry: e }),
                 Err(why) => {
                     let mut b = bad(why);
@@ -150,14 +149,7 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
                 }
             },
             ChunkState::Zero => {
-                let h = match zero_hashes.iter().find(|(l, _)| *l == raw_len) {
-                    Some(&(_, h)) => h,
-                    None => {
-                        let h = xxh3_128(&vec![0u8; raw_len as usize]);
-                        zero_hashes.push((raw_len, h));
-                        h
-                    }
-                };
+                let h = zero_hashes.get(raw_len);
                 if e.raw_hash == h {
                     zero += 1;
                 } else {
@@ -217,29 +209,6 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         bad_chunks: f.bad,
         problems: f.problems,
     })
-}
-
-/// Does a stored entry point inside one of the image's segments?
-fn check_location(img: &Image, e: &IndexEntry) -> std::result::Result<(), String> {
-    let Some(seg) = img.manifest.segments.get(e.segment as usize) else {
-        return Err(format!("index names segment {}, but the image has {}", e.segment, img.manifest.segments.len()));
-    };
-    if e.stored_len > e.raw_len {
-        return Err(format!("index stored length {} exceeds the raw length {}", e.stored_len, e.raw_len));
-    }
-    if e.offset < SEGMENT_HEADER_BYTES as u64
-        || e.offset % FRAME_ALIGN_BYTES != 0
-        || e.offset + frame_len(e.stored_len) > seg.size_bytes
-    {
-        return Err(format!(
-            "index points at offset {} (+{} bytes), outside the frames of {} ({} bytes)",
-            e.offset,
-            frame_len(e.stored_len),
-            seg.file,
-            seg.size_bytes
-        ));
-    }
-    Ok(())
 }
 
 struct VerifyShared<'a> {
@@ -455,16 +424,7 @@ impl VerifyShared<'_> {
 
     fn check(&self, r: &FrameRef, bytes: &[u8], dec: &mut Decoder, raw: &mut [u8]) -> std::result::Result<(), String> {
         let h = check_frame(bytes, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
-        let e = &r.entry;
-        if h.chunk != r.chunk {
-            return Err(format!("frame holds chunk {}, the index expects chunk {} here", h.chunk, r.chunk));
-        }
-        if h.image_id != self.img.id() {
-            return Err(format!("frame belongs to image {}, not {}", h.image_id, self.img.id()));
-        }
-        if h.raw_len != e.raw_len || h.stored_len != e.stored_len || h.raw_hash != e.raw_hash {
-            return Err("frame header disagrees with the index (lengths or raw hash)".into());
-        }
+        h.check_matches(r.chunk, self.img.id(), &r.entry)?;
         Ok(())
     }
 
