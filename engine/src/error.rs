@@ -28,6 +28,13 @@ pub enum Error {
     /// The source or target cannot be used as asked.
     #[error("{path}: {why}")]
     Unusable { path: PathBuf, why: String },
+    /// Another run holds the image set.
+    #[error("{path}: the image set is in use: {why}")]
+    Busy { path: PathBuf, why: String },
+    /// An image cannot be read because an image it depends on is missing
+    /// or does not fit: the chain from it to its full image is broken.
+    #[error("{path}: image {image} cannot be used: {why}")]
+    BrokenChain { path: PathBuf, image: String, why: String },
     /// The run was stopped before it finished.
     #[error("interrupted: {0}")]
     Interrupted(String),

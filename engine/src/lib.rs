@@ -10,6 +10,8 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod io;
+pub mod lock;
+pub mod merge;
 pub mod pipeline;
 pub mod profile;
 pub mod sample;

@@ -27,6 +27,9 @@ pub fn parse_spec(spec: &str) -> (PathBuf, Option<String>) {
     (PathBuf::from(spec), None)
 }
 
+/// A committed image whose manifest does not load, and why.
+pub type Unloadable = (ImageId, Error);
+
 /// A directory of images.
 #[derive(Debug, Clone)]
 pub struct ImageSet {
@@ -85,6 +88,65 @@ impl ImageSet {
         Ok(images)
     }
 
+    /// The committed images that load, oldest first, and those whose
+    /// manifest does not (with why). An image removed while the directory
+    /// is being read (by a merge or prune) is simply not listed.
+    pub fn images_lenient(&self) -> Result<(Vec<Image>, Vec<Unloadable>)> {
+        let (ids, _) = self.scan()?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for id in ids {
+            match Image::load(&self.dir, id) {
+                Ok(i) => good.push(i),
+                Err(Error::NotCommitted { .. }) => {}
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        good.sort_by_key(|i: &Image| (i.manifest.created_unix_seconds, i.committed_nanos));
+        Ok((good, bad))
+    }
+
+    /// The chain `img` depends on: itself, its parent, the parent's parent,
+    /// …, down to a full image. Every image must be there, load, and
+    /// describe the same source geometry; otherwise the chain is broken and
+    /// the error names the ancestor.
+    pub fn chain(&self, img: &Image) -> Result<Vec<Image>> {
+        let (all, bad) = self.images_lenient()?;
+        let mut chain = vec![img.clone()];
+        loop {
+            let cur = chain.last().expect("chain starts with the image");
+            let Some(pid) = cur.manifest.parent_id() else { break };
+            let broken = |why: String| Error::BrokenChain { path: self.dir.clone(), image: img.id().to_string(), why };
+            let Some(p) = find_parent(cur, &all) else {
+                let why = match bad.iter().find(|(id, _)| *id == pid) {
+                    Some((_, e)) => format!("it depends on image {pid} (the parent of {}), which is damaged: {e}", cur.id()),
+                    None => format!(
+                        "it depends on image {pid} (the parent of {}), which is not in the set (deleted, or never committed)",
+                        cur.id()
+                    ),
+                };
+                return Err(broken(why));
+            };
+            let (a, b) = (&cur.manifest, &p.manifest);
+            if a.chunk_size_bytes != b.chunk_size_bytes || a.source.size_bytes != b.source.size_bytes {
+                return Err(broken(format!(
+                    "image {} and its parent {} describe different sources (size {} vs {}, chunk size {} vs {})",
+                    cur.id(),
+                    p.id(),
+                    a.source.size_bytes,
+                    b.source.size_bytes,
+                    a.chunk_size_bytes,
+                    b.chunk_size_bytes
+                )));
+            }
+            if chain.iter().any(|c| c.id() == p.id()) || chain.len() > all.len() {
+                return Err(broken(format!("its chain of parents loops back to image {}", p.id())));
+            }
+            chain.push(p.clone());
+        }
+        Ok(chain)
+    }
+
     /// The image a selector names: a unique prefix of an Image ID, or the
     /// newest committed image when there is none.
     pub fn resolve(&self, selector: Option<&str>) -> Result<Image> {
@@ -127,13 +189,29 @@ impl ImageSet {
     }
 }
 
+/// The image `img` depends on among `all`: an image that replaces its
+/// parent (written by `merge`, same point in time) if there is one, else the
+/// parent itself. None when it has no parent or the parent is not in `all`.
+pub fn find_parent<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
+    let pid = img.manifest.parent_id()?;
+    all.iter()
+        .filter(|i| i.manifest.replaces_id(pid))
+        .max_by_key(|i| i.committed_nanos)
+        .or_else(|| all.iter().find(|i| i.id() == pid))
+}
+
+/// Is `img` obsolete: has a merge written an image that stands in for it?
+pub fn replaced_by<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
+    all.iter().filter(|i| i.manifest.replaces_id(img.id())).max_by_key(|i| i.committed_nanos)
+}
+
 /// A committed image: its manifest and where its files are.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub manifest_path: PathBuf,
-    committed_nanos: i128,
+    pub committed_nanos: i128,
 }
 
 /// An image's index as read from disk.
@@ -230,6 +308,38 @@ impl Image {
         Ok(())
     }
 
+    /// Is entry `chunk` of this image's index consistent with the image:
+    /// a state a committed image may hold, the chunk's length, a stored frame
+    /// inside the image's segments, an inherited chunk naming the parent?
+    pub fn check_entry(&self, chunk: u64, e: &IndexEntry) -> Result<(), String> {
+        let (_, extent) = self.chunk_extent(chunk);
+        match e.state {
+            ChunkState::Unset => return Err(format!("chunk {chunk}: the entry was never written")),
+            _ if e.raw_len != extent => {
+                return Err(format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", e.raw_len))
+            }
+            ChunkState::Stored => {
+                self.check_stored_location(e)
+                    .map_err(|why| format!("chunk {chunk}: the index points outside the image's segments: {why}"))?;
+                if e.image_id != self.id() {
+                    return Err(format!("chunk {chunk}: a stored entry names image {}, not this one", e.image_id));
+                }
+            }
+            ChunkState::Inherited => match self.manifest.parent_id() {
+                None => return Err(format!("chunk {chunk} is inherited, but image {} has no parent", self.id())),
+                Some(p) if p != e.image_id => {
+                    return Err(format!(
+                        "chunk {chunk} is inherited from image {}, but the image's parent is {p}",
+                        e.image_id
+                    ))
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Read the index: its size and header must agree with the manifest
     /// (otherwise nothing in it can be trusted and this fails); entries that
     /// do not decode and a hash mismatch are reported, not fatal.
@@ -290,43 +400,180 @@ impl Image {
 
     /// Read one chunk's raw bytes into `out` (at least a chunk long), checked
     /// against its hashes. A simple positioned read, for tests, tools and
-    /// single-chunk access; the pipelines use lanes.
+    /// single-chunk access; the pipelines use lanes. An inherited chunk needs
+    /// the chain: use [`Resolved::read_chunk`].
     pub fn read_chunk(&self, entry: &IndexEntry, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
-        let (start, raw_len) = self.chunk_extent(chunk);
-        let raw_len = raw_len as usize;
-        match entry.state {
-            ChunkState::Zero | ChunkState::Unused | ChunkState::Unreadable => {
-                out[..raw_len].fill(0);
-                Ok(raw_len)
+        if entry.state == ChunkState::Stored {
+            let seg = entry.segment as usize;
+            if seg >= self.manifest.segments.len() {
+                return Err(Error::corrupt(
+                    self.index_path(),
+                    entry_offset(chunk),
+                    format!("chunk {chunk} names segment {seg}, which does not exist"),
+                ));
             }
-            ChunkState::Stored => {
-                let seg = entry.segment as usize;
-                if seg >= self.manifest.segments.len() {
+            return read_frame(&self.segment_path(seg), self.id(), entry, chunk, self.chunk_extent(chunk), out, dec);
+        }
+        read_unstored(&self.index_path(), entry, chunk, self.chunk_extent(chunk).1, out)
+    }
+}
+
+/// A chunk that has no frame: zeros, or an error for states without data.
+fn read_unstored(index: &Path, entry: &IndexEntry, chunk: u64, raw_len: u32, out: &mut [u8]) -> Result<usize> {
+    let raw_len = raw_len as usize;
+    match entry.state {
+        ChunkState::Zero | ChunkState::Unused | ChunkState::Unreadable => {
+            out[..raw_len].fill(0);
+            Ok(raw_len)
+        }
+        _ => Err(Error::corrupt(
+            index,
+            entry_offset(chunk),
+            format!("chunk {chunk} is {:?}, which cannot be read here", entry.state),
+        )),
+    }
+}
+
+/// Read and check the frame `entry` points at in `path`, written by `image`.
+fn read_frame(
+    path: &Path,
+    image: ImageId,
+    entry: &IndexEntry,
+    chunk: u64,
+    (start, raw_len): (u64, u32),
+    out: &mut [u8],
+    dec: &mut Decoder,
+) -> Result<usize> {
+    let f = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+    let mut frame = vec![0u8; frame_len(entry.stored_len) as usize];
+    f.read_exact_at(&mut frame, entry.offset).map_err(|e| Error::io_at("read frame", path, entry.offset, e))?;
+    let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o))
+        .map_err(|e| Error::corrupt(path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}")))?;
+    h.check_matches(chunk, image, entry)
+        .map_err(|why| Error::corrupt(path, entry.offset, format!("chunk {chunk}: {why}")))?;
+    debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
+    Ok(raw_len as usize)
+}
+
+/// A segment of some image of a chain.
+#[derive(Debug, Clone)]
+pub struct SegmentRef {
+    /// The image that wrote it (and whose ID its frames carry).
+    pub image: ImageId,
+    pub path: PathBuf,
+    pub file: String,
+    pub size_bytes: u64,
+}
+
+/// An image's index with every inherited chunk followed down its chain to
+/// the image that holds it. Stored entries name a segment of [`Self::segments`]
+/// (all segments of the chain, numbered together) and carry the holder's ID.
+#[derive(Debug)]
+pub struct Resolved {
+    pub segments: Vec<SegmentRef>,
+    pub entries: Vec<IndexEntry>,
+    /// Chunks of the image itself that were inherited.
+    pub inherited: u64,
+}
+
+impl Resolved {
+    /// Read and check the indexes of `chain` (an image, then its ancestors,
+    /// as [`ImageSet::chain`] returns, or the first part of that) and
+    /// resolve every chunk. Any index
+    /// that is damaged, or an ancestor that does not hold what a child says
+    /// it inherited, is an error naming the file and entry.
+    pub fn load(chain: &[Image]) -> Result<Resolved> {
+        let mut segments = Vec::new();
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut pending: Vec<u64> = Vec::new();
+        let mut inherited = 0;
+        for (depth, img) in chain.iter().enumerate() {
+            let base = segments.len() as u32;
+            segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
+                image: img.id(),
+                path: img.segment_path(i),
+                file: s.file.clone(),
+                size_bytes: s.size_bytes,
+            }));
+            let idx = img.read_index()?;
+            if !idx.hash_matches {
+                return Err(Error::corrupt(
+                    img.index_path(),
+                    0,
+                    "index checksum does not match the manifest; nothing was read from this image (run `tintype verify`)",
+                ));
+            }
+            let take = |chunk: u64| -> Result<IndexEntry> {
+                let at = entry_offset(chunk);
+                let e = idx.entries[chunk as usize].clone().map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                img.check_entry(chunk, &e).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                let mut e = e;
+                if e.state == ChunkState::Stored {
+                    e.segment += base;
+                }
+                Ok(e)
+            };
+            if depth == 0 {
+                entries.reserve(img.manifest.chunk_count as usize);
+                for chunk in 0..img.manifest.chunk_count {
+                    let e = take(chunk)?;
+                    if e.state == ChunkState::Inherited {
+                        pending.push(chunk);
+                    }
+                    entries.push(e);
+                }
+                inherited = pending.len() as u64;
+                if pending.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let child = &chain[depth - 1];
+            let mut still = Vec::new();
+            for &chunk in &pending {
+                let e = take(chunk)?;
+                if e.raw_hash != entries[chunk as usize].raw_hash {
                     return Err(Error::corrupt(
-                        self.index_path(),
+                        child.index_path(),
                         entry_offset(chunk),
-                        format!("chunk {chunk} names segment {seg}, which does not exist"),
+                        format!(
+                            "chunk {chunk} is inherited from image {}, which holds a different chunk there                              (the raw hashes differ): the chain is inconsistent",
+                            img.id()
+                        ),
                     ));
                 }
-                let path = self.segment_path(seg);
-                let f = File::open(&path).map_err(|e| Error::io("open segment", &path, e))?;
-                let mut frame = vec![0u8; frame_len(entry.stored_len) as usize];
-                f.read_exact_at(&mut frame, entry.offset)
-                    .map_err(|e| Error::io_at("read frame", &path, entry.offset, e))?;
-                let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o)).map_err(|e| {
-                    Error::corrupt(&path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}"))
-                })?;
-                h.check_matches(chunk, self.id(), entry)
-                    .map_err(|why| Error::corrupt(&path, entry.offset, format!("chunk {chunk}: {why}")))?;
-                debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
-                Ok(raw_len)
+                if e.state == ChunkState::Inherited {
+                    still.push(chunk);
+                }
+                entries[chunk as usize] = e;
             }
-            ChunkState::Inherited | ChunkState::Unset => Err(Error::corrupt(
-                self.index_path(),
-                entry_offset(chunk),
-                format!("chunk {chunk} is {:?}, which this build cannot read", entry.state),
-            )),
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
         }
+        // A chain that ends at an image with a parent (a merge folds part of
+        // a chain) leaves those chunks inherited from that parent.
+        let last = chain.last().expect("non-empty chain");
+        if let Some(&chunk) = pending.first().filter(|_| last.manifest.parent.is_none()) {
+            return Err(Error::corrupt(
+                last.index_path(),
+                entry_offset(chunk),
+                format!("chunk {chunk} is inherited, but image {} has no parent", last.id()),
+            ));
+        }
+        Ok(Resolved { segments, entries, inherited })
+    }
+
+    /// Read chunk `chunk` of `img` (the first image of the chain this was
+    /// resolved from) into `out`, checked against its hashes.
+    pub fn read_chunk(&self, img: &Image, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
+        let e = &self.entries[chunk as usize];
+        if e.state == ChunkState::Stored {
+            let s = &self.segments[e.segment as usize];
+            return read_frame(&s.path, s.image, e, chunk, img.chunk_extent(chunk), out, dec);
+        }
+        read_unstored(&img.index_path(), e, chunk, img.chunk_extent(chunk).1, out)
     }
 }
 
@@ -362,6 +609,99 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
     }
     d.sync_all().map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(dest)
+}
+
+/// Remove a committed image. Its manifest is first renamed to
+/// `IMAGEID.removed.json` (from that moment it is not an image, and the
+/// name says its data files are garbage), made durable, then the data files
+/// go, the marker last. A crash in between leaves files without a manifest,
+/// which are never used as an image and which the next merge or prune
+/// removes.
+pub fn remove_image(dir: &Path, id: ImageId) -> Result<()> {
+    let manifest = dir.join(manifest_file_name(id));
+    let marker = dir.join(removed_file_name(id));
+    match std::fs::rename(&manifest, &marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove (rename) manifest", &manifest, e)),
+    }
+    sync_dir(dir)?;
+    remove_leftovers(dir, id)
+}
+
+/// The marker a removal leaves while it deletes an image's data files.
+pub fn removed_file_name(id: ImageId) -> String {
+    format!("{id}.removed.json")
+}
+
+/// Remove every file of `id` that is not a manifest (an unfinished run's
+/// leftovers, or a removed image's data), the removal marker last.
+pub fn remove_leftovers(dir: &Path, id: ImageId) -> Result<()> {
+    let prefix = id.to_string();
+    let marker = removed_file_name(id);
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix)
+            && name.as_bytes().get(16) == Some(&b'.')
+            && !name.ends_with(".manifest.json")
+            && name != marker.as_str()
+        {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+        }
+    }
+    sync_dir(dir)?;
+    match std::fs::remove_file(dir.join(&marker)) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", dir.join(&marker), e)),
+    }
+}
+
+/// `IMAGEID.run.json`: what an unfinished run (a `create`, or a `merge`
+/// writing a new image) is doing, written before its first data file, so
+/// `create --resume` can carry it on and `list` can describe it. Removed
+/// once the image is committed. Not part of any image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    /// Always "tintype-run".
+    pub format: String,
+    pub format_version: u32,
+    pub image_id: String,
+    /// "create" or "merge".
+    pub operation: String,
+    pub kind: crate::format::manifest::ImageKind,
+    pub parent: Option<String>,
+    pub source: crate::format::manifest::SourceInfo,
+    pub chunk_size_bytes: u32,
+    pub level: i32,
+    pub started_unix_seconds: u64,
+}
+
+/// The file name of image `id`'s run record.
+pub fn run_file_name(id: ImageId) -> String {
+    format!("{id}.run.json")
+}
+
+impl RunRecord {
+    /// Write the record (never replacing one) and make it durable.
+    pub fn write_new(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(format!("{}.run.json", self.image_id));
+        let mut f =
+            OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io("create", &path, e))?;
+        let mut v = serde_json::to_vec_pretty(self).expect("run record serializes");
+        v.push(b'\n');
+        f.write_all(&v).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &path, e))?;
+        sync_dir(dir)
+    }
+
+    /// The record of run `id`, if it has one that parses.
+    pub fn load(dir: &Path, id: ImageId) -> Option<RunRecord> {
+        let bytes = std::fs::read(dir.join(run_file_name(id))).ok()?;
+        let r: RunRecord = serde_json::from_slice(&bytes).ok()?;
+        (r.format == "tintype-run" && r.format_version == 1 && ImageId::parse(&r.image_id) == Some(id)).then_some(r)
+    }
 }
 
 /// Make a directory entry durable: fsync the directory.

@@ -216,9 +216,10 @@ fn files_in(dir: &std::path::Path) -> Vec<String> {
 }
 
 /// Ctrl-C (SIGINT) during create: exit 130, a message saying nothing was
-/// committed, and the unfinished image's files removed.
+/// committed and how to carry on; the frames written so far are kept, and
+/// `--resume` finishes an image that restores to the source's bytes.
 #[test]
-fn sigint_stops_create_cleanly() {
+fn sigint_stops_create_cleanly_and_resume_finishes_it() {
     let sb = Sandbox::new();
     let mut child = start_slow_create(&sb);
     assert!(child.try_wait().unwrap().is_none(), "create finished before it could be interrupted");
@@ -228,7 +229,19 @@ fn sigint_stops_create_cleanly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted") && err.contains("no image was committed"), "{err}");
-    assert_eq!(files_in(&sb.path("set")), Vec::<String>::new(), "the unfinished image's files were removed");
+    assert!(err.contains("--resume"), "{err}");
+    let names = files_in(&sb.path("set"));
+    assert!(!names.iter().any(|n| n.ends_with(".manifest.json")), "nothing committed: {names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".seg")), "the frames written so far are kept: {names:?}");
+    let out = sb.expect(&["list", "set"], 0);
+    assert!(stdout(&out).contains("--resume"), "{}", stdout(&out));
+
+    let out = sb.expect(&["create", "big.img", "set", "--resume", "--json"], 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap() > 0, "kept chunks were not read again");
+    sb.expect(&["verify", "set"], 0);
+    assert_round_trip(&sb.path("set"), &std::fs::read(sb.path("big.img")).unwrap());
+    assert!(!files_in(&sb.path("set")).iter().any(|n| n.ends_with(".run.json")), "the run record is gone");
 }
 
 /// kill -9 in the middle of create: no committed image appears, and the next
@@ -288,8 +301,9 @@ fn list_shows_images_and_unfinished_runs() {
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&"00000000000000a1") && ids.contains(&"00000000000000a2"));
     assert_eq!(v["images"][0]["source_bytes"], 1 << 20);
-    assert_eq!(v["unfinished"], serde_json::json!(["00000000000000a3"]));
+    assert_eq!(v["unfinished"][0]["image_id"], "00000000000000a3");
+    assert_eq!(v["unfinished"][0]["resumable"], false);
     let out = sb.expect(&["list", "set"], 0);
-    assert!(stdout(&out).contains("00000000000000a3  unfinished"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("data files without a manifest"), "{}", stdout(&out));
     sb.expect(&["list", "nowhere"], 1);
 }

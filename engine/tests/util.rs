@@ -111,15 +111,28 @@ pub fn load(set: &Path) -> (Image, Vec<IndexEntry>) {
 
 /// Read every chunk of the newest image of `set` back and compare with `source`.
 pub fn assert_round_trip(set: &Path, source: &[u8]) {
-    let (img, entries) = load(set);
+    assert_image_holds(set, None, source);
+}
+
+/// Read every chunk of image `sel` (an ID prefix; None for the newest) back
+/// through its chain and compare with `source`.
+pub fn assert_image_holds(set: &Path, sel: Option<&str>, source: &[u8]) {
+    let s = ImageSet::open(set).unwrap();
+    let img = s.resolve(sel).unwrap();
+    let chain = s.chain(&img).unwrap();
+    let resolved = tintype::set::Resolved::load(&chain).unwrap();
     assert_eq!(img.manifest.source.size_bytes, source.len() as u64);
     let mut dec = Decoder::new().unwrap();
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
-    for (chunk, e) in entries.iter().enumerate() {
-        let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec).unwrap();
-        let (start, len) = img.chunk_extent(chunk as u64);
+    for chunk in 0..img.manifest.chunk_count {
+        let n = resolved.read_chunk(&img, chunk, &mut buf, &mut dec).unwrap();
+        let (start, len) = img.chunk_extent(chunk);
         assert_eq!(n, len as usize);
-        assert!(buf[..n] == source[start as usize..start as usize + n], "chunk {chunk} differs from the source");
+        assert!(
+            buf[..n] == source[start as usize..start as usize + n],
+            "image {}: chunk {chunk} differs from the source",
+            img.id()
+        );
     }
 }
 

@@ -24,6 +24,8 @@ pub mod exit {
     pub const DAMAGED: u8 = 3;
     /// Not an image this build can use: no committed manifest, or a newer format version.
     pub const NOT_AN_IMAGE: u8 = 4;
+    /// The image set is in use by another run (create, merge, prune; or a reader during merge/prune).
+    pub const BUSY: u8 = 5;
     /// Stopped by a signal.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -33,7 +35,7 @@ pub mod exit {
     name = "tintype",
     version,
     about = "Image block devices into compressed, checksummed, seekable image sets at the speed of the hardware",
-    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 image damaged, 4 not a committed or supported image, 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 image damaged, 4 not a committed or supported image, 5 image set in use by another run, 130 interrupted."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -94,9 +96,60 @@ enum Command {
         /// Print a machine-readable summary on stdout.
         #[arg(long)]
         json: bool,
+        /// Store only the chunks that changed since the newest image of the set.
+        #[arg(long, conflicts_with = "differential")]
+        incremental: bool,
+        /// Store only the chunks that changed since the newest full image of the set.
+        #[arg(long)]
+        differential: bool,
+        /// Carry on an interrupted run of SOURCE in SET (kill -9, power loss, full disk, Ctrl-C),
+        /// keeping every complete frame it wrote; starts a new image if there is none.
+        #[arg(long)]
+        resume: bool,
+        /// Take an incremental or differential although SOURCE's identity (serial, WWN, backing
+        /// file, inode) differs from the parent's. A different size or sector size is always refused.
+        #[arg(long)]
+        force: bool,
         /// Use this Image ID (16 hex digits) instead of a fresh one; for fixtures.
         #[arg(long, hide = true)]
         image_id: Option<String>,
+    },
+    /// Consolidate an image into its parent (or with --full its whole chain into a synthetic full
+    /// image) without reading the source. Writes a new image for the same point in time, commits it
+    /// atomically, then removes the images nothing needs any more.
+    Merge {
+        /// Image set directory @ the image to consolidate (a unique Image ID prefix), or SET IMAGE_ID.
+        image: String,
+        /// The Image ID prefix, when not given as SET@ID.
+        id: Option<String>,
+        /// Fold the whole chain into a full image, not only the parent.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the images outside a retention policy, consolidating where needed so every kept
+    /// image stays restorable. Policies add up: an image any of them keeps is kept.
+    Prune {
+        /// Image set directory.
+        set: PathBuf,
+        /// Keep the N newest images.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep the newest image of each of the N most recent days (UTC) that have one.
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// Keep the newest image of each of the N most recent weeks (Monday to Sunday, UTC) that have one.
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        /// Say what would be kept, rewritten and removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove the files of unfinished runs (which `create --resume` could carry on).
+        #[arg(long)]
+        discard_unfinished: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Check every frame of an image without restoring it. SET@ID picks an image (a unique ID prefix); default the newest.
     Verify {
@@ -198,8 +251,8 @@ pub use tintype::profile::parse_size;
 /// Parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
     // Ctrl-C or SIGTERM: ask the pipelines to stop cleanly (in-flight I/O
-    // drains, an unfinished image's files are removed); a second one ends
-    // the process at once.
+    // drains; an unfinished image's frames are kept for `create --resume`);
+    // a second one ends the process at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let flag = &tintype::pipeline::INTERRUPTED;
         let _ = signal_hook::flag::register_conditional_default(sig, flag);
@@ -224,7 +277,8 @@ pub fn main() -> ExitCode {
 fn code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::InvalidSetting(_)) => exit::USAGE,
-        Some(Error::Corrupt { .. }) => exit::DAMAGED,
+        Some(Error::Corrupt { .. }) | Some(Error::BrokenChain { .. }) => exit::DAMAGED,
+        Some(Error::Busy { .. }) => exit::BUSY,
         Some(Error::NotCommitted { .. }) | Some(Error::UnsupportedVersion { .. }) => exit::NOT_AN_IMAGE,
         Some(Error::Interrupted(_)) => exit::INTERRUPTED,
         _ => exit::FAILURE,
@@ -245,8 +299,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             io,
             json,
             image_id,
+            incremental,
+            differential,
+            resume,
+            force,
         } => {
             let mut o = CreateOptions::new(source, set);
+            o.kind = if incremental {
+                tintype::format::manifest::ImageKind::Incremental
+            } else if differential {
+                tintype::format::manifest::ImageKind::Differential
+            } else {
+                tintype::format::manifest::ImageKind::Full
+            };
+            o.resume = resume;
+            o.force = force;
             // Flags, then the profile, then the built-in defaults.
             let p = match &profile {
                 Some(name) => {
@@ -259,7 +326,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             o.level = level.or(p.level).unwrap_or(DEFAULT_LEVEL);
             o.lanes = lanes.or(p.lanes);
             o.queue_depth = queue_depth.or(p.queue_depth).unwrap_or(DEFAULT_QUEUE_DEPTH);
-            let chunk_size = chunk_size.or(p.chunk_size_bytes()).unwrap_or(u64::from(DEFAULT_CHUNK_BYTES));
+            let chunk_size = chunk_size.or(p.chunk_size_bytes());
+            o.chunk_size_given = chunk_size.is_some();
+            let chunk_size = chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_BYTES));
             o.chunk_size_bytes = u32::try_from(chunk_size)
                 .map_err(|_| Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB")))?;
             o.segment_size_bytes = segment_size.or(p.segment_size_bytes()).unwrap_or(DEFAULT_SEGMENT_BYTES);
@@ -354,8 +423,35 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::List { set, json } => {
             let set = ImageSet::open(&set)?;
-            let (_, partial) = set.scan()?;
-            output::print_list(&set, &set.images()?, &partial, json);
+            output::print_list(&set, json)?;
+            Ok(exit::OK)
+        }
+        Command::Merge { image, id, full, json } => {
+            let (set, sel) = match id {
+                Some(id) => (PathBuf::from(image), Some(id)),
+                None => parse_spec(&image),
+            };
+            let Some(sel) = sel.filter(|s| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            else {
+                return Err(Error::InvalidSetting(
+                    "merge needs the image to consolidate: SET@IMAGE_ID or SET IMAGE_ID (a unique hex prefix)".into(),
+                )
+                .into());
+            };
+            let o = tintype::merge::MergeOptions { set, image: sel.to_ascii_lowercase(), full };
+            let obs = output::Console::new("merging", json);
+            let report = tintype::merge::merge(&o, &obs)?;
+            obs.finish();
+            output::print_merge(&report, json);
+            Ok(exit::OK)
+        }
+        Command::Prune { set, keep_last, keep_daily, keep_weekly, dry_run, discard_unfinished, json } => {
+            let o =
+                tintype::merge::PruneOptions { set, keep_last, keep_daily, keep_weekly, dry_run, discard_unfinished };
+            let obs = output::Console::new("consolidating", json);
+            let report = tintype::merge::prune(&o, &obs)?;
+            obs.finish();
+            output::print_prune(&report, json);
             Ok(exit::OK)
         }
         Command::Info { image, json } => {

@@ -82,6 +82,16 @@ pub fn print_create(r: &CreateReport, json: bool) {
         return;
     }
     println!("image {} committed: {}", m.image_id, r.manifest_path.display());
+    if let Some(p) = &m.parent {
+        println!(
+            "  {}  changes since image {p}: {} chunk(s) unchanged (inherited, not stored)",
+            m.kind.name(),
+            s.chunks_inherited
+        );
+    }
+    if s.chunks_resumed > 0 {
+        println!("  resumed  {} chunk(s) kept from the interrupted run(s), not read again", s.chunks_resumed);
+    }
     println!(
         "  source   {} ({}, {}, {}-byte logical / {}-byte physical sectors)",
         m.source.path,
@@ -141,12 +151,13 @@ pub fn print_verify(r: &VerifyReport, json: bool) {
         return print_json_verdict(r, r.is_clean());
     }
     for b in &r.bad_chunks {
+        let whose = if b.image == r.image_id { String::new() } else { format!(" of ancestor {}", b.image) };
         match (&b.segment, b.segment_offset) {
             (Some(seg), Some(off)) => println!(
-                "BAD chunk {} (source offset {}): {} at offset {}: {}",
+                "BAD chunk {}{whose} (source offset {}): {} at offset {}: {}",
                 b.chunk, b.source_offset, seg, off, b.reason
             ),
-            _ => println!("BAD chunk {} (source offset {}): {}", b.chunk, b.source_offset, b.reason),
+            _ => println!("BAD chunk {}{whose} (source offset {}): {}", b.chunk, b.source_offset, b.reason),
         }
     }
     for p in &r.problems {
@@ -157,16 +168,23 @@ pub fn print_verify(r: &VerifyReport, json: bool) {
     }
     let verdict = if r.is_clean() { "OK" } else { "DAMAGED" };
     println!(
-        "image {} {verdict}: {} chunks: {} stored and intact, {} zero, {} unused, {} unreadable at capture, {} bad; {} problem(s) with files",
+        "image {} {verdict}: {} chunks: {} stored and intact, {} inherited, {} zero, {} unused, {} unreadable at capture, {} bad; {} problem(s) with files",
         r.image_id,
         r.chunk_count,
         r.chunks_stored_ok,
+        r.chunks_inherited,
         r.chunks_zero,
         r.chunks_unused,
         r.chunks_unreadable,
         r.bad_chunks.len(),
         r.problems.len()
     );
+    for c in r.chain.iter().skip(1) {
+        println!(
+            "  depends on {} ({}): {} stored and intact, {} bad, {} problem(s)",
+            c.image_id, c.kind, c.chunks_stored_ok, c.bad_chunks, c.problems
+        );
+    }
     println!(
         "  read {} of segments in {:.2} s = {:.0} MB/s ({} I/O)",
         human(r.bytes_segments_read),
@@ -188,7 +206,13 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
         return;
     }
     let s = &m.stats;
-    println!("image      {} ({:?}, format version {})", m.image_id, m.kind, m.format_version);
+    println!("image      {} ({}, format version {})", m.image_id, m.kind.name(), m.format_version);
+    if let Some(p) = &m.parent {
+        println!("parent     {p} ({} chunk(s) inherited from it)", s.chunks_inherited);
+    }
+    if !m.replaces.is_empty() {
+        println!("replaces   {} (consolidated by merge; same point in time)", m.replaces.join(", "));
+    }
     println!("created    {} by tintype {}", m.created, m.tool_version);
     println!("source     {} ({})", m.source.path, m.source.kind);
     println!(
@@ -359,52 +383,185 @@ pub fn print_tune(r: &tintype::tune::TuneReport, wrote: Option<&std::path::Path>
     }
 }
 
-pub fn print_list(set: &tintype::set::ImageSet, images: &[Image], partial: &[tintype::format::ImageId], json: bool) {
-    let row = |i: &Image| {
-        let m = &i.manifest;
-        json!({
-            "image_id": m.image_id,
-            "kind": m.kind,
-            "parent": m.parent,
-            "created": m.created,
-            "source": m.source.path,
-            "source_bytes": m.source.size_bytes,
-            "stored_bytes": m.stats.bytes_segments + m.index.size_bytes,
-            "state": "committed",
-        })
+/// The set as a tree: each image under the image it depends on.
+pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()> {
+    use tintype::set::{find_parent, replaced_by, RunRecord};
+    let (images, bad) = set.images_lenient()?;
+    let (_, partial) = set.scan()?;
+    let parent_of = |i: &Image| find_parent(i, &images).map(|p| p.id());
+    let state = |i: &Image| -> String {
+        if let Some(r) = replaced_by(i, &images) {
+            return format!("replaced by {} (removal pending)", r.id());
+        }
+        match (i.manifest.parent_id(), parent_of(i)) {
+            (Some(p), None) => format!("BROKEN: parent {p} is missing"),
+            _ => "ok".into(),
+        }
     };
+    let stored = |i: &Image| i.manifest.stats.bytes_segments + i.manifest.index.size_bytes;
+    // Depth-first from the roots (full images, or images whose parent is gone), oldest first.
+    let mut order: Vec<(usize, &Image)> = Vec::new();
+    fn walk<'a>(
+        i: &'a Image,
+        depth: usize,
+        images: &'a [Image],
+        parent_of: &dyn Fn(&Image) -> Option<tintype::format::ImageId>,
+        out: &mut Vec<(usize, &'a Image)>,
+    ) {
+        if out.iter().any(|(_, o)| o.id() == i.id()) {
+            return;
+        }
+        out.push((depth, i));
+        for c in images.iter().filter(|c| parent_of(c) == Some(i.id()) && c.id() != i.id()) {
+            walk(c, depth + 1, images, parent_of, out);
+        }
+    }
+    for r in images.iter().filter(|i| parent_of(i).is_none()) {
+        walk(r, 0, &images, &parent_of, &mut order);
+    }
+    let unfinished: Vec<serde_json::Value> = partial
+        .iter()
+        .map(|id| {
+            let rec = RunRecord::load(&set.dir, *id);
+            let bytes: u64 = std::fs::read_dir(&set.dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(&id.to_string()))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            json!({
+                "image_id": id.to_string(),
+                "operation": rec.as_ref().map(|r| r.operation.clone()),
+                "kind": rec.as_ref().map(|r| r.kind),
+                "parent": rec.as_ref().and_then(|r| r.parent.clone()),
+                "source": rec.as_ref().map(|r| r.source.path.clone()),
+                "bytes_on_disk": bytes,
+                "resumable": rec.as_ref().is_some_and(|r| r.operation == "create"),
+            })
+        })
+        .collect();
     if json {
+        let rows: Vec<_> = order
+            .iter()
+            .map(|(depth, i)| {
+                let m = &i.manifest;
+                json!({
+                    "image_id": m.image_id,
+                    "kind": m.kind,
+                    "parent": m.parent,
+                    "depends_on": parent_of(i).map(|p| p.to_string()),
+                    "depth": depth,
+                    "created": m.created,
+                    "created_unix_seconds": m.created_unix_seconds,
+                    "source": m.source.path,
+                    "source_bytes": m.source.size_bytes,
+                    "stored_bytes": stored(i),
+                    "replaces": m.replaces,
+                    "state": state(i),
+                })
+            })
+            .collect();
         let v = json!({
             "set": set.dir,
-            "images": images.iter().map(row).collect::<Vec<_>>(),
-            "unfinished": partial.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "images": rows,
+            "damaged": bad.iter().map(|(id, e)| json!({"image_id": id.to_string(), "error": e.to_string()})).collect::<Vec<_>>(),
+            "unfinished": unfinished,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-        return;
+        return Ok(());
     }
-    println!(
-        "{:<16}  {:<12}  {:<20}  {:>10}  {:>10}  {:<16}  source",
-        "image", "kind", "created", "size", "stored", "parent"
-    );
-    for i in images {
+    println!("{:<24}  {:<12}  {:<20}  {:>10}  {:>10}  state", "image", "kind", "created", "size", "stored");
+    for (depth, i) in &order {
         let m = &i.manifest;
+        let name = format!(
+            "{}{}",
+            if *depth == 0 { String::new() } else { format!("{}└─ ", "   ".repeat(depth - 1)) },
+            m.image_id
+        );
         println!(
-            "{:<16}  {:<12}  {:<20}  {:>10}  {:>10}  {:<16}  {}",
-            m.image_id,
-            format!("{:?}", m.kind).to_lowercase(),
+            "{:<24}  {:<12}  {:<20}  {:>10}  {:>10}  {}",
+            name,
+            m.kind.name(),
             m.created,
             human(m.source.size_bytes),
-            human(m.stats.bytes_segments + m.index.size_bytes),
-            m.parent.as_deref().unwrap_or("-"),
-            m.source.path
+            human(stored(i)),
+            state(i)
         );
     }
-    for p in partial {
-        println!(
-            "{p:<16}  unfinished: data files without a manifest (an interrupted run; not an image, safe to delete)"
-        );
+    for (id, e) in &bad {
+        println!("{:<24}  DAMAGED: {e}", id.to_string());
     }
-    if images.is_empty() && partial.is_empty() {
+    for u in &unfinished {
+        let id = u["image_id"].as_str().unwrap_or_default();
+        let bytes = human(u["bytes_on_disk"].as_u64().unwrap_or(0));
+        let what = match (u["operation"].as_str(), u["source"].as_str()) {
+            (Some("create"), Some(src)) => format!(
+                "unfinished {} create of {src} ({bytes} written): `tintype create {src} {} --resume` carries it on",
+                u["kind"].as_str().unwrap_or("full"),
+                set.dir.display()
+            ),
+            (Some("merge"), _) => format!("unfinished merge ({bytes}): the next merge or prune removes it"),
+            _ => format!("data files without a manifest ({bytes}; an interrupted run; not an image)"),
+        };
+        println!("{id:<24}  {what}");
+    }
+    if images.is_empty() && partial.is_empty() && bad.is_empty() {
         println!("(the set holds no images)");
+    }
+    Ok(())
+}
+
+pub fn print_merge(r: &tintype::merge::MergeReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).expect("json"));
+        return;
+    }
+    let c = &r.merged;
+    println!(
+        "image {} ({}) now stands in for {}: folded {}, copied {} chunk(s), {} in {:.2} s",
+        c.image_id,
+        c.kind,
+        c.replaces,
+        c.folded.join(" + "),
+        c.chunks_copied,
+        human(c.bytes_copied),
+        c.wall_seconds
+    );
+    if !r.removed.is_empty() {
+        println!("  removed  {}", r.removed.join(", "));
+    }
+    if !r.kept.is_empty() {
+        println!("  kept     {} (other images depend on them)", r.kept.join(", "));
+    }
+}
+
+pub fn print_prune(r: &tintype::merge::PruneReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).expect("json"));
+        return;
+    }
+    let will = if r.dry_run { "would " } else { "" };
+    for k in &r.kept {
+        let rewrite = if k.folds.is_empty() {
+            String::new()
+        } else {
+            match &k.rewritten_as {
+                Some(n) => format!("; rewritten as {n}, folding {}", k.folds.join(" + ")),
+                None => format!("; {will}be rewritten, folding {}", k.folds.join(" + ")),
+            }
+        };
+        println!("keep    {} {} {} ({}){rewrite}", k.image_id, k.kind, k.created, k.reasons.join(", "));
+    }
+    for id in &r.removed {
+        println!("{}  {id}", if r.dry_run { "would remove" } else { "removed" });
+    }
+    for id in &r.unfinished_removed {
+        println!("{}  unfinished run {id}", if r.dry_run { "would discard" } else { "discarded" });
+    }
+    if r.dry_run {
+        println!("(dry run: nothing was changed)");
     }
 }

@@ -20,6 +20,17 @@ pub enum ImageKind {
     Incremental,
 }
 
+impl ImageKind {
+    /// The name the manifest uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Full => "full",
+            ImageKind::Differential => "differential",
+            ImageKind::Incremental => "incremental",
+        }
+    }
+}
+
 /// The source an image was taken from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceInfo {
@@ -69,6 +80,21 @@ pub struct Stats {
     /// p50, p90, p99, p999, max, and the number of reads (count).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub read_latency_us: BTreeMap<String, u64>,
+    /// Chunks found unchanged since the parent image and recorded as
+    /// inherited (differential and incremental images).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_inherited: u64,
+    /// Chunks kept from the frames an interrupted run had already written
+    /// (`create --resume`), so not read again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_resumed: u64,
+    /// Frames copied from other images (an image written by `merge`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_copied: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One segment file of the image.
@@ -113,6 +139,12 @@ pub struct Manifest {
     pub stats: Stats,
     pub segments: Vec<SegmentInfo>,
     pub index: IndexInfo,
+    /// Images this one stands in for: an image written by `merge` holds the
+    /// same point in time as the image it consolidated, and takes its place
+    /// as the parent of that image's children. Transitive: it also lists
+    /// what the consolidated image replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// Why a manifest could not be used.
@@ -130,6 +162,16 @@ impl Manifest {
     /// The manifest's image id, checked.
     pub fn id(&self) -> ImageId {
         ImageId::parse(&self.image_id).expect("validated on load")
+    }
+
+    /// The parent's Image ID, checked.
+    pub fn parent_id(&self) -> Option<ImageId> {
+        self.parent.as_deref().map(|p| ImageId::parse(p).expect("validated on load"))
+    }
+
+    /// Does this image stand in for `id` (see `replaces`)?
+    pub fn replaces_id(&self, id: ImageId) -> bool {
+        self.replaces.iter().any(|r| ImageId::parse(r) == Some(id))
     }
 
     /// Parse and validate a manifest.
@@ -173,6 +215,18 @@ impl Manifest {
         }
         if u64::from(self.frame_align_bytes) != super::FRAME_ALIGN_BYTES {
             return bad(format!("frame_align_bytes {} unsupported", self.frame_align_bytes));
+        }
+        match (&self.parent, self.kind) {
+            (None, ImageKind::Full) => {}
+            (Some(p), ImageKind::Differential | ImageKind::Incremental) => match ImageId::parse(p) {
+                Some(pid) if pid != id => {}
+                _ => return bad(format!("parent {p:?} is not another image's 16-hex-digit ID")),
+            },
+            (None, k) => return bad(format!("a {} image needs a parent", k.name())),
+            (Some(_), ImageKind::Full) => return bad("a full image has no parent".into()),
+        }
+        if let Some(r) = self.replaces.iter().find(|r| ImageId::parse(r).is_none_or(|r| r == id)) {
+            return bad(format!("replaces {r:?}: not another image's 16-hex-digit ID"));
         }
         if self.codec != "zstd" {
             return bad(format!("codec {:?} unsupported", self.codec));
@@ -263,6 +317,7 @@ mod tests {
                 size_bytes: 64 + 3 * 48,
                 xxh3_128: "0".repeat(32),
             },
+            replaces: vec![],
         }
     }
 

@@ -14,15 +14,20 @@ use super::lane::{CaptureLane, CaptureShared, LaneReport, LaneStats};
 use super::plan::Plan;
 use super::Observer;
 use crate::error::{Error, Result};
+use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::frame::{frame_len_max, CHUNK_BYTES_MAX};
-use crate::format::index::{entry_offset, index_file_name, IndexHeader, INDEX_HEADER_BYTES};
-use crate::format::manifest::{
-    rfc3339_utc, ImageKind, IndexInfo, Manifest, Settings, SourceInfo, Stats, MANIFEST_FORMAT,
+use crate::format::index::{
+    entry_offset, index_file_name, ChunkState, IndexEntry, IndexHeader, ZeroHashes, INDEX_ENTRY_BYTES,
+    INDEX_HEADER_BYTES,
 };
-use crate::format::segment::SEGMENT_HEADER_BYTES;
+use crate::format::manifest::{
+    rfc3339_utc, ImageKind, IndexInfo, Manifest, SegmentInfo, Settings, SourceInfo, Stats, MANIFEST_FORMAT,
+};
+use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::{ImageId, FORMAT_VERSION};
 use crate::io::{self, device::Source, IoChoice};
-use crate::set::{commit_manifest, ImageSet};
+use crate::lock::{lock_set, Access};
+use crate::set::{commit_manifest, run_file_name, Image, ImageSet, RunRecord};
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_BYTES: u32 = 1 << 20;
@@ -51,6 +56,20 @@ pub struct CreateOptions {
     pub image_id: Option<ImageId>,
     /// The profile the settings came from, recorded in the manifest.
     pub profile: Option<String>,
+    /// Full, or only the chunks that changed since the newest image
+    /// (incremental) or the newest full image (differential) of the set.
+    pub kind: ImageKind,
+    /// Take a differential or incremental although the source's identity
+    /// (serial, WWN, backing file, inode) differs from the parent's. A
+    /// different size or sector size is always refused.
+    pub force: bool,
+    /// Carry on an interrupted run of this source in this set, keeping every
+    /// complete frame it wrote.
+    pub resume: bool,
+    /// Whether `chunk_size_bytes` was asked for (a flag or a profile) rather
+    /// than the default: a differential, incremental or resumed run takes
+    /// its parent's (or the run's) chunk size unless one was asked for.
+    pub chunk_size_given: bool,
 }
 
 impl CreateOptions {
@@ -66,6 +85,10 @@ impl CreateOptions {
             io: IoChoice::Auto,
             image_id: None,
             profile: None,
+            kind: ImageKind::Full,
+            force: false,
+            resume: false,
+            chunk_size_given: false,
         }
     }
 }
@@ -122,7 +145,9 @@ fn validate(o: &CreateOptions) -> Result<u32> {
     Ok(lanes)
 }
 
-/// Removes the files of an unfinished image unless disarmed by the commit.
+/// Removes the files of an unfinished run that wrote nothing worth
+/// resuming, unless disarmed. A run that wrote frames keeps them for
+/// `--resume`.
 struct Unfinished<'a> {
     dir: &'a Path,
     id: ImageId,
@@ -131,26 +156,369 @@ struct Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let prefix = self.id.to_string();
-        if let Ok(rd) = std::fs::read_dir(self.dir) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                // Never a manifest: an image that has one is committed.
-                if name.starts_with(&prefix) && !name.ends_with(".manifest.json") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+        if self.armed {
+            let _ = crate::set::remove_leftovers(self.dir, self.id);
         }
     }
 }
 
+/// What `create` starts from: the parent (for a differential or
+/// incremental), and what an interrupted run left (for `--resume`).
+struct Start {
+    id: ImageId,
+    kind: ImageKind,
+    parent: Option<Image>,
+    chunk_bytes: u32,
+    level: i32,
+    resumed: Option<RunRecord>,
+}
+
+/// The source as the manifest records it.
+fn source_info(source: &Source) -> SourceInfo {
+    SourceInfo {
+        path: std::fs::canonicalize(&source.path).unwrap_or_else(|_| source.path.clone()).display().to_string(),
+        kind: source.kind.name().into(),
+        size_bytes: source.size_bytes,
+        logical_sector_bytes: source.logical_sector_bytes,
+        physical_sector_bytes: source.physical_sector_bytes,
+        identity: source.identity.clone(),
+    }
+}
+
+/// Identity keys that name a device or file whatever it is called today
+/// (device numbers and kernel names change between boots; these do not).
+const STABLE_IDENTITY: &[&str] = &["serial", "wwid", "model", "loop_backing_file", "device", "inode"];
+
+/// Is `src` the source `img` was taken from? A different size or sector
+/// size is always refused; a different identity unless `force`.
+fn check_same_source(img: &Image, src: &SourceInfo, force: bool) -> Result<()> {
+    let was = &img.manifest.source;
+    let refuse = |why: String| Err(Error::Unusable { path: PathBuf::from(&src.path), why });
+    if was.size_bytes != src.size_bytes {
+        return refuse(format!(
+            "the source is {} bytes, but image {} (the parent) was taken from a source of {} bytes; an incremental \
+             or differential image needs the same device: take a full image (into a new set) instead",
+            src.size_bytes,
+            img.id(),
+            was.size_bytes
+        ));
+    }
+    if was.logical_sector_bytes != src.logical_sector_bytes {
+        return refuse(format!(
+            "the source has {}-byte logical sectors, image {} (the parent) was taken from one with {}; take a full \
+             image instead",
+            src.logical_sector_bytes,
+            img.id(),
+            was.logical_sector_bytes
+        ));
+    }
+    let mut differ: Vec<String> = STABLE_IDENTITY
+        .iter()
+        .filter_map(|k| match (was.identity.get(*k), src.identity.get(*k)) {
+            (Some(a), Some(b)) if a != b => Some(format!("{k} {a:?} then, {b:?} now")),
+            (Some(a), None) => Some(format!("{k} {a:?} then, none now")),
+            _ => None,
+        })
+        .collect();
+    if was.kind != src.kind {
+        differ.insert(0, format!("a {} then, a {} now", was.kind, src.kind));
+    }
+    if !differ.is_empty() && !force {
+        return refuse(format!(
+            "this does not look like the source of image {} (the parent): {}; an incremental of another device \
+             would store nonsense. If it is the same device, pass --force",
+            img.id(),
+            differ.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The raw hash of every chunk of `img` (0 where it has none: unused or
+/// unreadable), for change detection. The index must be intact.
+fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
+    let idx = img.read_index()?;
+    if !idx.hash_matches {
+        return Err(Error::corrupt(
+            img.index_path(),
+            0,
+            format!(
+                "the index of image {} (the parent) does not match its manifest's checksum; changes cannot be found \
+                 against a damaged index (run `tintype verify`)",
+                img.id()
+            ),
+        ));
+    }
+    idx.entries
+        .into_iter()
+        .enumerate()
+        .map(|(chunk, e)| {
+            let e = e.map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
+            img.check_entry(chunk as u64, &e)
+                .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
+            Ok(match e.state {
+                ChunkState::Stored | ChunkState::Zero | ChunkState::Inherited => e.raw_hash,
+                _ => 0,
+            })
+        })
+        .collect()
+}
+
+/// Decide what this run is: a new image or the resumption of one, and its parent.
+fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Observer) -> Result<Start> {
+    let (committed, partial) = set.scan()?;
+    let (images, _) = set.images_lenient()?;
+    let chunk_given = opts.chunk_size_given.then_some(opts.chunk_size_bytes);
+    if opts.resume {
+        let mut runs: Vec<RunRecord> = partial
+            .iter()
+            .filter_map(|id| RunRecord::load(&set.dir, *id))
+            .filter(|r| r.operation == "create" && r.source.size_bytes == src.size_bytes)
+            .filter(|r| r.source.path == src.path || check_same_identity(&r.source, src))
+            .collect();
+        runs.sort_by_key(|r| r.started_unix_seconds);
+        if let Some(run) = runs.pop() {
+            let id = ImageId::parse(&run.image_id).expect("checked on load");
+            if opts.kind != ImageKind::Full && opts.kind != run.kind {
+                return Err(Error::InvalidSetting(format!(
+                    "--resume: the unfinished run {id} is a {} image, not a {} one",
+                    run.kind.name(),
+                    opts.kind.name()
+                )));
+            }
+            if let Some(cs) = chunk_given.filter(|&cs| cs != run.chunk_size_bytes) {
+                return Err(Error::InvalidSetting(format!(
+                    "--resume: the unfinished run {id} uses {}-byte chunks, not {cs}",
+                    run.chunk_size_bytes
+                )));
+            }
+            let parent = match run.parent.as_deref().and_then(ImageId::parse) {
+                None => None,
+                Some(pid) => {
+                    Some(images.iter().find(|i| i.id() == pid).cloned().ok_or_else(|| Error::BrokenChain {
+                        path: set.dir.clone(),
+                        image: id.to_string(),
+                        why: format!(
+                        "the unfinished run's parent {pid} is no longer in the set; it cannot be resumed (remove its \
+                         files with `tintype prune {} --discard-unfinished` and take a new image)",
+                        set.dir.display()
+                    ),
+                    })?)
+                }
+            };
+            if !runs.is_empty() {
+                obs.note(&format!("{} older unfinished run(s) of this source are left as they are", runs.len()));
+            }
+            return Ok(Start {
+                id,
+                kind: run.kind,
+                parent,
+                chunk_bytes: run.chunk_size_bytes,
+                // Every frame says how it is stored: the rest may use another level.
+                level: opts.level,
+                resumed: Some(run),
+            });
+        }
+        obs.note("--resume: no unfinished run of this source in the set; starting a new image");
+    }
+    // Images a merge has already replaced are on their way out: never a parent.
+    let live: Vec<&Image> = images.iter().filter(|i| crate::set::replaced_by(i, &images).is_none()).collect();
+    let parent = match opts.kind {
+        ImageKind::Full => None,
+        ImageKind::Incremental => Some(live.last().copied().ok_or_else(|| no_parent(set, "image"))?),
+        ImageKind::Differential => Some(
+            live.iter()
+                .rev()
+                .find(|i| i.manifest.kind == ImageKind::Full)
+                .copied()
+                .ok_or_else(|| no_parent(set, "full image"))?,
+        ),
+    };
+    let mut chunk_bytes = opts.chunk_size_bytes;
+    if let Some(p) = parent {
+        check_same_source(p, src, opts.force)?;
+        // The whole chain must be there for the new image to be usable.
+        set.chain(p)?;
+        if let Some(cs) = chunk_given.filter(|&cs| cs != p.manifest.chunk_size_bytes) {
+            return Err(Error::InvalidSetting(format!(
+                "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and a {} image must use the same",
+                p.id(),
+                p.manifest.chunk_size_bytes,
+                opts.kind.name()
+            )));
+        }
+        chunk_bytes = p.manifest.chunk_size_bytes;
+    }
+    let id = match opts.image_id {
+        Some(id) if committed.contains(&id) || partial.contains(&id) => {
+            return Err(Error::InvalidSetting(format!("image {id} already exists in {}", set.dir.display())))
+        }
+        Some(id) => id,
+        None => loop {
+            let id = ImageId::generate();
+            if !committed.contains(&id) && !partial.contains(&id) {
+                break id;
+            }
+        },
+    };
+    Ok(Start { id, kind: opts.kind, parent: parent.cloned(), chunk_bytes, level: opts.level, resumed: None })
+}
+
+fn check_same_identity(a: &SourceInfo, b: &SourceInfo) -> bool {
+    a.kind == b.kind && STABLE_IDENTITY.iter().all(|k| a.identity.get(*k) == b.identity.get(*k))
+}
+
+fn no_parent(set: &ImageSet, what: &str) -> Error {
+    Error::NotCommitted {
+        path: set.dir.clone(),
+        why: format!("the set holds no {what} to take changes against; take a full image first"),
+    }
+}
+
+/// What an interrupted run left that a resumed one keeps.
+struct Salvage {
+    segments: Vec<SegmentInfo>,
+    /// Per chunk: the entry it already has (a kept frame, or a zero or
+    /// inherited entry from the old index).
+    preset: Vec<Option<IndexEntry>>,
+    kept: u64,
+}
+
+/// Scan the segments of the unfinished image `id`: keep every complete,
+/// hash-valid frame (a torn or damaged one ends its segment, which is
+/// truncated there), and the old index's zero and inherited entries that
+/// are exactly what this run would write.
+fn salvage(
+    dir: &Path,
+    id: ImageId,
+    chunk_bytes: u32,
+    size: u64,
+    parent: Option<(&[u128], ImageId)>,
+) -> Result<Salvage> {
+    let chunk_count = size.div_ceil(u64::from(chunk_bytes));
+    let extent = |c: u64| (u64::from(chunk_bytes)).min(size - c * u64::from(chunk_bytes)) as u32;
+    let mut preset: Vec<Option<IndexEntry>> = vec![None; chunk_count as usize];
+    let mut segments = Vec::new();
+    let mut kept = 0;
+    // Segment numbers are handed out densely; keep the dense prefix.
+    let mut seq = 0u32;
+    loop {
+        let path = dir.join(segment_file_name(id, seq));
+        let f = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(Error::io("open segment", &path, e)),
+        };
+        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+        let head_ok = f.read_exact_at(&mut head, 0).is_ok()
+            && SegmentHeader::decode(&head)
+                .is_ok_and(|h| h.image_id == id && h.seq == seq && h.chunk_bytes == chunk_bytes);
+        let lane = if head_ok { SegmentHeader::decode(&head).map_or(0, |h| h.lane) } else { 0 };
+        if !head_ok {
+            SegmentHeader { image_id: id, lane: 0, seq, chunk_bytes }.encode(&mut head);
+            f.set_len(0)
+                .and_then(|()| f.write_all_at(&head, 0))
+                .map_err(|e| Error::io("rewrite segment header", &path, e))?;
+        }
+        let mut hasher = Xxh3Default::new();
+        hasher.update(&head);
+        let mut at = SEGMENT_HEADER_BYTES as u64;
+        let mut frames = 0;
+        let mut buf = Vec::new();
+        let mut fh = [0u8; FRAME_HEADER_BYTES];
+        while head_ok && at + FRAME_HEADER_BYTES as u64 <= len {
+            if f.read_exact_at(&mut fh, at).is_err() {
+                break;
+            }
+            let Ok(h) = FrameHeader::decode(&fh) else { break };
+            let flen = frame_len(h.stored_len);
+            if h.image_id != id
+                || h.chunk >= chunk_count
+                || h.raw_len != extent(h.chunk)
+                || preset[h.chunk as usize].is_some()
+                || at + flen > len
+            {
+                break;
+            }
+            buf.resize(flen as usize, 0);
+            if f.read_exact_at(&mut buf, at).is_err() {
+                break;
+            }
+            let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
+            if xxhash_rust::xxh3::xxh3_64(payload) != h.stored_hash
+                || buf[FRAME_HEADER_BYTES + h.stored_len as usize..].iter().any(|&b| b != 0)
+            {
+                break;
+            }
+            hasher.update(&buf);
+            preset[h.chunk as usize] = Some(IndexEntry {
+                state: ChunkState::Stored,
+                segment: seq,
+                offset: at,
+                stored_len: h.stored_len,
+                raw_len: h.raw_len,
+                raw_hash: h.raw_hash,
+                image_id: id,
+            });
+            frames += 1;
+            at += flen;
+        }
+        if at < len || !head_ok {
+            f.set_len(at).map_err(|e| Error::io("truncate segment", &path, e))?;
+        }
+        f.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
+        kept += frames;
+        segments.push(SegmentInfo {
+            file: segment_file_name(id, seq),
+            lane,
+            seq,
+            size_bytes: at,
+            frames,
+            xxh3_64: format!("{:016x}", hasher.digest()),
+        });
+        seq += 1;
+    }
+    // Segments past a gap in the numbers cannot be listed densely: drop them.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let prefix = format!("{id}.");
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok());
+            if n.is_some_and(|n| n >= seq) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+            }
+        }
+    }
+    // Zero and inherited entries have no frame to find; the old index's are
+    // kept when they are exactly what this run would have written.
+    let index_path = dir.join(index_file_name(id));
+    if let Ok(old) = std::fs::read(&index_path) {
+        let mut zero_hashes = ZeroHashes::default();
+        for (chunk, slot) in preset.iter_mut().enumerate() {
+            let at = entry_offset(chunk as u64) as usize;
+            let (Some(b), None) = (old.get(at..at + INDEX_ENTRY_BYTES), &slot) else { continue };
+            let Ok(e) = IndexEntry::decode(b) else { continue };
+            let raw_len = extent(chunk as u64);
+            let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
+            let ok = match e.state {
+                ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
+                ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
+                    plain && e.image_id == pid && e.raw_hash != 0 && hashes[chunk] == e.raw_hash
+                }),
+                _ => false,
+            };
+            if ok {
+                *slot = Some(e);
+            }
+        }
+    }
+    Ok(Salvage { segments, preset, kept })
+}
+
 /// Image `opts.source` into the set `opts.set`.
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
-    let lanes = validate(opts)?;
+    validate(opts)?;
     let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
     if let Some(why) = why {
         obs.note(&why);
@@ -165,70 +533,134 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     if source.size_bytes == 0 {
         return Err(Error::Unusable { path: source.path.clone(), why: "the source is empty (0 bytes)".into() });
     }
-    if u64::from(opts.chunk_size_bytes) % u64::from(source.dio_align_bytes) != 0 {
+    let set = ImageSet::create_or_open(&opts.set)?;
+    let lock = lock_set(&set.dir, Access::Add, &format!("create {}", opts.source.display()))?;
+    if let Some(stale) = &lock.stale {
+        obs.note(&format!("took over the set's lock from a run that did not finish ({stale})"));
+    }
+    let src = source_info(&source);
+    let st = start(opts, &set, &src, obs)?;
+    let mut o = opts.clone();
+    o.chunk_size_bytes = st.chunk_bytes;
+    o.level = st.level;
+    let lanes = validate(&o)?;
+    if u64::from(st.chunk_bytes) % u64::from(source.dio_align_bytes) != 0 {
         return Err(Error::InvalidSetting(format!(
             "--chunk-size {} is not a multiple of the source's direct I/O alignment {}",
-            opts.chunk_size_bytes, source.dio_align_bytes
+            st.chunk_bytes, source.dio_align_bytes
         )));
     }
-    let set = ImageSet::create_or_open(&opts.set)?;
-    let (committed, partial) = set.scan()?;
-    let id = match opts.image_id {
-        Some(id) if committed.contains(&id) || partial.contains(&id) => {
-            return Err(Error::InvalidSetting(format!("image {id} already exists in {}", set.dir.display())))
-        }
-        Some(id) => id,
-        None => loop {
-            let id = ImageId::generate();
-            if !committed.contains(&id) && !partial.contains(&id) {
-                break id;
-            }
-        },
+    let id = st.id;
+    let parent_hashes = match &st.parent {
+        Some(p) => Some(chunk_hashes(p)?),
+        None => None,
     };
-    let mut unfinished = Unfinished { dir: &set.dir, id, armed: true };
-    let chunk_count = source.size_bytes.div_ceil(u64::from(opts.chunk_size_bytes));
+    let parent_id = st.parent.as_ref().map(|p| p.id());
+    let chunk_count = source.size_bytes.div_ceil(u64::from(st.chunk_bytes));
     let index_path = set.dir.join(index_file_name(id));
+    // From here on the run has files; on failure they are kept for --resume
+    // once frames exist, and removed otherwise.
+    let mut unfinished = Unfinished { dir: &set.dir, id, armed: st.resumed.is_none() };
+    let salvaged = match &st.resumed {
+        Some(_) => {
+            let s = salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
+            let known = s.preset.iter().filter(|e| e.is_some()).count();
+            obs.note(&format!(
+                "resuming image {id}: {} frame(s) in {} segment(s) kept, {known} of {chunk_count} chunks already done",
+                s.kept,
+                s.segments.len()
+            ));
+            Some(s)
+        }
+        None => {
+            RunRecord {
+                format: "tintype-run".into(),
+                format_version: 1,
+                image_id: id.to_string(),
+                operation: "create".into(),
+                kind: st.kind,
+                parent: parent_id.map(|p| p.to_string()),
+                source: src.clone(),
+                chunk_size_bytes: st.chunk_bytes,
+                level: st.level,
+                started_unix_seconds: unix_now(),
+            }
+            .write_new(&set.dir)?;
+            None
+        }
+    };
     let index = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
         .open(&index_path)
         .map_err(|e| Error::io("create index", &index_path, e))?;
-    index.set_len(entry_offset(chunk_count)).map_err(|e| Error::io("size index", &index_path, e))?;
+    // A fresh index: zeros (state "unset"), then what a resumed run keeps.
+    index
+        .set_len(0)
+        .and_then(|()| index.set_len(entry_offset(chunk_count)))
+        .map_err(|e| Error::io("size index", &index_path, e))?;
+    let no_preset = Vec::new();
+    let preset = salvaged.as_ref().map_or(&no_preset, |s| &s.preset);
+    write_preset(&index, &index_path, preset)?;
 
     // Batches of up to 64 MiB keep each lane's reads sequential; a small
     // source gets smaller batches so every lane has a share.
     let batch_chunks =
-        (chunk_count / (u64::from(lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(opts.chunk_size_bytes)).max(1));
+        (chunk_count / (u64::from(lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(st.chunk_bytes)).max(1));
+    let first_segment = salvaged.as_ref().map_or(0, |s| s.segments.len() as u32);
     let stop = AtomicBool::new(false);
     let sh = CaptureShared {
         image_id: id,
         dir: &set.dir,
         source: &source,
-        chunk_bytes: opts.chunk_size_bytes,
+        chunk_bytes: st.chunk_bytes,
         queue_depth: opts.queue_depth,
         segment_size_bytes: opts.segment_size_bytes,
-        staging_bytes: staging_bytes(opts.chunk_size_bytes),
-        level: opts.level,
+        staging_bytes: staging_bytes(st.chunk_bytes),
+        level: st.level,
         backend,
         plan: Plan::new(chunk_count, batch_chunks),
         index: &index,
         index_path: &index_path,
         stop: &stop,
         bytes_done: AtomicU64::new(0),
-        next_segment: AtomicU32::new(0),
+        next_segment: AtomicU32::new(first_segment),
+        parent: parent_hashes.as_deref().zip(parent_id),
+        preset,
     };
     let started = Instant::now();
-    let reports = run_lanes(&sh, lanes, obs).map_err(|e| match e {
-        Error::Interrupted(_) if super::interrupted() => Error::Interrupted(format!(
-            "no image was committed; the unfinished image {id}'s files were removed from {}",
-            set.dir.display()
-        )),
-        e => e,
-    })?;
+    let reports = match run_lanes(&sh, lanes, obs) {
+        Ok(r) => r,
+        Err(e) => {
+            let wrote = sh.next_segment.load(Ordering::Relaxed) > 0;
+            unfinished.armed &= !wrote;
+            let kept = format!(
+                "the unfinished image {id}'s files are kept in {}: run the same command with --resume to carry on \
+                 where it stopped",
+                set.dir.display()
+            );
+            return Err(match e {
+                Error::Interrupted(_) if super::interrupted() && wrote => {
+                    Error::Interrupted(format!("no image was committed; {kept}"))
+                }
+                Error::Interrupted(_) if super::interrupted() => Error::Interrupted(format!(
+                    "no image was committed; the unfinished image {id} had written nothing and was removed"
+                )),
+                e => {
+                    if wrote {
+                        obs.note(&kept);
+                    }
+                    e
+                }
+            });
+        }
+    };
     let wall = started.elapsed();
 
-    let mut segments: Vec<_> = reports.iter().flat_map(|r| r.segments.iter().cloned()).collect();
+    let mut segments: Vec<_> = salvaged.map(|s| s.segments).unwrap_or_default();
+    segments.extend(reports.iter().flat_map(|r| r.segments.iter().cloned()));
     segments.sort_by_key(|s| s.seq);
     for (i, s) in segments.iter().enumerate() {
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
@@ -245,11 +677,11 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
 
     let mut head = [0u8; INDEX_HEADER_BYTES];
     IndexHeader {
-        chunk_bytes: opts.chunk_size_bytes,
+        chunk_bytes: st.chunk_bytes,
         image_id: id,
         chunk_count,
         source_bytes: source.size_bytes,
-        parent: None,
+        parent: parent_id,
     }
     .encode(&mut head);
     index
@@ -258,28 +690,24 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .map_err(|e| Error::io("write index", &index_path, e))?;
     let index_hash = hash_file(&index_path)?;
 
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = unix_now();
+    let mut mstats = manifest_stats(&stats, wall, &latency);
+    mstats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
+    mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         format_version: u32::from(FORMAT_VERSION),
         image_id: id.to_string(),
-        kind: ImageKind::Full,
-        parent: None,
+        kind: st.kind,
+        parent: parent_id.map(|p| p.to_string()),
         created_unix_seconds: now,
         created: rfc3339_utc(now),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        source: SourceInfo {
-            path: std::fs::canonicalize(&source.path).unwrap_or_else(|_| source.path.clone()).display().to_string(),
-            kind: source.kind.name().into(),
-            size_bytes: source.size_bytes,
-            logical_sector_bytes: source.logical_sector_bytes,
-            physical_sector_bytes: source.physical_sector_bytes,
-            identity: source.identity.clone(),
-        },
-        chunk_size_bytes: opts.chunk_size_bytes,
+        source: src,
+        chunk_size_bytes: st.chunk_bytes,
         chunk_count,
         codec: "zstd".into(),
-        level: opts.level,
+        level: st.level,
         frame_align_bytes: crate::format::FRAME_ALIGN_BYTES as u32,
         settings: Settings {
             lanes,
@@ -290,13 +718,14 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             source_direct_io: source.direct,
             profile: opts.profile.clone(),
         },
-        stats: manifest_stats(&stats, wall, &latency),
+        stats: mstats,
         segments,
         index: IndexInfo {
             file: index_file_name(id),
             size_bytes: entry_offset(chunk_count),
             xxh3_128: format!("{index_hash:032x}"),
         },
+        replaces: Vec::new(),
     };
     crate::set::sync_dir(&set.dir)?;
     let manifest_path = match commit_manifest(&set.dir, &manifest) {
@@ -311,7 +740,36 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         }
     };
     unfinished.armed = false;
+    // The run record has done its job; a leftover one is harmless.
+    let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
+    drop(lock);
     Ok(CreateReport { manifest, manifest_path })
+}
+
+/// Write the entries a resumed run already has, in runs of consecutive chunks.
+fn write_preset(index: &std::fs::File, path: &Path, preset: &[Option<IndexEntry>]) -> Result<()> {
+    let mut chunk = 0;
+    while chunk < preset.len() {
+        if preset[chunk].is_none() {
+            chunk += 1;
+            continue;
+        }
+        let first = chunk;
+        let mut bytes = Vec::new();
+        while let Some(Some(e)) = preset.get(chunk) {
+            let at = bytes.len();
+            bytes.resize(at + INDEX_ENTRY_BYTES, 0);
+            e.encode(&mut bytes[at..]);
+            chunk += 1;
+        }
+        let at = entry_offset(first as u64);
+        index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", path, at, e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Run `lanes` capture lanes, each pinned to a core, reporting progress
@@ -351,6 +809,8 @@ fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {
         t.nanos_hash += s.nanos_hash;
         t.nanos_compress += s.nanos_compress;
         t.nanos_cpu += s.nanos_cpu;
+        t.chunks_inherited += s.chunks_inherited;
+        t.chunks_resumed += s.chunks_resumed;
     }
     t
 }
@@ -382,6 +842,9 @@ fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogr
         cpu_seconds: secs(s.nanos_cpu),
         stage_seconds: stage,
         read_latency_us,
+        chunks_inherited: s.chunks_inherited,
+        chunks_resumed: s.chunks_resumed,
+        chunks_copied: 0,
     }
 }
 

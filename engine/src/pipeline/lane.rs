@@ -50,6 +50,11 @@ pub(crate) struct CaptureShared<'a> {
     pub stop: &'a AtomicBool,
     pub bytes_done: AtomicU64,
     pub next_segment: AtomicU32,
+    /// For a differential or incremental: the parent's raw hash of every
+    /// chunk, and its ID. A chunk that hashes the same is inherited.
+    pub parent: Option<(&'a [u128], ImageId)>,
+    /// For a resumed run: the entries chunks already have (empty otherwise).
+    pub preset: &'a [Option<IndexEntry>],
 }
 
 impl CaptureShared<'_> {
@@ -89,6 +94,8 @@ pub(crate) struct LaneStats {
     pub nanos_hash: u64,
     pub nanos_compress: u64,
     pub nanos_cpu: u64,
+    pub chunks_inherited: u64,
+    pub chunks_resumed: u64,
 }
 
 #[derive(Debug)]
@@ -128,6 +135,8 @@ struct ReadOp {
     read_len: u32,
     got: u32,
     submitted: Instant,
+    /// The raw hash, once computed (a chunk may wait for a staging buffer).
+    hash: Option<u128>,
 }
 
 impl std::fmt::Debug for OpenSegment {
@@ -151,7 +160,14 @@ pub(crate) struct CaptureLane<'a> {
     closing: Option<OpenSegment>,
     zero_hashes: ZeroHashes,
     report: LaneReport,
+    /// When the current staging buffer got its first frame: a buffer that
+    /// fills slowly (compressible data) is written after at most
+    /// [`STAGING_MAX_AGE`] anyway, so a killed run loses little.
+    staged_since: Option<Instant>,
 }
+
+/// How long frames may wait in a staging buffer before they are written.
+const STAGING_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl<'a> CaptureLane<'a> {
     pub fn new(sh: &'a CaptureShared<'a>, lane: u32) -> Result<CaptureLane<'a>> {
@@ -180,6 +196,7 @@ impl<'a> CaptureLane<'a> {
             seg: None,
             closing: None,
             zero_hashes: ZeroHashes::default(),
+            staged_since: None,
             report: LaneReport {
                 segments: Vec::new(),
                 stats: LaneStats::default(),
@@ -193,7 +210,8 @@ impl<'a> CaptureLane<'a> {
     pub fn run(mut self) -> Result<LaneReport> {
         loop {
             self.process_ready()?;
-            self.submit_reads();
+            self.write_if_old();
+            self.submit_reads()?;
             if self.io.in_flight() == 0 && self.ready.is_empty() {
                 // Nothing in flight and nothing claimable: done, or stopped
                 // by another lane with part of a batch never read.
@@ -210,6 +228,9 @@ impl<'a> CaptureLane<'a> {
             }
         }
         if self.sh.stop.load(Ordering::Relaxed) {
+            // Write out what is staged, so `--resume` keeps it; after a
+            // failure elsewhere this may fail too, which changes nothing.
+            let _ = self.finish();
             return Err(Error::Interrupted(if super::interrupted() {
                 "stopped by a signal".into()
             } else {
@@ -222,9 +243,9 @@ impl<'a> CaptureLane<'a> {
     }
 
     /// Keep `queue_depth` reads in flight, claiming batches as needed.
-    fn submit_reads(&mut self) {
+    fn submit_reads(&mut self) -> Result<()> {
         while let Some(&buf) = self.free_reads.last() {
-            let Some(chunk) = self.next_chunk() else {
+            let Some(chunk) = self.next_chunk()? else {
                 break;
             };
             self.free_reads.pop();
@@ -232,13 +253,31 @@ impl<'a> CaptureLane<'a> {
             // O_DIRECT needs an aligned length; past the end of a file the
             // read simply comes back short.
             let read_len = align_up(u64::from(raw_len), u64::from(self.sh.source.dio_align_bytes)) as u32;
-            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0, submitted: Instant::now() });
+            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0, submitted: Instant::now(), hash: None });
             let offset = chunk * u64::from(self.sh.chunk_bytes);
             self.io.enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
         }
+        Ok(())
     }
 
-    fn next_chunk(&mut self) -> Option<u64> {
+    /// The next chunk to read. Chunks a resumed run already has are
+    /// recorded on the way, without reading them.
+    fn next_chunk(&mut self) -> Result<Option<u64>> {
+        loop {
+            let Some(chunk) = self.next_claimed() else { return Ok(None) };
+            match self.sh.preset.get(chunk as usize) {
+                Some(Some(e)) => {
+                    self.report.stats.chunks += 1;
+                    self.report.stats.chunks_resumed += 1;
+                    self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
+                    self.record(chunk, *e)?;
+                }
+                _ => return Ok(Some(chunk)),
+            }
+        }
+    }
+
+    fn next_claimed(&mut self) -> Option<u64> {
         if super::interrupted() {
             self.sh.stop.store(true, Ordering::Relaxed);
         }
@@ -321,10 +360,10 @@ impl<'a> CaptureLane<'a> {
     /// a staging buffer has room.
     fn process_ready(&mut self) -> Result<()> {
         while let Some(&buf) = self.ready.front() {
-            let op = self.reads[buf].expect("ready buffer has a read");
+            let mut op = self.reads[buf].expect("ready buffer has a read");
             let raw_len = op.raw_len as usize;
             let t = Instant::now();
-            let zero = is_zero(&self.io.buffer(buf)[..raw_len]);
+            let zero = op.hash.is_none() && is_zero(&self.io.buffer(buf)[..raw_len]);
             self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
             let entry = if zero {
                 self.report.stats.chunks_zero += 1;
@@ -338,10 +377,37 @@ impl<'a> CaptureLane<'a> {
                     image_id: ImageId(0),
                 }
             } else {
-                if !self.make_room()? {
-                    return Ok(()); // wait for a staging write to finish
+                let raw_hash = match op.hash {
+                    Some(h) => h,
+                    None => {
+                        let t = Instant::now();
+                        let h = xxh3_128(&self.io.buffer(buf)[..raw_len]);
+                        self.report.stats.nanos_hash += t.elapsed().as_nanos() as u64;
+                        op.hash = Some(h);
+                        self.reads[buf] = Some(op);
+                        h
+                    }
+                };
+                match self.sh.parent {
+                    Some((hashes, parent)) if hashes[op.chunk as usize] == raw_hash => {
+                        self.report.stats.chunks_inherited += 1;
+                        IndexEntry {
+                            state: ChunkState::Inherited,
+                            segment: 0,
+                            offset: 0,
+                            stored_len: 0,
+                            raw_len: op.raw_len,
+                            raw_hash,
+                            image_id: parent,
+                        }
+                    }
+                    _ => {
+                        if !self.make_room()? {
+                            return Ok(()); // wait for a staging write to finish
+                        }
+                        self.stage(buf, op, raw_hash)?
+                    }
                 }
-                self.stage(buf, op)?
             };
             #[cfg(feature = "slowdown")]
             slowdown();
@@ -357,14 +423,12 @@ impl<'a> CaptureLane<'a> {
     }
 
     /// Hash and compress the chunk in `buf` into the current staging buffer.
-    fn stage(&mut self, buf: usize, op: ReadOp) -> Result<IndexEntry> {
+    fn stage(&mut self, buf: usize, op: ReadOp, raw_hash: u128) -> Result<IndexEntry> {
         let raw_len = op.raw_len as usize;
         let st = self.staging[self.cur];
         let (slot, base) = st.target.expect("make_room opened the staging buffer");
         let (raw, out) = self.io.buffer_pair(buf, st.buf);
         let raw = &raw[..raw_len];
-        let t = Instant::now();
-        let raw_hash = xxh3_128(raw);
         let t2 = Instant::now();
         let frame = &mut out[st.fill..];
         let (codec, stored_len) = self.enc.encode(raw, &mut frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + raw_len]);
@@ -384,7 +448,7 @@ impl<'a> CaptureLane<'a> {
         // Padding must be zeros, not whatever the buffer held before.
         frame[FRAME_HEADER_BYTES + stored_len..len].fill(0);
         let s = &mut self.report.stats;
-        s.nanos_hash += (t2 - t).as_nanos() as u64 + t3.elapsed().as_nanos() as u64;
+        s.nanos_hash += t3.elapsed().as_nanos() as u64;
         s.nanos_compress += (t3 - t2).as_nanos() as u64;
         s.chunks_stored += 1;
         s.bytes_stored_payload += stored_len as u64;
@@ -394,6 +458,7 @@ impl<'a> CaptureLane<'a> {
         }
         let offset = base + st.fill as u64;
         self.staging[self.cur].fill += len;
+        self.staged_since.get_or_insert_with(Instant::now);
         let seg = self.segment_in(slot);
         seg.frames += 1;
         Ok(IndexEntry {
@@ -465,6 +530,7 @@ impl<'a> CaptureLane<'a> {
         let st = self.staging[i];
         let (slot, offset) = st.target.expect("staging buffer has a target");
         debug_assert_eq!(st.fill % SEGMENT_HEADER_BYTES, 0);
+        self.staged_since = None;
         let bytes = &self.io.buffer(st.buf)[..st.fill];
         let seg = match (&mut self.seg, &mut self.closing) {
             (Some(s), _) if s.slot == slot => s,
@@ -571,6 +637,18 @@ impl<'a> CaptureLane<'a> {
         Ok(())
     }
 
+    /// Write the current staging buffer once its first frame is older than
+    /// [`STAGING_MAX_AGE`] and the other buffer is free to take over.
+    fn write_if_old(&mut self) {
+        let old = self.staged_since.is_some_and(|t| t.elapsed() >= STAGING_MAX_AGE);
+        let (st, other) = (self.staging[self.cur], self.staging[self.cur ^ 1]);
+        if old && st.target.is_some() && !st.in_flight && !other.in_flight {
+            self.submit_staging(self.cur);
+            self.cur ^= 1;
+            self.staged_since = None;
+        }
+    }
+
     /// Write what is staged, wait for every write, close the segment.
     fn finish(&mut self) -> Result<()> {
         if self.staging[self.cur].target.is_some() {
@@ -585,7 +663,8 @@ impl<'a> CaptureLane<'a> {
         if let Some(s) = self.seg.take() {
             self.close_segment(s)?;
         }
-        assert!(self.closing.is_none() && self.batches.is_empty());
+        assert!(self.closing.is_none());
+        assert!(self.batches.is_empty() || self.sh.stop.load(Ordering::Relaxed), "every batch finished");
         Ok(())
     }
 

@@ -29,7 +29,8 @@ use crate::format::index::{ChunkState, IndexEntry, ZeroHashes};
 use crate::io::device::open_read_only;
 use crate::io::target::{describe_contents, mounted_at, zero_range, Target, TargetKind};
 use crate::io::{self, Backend, Completion, Io, IoChoice};
-use crate::set::{Image, ImageSet};
+use crate::lock::{lock_set, Access};
+use crate::set::{Image, ImageSet, Resolved, SegmentRef};
 
 /// How to run `restore`.
 #[derive(Debug, Clone)]
@@ -122,13 +123,19 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         obs.note(&why);
     }
     let set = ImageSet::open(&opts.set)?;
+    let _lock = lock_set(&set.dir, Access::Read, "restore")?;
     let img = set.resolve(opts.image.as_deref())?;
-    let entries = load_entries(&img)?;
+    // An incremental or differential image is read through its chain: every
+    // chunk is resolved to the image whose segment holds it.
+    let chain = set.chain(&img)?;
+    let resolved = Resolved::load(&chain)?;
+    let entries = &resolved.entries;
+    let segments = &resolved.segments;
     let m = &img.manifest;
     let source_bytes = m.source.size_bytes;
 
-    let missing_segments = check_segments(opts, &img)?;
-    let write_limit = preflight(opts, &img, &entries)?;
+    let missing_segments = check_segments(opts, segments)?;
+    let write_limit = preflight(opts, &img, &resolved)?;
     if opts.verify_first {
         obs.note("--verify-first: checking the whole image before touching the target");
         let mut v = super::verify::VerifyOptions::new(&opts.set);
@@ -186,7 +193,8 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     let stop = AtomicBool::new(false);
     let sh = RestoreShared {
         img: &img,
-        entries: &entries,
+        entries,
+        segments,
         target: &target,
         tail_file: &tail_file,
         write_limit,
@@ -223,7 +231,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
 
     let read_back = if opts.verify_after {
         obs.note("--verify-after: reading the target back and comparing with the index");
-        Some(read_back(&target, &img, &entries, write_limit, lanes, opts.queue_depth, backend, obs)?)
+        Some(read_back(&target, &img, entries, write_limit, lanes, opts.queue_depth, backend, obs)?)
     } else {
         None
     };
@@ -268,55 +276,10 @@ fn incomplete(e: Error, target: &std::path::Path) -> Error {
     }
 }
 
-/// The index, which must be intact and hold only states this build restores.
-fn load_entries(img: &Image) -> Result<Vec<IndexEntry>> {
-    let idx = img.read_index()?;
-    if !idx.hash_matches {
-        return Err(Error::corrupt(
-            img.index_path(),
-            0,
-            "index checksum does not match the manifest; nothing was restored (run `tintype verify`)",
-        ));
-    }
-    let mut out = Vec::with_capacity(idx.entries.len());
-    for (chunk, e) in idx.entries.into_iter().enumerate() {
-        let e =
-            e.map_err(|why| Error::corrupt(img.index_path(), crate::format::index::entry_offset(chunk as u64), why))?;
-        let at = crate::format::index::entry_offset(chunk as u64);
-        if matches!(e.state, ChunkState::Unset | ChunkState::Inherited) {
-            return Err(Error::corrupt(
-                img.index_path(),
-                at,
-                format!("chunk {chunk} is {:?}, which this build cannot restore", e.state),
-            ));
-        }
-        let (_, extent) = img.chunk_extent(chunk as u64);
-        if e.raw_len != extent {
-            return Err(Error::corrupt(
-                img.index_path(),
-                at,
-                format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", e.raw_len),
-            ));
-        }
-        if e.state == ChunkState::Stored {
-            img.check_stored_location(&e).map_err(|why| {
-                Error::corrupt(
-                    img.index_path(),
-                    at,
-                    format!(
-                        "chunk {chunk}: the index points outside the image's segments: {why} (run `tintype verify`)"
-                    ),
-                )
-            })?;
-        }
-        out.push(e);
-    }
-    Ok(out)
-}
-
 /// Every check that can refuse the restore, before anything is written.
 /// Returns how many bytes of the source go to the target.
-fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Result<u64> {
+fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved) -> Result<u64> {
+    let entries = &resolved.entries;
     let m = &img.manifest;
     let source_bytes = m.source.size_bytes;
     let path = &opts.target;
@@ -360,7 +323,7 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
                 crate::sample::human_bytes(source_bytes)
             ));
         }
-        shrink_check(img, entries, size)?;
+        shrink_check(img, resolved, size)?;
         limit = size;
     }
     if !opts.force {
@@ -377,11 +340,11 @@ fn preflight(opts: &RestoreOptions, img: &Image, entries: &[IndexEntry]) -> Resu
 
 /// Every segment must be there with the size the manifest records. Under
 /// --skip-bad a missing one only makes its chunks bad; returns those.
-fn check_segments(opts: &RestoreOptions, img: &Image) -> Result<Vec<bool>> {
-    let mut missing = vec![false; img.manifest.segments.len()];
-    for (i, s) in img.manifest.segments.iter().enumerate() {
-        let path = img.segment_path(i);
-        let problem = match std::fs::metadata(&path) {
+fn check_segments(opts: &RestoreOptions, segments: &[SegmentRef]) -> Result<Vec<bool>> {
+    let mut missing = vec![false; segments.len()];
+    for (i, s) in segments.iter().enumerate() {
+        let path = &s.path;
+        let problem = match std::fs::metadata(path) {
             Err(e) => Some(format!("cannot be opened: {e}")),
             Ok(md) if md.len() < s.size_bytes => {
                 Some(format!("is {} bytes, the manifest says {} (truncated)", md.len(), s.size_bytes))
@@ -391,20 +354,25 @@ fn check_segments(opts: &RestoreOptions, img: &Image) -> Result<Vec<bool>> {
         let Some(problem) = problem else { continue };
         if !opts.skip_bad {
             return Err(Error::corrupt(
-                &path,
+                path,
                 0,
-                format!("segment {problem}; nothing was written (--skip-bad restores every chunk it can)"),
+                format!(
+                    "segment {problem} (it belongs to image {}); nothing was written (--skip-bad restores every \
+                     chunk it can)",
+                    s.image
+                ),
             ));
         }
         // A truncated segment's surviving frames are still restored; only
         // a segment that cannot be opened at all is skipped whole.
-        missing[i] = std::fs::File::open(&path).is_err();
+        missing[i] = std::fs::File::open(path).is_err();
     }
     Ok(missing)
 }
 
 /// With --allow-shrink: every chunk past the target's end must hold only zeros.
-fn shrink_check(img: &Image, entries: &[IndexEntry], limit: u64) -> Result<()> {
+fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Result<()> {
+    let entries = &resolved.entries;
     let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", &img.dir, e))?;
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
     for (chunk, e) in entries.iter().enumerate() {
@@ -414,7 +382,7 @@ fn shrink_check(img: &Image, entries: &[IndexEntry], limit: u64) -> Result<()> {
             continue;
         }
         // Stored data (or unreadable) past the end: only all-zero bytes may be dropped.
-        let n = img.read_chunk(e, chunk as u64, &mut buf, &mut dec)?;
+        let n = resolved.read_chunk(img, chunk as u64, &mut buf, &mut dec)?;
         let from = limit.saturating_sub(start) as usize;
         if e.state == ChunkState::Unreadable || buf[from..n].iter().any(|&b| b != 0) {
             return Err(Error::Unusable {
@@ -441,7 +409,9 @@ struct Totals {
 
 struct RestoreShared<'a> {
     img: &'a Image,
+    /// Resolved through the chain: stored entries name a segment of `segments`.
     entries: &'a [IndexEntry],
+    segments: &'a [SegmentRef],
     target: &'a Target,
     /// A buffered descriptor for the unaligned tail of the last chunk.
     tail_file: &'a File,
@@ -630,7 +600,7 @@ impl<'a> RestoreLane<'a> {
         else {
             return Ok(None);
         };
-        let path = self.sh.img.segment_path(seg as usize);
+        let path = self.sh.segments[seg as usize].path.clone();
         let (file, _direct) = open_read_only(&path, true)?;
         self.io.set_file(1 + i, Some(file)).map_err(|e| Error::io("register", path.clone(), e))?;
         self.slots[i] = SegSlot { segment: Some(seg), ops: 0, last_used: self.clock };
@@ -719,12 +689,18 @@ impl<'a> RestoreLane<'a> {
     /// --skip-bad write zeros there and list it.
     fn bad_chunk(&mut self, chunk: u64, e: &IndexEntry, reason: String) -> Result<()> {
         let (start, raw_len) = self.sh.img.chunk_extent(chunk);
-        let seg_path = self.sh.img.segment_path(e.segment as usize);
+        let seg = &self.sh.segments[e.segment as usize];
+        let seg_path = &seg.path;
         if !self.sh.skip_bad {
+            let whose = if seg.image == self.sh.img.id() {
+                String::new()
+            } else {
+                format!(" (held by image {}, an ancestor)", seg.image)
+            };
             return Err(Error::corrupt(
-                &seg_path,
+                seg_path,
                 e.offset,
-                format!("chunk {chunk} (source offset {start}) is damaged: {reason}; it was not written"),
+                format!("chunk {chunk} (source offset {start}) is damaged{whose}: {reason}; it was not written"),
             ));
         }
         let len = u64::from(raw_len).min(self.sh.write_limit - start);
@@ -732,7 +708,8 @@ impl<'a> RestoreLane<'a> {
         self.totals.bad.push(BadChunk {
             chunk,
             source_offset: start,
-            segment: Some(seg_path.file_name().unwrap_or_default().to_string_lossy().into_owned()),
+            image: seg.image.to_string(),
+            segment: Some(seg.file.clone()),
             segment_offset: Some(e.offset),
             reason,
         });
@@ -745,7 +722,7 @@ impl<'a> RestoreLane<'a> {
         let dec = &mut self.dec;
         let (frame, raw) = self.io.buffer_pair(pair, raw_buf);
         let h = check_frame(frame, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
-        h.check_matches(chunk, self.sh.img.id(), e)?;
+        h.check_matches(chunk, e.image_id, e)?;
         Ok(())
     }
 

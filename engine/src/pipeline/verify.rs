@@ -20,6 +20,7 @@ use crate::format::frame::{check_frame, frame_len, frame_len_max};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io::{self, device::open_read_only, Backend, Io, IoChoice};
+use crate::lock::{lock_set, Access};
 use crate::set::{Image, ImageSet};
 
 /// How to run `verify`.
@@ -42,6 +43,9 @@ impl VerifyOptions {
 /// A chunk whose stored data is missing or damaged.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BadChunk {
+    /// The image whose index or segment is damaged (the verified image or
+    /// one of its ancestors).
+    pub image: String,
     pub chunk: u64,
     pub source_offset: u64,
     /// The segment file and the frame's offset in it, where the index names one.
@@ -58,7 +62,24 @@ pub struct Problem {
     pub what: String,
 }
 
-/// What `verify` found.
+/// What `verify` found in one image of the chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageCheck {
+    pub image_id: String,
+    pub kind: String,
+    pub chunks_stored_ok: u64,
+    pub chunks_zero: u64,
+    pub chunks_unused: u64,
+    pub chunks_unreadable: u64,
+    /// Chunks inherited from the parent whose hash the parent's index holds.
+    pub chunks_inherited: u64,
+    pub bytes_segments_read: u64,
+    pub bad_chunks: u64,
+    pub problems: u64,
+}
+
+/// What `verify` found. An image is checked with every image it depends
+/// on: the counts are the verified image's own, `chain` has each image's.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub image_id: String,
@@ -67,9 +88,13 @@ pub struct VerifyReport {
     pub chunks_zero: u64,
     pub chunks_unused: u64,
     pub chunks_unreadable: u64,
+    pub chunks_inherited: u64,
+    /// Segment bytes read over the whole chain.
     pub bytes_segments_read: u64,
     pub wall_seconds: f64,
     pub io_backend: String,
+    /// The verified image, then its parent, … down to its full image.
+    pub chain: Vec<ImageCheck>,
     pub bad_chunks: Vec<BadChunk>,
     pub problems: Vec<Problem>,
 }
@@ -105,9 +130,67 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }
     let set = ImageSet::open(&opts.set)?;
+    let _lock = lock_set(&set.dir, Access::Read, "verify")?;
     let img = set.resolve(opts.image.as_deref())?;
+    let chain = set.chain(&img)?;
+    let mut checks = Vec::new();
+    let mut bad_chunks = Vec::new();
+    let mut problems = Vec::new();
+    for (i, one) in chain.iter().enumerate() {
+        if chain.len() > 1 {
+            obs.note(&format!(
+                "checking image {} ({}{})",
+                one.id(),
+                one.manifest.kind.name(),
+                if i == 0 { "" } else { ", an ancestor" }
+            ));
+        }
+        let (c, mut b, mut p) = verify_image(one, chain.get(i + 1), opts, backend, obs)?;
+        checks.push(c);
+        bad_chunks.append(&mut b);
+        problems.append(&mut p);
+    }
+    let me = &checks[0];
+    Ok(VerifyReport {
+        image_id: img.manifest.image_id.clone(),
+        chunk_count: img.manifest.chunk_count,
+        chunks_stored_ok: me.chunks_stored_ok,
+        chunks_zero: me.chunks_zero,
+        chunks_unused: me.chunks_unused,
+        chunks_unreadable: me.chunks_unreadable,
+        chunks_inherited: me.chunks_inherited,
+        bytes_segments_read: checks.iter().map(|c| c.bytes_segments_read).sum(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        io_backend: backend.name().into(),
+        chain: checks,
+        bad_chunks,
+        problems,
+    })
+}
+
+/// The parent's raw hash per chunk (None where its entry does not decode),
+/// to check what a child says it inherited.
+fn parent_hashes(parent: &Image) -> Result<Vec<Option<u128>>, String> {
+    let idx = parent.read_index().map_err(|e| e.to_string())?;
+    Ok(idx
+        .entries
+        .iter()
+        .map(|e| e.as_ref().ok().filter(|e| e.state != ChunkState::Unset).map(|e| e.raw_hash))
+        .collect())
+}
+
+/// Verify one image's index and segments; inherited chunks are checked
+/// against `parent`'s index.
+fn verify_image(
+    img: &Image,
+    parent: Option<&Image>,
+    opts: &VerifyOptions,
+    backend: Backend,
+    obs: &dyn Observer,
+) -> Result<(ImageCheck, Vec<BadChunk>, Vec<Problem>)> {
     let m = &img.manifest;
     let index = img.read_index()?;
+    let inherited_from = parent.map(|p| (p.id(), parent_hashes(p)));
     let mut f = Findings { bad: Vec::new(), problems: Vec::new(), ok: 0 };
     let index_name = m.index.file.clone();
     if !index.hash_matches {
@@ -117,14 +200,21 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
             what: "index checksum (xxh3-128) does not match the manifest: the index was modified or damaged".into(),
         });
     }
-    let (mut zero, mut unused, mut unreadable) = (0, 0, 0);
+    let (mut zero, mut unused, mut unreadable, mut inherited) = (0, 0, 0, 0);
+    let image_name = m.image_id.clone();
     let mut per_segment: Vec<Vec<FrameRef>> = vec![Vec::new(); m.segments.len()];
     let mut zero_hashes = ZeroHashes::default();
     for (chunk, e) in index.entries.iter().enumerate() {
         let chunk = chunk as u64;
         let (start, raw_len) = img.chunk_extent(chunk);
-        let bad =
-            |reason: String| BadChunk { chunk, source_offset: start, segment: None, segment_offset: None, reason };
+        let bad = |reason: String| BadChunk {
+            image: image_name.clone(),
+            chunk,
+            source_offset: start,
+            segment: None,
+            segment_offset: None,
+            reason,
+        };
         let e = match e {
             Ok(e) => *e,
             Err(why) => {
@@ -161,9 +251,27 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
             ChunkState::Unset => {
                 f.bad.push(bad("index entry was never written (the run that made it did not finish)".into()))
             }
-            ChunkState::Inherited => {
-                f.bad.push(bad("chunk is inherited from an ancestor image, which this build cannot follow".into()))
-            }
+            ChunkState::Inherited => match (&inherited_from, m.parent_id()) {
+                (Some((pid, Ok(hashes))), Some(named)) if named == e.image_id => {
+                    match hashes.get(chunk as usize).copied().flatten() {
+                        Some(h) if h == e.raw_hash => inherited += 1,
+                        Some(_) => f.bad.push(bad(format!(
+                            "chunk is inherited from image {pid}, whose index holds a different chunk there"
+                        ))),
+                        None => f.bad.push(bad(format!(
+                            "chunk is inherited from image {pid}, whose index entry for it is damaged"
+                        ))),
+                    }
+                }
+                (Some((pid, Err(why))), _) => {
+                    f.bad.push(bad(format!("chunk is inherited from image {pid}, whose index cannot be read: {why}")))
+                }
+                (_, named) => f.bad.push(bad(format!(
+                    "chunk is marked inherited from image {}, but the image's parent is {}",
+                    e.image_id,
+                    named.map_or("none".to_string(), |p| p.to_string())
+                ))),
+            },
         }
     }
     for frames in &mut per_segment {
@@ -174,7 +282,7 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
     let mut order: Vec<usize> = (0..m.segments.len()).collect();
     order.sort_by_key(|&s| std::cmp::Reverse(m.segments[s].size_bytes));
     let shared = VerifyShared {
-        img: &img,
+        img,
         per_segment: &per_segment,
         order: &order,
         next: AtomicUsize::new(0),
@@ -196,19 +304,19 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
     )?;
     let mut f = shared.findings.into_inner().expect("findings lock");
     f.bad.sort_by_key(|b| b.chunk);
-    Ok(VerifyReport {
+    let check = ImageCheck {
         image_id: m.image_id.clone(),
-        chunk_count: m.chunk_count,
+        kind: m.kind.name().into(),
         chunks_stored_ok: f.ok,
         chunks_zero: zero,
         chunks_unused: unused,
         chunks_unreadable: unreadable,
+        chunks_inherited: inherited,
         bytes_segments_read: shared.bytes_done.load(Ordering::Relaxed),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        io_backend: backend.name().into(),
-        bad_chunks: f.bad,
-        problems: f.problems,
-    })
+        bad_chunks: f.bad.len() as u64,
+        problems: f.problems.len() as u64,
+    };
+    Ok((check, f.bad, f.problems))
 }
 
 struct VerifyShared<'a> {
@@ -430,6 +538,7 @@ impl VerifyShared<'_> {
 
     fn bad(&self, r: &FrameRef, file: String, reason: String) -> BadChunk {
         BadChunk {
+            image: self.img.manifest.image_id.clone(),
             chunk: r.chunk,
             source_offset: self.img.chunk_extent(r.chunk).0,
             segment: Some(file),

@@ -1,0 +1,571 @@
+//! `merge` and `prune`: consolidate images without reading the source, and
+//! keep a retention window.
+//!
+//! Committed files are never modified, so consolidating writes a **new**
+//! image: the same point in time as the image it consolidates, its frames
+//! copied (headers rewritten to the new Image ID, payloads byte for byte,
+//! each payload's hash checked on the way) from the images it folds, its
+//! manifest listing the image it `replaces`. Children of the replaced image
+//! resolve their parent to the new one (`set::find_parent`). Only once the
+//! new image is committed are images that nothing needs any more removed,
+//! manifest first. A crash at any moment leaves the old chain, or the new
+//! one, or both (with the obsolete images removed by the next merge or
+//! prune), and every committed image restorable.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+
+use crate::error::{Error, Result};
+use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
+use crate::format::index::{entry_offset, index_file_name, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
+use crate::format::manifest::{ImageKind, IndexInfo, Manifest, SegmentInfo, Stats};
+use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::ImageId;
+use crate::lock::{lock_set, Access};
+use crate::pipeline::capture::{hash_file, unix_now, DEFAULT_SEGMENT_BYTES};
+use crate::pipeline::Observer;
+use crate::set::{
+    commit_manifest, find_parent, remove_image, remove_leftovers, replaced_by, run_file_name, Image, ImageSet,
+    Resolved, RunRecord,
+};
+
+/// How to run `merge`.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    pub set: PathBuf,
+    /// A unique prefix of the Image ID of the image to consolidate.
+    pub image: String,
+    /// Fold the whole chain into a synthetic full image, not only the parent.
+    pub full: bool,
+}
+
+/// One image written by consolidation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consolidated {
+    /// The new image.
+    pub image_id: String,
+    /// The image it stands in for (same point in time).
+    pub replaces: String,
+    /// The images whose frames it took.
+    pub folded: Vec<String>,
+    pub kind: String,
+    pub parent: Option<String>,
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+    pub wall_seconds: f64,
+}
+
+/// What `merge` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub merged: Consolidated,
+    /// Images removed (no remaining image needs them).
+    pub removed: Vec<String>,
+    /// Images folded but kept, because other images still depend on them.
+    pub kept: Vec<String>,
+}
+
+/// Consolidate an image into its parent (or, with `full`, its whole chain
+/// into a synthetic full image).
+pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
+    let set = ImageSet::open(&opts.set)?;
+    let _lock = lock_set(&set.dir, Access::Delete, &format!("merge {}", opts.image))?;
+    finish_pending(&set, obs)?;
+    let img = set.resolve(Some(&opts.image))?;
+    let chain = set.chain(&img)?;
+    if chain.len() == 1 {
+        return Err(Error::InvalidSetting(format!(
+            "image {} is a full image: it has no parent to merge into",
+            img.id()
+        )));
+    }
+    let span = if opts.full { chain.len() } else { 2 };
+    let merged = consolidate(&set, &chain[..span], obs)?;
+    let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
+    let removed = remove_unneeded(&set, &folded, obs)?;
+    let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
+    Ok(MergeReport { merged, removed: removed.iter().map(|i| i.to_string()).collect(), kept })
+}
+
+/// Finish what an interrupted merge or prune left: images already replaced
+/// that nothing needs, and the files of merge runs that never committed.
+fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
+    let removed = remove_unneeded(set, &[], obs)?;
+    if !removed.is_empty() {
+        obs.note(&format!("removed {} image(s) an earlier merge had replaced", removed.len()));
+    }
+    let (images, _) = set.images_lenient()?;
+    let (_, partial) = set.scan()?;
+    for id in partial {
+        let from_merge = RunRecord::load(&set.dir, id).is_some_and(|r| r.operation == "merge");
+        let replaced = images.iter().any(|i| i.manifest.replaces_id(id));
+        let removing = set.dir.join(crate::set::removed_file_name(id)).exists();
+        if from_merge || replaced || removing {
+            obs.note(&format!(
+                "removing the leftovers of {id} (an interrupted merge, or a removal that did not finish)"
+            ));
+            remove_leftovers(&set.dir, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove the images among `candidates`, and the images a merge replaced,
+/// that no other image depends on. Returns what was removed.
+fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -> Result<Vec<ImageId>> {
+    let (images, _) = set.images_lenient()?;
+    let obsolete = |i: &Image| replaced_by(i, &images).is_some();
+    let mut needed: HashSet<ImageId> = HashSet::new();
+    for root in images.iter().filter(|i| !candidates.contains(&i.id()) && !obsolete(i)) {
+        let mut cur = Some(root);
+        let mut hops = 0;
+        while let Some(i) = cur {
+            if !needed.insert(i.id()) || hops > images.len() {
+                break;
+            }
+            hops += 1;
+            cur = find_parent(i, &images);
+        }
+    }
+    let mut removed = Vec::new();
+    // Children before parents, so a crash never leaves a child whose
+    // parent is gone while the child itself is still listed.
+    for i in images.iter().rev() {
+        if (candidates.contains(&i.id()) || obsolete(i)) && !needed.contains(&i.id()) {
+            obs.note(&format!("removing image {} ({}, {})", i.id(), i.manifest.kind.name(), i.manifest.created));
+            remove_image(&set.dir, i.id())?;
+            removed.push(i.id());
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes the segments of a new image, frame by frame, sequentially.
+struct SegmentWriter<'a> {
+    dir: &'a Path,
+    id: ImageId,
+    chunk_bytes: u32,
+    limit: u64,
+    cur: Option<(File, PathBuf, u32, u64, u64, Xxh3Default)>,
+    buf: Vec<u8>,
+    done: Vec<SegmentInfo>,
+}
+
+impl SegmentWriter<'_> {
+    /// Append one frame; returns (segment, offset).
+    fn append(&mut self, frame: &[u8]) -> Result<(u32, u64)> {
+        let roll = match &self.cur {
+            None => true,
+            Some((.., size, frames, _)) => {
+                *frames > 0 && size + self.buf.len() as u64 + frame.len() as u64 > self.limit
+            }
+        };
+        if roll {
+            self.close()?;
+            let seq = self.done.len() as u32;
+            let path = self.dir.join(segment_file_name(self.id, seq));
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|e| Error::io("create segment", &path, e))?;
+            let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+            SegmentHeader { image_id: self.id, lane: 0, seq, chunk_bytes: self.chunk_bytes }.encode(&mut head);
+            let mut h = Xxh3Default::new();
+            h.update(&head);
+            self.buf.extend_from_slice(&head);
+            self.cur = Some((file, path, seq, 0, 0, h));
+        }
+        let (file, path, seq, size, frames, h) = self.cur.as_mut().expect("open segment");
+        let at = *size + self.buf.len() as u64;
+        h.update(frame);
+        self.buf.extend_from_slice(frame);
+        *frames += 1;
+        if self.buf.len() >= 8 << 20 {
+            file.write_all_at(&self.buf, *size).map_err(|e| Error::io_at("write segment", path.clone(), *size, e))?;
+            *size += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok((*seq, at))
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some((file, path, seq, mut size, frames, h)) = self.cur.take() else { return Ok(()) };
+        file.write_all_at(&self.buf, size)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io_at("write segment", path.clone(), size, e))?;
+        size += self.buf.len() as u64;
+        self.buf.clear();
+        self.done.push(SegmentInfo {
+            file: segment_file_name(self.id, seq),
+            lane: 0,
+            seq,
+            size_bytes: size,
+            frames,
+            xxh3_64: format!("{:016x}", h.digest()),
+        });
+        Ok(())
+    }
+}
+
+/// Removes a consolidation's files unless it committed.
+struct Unfinished<'a>(&'a Path, ImageId, bool);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.2 {
+            let _ = remove_leftovers(self.0, self.1);
+        }
+    }
+}
+
+/// Write and commit a new image with the content of `span[0]`, folding in
+/// the frames of `span[1..]`; its parent is the last one's parent. Reads
+/// only the set, never the source.
+fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Consolidated> {
+    let started = Instant::now();
+    let target = &span[0];
+    let last = span.last().expect("non-empty span");
+    let tm = &target.manifest;
+    let resolved = Resolved::load(span)?;
+    let (committed, partial) = set.scan()?;
+    let id = loop {
+        let id = ImageId::generate();
+        if !committed.contains(&id) && !partial.contains(&id) {
+            break id;
+        }
+    };
+    let parent = last.manifest.parent.clone();
+    let (images, _) = set.images_lenient()?;
+    let kind = match find_parent(last, &images) {
+        None if parent.is_some() => {
+            return Err(Error::BrokenChain {
+                path: set.dir.clone(),
+                image: last.id().to_string(),
+                why: format!("its parent {} is not in the set", parent.unwrap_or_default()),
+            })
+        }
+        None => ImageKind::Full,
+        Some(p) if p.manifest.kind == ImageKind::Full => ImageKind::Differential,
+        Some(_) => ImageKind::Incremental,
+    };
+    obs.note(&format!(
+        "writing image {id}: {} as of {}, folding {}",
+        kind.name(),
+        tm.created,
+        span.iter().map(|i| i.id().to_string()).collect::<Vec<_>>().join(" + ")
+    ));
+    let mut guard = Unfinished(&set.dir, id, true);
+    RunRecord {
+        format: "tintype-run".into(),
+        format_version: 1,
+        image_id: id.to_string(),
+        operation: "merge".into(),
+        kind,
+        parent: parent.clone(),
+        source: tm.source.clone(),
+        chunk_size_bytes: tm.chunk_size_bytes,
+        level: tm.level,
+        started_unix_seconds: unix_now(),
+    }
+    .write_new(&set.dir)?;
+
+    // Copy frames in the order they lie on disk, so reads are sequential.
+    let mut order: Vec<u64> =
+        (0..tm.chunk_count).filter(|&c| resolved.entries[c as usize].state == ChunkState::Stored).collect();
+    order.sort_by_key(|&c| {
+        let e = &resolved.entries[c as usize];
+        (e.segment, e.offset)
+    });
+    let mut w = SegmentWriter {
+        dir: &set.dir,
+        id,
+        chunk_bytes: tm.chunk_size_bytes,
+        limit: if tm.settings.segment_size_bytes > 0 { tm.settings.segment_size_bytes } else { DEFAULT_SEGMENT_BYTES },
+        cur: None,
+        buf: Vec::with_capacity(9 << 20),
+        done: Vec::new(),
+    };
+    let mut files: HashMap<u32, File> = HashMap::new();
+    let mut frame = Vec::new();
+    let mut entries = resolved.entries.clone();
+    let mut stats = Stats::default();
+    let total = order.len() as u64;
+    for (n, &chunk) in order.iter().enumerate() {
+        let e = resolved.entries[chunk as usize];
+        let seg = &resolved.segments[e.segment as usize];
+        let f = match files.entry(e.segment) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(File::open(&seg.path).map_err(|err| Error::io("open segment", &seg.path, err))?)
+            }
+        };
+        frame.resize(frame_len(e.stored_len) as usize, 0);
+        f.read_exact_at(&mut frame, e.offset).map_err(|err| Error::io_at("read frame", &seg.path, e.offset, err))?;
+        let damaged = |why: String| {
+            Error::corrupt(
+                &seg.path,
+                e.offset,
+                format!(
+                    "chunk {chunk} (held by image {}) is damaged: {why}; the merge stopped and changed nothing",
+                    seg.image
+                ),
+            )
+        };
+        let mut h = FrameHeader::decode(&frame).map_err(|err| damaged(err.to_string()))?;
+        h.check_matches(chunk, seg.image, &e).map_err(damaged)?;
+        let payload = &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
+        if xxh3_64(payload) != h.stored_hash {
+            return Err(damaged("the payload's hash does not match its header".into()));
+        }
+        h.image_id = id;
+        h.encode(&mut frame);
+        let (segment, offset) = w.append(&frame)?;
+        entries[chunk as usize] = IndexEntry { segment, offset, image_id: id, ..e };
+        stats.chunks_stored += 1;
+        stats.bytes_stored_payload += u64::from(e.stored_len);
+        if e.stored_len == e.raw_len {
+            stats.chunks_stored_raw += 1;
+            stats.bytes_stored_raw += u64::from(e.stored_len);
+        }
+        if n % 64 == 0 {
+            obs.progress(n as u64, total);
+        }
+        if crate::pipeline::interrupted() {
+            return Err(Error::Interrupted(format!(
+                "merge stopped by a signal; nothing was changed (the new image {id}'s files were removed)"
+            )));
+        }
+    }
+    obs.progress(total, total);
+    w.close()?;
+    stats.chunks_zero = entries.iter().filter(|e| e.state == ChunkState::Zero).count() as u64;
+    stats.chunks_inherited = entries.iter().filter(|e| e.state == ChunkState::Inherited).count() as u64;
+    stats.chunks_copied = stats.chunks_stored;
+    stats.bytes_segments = w.done.iter().map(|s| s.size_bytes).sum();
+
+    let index_path = set.dir.join(index_file_name(id));
+    let mut bytes = vec![0u8; entry_offset(tm.chunk_count) as usize];
+    IndexHeader {
+        chunk_bytes: tm.chunk_size_bytes,
+        image_id: id,
+        chunk_count: tm.chunk_count,
+        source_bytes: tm.source.size_bytes,
+        parent: parent.as_deref().and_then(ImageId::parse),
+    }
+    .encode(&mut bytes[..INDEX_HEADER_BYTES]);
+    for (c, e) in entries.iter().enumerate() {
+        e.encode(&mut bytes[entry_offset(c as u64) as usize..]);
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&index_path)
+        .map_err(|e| Error::io("create index", &index_path, e))?;
+    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io("write index", &index_path, e))?;
+    drop(f);
+    let index_hash = hash_file(&index_path)?;
+    stats.wall_seconds = started.elapsed().as_secs_f64();
+    stats.stage_seconds = BTreeMap::new();
+    let mut replaces = vec![tm.image_id.clone()];
+    replaces.extend(tm.replaces.iter().cloned());
+    let manifest = Manifest {
+        image_id: id.to_string(),
+        kind,
+        parent: parent.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        stats,
+        segments: w.done,
+        index: IndexInfo {
+            file: index_file_name(id),
+            size_bytes: entry_offset(tm.chunk_count),
+            xxh3_128: format!("{index_hash:032x}"),
+        },
+        replaces,
+        ..tm.clone()
+    };
+    crate::set::sync_dir(&set.dir)?;
+    commit_manifest(&set.dir, &manifest)?;
+    guard.2 = false;
+    let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
+    Ok(Consolidated {
+        image_id: id.to_string(),
+        replaces: tm.image_id.clone(),
+        folded: span.iter().map(|i| i.manifest.image_id.clone()).collect(),
+        kind: kind.name().into(),
+        parent,
+        chunks_copied: manifest.stats.chunks_copied,
+        bytes_copied: manifest.stats.bytes_segments,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// How to run `prune`.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    pub set: PathBuf,
+    /// Keep the N newest images.
+    pub keep_last: Option<u32>,
+    /// Keep the newest image of each of the N most recent days (UTC) that have one.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest image of each of the N most recent weeks (Monday to Sunday, UTC) that have one.
+    pub keep_weekly: Option<u32>,
+    /// Say what would happen; change nothing.
+    pub dry_run: bool,
+    /// Also remove the files of unfinished runs (which `create --resume` could carry on).
+    pub discard_unfinished: bool,
+}
+
+/// One image and why the policy keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    pub image_id: String,
+    pub kind: String,
+    pub created: String,
+    pub reasons: Vec<String>,
+    /// It depends on images the policy removes: it is rewritten onto its
+    /// nearest kept ancestor (or as a full image) first.
+    pub rewritten_as: Option<String>,
+    pub folds: Vec<String>,
+}
+
+/// What `prune` did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub kept: Vec<Kept>,
+    pub removed: Vec<String>,
+    pub consolidated: Vec<Consolidated>,
+    pub unfinished_removed: Vec<String>,
+}
+
+fn day_of(unix: u64) -> u64 {
+    unix / 86_400
+}
+
+/// Weeks start on Monday: 1970-01-01 was a Thursday.
+fn week_of(unix: u64) -> u64 {
+    (day_of(unix) + 3) / 7
+}
+
+/// Apply a retention policy.
+pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
+    let policies =
+        [("--keep-last", opts.keep_last), ("--keep-daily", opts.keep_daily), ("--keep-weekly", opts.keep_weekly)];
+    if policies.iter().all(|(_, n)| n.is_none()) {
+        return Err(Error::InvalidSetting(
+            "prune needs a policy: --keep-last N, --keep-daily N and/or --keep-weekly N".into(),
+        ));
+    }
+    if let Some((flag, _)) = policies.iter().find(|(_, n)| *n == Some(0)) {
+        return Err(Error::InvalidSetting(format!("{flag} 0 would keep nothing; keep at least one image")));
+    }
+    let set = ImageSet::open(&opts.set)?;
+    let _lock = if opts.dry_run { None } else { Some(lock_set(&set.dir, Access::Delete, "prune")?) };
+    if !opts.dry_run {
+        finish_pending(&set, obs)?;
+    }
+    let (images, bad) = set.images_lenient()?;
+    if let Some((id, e)) = bad.first() {
+        return Err(Error::BrokenChain {
+            path: set.dir.clone(),
+            image: id.to_string(),
+            why: format!("its manifest cannot be read ({e}); prune decides nothing while an image is unreadable"),
+        });
+    }
+    let live: Vec<&Image> = images.iter().filter(|i| replaced_by(i, &images).is_none()).collect();
+    let mut reasons: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
+    if let Some(n) = opts.keep_last {
+        for i in live.iter().rev().take(n as usize) {
+            reasons.entry(i.id()).or_default().push(format!("one of the last {n}"));
+        }
+    }
+    for (n, period, name) in
+        [(opts.keep_daily, day_of as fn(u64) -> u64, "daily"), (opts.keep_weekly, week_of as fn(u64) -> u64, "weekly")]
+    {
+        let Some(n) = n else { continue };
+        let mut seen = Vec::new();
+        for i in live.iter().rev() {
+            let p = period(i.manifest.created_unix_seconds);
+            if seen.contains(&p) {
+                continue;
+            }
+            if seen.len() == n as usize {
+                break;
+            }
+            seen.push(p);
+            let label = if name == "daily" {
+                i.manifest.created.get(..10).unwrap_or_default().to_string()
+            } else {
+                let monday = crate::format::manifest::rfc3339_utc((p * 7).saturating_sub(3) * 86_400);
+                format!("the week of {}", monday.get(..10).unwrap_or_default())
+            };
+            reasons.entry(i.id()).or_default().push(format!("{name}: newest of {label}"));
+        }
+    }
+    // Every kept image whose parent goes is rewritten onto its nearest
+    // kept ancestor, oldest first.
+    let mut kept = Vec::new();
+    let mut plans = Vec::new();
+    for i in &live {
+        let Some(why) = reasons.get(&i.id()) else { continue };
+        let chain = set.chain(i)?;
+        let j = chain.iter().skip(1).position(|a| reasons.contains_key(&a.id())).map_or(chain.len(), |p| p + 1);
+        let folds: Vec<String> = chain[1..j].iter().map(|a| a.id().to_string()).collect();
+        if !folds.is_empty() {
+            plans.push(chain[..j].to_vec());
+        }
+        kept.push(Kept {
+            image_id: i.id().to_string(),
+            kind: i.manifest.kind.name().into(),
+            created: i.manifest.created.clone(),
+            reasons: why.clone(),
+            rewritten_as: None,
+            folds,
+        });
+    }
+    let doomed: Vec<ImageId> = live.iter().map(|i| i.id()).filter(|id| !reasons.contains_key(id)).collect();
+    let (_, partial) = set.scan()?;
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        kept,
+        removed: doomed.iter().map(|i| i.to_string()).collect(),
+        consolidated: Vec::new(),
+        unfinished_removed: if opts.discard_unfinished {
+            partial.iter().map(|p| p.to_string()).collect()
+        } else {
+            vec![]
+        },
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    for span in &plans {
+        let c = consolidate(&set, span, obs)?;
+        if let Some(k) = report.kept.iter_mut().find(|k| k.image_id == c.replaces) {
+            k.rewritten_as = Some(c.image_id.clone());
+        }
+        report.consolidated.push(c);
+    }
+    let mut candidates = doomed.clone();
+    candidates.extend(plans.iter().map(|s| s[0].id()));
+    let removed = remove_unneeded(&set, &candidates, obs)?;
+    report.removed = removed.iter().filter(|id| doomed.contains(id)).map(|i| i.to_string()).collect();
+    if let Some(left) = doomed.iter().find(|d| !removed.contains(d)) {
+        obs.note(&format!("image {left} is outside the policy but still needed by a kept image; it stays"));
+    }
+    if opts.discard_unfinished {
+        for p in partial {
+            remove_leftovers(&set.dir, p)?;
+        }
+    }
+    Ok(report)
+}

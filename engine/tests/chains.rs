@@ -1,0 +1,460 @@
+//! Image sets: incremental and differential images, merge, prune, resume,
+//! and the set lock — each checked by restoring and comparing bytes.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Flip `n` random 64 KiB chunks of `data` to fresh random bytes; returns
+/// the distinct chunks changed.
+fn change_chunks(data: &mut [u8], n: usize, seed: u64) -> Vec<usize> {
+    let chunks = data.len() / (64 << 10);
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut changed = Vec::new();
+    while changed.len() < n {
+        let c = (next() % chunks as u64) as usize;
+        if changed.contains(&c) {
+            continue;
+        }
+        changed.push(c);
+        // A random stretch inside the chunk, at a random offset.
+        let off = c * (64 << 10) + (next() % (32 << 10)) as usize;
+        for b in &mut data[off..off + (16 << 10)] {
+            *b = next() as u8;
+        }
+    }
+    changed
+}
+
+/// Text of random words: compressible, but slow at zstd's high levels, so a
+/// run at `--level 19` can be interrupted mid-way.
+fn slow_text(size: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "sector ", "image ", "the ", "chunk ", "lane ", "of ", "ring ", "frame\n", "resume ", "merge ", "prune ",
+        "index ", "kernel ", "device ", "zstd ", "hash ",
+    ];
+    let mut rng = seed | 1;
+    let mut v = Vec::with_capacity(size + 16);
+    while v.len() < size {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        v.extend_from_slice(WORDS[(rng % 16) as usize].as_bytes());
+        if rng % 7 == 0 {
+            v.extend_from_slice(format!("{} ", rng % 100_000).as_bytes());
+        }
+    }
+    v.truncate(size);
+    v
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}
+
+fn new_image(sb: &Sandbox, extra: &[&str]) -> String {
+    let mut args = vec!["create", "src.img", "set", "--chunk-size", "64K", "--json"];
+    args.extend_from_slice(extra);
+    let v = json(&sb.expect(&args, 0));
+    v["manifest"]["image_id"].as_str().unwrap().to_string()
+}
+
+fn restore_bytes(sb: &Sandbox, id: &str) -> Vec<u8> {
+    let t = sb.path("restored.img");
+    let _ = std::fs::remove_file(&t);
+    sb.expect(&["restore", &format!("set@{id}"), "restored.img"], 0);
+    let b = std::fs::read(&t).unwrap();
+    std::fs::remove_file(&t).unwrap();
+    b
+}
+
+/// Change 1.5% of the chunks at random offsets: the incremental stores
+/// about the changed bytes, restores to the changed source, and the full
+/// image still restores to the original.
+#[test]
+fn an_incremental_stores_only_what_changed() {
+    let sb = Sandbox::new();
+    let mut data = tintype::sample::random_bytes(32 << 20, 7);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let original = data.clone();
+    let full = new_image(&sb, &[]);
+    let changed = change_chunks(&mut data, 8, 99); // 8 of 512 chunks = 1.6%
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let v = json(&sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0));
+    let m = &v["manifest"];
+    assert_eq!(m["kind"], "incremental");
+    assert_eq!(m["parent"], full.as_str());
+    let stats = &m["stats"];
+    assert_eq!(stats["chunks_stored"].as_u64().unwrap(), changed.len() as u64);
+    assert_eq!(stats["chunks_inherited"].as_u64().unwrap(), 512 - changed.len() as u64);
+    let changed_bytes = (changed.len() << 16) as u64;
+    let stored = stats["bytes_segments"].as_u64().unwrap();
+    assert!(
+        stored >= changed_bytes && stored <= changed_bytes + changed.len() as u64 * 8192 + 4096,
+        "stored {stored} bytes for {changed_bytes} changed bytes"
+    );
+    let inc = m["image_id"].as_str().unwrap().to_string();
+    assert!(restore_bytes(&sb, &inc) == data, "the incremental restores to the changed source");
+    assert!(restore_bytes(&sb, &full) == original, "the full image still restores to the original");
+    sb.expect(&["verify", &format!("set@{inc}")], 0);
+}
+
+/// full → inc → inc → diff → inc: every image restores to its own point in
+/// time, and `list` shows the chain as a tree.
+#[test]
+fn every_image_of_a_chain_restores_to_its_own_point_in_time() {
+    let sb = Sandbox::new();
+    let mut data = mixed_bytes(16 << 20, 3);
+    let mut points = Vec::new();
+    for (day, kind) in ["", "--incremental", "--incremental", "--differential", "--incremental"].iter().enumerate() {
+        if day > 0 {
+            change_chunks(&mut data, 4, day as u64 * 31);
+        }
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        let extra: Vec<&str> = if kind.is_empty() { vec![] } else { vec![kind] };
+        points.push((new_image(&sb, &extra), data.clone()));
+    }
+    for (id, want) in &points {
+        assert!(restore_bytes(&sb, id) == *want, "image {id} restores to its point in time");
+        assert_image_holds(&sb.path("set"), Some(id), want);
+    }
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    let rows = v["images"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["image_id"] == id).unwrap().clone();
+    assert_eq!(row(&points[0].0)["depth"], 0);
+    assert_eq!(row(&points[2].0)["depth"], 2);
+    assert_eq!(row(&points[3].0)["parent"], points[0].0.as_str(), "a differential hangs off the full image");
+    assert_eq!(row(&points[3].0)["kind"], "differential");
+    assert_eq!(row(&points[4].0)["parent"], points[3].0.as_str());
+    assert!(rows.iter().all(|r| r["state"] == "ok"));
+    let text = stdout(&sb.expect(&["list", "set"], 0));
+    assert!(text.contains(&format!("└─ {}", points[1].0)), "{text}");
+}
+
+fn chain_of_five(sb: &Sandbox, size: usize) -> Vec<(String, Vec<u8>)> {
+    let mut data = mixed_bytes(size, 11);
+    let mut points = Vec::new();
+    for (i, kind) in ["", "--incremental", "--incremental", "--differential", "--incremental"].iter().enumerate() {
+        if i > 0 {
+            change_chunks(&mut data, 6, i as u64 * 17);
+        }
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        let extra: Vec<&str> = if kind.is_empty() { vec![] } else { vec![kind] };
+        points.push((new_image(sb, &extra), data.clone()));
+    }
+    points
+}
+
+fn committed(sb: &Sandbox) -> Vec<String> {
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    v["images"].as_array().unwrap().iter().map(|r| r["image_id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Every committed image restores to the bytes of the point in time it (or
+/// the image it replaces) was taken at.
+fn assert_all_restorable(sb: &Sandbox, points: &[(String, Vec<u8>)]) {
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    for r in v["images"].as_array().unwrap() {
+        let id = r["image_id"].as_str().unwrap();
+        let mut names = vec![id.to_string()];
+        names.extend(r["replaces"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()));
+        let (_, want) = points
+            .iter()
+            .find(|(p, _)| names.contains(p))
+            .unwrap_or_else(|| panic!("image {id} is none of the points in time"));
+        assert!(restore_bytes(sb, id) == *want, "image {id} (standing for {names:?}) restores to its point in time");
+    }
+}
+
+/// merge: an incremental folded into its parent, then a chain into a
+/// synthetic full; every kept image restores to the same bytes before and
+/// after, and images nothing needs are removed.
+#[test]
+fn merge_keeps_every_image_restorable() {
+    let sb = Sandbox::new();
+    let points = chain_of_five(&sb, 8 << 20);
+    let ids: Vec<&str> = points.iter().map(|(i, _)| i.as_str()).collect();
+    // Fold inc #2 into inc #1: #1 goes, #2 is replaced by a new image whose
+    // parent is the full; #3 (diff) still hangs off the full.
+    let v = json(&sb.expect(&["merge", &format!("set@{}", ids[2]), "--json"], 0));
+    assert_eq!(v["merged"]["replaces"], ids[2]);
+    assert_eq!(v["merged"]["kind"], "differential");
+    let removed: Vec<&str> = v["removed"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(removed.contains(&ids[1]) && removed.contains(&ids[2]), "{removed:?}");
+    assert_all_restorable(&sb, &points);
+    // The newest incremental into a synthetic full: the full stays (the
+    // merged image above depends on it), the diff goes.
+    let v = json(&sb.expect(&["merge", "set", &ids[4][..8], "--full", "--json"], 0));
+    assert_eq!(v["merged"]["kind"], "full");
+    let now = committed(&sb);
+    assert!(now.contains(&ids[0].to_string()), "the full image is still needed: {now:?}");
+    assert!(!now.contains(&ids[3].to_string()) && !now.contains(&ids[4].to_string()), "{now:?}");
+    assert_all_restorable(&sb, &points);
+    for id in now {
+        sb.expect(&["verify", &format!("set@{id}")], 0);
+    }
+    // A full image has nothing to merge into.
+    let out = sb.expect(&["merge", &format!("set@{}", ids[0])], 2);
+    assert!(stderr(&out).contains("no parent"), "{}", stderr(&out));
+}
+
+/// kill -9 at several moments of a merge: the set stays restorable, and the
+/// next merge finishes the job.
+#[test]
+fn a_killed_merge_leaves_a_restorable_set() {
+    for delay_ms in [5u64, 40, 120, 400] {
+        let sb = Sandbox::new();
+        let mut data = tintype::sample::random_bytes(96 << 20, delay_ms);
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        let full = new_image(&sb, &["--level", "0"]);
+        let mut points = vec![(full, data.clone())];
+        change_chunks(&mut data, 40, delay_ms + 1);
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        let inc = new_image(&sb, &["--incremental"]);
+        points.push((inc.clone(), data.clone()));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+            .args(["merge", &format!("set@{inc}")])
+            .current_dir(sb.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert_all_restorable(&sb, &points);
+        // Whatever state it stopped in, a merge of the newest image finishes.
+        let newest = committed(&sb).last().unwrap().clone();
+        let v = json(&sb.expect(&["list", "set", "--json"], 0));
+        let is_full = v["images"].as_array().unwrap().iter().any(|r| r["image_id"] == newest && r["kind"] == "full");
+        if !is_full {
+            sb.expect(&["merge", &format!("set@{newest}")], 0);
+        } else {
+            sb.expect(&["prune", "set", "--keep-last", "1"], 0);
+        }
+        assert_eq!(committed(&sb).len(), 1, "delay {delay_ms} ms: one full image left");
+        assert_all_restorable(&sb, &points);
+        let names: Vec<String> = std::fs::read_dir(sb.path("set"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("tintype"))
+            .collect();
+        let id = committed(&sb)[0].clone();
+        assert!(names.iter().all(|n| n.starts_with(&id)), "delay {delay_ms} ms: leftovers {names:?}");
+    }
+}
+
+/// prune --keep-last: the kept images restore to the same bytes, the rest
+/// is removed; --dry-run changes nothing.
+#[test]
+fn prune_keeps_the_policy_and_every_kept_image_restorable() {
+    let sb = Sandbox::new();
+    let points = chain_of_five(&sb, 8 << 20);
+    let files = |sb: &Sandbox| {
+        let mut v: Vec<String> = std::fs::read_dir(sb.path("set"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&sb);
+    let v = json(&sb.expect(&["prune", "set", "--keep-last", "2", "--dry-run", "--json"], 0));
+    assert_eq!(v["removed"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(files(&sb), before, "--dry-run changed nothing");
+    let v = json(&sb.expect(&["prune", "set", "--keep-last", "2", "--json"], 0));
+    let kept: Vec<&str> = v["kept"].as_array().unwrap().iter().map(|k| k["image_id"].as_str().unwrap()).collect();
+    assert_eq!(kept, vec![points[3].0.as_str(), points[4].0.as_str()]);
+    assert_eq!(committed(&sb).len(), 2);
+    assert_all_restorable(&sb, &points);
+    // The kept images stand for the last two points in time.
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    for (r, (id, _)) in v["images"].as_array().unwrap().iter().zip(&points[3..]) {
+        let names: Vec<&str> = std::iter::once(r["image_id"].as_str().unwrap())
+            .chain(r["replaces"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()))
+            .collect();
+        assert!(names.contains(&id.as_str()), "{names:?} stands for {id}");
+    }
+    sb.expect(&["prune", "set"], 2);
+    sb.expect(&["prune", "set", "--keep-last", "0"], 2);
+}
+
+/// kill -9 at several moments of a create, then `--resume` (itself killed
+/// once): the image restores to the source's bytes.
+#[test]
+fn killed_creates_resume_to_the_same_bytes() {
+    let text = slow_text(40 << 20, 5);
+    for delay_ms in [300u64, 1200] {
+        let sb = Sandbox::new();
+        std::fs::write(sb.path("src.img"), &text).unwrap();
+        for (attempt, args) in [
+            vec!["create", "src.img", "set", "--level", "19", "--lanes", "1", "--chunk-size", "256K"],
+            vec!["create", "src.img", "set", "--level", "19", "--lanes", "1", "--resume"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+                .args(args)
+                .current_dir(sb.dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms * (attempt as u64 + 1)));
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        let v = json(&sb.expect(&["create", "src.img", "set", "--resume", "--json"], 0));
+        let stats = &v["manifest"]["stats"];
+        assert_eq!(v["manifest"]["chunk_size_bytes"], 256 << 10, "the run's chunk size was kept");
+        if delay_ms >= 1200 {
+            assert!(stats["chunks_resumed"].as_u64().unwrap() > 0, "delay {delay_ms}: nothing was kept: {stats}");
+        }
+        sb.expect(&["verify", "set"], 0);
+        assert_round_trip(&sb.path("set"), &text);
+        assert_eq!(committed(&sb).len(), 1);
+    }
+}
+
+/// A torn frame at the end of a segment (power loss mid-write) is dropped
+/// and its chunk read again.
+#[test]
+fn resume_drops_a_torn_frame_and_reads_its_chunk_again() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(8 << 20, 5);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let id = new_image(&sb, &["--lanes", "1"]);
+    // Turn the committed image back into an unfinished run: no manifest, a
+    // run record, a torn last frame.
+    let set = sb.path("set");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(set.join(format!("{id}.manifest.json"))).unwrap()).unwrap();
+    std::fs::remove_file(set.join(format!("{id}.manifest.json"))).unwrap();
+    let run = serde_json::json!({
+        "format": "tintype-run", "format_version": 1, "image_id": id, "operation": "create",
+        "kind": "full", "parent": null, "source": m["source"], "chunk_size_bytes": m["chunk_size_bytes"],
+        "level": 1, "started_unix_seconds": 1,
+    });
+    std::fs::write(set.join(format!("{id}.run.json")), serde_json::to_vec(&run).unwrap()).unwrap();
+    let seg = set.join(format!("{id}.000000.seg"));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0xee; 100], len - 200).unwrap();
+    let v = json(&sb.expect(&["create", "src.img", "set", "--resume", "--json"], 0));
+    assert_eq!(v["manifest"]["image_id"], id.as_str());
+    let (frames, zero) = (m["stats"]["chunks_stored"].as_u64().unwrap(), m["stats"]["chunks_zero"].as_u64().unwrap());
+    let s = &v["manifest"]["stats"];
+    assert_eq!(s["chunks_resumed"].as_u64().unwrap(), frames - 1 + zero, "every frame but the torn one kept: {s}");
+    assert_eq!(s["bytes_read"].as_u64().unwrap(), 64 << 10, "only the torn frame's chunk was read again");
+    sb.expect(&["verify", "set"], 0);
+    assert_round_trip(&set, &data);
+}
+
+/// A source of another size, another file of the same size, a missing
+/// parent, a damaged parent frame, a concurrent run: each a clear error,
+/// nothing damaged.
+#[test]
+fn wrong_sources_broken_chains_and_concurrent_runs_are_refused() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(4 << 20, 21);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let full = new_image(&sb, &[]);
+    // Another size: refused, even with --force.
+    std::fs::write(sb.path("small.img"), &data[..2 << 20]).unwrap();
+    for force in [false, true] {
+        let mut args = vec!["create", "small.img", "set", "--incremental"];
+        if force {
+            args.push("--force");
+        }
+        let out = sb.expect(&args, 1);
+        assert!(stderr(&out).contains("same device"), "{}", stderr(&out));
+    }
+    // Another file of the same size: refused unless --force.
+    std::fs::write(sb.path("other.img"), &data).unwrap();
+    let out = sb.expect(&["create", "other.img", "set", "--incremental"], 1);
+    assert!(
+        stderr(&out).contains("does not look like the source") && stderr(&out).contains("inode"),
+        "{}",
+        stderr(&out)
+    );
+    sb.expect(&["create", "other.img", "set", "--incremental", "--force"], 0);
+    assert_eq!(committed(&sb).len(), 2);
+    // A differential with no full image in the set is refused.
+    let empty = Sandbox::new();
+    std::fs::write(empty.path("src.img"), &data).unwrap();
+    let out = empty.expect(&["create", "src.img", "set", "--differential"], 4);
+    assert!(stderr(&out).contains("take a full image first"), "{}", stderr(&out));
+
+    // A damaged frame in the parent: verify of the child names the parent.
+    let inc = committed(&sb)[1].clone();
+    let (seg, e) = frame_of_image(&sb.path("set"), &full);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0x55; 8], e + 100).unwrap();
+    let out = sb.expect(&["verify", &format!("set@{inc}"), "--json"], 3);
+    let v = json(&out);
+    assert!(v["bad_chunks"].as_array().unwrap().iter().any(|b| b["image"] == full.as_str()), "{v}");
+    let out = sb.expect(&["restore", &format!("set@{inc}"), "t.img"], 3);
+    assert!(stderr(&out).contains(&full), "the damaged ancestor is named: {}", stderr(&out));
+
+    // A missing parent: a clear error naming it, exit 3, for restore, verify and a new incremental.
+    std::fs::remove_file(sb.path(&format!("set/{full}.manifest.json"))).unwrap();
+    for args in [
+        vec!["restore".to_string(), format!("set@{inc}"), "t2.img".into()],
+        vec!["verify".into(), format!("set@{inc}")],
+    ] {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = sb.expect(&a, 3);
+        assert!(stderr(&out).contains(&full) && stderr(&out).contains("not in the set"), "{}", stderr(&out));
+    }
+    assert!(!sb.path("t2.img").exists());
+    let out = sb.expect(&["create", "src.img", "set", "--incremental", "--force"], 3);
+    assert!(stderr(&out).contains(&full), "{}", stderr(&out));
+}
+
+/// The offset of some stored frame of image `id`, and its segment.
+fn frame_of_image(set: &Path, id: &str) -> (std::path::PathBuf, u64) {
+    let s = tintype::set::ImageSet::open(set).unwrap();
+    let img = s.resolve(Some(id)).unwrap();
+    let idx = img.read_index().unwrap();
+    let e = idx.entries.iter().flatten().find(|e| e.state == tintype::format::index::ChunkState::Stored).unwrap();
+    (img.segment_path(e.segment as usize), e.offset)
+}
+
+/// Two runs against one set at once: the second is refused with exit 5,
+/// naming the first's pid; the first finishes untouched.
+#[test]
+fn a_concurrent_run_is_refused() {
+    let sb = Sandbox::new();
+    let text = slow_text(16 << 20, 6);
+    std::fs::write(sb.path("src.img"), &text).unwrap();
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+        .args(["create", "src.img", "set", "--level", "19", "--lanes", "1"])
+        .current_dir(sb.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(sb.path("set/tintype.lock")).unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first run never took the lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for args in [vec!["create", "src.img", "set"], vec!["prune", "set", "--keep-last", "1"]] {
+        let out = sb.expect(&args, 5);
+        assert!(stderr(&out).contains(&format!("pid {}", first.id())), "{args:?}: {}", stderr(&out));
+    }
+    assert!(first.wait().unwrap().success());
+    sb.expect(&["verify", "set"], 0);
+    assert_round_trip(&sb.path("set"), &text);
+}
