@@ -516,6 +516,46 @@ fn run_in(
             }
         }
     }
+    // An incremental of the unchanged device: it only reads, hashes and
+    // compares, so it should run at the device's read rate and store nothing.
+    if out_dir.join("set").is_dir() {
+        let mut argv = vec![
+            bin.display().to_string(),
+            "create".into(),
+            source.path.display().to_string(),
+            out_dir.join("set").display().to_string(),
+            "--incremental".into(),
+        ];
+        argv.extend(extra.iter().filter(|x| !x.starts_with("--level")).cloned());
+        let tool = Tool {
+            key: "tintype_incremental".into(),
+            name: "tintype create --incremental (unchanged device)".into(),
+            phase: Phase::Create,
+            argv,
+            output: out_dir.join("not-removed"),
+            shown: "tintype create DEV SET --incremental".into(),
+        };
+        if let Some(inc) = run_tools(&[tool], a.runs as usize, size)?.pop() {
+            let stored = tintype::set::ImageSet::open(&out_dir.join("set"))
+                .and_then(|s| s.resolve(None))
+                .map(|i| i.manifest.stats.bytes_segments)
+                .unwrap_or(u64::MAX);
+            ratios.insert(
+                "incremental_unchanged_over_raw_read".into(),
+                Ratio {
+                    value: inc.mb_per_s.median / raw.mb_per_s,
+                    per_run: vec![],
+                    higher_is_better: true,
+                    gate: false,
+                    meaning: format!(
+                        "tintype create --incremental of the unchanged device, MB/s ÷ the raw O_DIRECT read rate \
+                         (it stored {stored} bytes of segments)"
+                    ),
+                },
+            );
+            results.push(inc);
+        }
+    }
     Ok(Report {
         benchmark: format!("{:?}", a.corpus).to_lowercase(),
         git_revision: git_rev(),

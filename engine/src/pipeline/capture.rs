@@ -341,7 +341,7 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
         set.chain(p)?;
         if let Some(cs) = chunk_given.filter(|&cs| cs != p.manifest.chunk_size_bytes) {
             return Err(Error::InvalidSetting(format!(
-                "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and a {} image must use the same",
+                "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and an {} image must use the same",
                 p.id(),
                 p.manifest.chunk_size_bytes,
                 opts.kind.name()
