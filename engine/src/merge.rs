@@ -456,6 +456,41 @@ fn week_of(unix: u64) -> u64 {
     (day_of(unix) + 3) / 7
 }
 
+/// Which of `points` (Image ID, creation time; oldest first) the policy
+/// keeps, and why.
+fn policy(points: &[(ImageId, u64)], opts: &PruneOptions) -> BTreeMap<ImageId, Vec<String>> {
+    let mut reasons: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
+    if let Some(n) = opts.keep_last {
+        for (id, _) in points.iter().rev().take(n as usize) {
+            reasons.entry(*id).or_default().push(format!("one of the last {n}"));
+        }
+    }
+    for (n, period, name) in
+        [(opts.keep_daily, day_of as fn(u64) -> u64, "daily"), (opts.keep_weekly, week_of as fn(u64) -> u64, "weekly")]
+    {
+        let Some(n) = n else { continue };
+        let mut seen = Vec::new();
+        for &(id, created) in points.iter().rev() {
+            let p = period(created);
+            if seen.contains(&p) {
+                continue;
+            }
+            if seen.len() == n as usize {
+                break;
+            }
+            seen.push(p);
+            let label = if name == "daily" {
+                crate::format::manifest::rfc3339_utc(created).get(..10).unwrap_or_default().to_string()
+            } else {
+                let monday = crate::format::manifest::rfc3339_utc((p * 7).saturating_sub(3) * 86_400);
+                format!("the week of {}", monday.get(..10).unwrap_or_default())
+            };
+            reasons.entry(id).or_default().push(format!("{name}: newest of {label}"));
+        }
+    }
+    reasons
+}
+
 /// Apply a retention policy.
 pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     let policies =
@@ -482,35 +517,8 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
         });
     }
     let live: Vec<&Image> = images.iter().filter(|i| replaced_by(i, &images).is_none()).collect();
-    let mut reasons: BTreeMap<ImageId, Vec<String>> = BTreeMap::new();
-    if let Some(n) = opts.keep_last {
-        for i in live.iter().rev().take(n as usize) {
-            reasons.entry(i.id()).or_default().push(format!("one of the last {n}"));
-        }
-    }
-    for (n, period, name) in
-        [(opts.keep_daily, day_of as fn(u64) -> u64, "daily"), (opts.keep_weekly, week_of as fn(u64) -> u64, "weekly")]
-    {
-        let Some(n) = n else { continue };
-        let mut seen = Vec::new();
-        for i in live.iter().rev() {
-            let p = period(i.manifest.created_unix_seconds);
-            if seen.contains(&p) {
-                continue;
-            }
-            if seen.len() == n as usize {
-                break;
-            }
-            seen.push(p);
-            let label = if name == "daily" {
-                i.manifest.created.get(..10).unwrap_or_default().to_string()
-            } else {
-                let monday = crate::format::manifest::rfc3339_utc((p * 7).saturating_sub(3) * 86_400);
-                format!("the week of {}", monday.get(..10).unwrap_or_default())
-            };
-            reasons.entry(i.id()).or_default().push(format!("{name}: newest of {label}"));
-        }
-    }
+    let points: Vec<(ImageId, u64)> = live.iter().map(|i| (i.id(), i.manifest.created_unix_seconds)).collect();
+    let reasons = policy(&points, opts);
     // Every kept image whose parent goes is rewritten onto its nearest
     // kept ancestor, oldest first.
     let mut kept = Vec::new();
@@ -568,4 +576,34 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_keep_the_newest_per_day_and_week_and_add_up() {
+        let day = 86_400;
+        // 2026-11-16 was a Monday. Two images a day for ten days.
+        let monday = 1_794_787_200;
+        assert_eq!(crate::format::manifest::rfc3339_utc(monday), "2026-11-16T00:00:00Z");
+        let points: Vec<(ImageId, u64)> =
+            (0..20).map(|i| (ImageId(100 + i), monday + (i / 2) * day + (i % 2) * 3600)).collect();
+        let kept = |o: PruneOptions| policy(&points, &o).keys().map(|k| k.0 - 100).collect::<Vec<_>>();
+        assert_eq!(kept(PruneOptions { keep_last: Some(3), ..Default::default() }), vec![17, 18, 19]);
+        // The newest of each of the last 3 days: days 9, 8, 7.
+        assert_eq!(kept(PruneOptions { keep_daily: Some(3), ..Default::default() }), vec![15, 17, 19]);
+        // Weeks from Monday: days 7..9 are the second week, 0..6 the first.
+        assert_eq!(kept(PruneOptions { keep_weekly: Some(2), ..Default::default() }), vec![13, 19]);
+        assert_eq!(
+            kept(PruneOptions { keep_last: Some(1), keep_daily: Some(2), keep_weekly: Some(2), ..Default::default() }),
+            vec![13, 17, 19]
+        );
+        let why = policy(&points, &PruneOptions { keep_weekly: Some(1), keep_last: Some(1), ..Default::default() });
+        assert_eq!(
+            why[&ImageId(119)],
+            vec!["one of the last 1".to_string(), "weekly: newest of the week of 2026-11-23".into()]
+        );
+    }
 }

@@ -84,7 +84,7 @@ impl ImageSet {
     pub fn images(&self) -> Result<Vec<Image>> {
         let (ids, _) = self.scan()?;
         let mut images = ids.into_iter().map(|id| Image::load(&self.dir, id)).collect::<Result<Vec<_>>>()?;
-        images.sort_by_key(|i| (i.manifest.created_unix_seconds, i.committed_nanos));
+        images.sort_by_key(|i| (i.manifest.point_in_time(), i.committed_nanos));
         Ok(images)
     }
 
@@ -102,7 +102,7 @@ impl ImageSet {
                 Err(e) => bad.push((id, e)),
             }
         }
-        good.sort_by_key(|i: &Image| (i.manifest.created_unix_seconds, i.committed_nanos));
+        good.sort_by_key(|i: &Image| (i.manifest.point_in_time(), i.committed_nanos));
         Ok((good, bad))
     }
 

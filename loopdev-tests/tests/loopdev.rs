@@ -334,3 +334,80 @@ fn unaligned_zero_tails_restore_to_block_devices() {
         }
     }
 }
+
+/// A week on a loop device, as a user would run it: a full image on day 0,
+/// an incremental every day after (a differential on day 4), a few percent
+/// of the device changed in between, `prune --keep-last 3` after each run,
+/// and one run killed mid-way and resumed. Every kept image restores — to a
+/// file and to another loop device — to the device's bytes of its day.
+#[test]
+fn a_week_of_daily_incrementals_with_retention_and_an_interruption() {
+    if !require_loop_devices("a_week_of_daily_incrementals_with_retention_and_an_interruption") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 48usize << 20;
+    let backing = dir.path().join("disk.img");
+    std::fs::write(&backing, mixed(size, 42)).unwrap();
+    let dev = LoopDev::attach(&backing, 512);
+    let set = dir.path().join("set");
+    let set_s = set.to_str().unwrap();
+    let mut days: Vec<(u128, Vec<u8>)> = Vec::new(); // (hash of the day's bytes, nothing kept but the hash)
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for day in 0..7u64 {
+        if day > 0 {
+            // Change ~3% of the 1 MiB chunks, at random offsets, through the device.
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&dev.path).unwrap();
+            for _ in 0..2 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x % (size as u64 - 8192)) & !511;
+                f.write_all_at(&mixed(8192, x)[..], at).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let kind = match day {
+            0 => None,
+            4 => Some("--differential"),
+            _ => Some("--incremental"),
+        };
+        let mut args = vec!["create", dev.as_str(), set_s];
+        args.extend(kind);
+        if day == 5 {
+            // Interrupted at a random moment, then resumed.
+            let mut slow = args.clone();
+            slow.extend(["--level", "19", "--lanes", "1"]);
+            let mut child = std::process::Command::new(tintype_bin()).args(&slow).spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100 + x % 700));
+            let _ = child.kill();
+            child.wait().unwrap();
+            args.push("--resume");
+        }
+        let out = tintype(&args);
+        assert_eq!(out.status.code(), Some(0), "day {day}: {}", String::from_utf8_lossy(&out.stderr));
+        let content = std::fs::read(&backing).unwrap();
+        days.push((xxh3_128(&content), Vec::new()));
+        let out = tintype(&["prune", set_s, "--keep-last", "3"]);
+        assert_eq!(out.status.code(), Some(0), "day {day}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let images = ImageSet::open(&set).unwrap().images().unwrap();
+    assert_eq!(images.len(), 3, "the retention window holds three images");
+    let target_file = dir.path().join("target.img");
+    std::fs::File::create(&target_file).unwrap().set_len(size as u64).unwrap();
+    let target = LoopDev::attach(&target_file, 512);
+    // Oldest first: the three kept images are days 4, 5 and 6.
+    for (img, (want, _)) in images.iter().zip(&days[4..]) {
+        let spec = format!("{set_s}@{}", img.id());
+        let file = dir.path().join(format!("{}.img", img.id()));
+        let out = tintype(&["restore", &spec, file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(xxh3_128(&std::fs::read(&file).unwrap()), *want, "image {} restores its day", img.id());
+        let out = tintype(&["restore", &spec, target.as_str(), "--force", "--verify-after"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(xxh3_128(&std::fs::read(&target_file).unwrap()), *want, "image {} on a device", img.id());
+        let out = tintype(&["verify", &spec]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -127,6 +127,10 @@ pub struct Manifest {
     pub kind: ImageKind,
     pub parent: Option<String>,
     pub created_unix_seconds: u64,
+    /// The same instant in nanoseconds, so images taken within one second
+    /// (and images a merge wrote for them) keep their order. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_unix_nanos: Option<u64>,
     pub created: String,
     pub tool_version: String,
     pub source: SourceInfo,
@@ -162,6 +166,15 @@ impl Manifest {
     /// The manifest's image id, checked.
     pub fn id(&self) -> ImageId {
         ImageId::parse(&self.image_id).expect("validated on load")
+    }
+
+    /// When the image's point in time was taken, for ordering: nanoseconds
+    /// where recorded, else the second.
+    pub fn point_in_time(&self) -> u128 {
+        self.created_unix_nanos
+            .map(u128::from)
+            .filter(|n| n / 1_000_000_000 == u128::from(self.created_unix_seconds))
+            .unwrap_or(u128::from(self.created_unix_seconds) * 1_000_000_000)
     }
 
     /// The parent's Image ID, checked.
@@ -286,6 +299,7 @@ mod tests {
             kind: ImageKind::Full,
             parent: None,
             created_unix_seconds: 0,
+            created_unix_nanos: None,
             created: rfc3339_utc(0),
             tool_version: "test".into(),
             source: SourceInfo {

@@ -690,7 +690,8 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .map_err(|e| Error::io("write index", &index_path, e))?;
     let index_hash = hash_file(&index_path)?;
 
-    let now = unix_now();
+    let now_nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let now = (now_nanos / 1_000_000_000) as u64;
     let mut mstats = manifest_stats(&stats, wall, &latency);
     mstats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
@@ -701,6 +702,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         kind: st.kind,
         parent: parent_id.map(|p| p.to_string()),
         created_unix_seconds: now,
+        created_unix_nanos: Some(now_nanos as u64),
         created: rfc3339_utc(now),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         source: src,
