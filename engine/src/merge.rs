@@ -77,6 +77,7 @@ pub struct MergeReport {
 pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
     let set = ImageSet::open(&opts.set)?;
     let _lock = lock_set(&set.dir, Access::Delete, &format!("merge {}", opts.image))?;
+    refuse_unreadable(&set)?;
     finish_pending(&set, obs)?;
     let img = set.resolve(Some(&opts.image))?;
     let chain = set.chain(&img)?;
@@ -92,6 +93,23 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
     let removed = remove_unneeded(&set, &folded, obs)?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
     Ok(MergeReport { merged, removed: removed.iter().map(|i| i.to_string()).collect(), kept })
+}
+
+/// Deciding what nothing needs is only possible when every image can be
+/// read: refuse while a manifest does not load.
+fn refuse_unreadable(set: &ImageSet) -> Result<()> {
+    let (_, bad) = set.images_lenient()?;
+    match bad.first() {
+        None => Ok(()),
+        Some((id, e)) => Err(Error::BrokenChain {
+            path: set.dir.clone(),
+            image: id.to_string(),
+            why: format!(
+                "its manifest cannot be read ({e}); merge and prune remove nothing while an image they cannot \
+                 see might depend on what they would remove"
+            ),
+        }),
+    }
 }
 
 /// Finish what an interrupted merge or prune left: images already replaced
@@ -125,6 +143,24 @@ fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -
     let mut needed: HashSet<ImageId> = HashSet::new();
     for root in images.iter().filter(|i| !candidates.contains(&i.id()) && !obsolete(i)) {
         let mut cur = Some(root);
+        let mut hops = 0;
+        while let Some(i) = cur {
+            if !needed.insert(i.id()) || hops > images.len() {
+                break;
+            }
+            hops += 1;
+            cur = find_parent(i, &images);
+        }
+    }
+    // An unfinished create that `--resume` can carry on needs its parent too.
+    let (_, partial) = set.scan()?;
+    for run in partial.iter().filter_map(|id| RunRecord::load(&set.dir, *id)).filter(|r| r.operation == "create") {
+        let Some(pid) = run.parent.as_deref().and_then(ImageId::parse) else { continue };
+        let mut cur = images
+            .iter()
+            .filter(|i| i.manifest.replaces_id(pid))
+            .max_by_key(|i| i.committed_nanos)
+            .or_else(|| images.iter().find(|i| i.id() == pid));
         let mut hops = 0;
         while let Some(i) = cur {
             if !needed.insert(i.id()) || hops > images.len() {
@@ -393,7 +429,13 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         ..tm.clone()
     };
     crate::set::sync_dir(&set.dir)?;
-    commit_manifest(&set.dir, &manifest)?;
+    if let Err(e) = commit_manifest(&set.dir, &manifest) {
+        // Renamed but not made durable: the image exists; its data stays.
+        if set.dir.join(crate::format::manifest::manifest_file_name(id)).exists() {
+            guard.2 = false;
+        }
+        return Err(e);
+    }
     guard.2 = false;
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     Ok(Consolidated {
@@ -505,17 +547,11 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     }
     let set = ImageSet::open(&opts.set)?;
     let _lock = if opts.dry_run { None } else { Some(lock_set(&set.dir, Access::Delete, "prune")?) };
+    refuse_unreadable(&set)?;
     if !opts.dry_run {
         finish_pending(&set, obs)?;
     }
-    let (images, bad) = set.images_lenient()?;
-    if let Some((id, e)) = bad.first() {
-        return Err(Error::BrokenChain {
-            path: set.dir.clone(),
-            image: id.to_string(),
-            why: format!("its manifest cannot be read ({e}); prune decides nothing while an image is unreadable"),
-        });
-    }
+    let (images, _) = set.images_lenient()?;
     let live: Vec<&Image> = images.iter().filter(|i| replaced_by(i, &images).is_none()).collect();
     let points: Vec<(ImageId, u64)> = live.iter().map(|i| (i.id(), i.manifest.created_unix_seconds)).collect();
     let reasons = policy(&points, opts);

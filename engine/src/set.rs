@@ -295,7 +295,7 @@ impl Image {
         }
         if e.offset < crate::format::segment::SEGMENT_HEADER_BYTES as u64
             || e.offset % crate::format::FRAME_ALIGN_BYTES != 0
-            || e.offset + frame_len(e.stored_len) > seg.size_bytes
+            || e.offset.checked_add(frame_len(e.stored_len)).is_none_or(|end| end > seg.size_bytes)
         {
             return Err(format!(
                 "index points at offset {} (+{} bytes), outside the frames of {} ({} bytes)",
@@ -585,6 +585,13 @@ pub fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
     let tmp_name = format!("{final_name}.tmp");
     let tmp = dir.join(&tmp_name);
     let dest = dir.join(&final_name);
+    // A temporary manifest left by a crash of this image's own earlier
+    // attempt (resume) is never part of an image: replace it.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove stale", &tmp, e)),
+    }
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let write = f.write_all(&manifest.to_json()).and_then(|()| f.sync_all());
     if let Err(e) = write {

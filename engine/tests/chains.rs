@@ -351,14 +351,20 @@ fn resume_drops_a_torn_frame_and_reads_its_chunk_again() {
     let len = std::fs::metadata(&seg).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.write_all_at(&[0xee; 100], len - 200).unwrap();
+    // Another file of the same size (another inode) is not this run's source:
+    // its --resume starts an image of its own and leaves the run alone.
+    std::fs::write(sb.path("other.img"), &data).unwrap();
+    let v = json(&sb.expect(&["create", "other.img", "set", "--resume", "--json"], 0));
+    assert_ne!(v["manifest"]["image_id"], id.as_str());
+    assert!(set.join(format!("{id}.run.json")).exists());
     let v = json(&sb.expect(&["create", "src.img", "set", "--resume", "--json"], 0));
     assert_eq!(v["manifest"]["image_id"], id.as_str());
     let (frames, zero) = (m["stats"]["chunks_stored"].as_u64().unwrap(), m["stats"]["chunks_zero"].as_u64().unwrap());
     let s = &v["manifest"]["stats"];
     assert_eq!(s["chunks_resumed"].as_u64().unwrap(), frames - 1 + zero, "every frame but the torn one kept: {s}");
     assert_eq!(s["bytes_read"].as_u64().unwrap(), 64 << 10, "only the torn frame's chunk was read again");
-    sb.expect(&["verify", "set"], 0);
-    assert_round_trip(&set, &data);
+    sb.expect(&["verify", &format!("set@{id}")], 0);
+    assert_image_holds(&set, Some(&id), &data);
 }
 
 /// A source of another size, another file of the same size, a missing

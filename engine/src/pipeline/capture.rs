@@ -274,7 +274,7 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
             .iter()
             .filter_map(|id| RunRecord::load(&set.dir, *id))
             .filter(|r| r.operation == "create" && r.source.size_bytes == src.size_bytes)
-            .filter(|r| r.source.path == src.path || check_same_identity(&r.source, src))
+            .filter(|r| check_same_identity(&r.source, src) || (opts.force && r.source.path == src.path))
             .collect();
         runs.sort_by_key(|r| r.started_unix_seconds);
         if let Some(run) = runs.pop() {
@@ -295,7 +295,13 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
             let parent = match run.parent.as_deref().and_then(ImageId::parse) {
                 None => None,
                 Some(pid) => {
-                    Some(images.iter().find(|i| i.id() == pid).cloned().ok_or_else(|| Error::BrokenChain {
+                    // The parent, or the image a merge wrote in its place.
+                    let found = images
+                        .iter()
+                        .filter(|i| i.manifest.replaces_id(pid))
+                        .max_by_key(|i| i.committed_nanos)
+                        .or_else(|| images.iter().find(|i| i.id() == pid));
+                    Some(found.cloned().ok_or_else(|| Error::BrokenChain {
                         path: set.dir.clone(),
                         image: id.to_string(),
                         why: format!(
@@ -306,6 +312,10 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
                     })?)
                 }
             };
+            if let Some(p) = &parent {
+                check_same_source(p, src, opts.force)?;
+                set.chain(p)?;
+            }
             if !runs.is_empty() {
                 obs.note(&format!("{} older unfinished run(s) of this source are left as they are", runs.len()));
             }

@@ -267,8 +267,14 @@ impl<'a> CaptureLane<'a> {
             let Some(chunk) = self.next_claimed() else { return Ok(None) };
             match self.sh.preset.get(chunk as usize) {
                 Some(Some(e)) => {
-                    self.report.stats.chunks += 1;
-                    self.report.stats.chunks_resumed += 1;
+                    let st = &mut self.report.stats;
+                    st.chunks += 1;
+                    st.chunks_resumed += 1;
+                    match e.state {
+                        ChunkState::Zero => st.chunks_zero += 1,
+                        ChunkState::Inherited => st.chunks_inherited += 1,
+                        _ => {}
+                    }
                     self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
                     self.record(chunk, *e)?;
                 }
