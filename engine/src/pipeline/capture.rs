@@ -553,6 +553,12 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let mut o = opts.clone();
     o.chunk_size_bytes = st.chunk_bytes;
     o.level = st.level;
+    if o.lanes.is_none() && st.parent.is_some() {
+        // An incremental mostly reads and hashes (xxh3, ~10 GB/s a core):
+        // half the cores keep up with the device and leave the rest to the
+        // kernel's side of the reads (a loop device copies on the CPU).
+        o.lanes = Some(available_cores().div_ceil(2));
+    }
     let lanes = validate(&o)?;
     if u64::from(st.chunk_bytes) % u64::from(source.dio_align_bytes) != 0 {
         return Err(Error::InvalidSetting(format!(
