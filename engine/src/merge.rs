@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -23,11 +23,13 @@ use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::error::{Error, Result};
-use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
+use crate::format::frame::{frame_len, frame_len_max, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, index_file_name, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
 use crate::format::manifest::{ImageKind, IndexInfo, Manifest, SegmentInfo, Stats};
 use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
+use crate::io::buffers::AlignedBuf;
+use crate::io::device::open_read_only;
 use crate::lock::{lock_set, Access};
 use crate::pipeline::capture::{hash_file, unix_now, DEFAULT_SEGMENT_BYTES};
 use crate::pipeline::Observer;
@@ -183,63 +185,73 @@ fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -
     Ok(removed)
 }
 
-/// Writes the segments of a new image, frame by frame, sequentially.
+/// Writes the segments of a new image, frame by frame, sequentially, in
+/// large aligned writes (O_DIRECT where the filesystem allows it).
 struct SegmentWriter<'a> {
     dir: &'a Path,
     id: ImageId,
     chunk_bytes: u32,
     limit: u64,
+    /// The open segment: file, path, number, bytes written, frames, hash.
     cur: Option<(File, PathBuf, u32, u64, u64, Xxh3Default)>,
-    buf: Vec<u8>,
+    buf: AlignedBuf,
+    fill: usize,
     done: Vec<SegmentInfo>,
 }
 
 impl SegmentWriter<'_> {
-    /// Append one frame; returns (segment, offset).
+    fn new(dir: &Path, id: ImageId, chunk_bytes: u32, limit: u64) -> SegmentWriter<'_> {
+        let cap = (8usize << 20).max(2 * frame_len_max(chunk_bytes) as usize + SEGMENT_HEADER_BYTES);
+        SegmentWriter { dir, id, chunk_bytes, limit, cur: None, buf: AlignedBuf::new(cap), fill: 0, done: Vec::new() }
+    }
+
+    /// Append one frame (a multiple of 4096 bytes); returns (segment, offset).
     fn append(&mut self, frame: &[u8]) -> Result<(u32, u64)> {
         let roll = match &self.cur {
             None => true,
-            Some((.., size, frames, _)) => {
-                *frames > 0 && size + self.buf.len() as u64 + frame.len() as u64 > self.limit
-            }
+            Some((.., size, frames, _)) => *frames > 0 && size + (self.fill + frame.len()) as u64 > self.limit,
         };
         if roll {
             self.close()?;
             let seq = self.done.len() as u32;
             let path = self.dir.join(segment_file_name(self.id, seq));
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|e| Error::io("create segment", &path, e))?;
-            let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
-            SegmentHeader { image_id: self.id, lane: 0, seq, chunk_bytes: self.chunk_bytes }.encode(&mut head);
+            let (file, _direct) = crate::pipeline::lane::create_segment_file(&path)?;
+            let head = &mut self.buf.as_mut_slice()[..SEGMENT_HEADER_BYTES];
+            head.fill(0);
+            SegmentHeader { image_id: self.id, lane: 0, seq, chunk_bytes: self.chunk_bytes }.encode(head);
             let mut h = Xxh3Default::new();
-            h.update(&head);
-            self.buf.extend_from_slice(&head);
+            h.update(head);
+            self.fill = SEGMENT_HEADER_BYTES;
             self.cur = Some((file, path, seq, 0, 0, h));
         }
-        let (file, path, seq, size, frames, h) = self.cur.as_mut().expect("open segment");
-        let at = *size + self.buf.len() as u64;
-        h.update(frame);
-        self.buf.extend_from_slice(frame);
-        *frames += 1;
-        if self.buf.len() >= 8 << 20 {
-            file.write_all_at(&self.buf, *size).map_err(|e| Error::io_at("write segment", path.clone(), *size, e))?;
-            *size += self.buf.len() as u64;
-            self.buf.clear();
+        if self.fill + frame.len() > self.buf.len() {
+            self.flush()?;
         }
-        Ok((*seq, at))
+        let (.., seq, size, frames, h) = self.cur.as_mut().expect("open segment");
+        let at = *size + self.fill as u64;
+        h.update(frame);
+        *frames += 1;
+        let seq = *seq;
+        self.buf.as_mut_slice()[self.fill..self.fill + frame.len()].copy_from_slice(frame);
+        self.fill += frame.len();
+        Ok((seq, at))
+    }
+
+    /// Write what is buffered at the end of the open segment.
+    fn flush(&mut self) -> Result<()> {
+        let Some((file, path, _, size, ..)) = self.cur.as_mut() else { return Ok(()) };
+        debug_assert_eq!(self.fill % SEGMENT_HEADER_BYTES, 0, "frames are 4096-aligned");
+        file.write_all_at(&self.buf.as_slice()[..self.fill], *size)
+            .map_err(|e| Error::io_at("write segment", path.clone(), *size, e))?;
+        *size += self.fill as u64;
+        self.fill = 0;
+        Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
-        let Some((file, path, seq, mut size, frames, h)) = self.cur.take() else { return Ok(()) };
-        file.write_all_at(&self.buf, size)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io_at("write segment", path.clone(), size, e))?;
-        size += self.buf.len() as u64;
-        self.buf.clear();
+        self.flush()?;
+        let Some((file, path, seq, size, frames, h)) = self.cur.take() else { return Ok(()) };
+        file.sync_all().map_err(|e| Error::io("fsync segment", path.clone(), e))?;
         self.done.push(SegmentInfo {
             file: segment_file_name(self.id, seq),
             lane: 0,
@@ -251,6 +263,17 @@ impl SegmentWriter<'_> {
         Ok(())
     }
 }
+
+/// Frames read together: one positioned read of adjacent frames, each
+/// checked and given the new image's ID in place.
+struct Run {
+    buf: AlignedBuf,
+    /// (chunk, start in `buf`, length)
+    frames: Vec<(u64, usize, usize)>,
+}
+
+/// Largest read of adjacent frames.
+const RUN_BYTES: u64 = 8 << 20;
 
 /// Removes a consolidation's files unless it committed.
 struct Unfinished<'a>(&'a Path, ImageId, bool);
@@ -321,72 +344,46 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         let e = &resolved.entries[c as usize];
         (e.segment, e.offset)
     });
-    let mut w = SegmentWriter {
-        dir: &set.dir,
-        id,
-        chunk_bytes: tm.chunk_size_bytes,
-        limit: if tm.settings.segment_size_bytes > 0 { tm.settings.segment_size_bytes } else { DEFAULT_SEGMENT_BYTES },
-        cur: None,
-        buf: Vec::with_capacity(9 << 20),
-        done: Vec::new(),
-    };
-    let mut files: HashMap<u32, File> = HashMap::new();
-    let mut frame = Vec::new();
+    let limit = if tm.settings.segment_size_bytes > 0 { tm.settings.segment_size_bytes } else { DEFAULT_SEGMENT_BYTES };
+    let mut w = SegmentWriter::new(&set.dir, id, tm.chunk_size_bytes, limit);
     let mut entries = resolved.entries.clone();
     let mut stats = Stats::default();
     let total = order.len() as u64;
-    for (n, &chunk) in order.iter().enumerate() {
-        let e = resolved.entries[chunk as usize];
-        let seg = &resolved.segments[e.segment as usize];
-        let f = match files.entry(e.segment) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(File::open(&seg.path).map_err(|err| Error::io("open segment", &seg.path, err))?)
+    // This thread reads and checks runs of adjacent frames; a writer thread
+    // appends them to the new segments, so reading and writing overlap.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Run>(2);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<AlignedBuf>();
+    type Placed = (Vec<(u64, u32, u64)>, Vec<SegmentInfo>);
+    let (placed, segments) = std::thread::scope(|scope| -> Result<Placed> {
+        let writer = scope.spawn(move || -> Result<Placed> {
+            let mut placed = Vec::new();
+            for run in rx {
+                for &(chunk, start, len) in &run.frames {
+                    let (segment, offset) = w.append(&run.buf.as_slice()[start..start + len])?;
+                    placed.push((chunk, segment, offset));
+                }
+                let _ = back_tx.send(run.buf);
             }
-        };
-        frame.resize(frame_len(e.stored_len) as usize, 0);
-        f.read_exact_at(&mut frame, e.offset).map_err(|err| Error::io_at("read frame", &seg.path, e.offset, err))?;
-        let damaged = |why: String| {
-            Error::corrupt(
-                &seg.path,
-                e.offset,
-                format!(
-                    "chunk {chunk} (held by image {}) is damaged: {why}; the merge stopped and changed nothing",
-                    seg.image
-                ),
-            )
-        };
-        let mut h = FrameHeader::decode(&frame).map_err(|err| damaged(err.to_string()))?;
-        h.check_matches(chunk, seg.image, &e).map_err(damaged)?;
-        let payload = &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
-        if xxh3_64(payload) != h.stored_hash {
-            return Err(damaged("the payload's hash does not match its header".into()));
-        }
-        h.image_id = id;
-        h.encode(&mut frame);
-        let (segment, offset) = w.append(&frame)?;
-        entries[chunk as usize] = IndexEntry { segment, offset, image_id: id, ..e };
-        stats.chunks_stored += 1;
-        stats.bytes_stored_payload += u64::from(e.stored_len);
-        if e.stored_len == e.raw_len {
-            stats.chunks_stored_raw += 1;
-            stats.bytes_stored_raw += u64::from(e.stored_len);
-        }
-        if n % 64 == 0 {
-            obs.progress(n as u64, total);
-        }
-        if crate::pipeline::interrupted() {
-            return Err(Error::Interrupted(format!(
-                "merge stopped by a signal; nothing was changed (the new image {id}'s files were removed)"
-            )));
-        }
+            w.close()?;
+            Ok((placed, w.done))
+        });
+        let read = read_runs(&resolved, &order, id, &tx, &back_rx, &mut stats, obs, total);
+        drop(tx);
+        let written = writer.join().expect("merge writer thread panicked");
+        // The writer's error explains a failed send; otherwise the reader's.
+        let placed = written?;
+        read?;
+        Ok(placed)
+    })?;
+    for (chunk, segment, offset) in placed {
+        let e = &mut entries[chunk as usize];
+        *e = IndexEntry { segment, offset, image_id: id, ..*e };
     }
     obs.progress(total, total);
-    w.close()?;
     stats.chunks_zero = entries.iter().filter(|e| e.state == ChunkState::Zero).count() as u64;
     stats.chunks_inherited = entries.iter().filter(|e| e.state == ChunkState::Inherited).count() as u64;
     stats.chunks_copied = stats.chunks_stored;
-    stats.bytes_segments = w.done.iter().map(|s| s.size_bytes).sum();
+    stats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
 
     let index_path = set.dir.join(index_file_name(id));
     let mut bytes = vec![0u8; entry_offset(tm.chunk_count) as usize];
@@ -419,7 +416,7 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         parent: parent.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         stats,
-        segments: w.done,
+        segments,
         index: IndexInfo {
             file: index_file_name(id),
             size_bytes: entry_offset(tm.chunk_count),
@@ -448,6 +445,96 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         bytes_copied: manifest.stats.bytes_segments,
         wall_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Read `order`'s frames in runs of adjacent frames, check each (header,
+/// agreement with the index, payload hash), give it the new image's ID, and
+/// send the runs to the writer.
+#[allow(clippy::too_many_arguments)]
+fn read_runs(
+    resolved: &Resolved,
+    order: &[u64],
+    id: ImageId,
+    tx: &std::sync::mpsc::SyncSender<Run>,
+    spare: &std::sync::mpsc::Receiver<AlignedBuf>,
+    stats: &mut Stats,
+    obs: &dyn Observer,
+    total: u64,
+) -> Result<()> {
+    let mut files: HashMap<u32, File> = HashMap::new();
+    let mut i = 0;
+    while i < order.len() {
+        let first = resolved.entries[order[i] as usize];
+        let (segment, start) = (first.segment, first.offset);
+        let mut end = start + frame_len(first.stored_len);
+        let mut j = i + 1;
+        while let Some(&c) = order.get(j) {
+            let e = &resolved.entries[c as usize];
+            let len = frame_len(e.stored_len);
+            if e.segment != segment || e.offset != end || end + len - start > RUN_BYTES {
+                break;
+            }
+            end += len;
+            j += 1;
+        }
+        let seg = &resolved.segments[segment as usize];
+        let f = match files.entry(segment) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            // O_DIRECT: segments written by the lanes are not in the page
+            // cache, and buffered reads of them run at a fraction of the disk.
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(open_read_only(&seg.path, true)?.0),
+        };
+        let run_len = (end - start) as usize;
+        let mut buf = spare
+            .try_recv()
+            .ok()
+            .filter(|b| b.len() >= run_len)
+            .unwrap_or_else(|| AlignedBuf::new(run_len.max(RUN_BYTES as usize)));
+        f.read_exact_at(&mut buf.as_mut_slice()[..run_len], start)
+            .map_err(|err| Error::io_at("read frames", &seg.path, start, err))?;
+        let mut frames = Vec::with_capacity(j - i);
+        for &chunk in &order[i..j] {
+            let e = resolved.entries[chunk as usize];
+            let at = (e.offset - start) as usize;
+            let len = frame_len(e.stored_len) as usize;
+            let frame = &mut buf.as_mut_slice()[at..at + len];
+            let damaged = |why: String| {
+                Error::corrupt(
+                    &seg.path,
+                    e.offset,
+                    format!(
+                        "chunk {chunk} (held by image {}) is damaged: {why}; the merge stopped and changed nothing",
+                        seg.image
+                    ),
+                )
+            };
+            let mut h = FrameHeader::decode(frame).map_err(|err| damaged(err.to_string()))?;
+            h.check_matches(chunk, seg.image, &e).map_err(damaged)?;
+            if xxh3_64(&frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize]) != h.stored_hash {
+                return Err(damaged("the payload's hash does not match its header".into()));
+            }
+            h.image_id = id;
+            h.encode(frame);
+            frames.push((chunk, at, len));
+            stats.chunks_stored += 1;
+            stats.bytes_stored_payload += u64::from(e.stored_len);
+            if e.stored_len == e.raw_len {
+                stats.chunks_stored_raw += 1;
+                stats.bytes_stored_raw += u64::from(e.stored_len);
+            }
+        }
+        if tx.send(Run { buf, frames }).is_err() {
+            return Ok(()); // the writer failed; its error is the one to report
+        }
+        if crate::pipeline::interrupted() {
+            return Err(Error::Interrupted(format!(
+                "merge stopped by a signal; nothing was changed (the new image {id}'s files were removed)"
+            )));
+        }
+        obs.progress(j as u64, total);
+        i = j;
+    }
+    Ok(())
 }
 
 /// How to run `prune`.

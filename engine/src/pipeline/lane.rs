@@ -699,7 +699,7 @@ impl<'a> CaptureLane<'a> {
 
 /// Create a new segment file (never replacing one), with O_DIRECT when the
 /// filesystem allows it.
-fn create_segment_file(path: &Path) -> Result<(File, bool)> {
+pub(crate) fn create_segment_file(path: &Path) -> Result<(File, bool)> {
     let open = |direct: bool| {
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
