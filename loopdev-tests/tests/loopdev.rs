@@ -420,3 +420,76 @@ fn a_week_of_daily_incrementals_with_retention_and_an_interruption() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     }
 }
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        sh("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tintype-test", dir.to_str().unwrap()]);
+        Tmpfs(dir.into())
+    }
+
+    fn grow(&self, size: &str) {
+        sh("mount", &["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The destination fills up mid-run: create fails naming the cause and
+/// keeps what it wrote; once there is room, `--resume` finishes an image
+/// that restores to the device's bytes, reading only what was missing.
+#[test]
+fn a_full_destination_then_resume() {
+    if !require_loop_devices("a_full_destination_then_resume") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64usize << 20;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let content: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let backing = dir.path().join("disk.img");
+    std::fs::write(&backing, &content).unwrap();
+    let dev = LoopDev::attach(&backing, 4096);
+    let fs = Tmpfs::new(&dir.path().join("small"), "40m");
+    let set = fs.0.join("set");
+    let set_s = set.to_str().unwrap();
+    let out = tintype(&["create", dev.as_str(), set_s, "--level", "1", "--chunk-size", "256K"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no space left"), "{err}");
+    assert!(err.contains("--resume"), "the message says how to carry on: {err}");
+    let kept = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .count();
+    assert!(kept > 0, "the frames written before the disk filled are kept");
+    fs.grow("200m");
+    let out = tintype(&["create", dev.as_str(), set_s, "--resume", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resumed = v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap();
+    let read = v["manifest"]["stats"]["bytes_read"].as_u64().unwrap();
+    assert!(resumed > 0 && read < size as u64, "resumed {resumed} chunks, read {read} bytes again");
+    assert_eq!(read + resumed * (256 << 10), size as u64, "every chunk was either kept or read once");
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set_s, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == content, "the resumed image restores to the device's bytes");
+    let out = tintype(&["verify", set_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -114,7 +114,17 @@ pub fn print_create(r: &CreateReport, json: bool) {
         s.chunks_stored_raw,
         s.chunks_zero
     );
-    println!("  stored   {} in {} segment(s), ratio {:.2}x", human(s.bytes_segments), m.segments.len(), ratio);
+    if m.parent.is_some() {
+        let changed = s.chunks_stored;
+        println!(
+            "  stored   {} in {} segment(s) for {changed} changed chunk(s) ({} of source)",
+            human(s.bytes_segments),
+            m.segments.len(),
+            human(changed * u64::from(m.chunk_size_bytes))
+        );
+    } else {
+        println!("  stored   {} in {} segment(s), ratio {:.2}x", human(s.bytes_segments), m.segments.len(), ratio);
+    }
     let st = &s.stage_seconds;
     let g = |k: &str| st.get(k).copied().unwrap_or(0.0);
     println!(

@@ -115,6 +115,8 @@ struct Staging {
     /// None while it holds nothing.
     target: Option<(usize, u64)>,
     in_flight: bool,
+    /// Bytes of `fill` already written (a short write is carried on).
+    written: usize,
 }
 
 struct OpenSegment {
@@ -189,8 +191,8 @@ impl<'a> CaptureLane<'a> {
             ready: VecDeque::new(),
             batches: VecDeque::new(),
             staging: [
-                Staging { buf: qd, fill: 0, target: None, in_flight: false },
-                Staging { buf: qd + 1, fill: 0, target: None, in_flight: false },
+                Staging { buf: qd, fill: 0, target: None, in_flight: false, written: 0 },
+                Staging { buf: qd + 1, fill: 0, target: None, in_flight: false, written: 0 },
             ],
             cur: 0,
             seg: None,
@@ -528,7 +530,7 @@ impl<'a> CaptureLane<'a> {
                 .encode(self.io.buffer_mut(buf));
             fill = SEGMENT_HEADER_BYTES;
         }
-        self.staging[i] = Staging { buf, fill, target: Some((slot, base)), in_flight: false };
+        self.staging[i] = Staging { buf, fill, target: Some((slot, base)), in_flight: false, written: 0 };
         Ok(())
     }
 
@@ -556,9 +558,10 @@ impl<'a> CaptureLane<'a> {
         let st = self.staging[i];
         let (slot, offset) = st.target.expect("written staging buffer has a target");
         let path = self.segment_in(slot).path.clone();
+        let done = st.written;
         match c.result {
             Err(e) if io::is_transient(&e) => {
-                self.io.enqueue_write(slot, st.buf, 0, st.fill, offset, c.user_data);
+                self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
                 return Ok(());
             }
             Err(e) => {
@@ -567,19 +570,30 @@ impl<'a> CaptureLane<'a> {
                 } else {
                     e
                 };
-                return Err(Error::io_at("write segment", path, offset, e));
+                return Err(Error::io_at("write segment", path, offset + done as u64, e));
             }
-            Ok(n) if n != st.fill => {
+            Ok(0) => {
                 return Err(Error::io_at(
                     "write segment",
                     path,
-                    offset,
-                    std::io::Error::other(format!("short write: {n} of {} bytes (is the destination full?)", st.fill)),
+                    offset + done as u64,
+                    std::io::Error::other(format!(
+                        "the write stopped after {done} of {} bytes (is the destination full?)",
+                        st.fill
+                    )),
                 ))
+            }
+            // A short write (a filling disk): carry on with the rest, which
+            // either completes or fails with the real cause.
+            Ok(n) if done + n < st.fill => {
+                let done = done + n;
+                self.staging[i].written = done;
+                self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
+                return Ok(());
             }
             Ok(_) => {}
         }
-        self.staging[i] = Staging { buf: st.buf, fill: 0, target: None, in_flight: false };
+        self.staging[i] = Staging { buf: st.buf, fill: 0, target: None, in_flight: false, written: 0 };
         let seg = self.segment_in(slot);
         seg.writes_in_flight -= 1;
         let done = seg.writes_in_flight == 0;
