@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod error;
 pub mod format;
+pub mod fs;
 pub mod io;
 pub mod lock;
 pub mod merge;

@@ -241,8 +241,33 @@ impl SegmentWriter<'_> {
     fn flush(&mut self) -> Result<()> {
         let Some((file, path, _, size, ..)) = self.cur.as_mut() else { return Ok(()) };
         debug_assert_eq!(self.fill % SEGMENT_HEADER_BYTES, 0, "frames are 4096-aligned");
-        file.write_all_at(&self.buf.as_slice()[..self.fill], *size)
-            .map_err(|e| Error::io_at("write segment", path.clone(), *size, e))?;
+        // A short write is carried on from a 4096-byte boundary (O_DIRECT).
+        let mut done = 0;
+        while done < self.fill {
+            let at = *size + done as u64;
+            let n = match file.write_at(&self.buf.as_slice()[done..self.fill], at) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let e = if e.raw_os_error() == Some(libc::ENOSPC) {
+                        std::io::Error::new(e.kind(), "no space left on the destination (ENOSPC)")
+                    } else {
+                        e
+                    };
+                    return Err(Error::io_at("write segment", path.clone(), at, e));
+                }
+            };
+            let next = if done + n == self.fill { self.fill } else { (done + n) & !(SEGMENT_HEADER_BYTES - 1) };
+            if next <= done {
+                return Err(Error::io_at(
+                    "write segment",
+                    path.clone(),
+                    at,
+                    std::io::Error::other("the write stopped short (is the destination full?)"),
+                ));
+            }
+            done = next;
+        }
         *size += self.fill as u64;
         self.fill = 0;
         Ok(())
@@ -370,10 +395,12 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         let read = read_runs(&resolved, &order, id, &tx, &back_rx, &mut stats, obs, total);
         drop(tx);
         let written = writer.join().expect("merge writer thread panicked");
-        // The writer's error explains a failed send; otherwise the reader's.
-        let placed = written?;
-        read?;
-        Ok(placed)
+        // A damaged frame (or a signal) is the reader's to report; when the
+        // reader stopped because the writer did, the writer's error explains it.
+        match read {
+            Err(e) => Err(e),
+            Ok(_) => written,
+        }
     })?;
     for (chunk, segment, offset) in placed {
         let e = &mut entries[chunk as usize];

@@ -6,4 +6,5 @@ mod create_verify;
 mod golden;
 mod profiles;
 mod restore;
+mod usedspace;
 mod util;

@@ -586,7 +586,22 @@ impl<'a> CaptureLane<'a> {
             // A short write (a filling disk): carry on with the rest, which
             // either completes or fails with the real cause.
             Ok(n) if done + n < st.fill => {
-                let done = done + n;
+                // Carry on from a 4096-byte boundary (O_DIRECT needs one);
+                // writing a few bytes again is harmless.
+                let aligned = (done + n) & !(SEGMENT_HEADER_BYTES - 1);
+                if aligned <= done {
+                    return Err(Error::io_at(
+                        "write segment",
+                        path,
+                        offset + done as u64,
+                        std::io::Error::other(format!(
+                            "the write stopped after {} of {} bytes (is the destination full?)",
+                            done + n,
+                            st.fill
+                        )),
+                    ));
+                }
+                let done = aligned;
                 self.staging[i].written = done;
                 self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
                 return Ok(());

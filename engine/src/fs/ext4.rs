@@ -1,0 +1,254 @@
+//! ext2/3/4: which blocks the filesystem uses, from its superblock, group
+//! descriptors (32- and 64-bit) and block bitmaps. Groups whose bitmap was
+//! never initialised (BLOCK_UNINIT) are free except for the metadata the
+//! group holds (superblock and descriptor backups, any group's bitmaps and
+//! inode tables placed there, as flex_bg does). With metadata_csum the
+//! superblock, every descriptor and every initialised bitmap are checked; a
+//! check that fails, a feature this parser does not read (meta_bg,
+//! bigalloc), or a journal that still needs recovery, is an error: the
+//! caller then images the filesystem whole.
+
+use super::{FreeMap, MetaRead};
+
+/// The ext superblock magic, at byte 1080 of the filesystem.
+pub const EXT_MAGIC: u16 = 0xEF53;
+
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// Incompat features whose layout this parser understands.
+const INCOMPAT_KNOWN: u32 = 0x2
+    | INCOMPAT_RECOVER
+    | INCOMPAT_EXTENTS
+    | INCOMPAT_64BIT
+    | 0x100
+    | 0x200
+    | 0x400
+    | INCOMPAT_CSUM_SEED
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x20000;
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+const BG_BLOCK_UNINIT: u16 = 0x2;
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// ext4's checksum: CRC-32C continued from `seed`, without the final inversion.
+fn ext4_crc(seed: u32, data: &[u8]) -> u32 {
+    !crc32c::crc32c_append(!seed, data)
+}
+
+/// What the superblock says.
+#[derive(Debug, Clone)]
+pub struct Ext4 {
+    /// "ext2", "ext3" or "ext4" (by features: extents → ext4, a journal → ext3).
+    pub name: &'static str,
+    pub block_bytes: u64,
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub label: String,
+}
+
+/// Is there an ext superblock at `base`?
+pub fn detect(r: &dyn MetaRead, base: u64) -> bool {
+    r.read(base + 1024, 1024).is_ok_and(|sb| u16_at(&sb, 0x38) == EXT_MAGIC)
+}
+
+/// Read the filesystem at `base` (`len` bytes) and return what it is and its
+/// free space (byte ranges relative to `base`).
+pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMap), String> {
+    let sb = r.read(base + 1024, 1024).map_err(|e| format!("cannot read the superblock: {e}"))?;
+    if u16_at(&sb, 0x38) != EXT_MAGIC {
+        return Err("no ext superblock (bad magic)".into());
+    }
+    let incompat = u32_at(&sb, 0x60);
+    let ro_compat = u32_at(&sb, 0x64);
+    let compat = u32_at(&sb, 0x5C);
+    let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
+    if csum && ext4_crc(!0, &sb[..0x3FC]) != u32_at(&sb, 0x3FC) {
+        return Err("superblock checksum mismatch".into());
+    }
+    let log = u32_at(&sb, 0x18);
+    if log > 6 {
+        return Err(format!("block size 1024 << {log} is out of range"));
+    }
+    let bs = 1024u64 << log;
+    if incompat & !INCOMPAT_KNOWN != 0 {
+        return Err(format!("unknown incompatible features {:#x}", incompat & !INCOMPAT_KNOWN));
+    }
+    if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+        return Err("an external journal device, not a filesystem".into());
+    }
+    if incompat & INCOMPAT_META_BG != 0 {
+        return Err("meta_bg layout is not read by this build".into());
+    }
+    if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+        return Err("bigalloc (cluster bitmaps) is not read by this build".into());
+    }
+    if incompat & INCOMPAT_RECOVER != 0 {
+        return Err("the journal needs recovery (not cleanly unmounted): the bitmaps may be stale".into());
+    }
+    let is64 = incompat & INCOMPAT_64BIT != 0;
+    let blocks = u64::from(u32_at(&sb, 0x4)) | if is64 { u64::from(u32_at(&sb, 0x150)) << 32 } else { 0 };
+    let free_blocks = u64::from(u32_at(&sb, 0xC)) | if is64 { u64::from(u32_at(&sb, 0x158)) << 32 } else { 0 };
+    let first = u64::from(u32_at(&sb, 0x14));
+    let bpg = u64::from(u32_at(&sb, 0x20));
+    let ipg = u64::from(u32_at(&sb, 0x28));
+    let inode_size = u64::from(u16_at(&sb, 0x58)).max(128);
+    let desc = if is64 { u64::from(u16_at(&sb, 0xFE)) } else { 32 };
+    if bpg == 0 || bpg > bs * 8 || blocks == 0 || !(32..=1024).contains(&desc) || !desc.is_power_of_two() {
+        return Err(format!("implausible geometry: {blocks} blocks, {bpg} per group, descriptors of {desc} bytes"));
+    }
+    if blocks.checked_mul(bs).is_none_or(|b| b > len) {
+        return Err(format!(
+            "the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len}-byte partition"
+        ));
+    }
+    let groups = (blocks - first).div_ceil(bpg);
+    let gdt_blocks = (groups * desc).div_ceil(bs);
+    let reserved_gdt = u64::from(u16_at(&sb, 0xCE));
+    let seed = if incompat & INCOMPAT_CSUM_SEED != 0 { u32_at(&sb, 0x270) } else { ext4_crc(!0, &sb[0x68..0x78]) };
+    let gdt = r
+        .read(base + (first + 1) * bs, (gdt_blocks * bs) as usize)
+        .map_err(|e| format!("cannot read the group descriptors: {e}"))?;
+    let backups: Option<[u32; 2]> =
+        (compat & COMPAT_SPARSE_SUPER2 != 0).then(|| [u32_at(&sb, 0x24C), u32_at(&sb, 0x250)]);
+    let has_super = |g: u64| -> bool {
+        if g == 0 {
+            return true;
+        }
+        if let Some(b) = backups {
+            return b.contains(&(g as u32));
+        }
+        if ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g == 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&p| {
+            let mut x = p;
+            while x < g {
+                x *= p;
+            }
+            x == g
+        })
+    };
+    struct Group {
+        bitmap: u64,
+        inode_bitmap: u64,
+        inode_table: u64,
+        uninit: bool,
+        bitmap_csum: u32,
+    }
+    let mut gs = Vec::with_capacity(groups as usize);
+    for g in 0..groups {
+        let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
+        let hi = |at: usize| if is64 && desc >= 64 { u64::from(u32_at(d, at)) << 32 } else { 0 };
+        if csum {
+            let mut c = ext4_crc(seed, &(g as u32).to_le_bytes());
+            c = ext4_crc(c, &d[..0x1E]);
+            c = ext4_crc(c, &[0, 0]);
+            c = ext4_crc(c, &d[0x20..]);
+            if (c & 0xFFFF) as u16 != u16_at(d, 0x1E) {
+                return Err(format!("group descriptor {g}: checksum mismatch"));
+            }
+        }
+        gs.push(Group {
+            bitmap: u64::from(u32_at(d, 0)) | hi(0x20),
+            inode_bitmap: u64::from(u32_at(d, 4)) | hi(0x24),
+            inode_table: u64::from(u32_at(d, 8)) | hi(0x28),
+            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0,
+            bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
+        });
+    }
+    let itable_blocks = (ipg * inode_size).div_ceil(bs);
+    // Every group's metadata, as block ranges: always used.
+    let mut meta: Vec<(u64, u64)> = Vec::new();
+    for (g, grp) in gs.iter().enumerate() {
+        let g = g as u64;
+        let start = first + g * bpg;
+        if has_super(g) {
+            meta.push((start, 1 + gdt_blocks + reserved_gdt));
+        }
+        meta.push((grp.bitmap, 1));
+        meta.push((grp.inode_bitmap, 1));
+        meta.push((grp.inode_table, itable_blocks));
+    }
+    for &(b, n) in &meta {
+        if b.checked_add(n).is_none_or(|end| end > blocks) {
+            return Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {blocks} blocks"));
+        }
+    }
+    meta.sort_unstable();
+    let mut free = FreeMap::default();
+    let bitmap_bytes = (bpg / 8) as usize;
+    for (g, grp) in gs.iter().enumerate() {
+        let g = g as u64;
+        let start = first + g * bpg;
+        let end = (start + bpg).min(blocks);
+        if grp.uninit {
+            // Free but for metadata inside the group.
+            let mut at = start;
+            for &(b, n) in meta.iter().filter(|(b, n)| b + n > start && *b < end) {
+                if b > at {
+                    free.push(at * bs, (b - at) * bs);
+                }
+                at = at.max(b + n);
+            }
+            if end > at {
+                free.push(at * bs, (end - at) * bs);
+            }
+            continue;
+        }
+        let bm = r
+            .read(base + grp.bitmap * bs, bs as usize)
+            .map_err(|e| format!("cannot read the block bitmap of group {g}: {e}"))?;
+        if csum {
+            let c = ext4_crc(seed, &bm[..bitmap_bytes]);
+            let want = if desc >= 64 { c } else { c & 0xFFFF };
+            if want != grp.bitmap_csum {
+                return Err(format!("group {g}: block bitmap checksum mismatch"));
+            }
+        }
+        let mut run: Option<u64> = None;
+        for blk in start..end {
+            let bit = (blk - start) as usize;
+            let used = bm[bit / 8] & (1 << (bit % 8)) != 0;
+            match (used, run) {
+                (false, None) => run = Some(blk),
+                (true, Some(s)) => {
+                    free.push(s * bs, (blk - s) * bs);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run {
+            free.push(s * bs, (end - s) * bs);
+        }
+    }
+    // Metadata is used whatever a bitmap says.
+    for &(b, n) in &meta {
+        free.remove(b * bs, n * bs);
+    }
+    let name = if incompat & INCOMPAT_EXTENTS != 0 || is64 {
+        "ext4"
+    } else if compat & 0x4 != 0 {
+        "ext3"
+    } else {
+        "ext2"
+    };
+    let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
+    Ok((Ext4 { name, block_bytes: bs, blocks, free_blocks, label }, free))
+}

@@ -1,0 +1,261 @@
+//! What is on a source: its partition table (GPT, MBR with extended
+//! partitions) and, for filesystems this build can read, which bytes they
+//! do not use. The capture pipeline stores only chunks that hold used bytes;
+//! everything else — the tables, the GPT backup, gaps between partitions,
+//! filesystems it cannot read — is imaged whole.
+
+pub mod ext4;
+pub mod table;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use serde::{Deserialize, Serialize};
+
+/// Reads metadata at byte offsets of the source (small reads, buffered).
+pub trait MetaRead {
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+}
+
+impl MetaRead for File {
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read_exact_at(&mut v, offset)?;
+        Ok(v)
+    }
+}
+
+/// Byte ranges a filesystem does not use, kept sorted and merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FreeMap {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl FreeMap {
+    /// Add a free range (ranges must be pushed in increasing order, or
+    /// `normalize` called afterwards).
+    pub fn push(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if let Some(last) = self.ranges.last_mut() {
+            if last.0 + last.1 == start {
+                last.1 += len;
+                return;
+            }
+        }
+        self.ranges.push((start, len));
+    }
+
+    /// Sort and merge.
+    pub fn normalize(&mut self) {
+        self.ranges.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(s, l) in &self.ranges {
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 >= s => last.1 = last.1.max(s + l - last.0),
+                _ => out.push((s, l)),
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// Mark `[start, start+len)` used.
+    pub fn remove(&mut self, start: u64, len: u64) {
+        let end = start + len;
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        for &(s, l) in &self.ranges {
+            let e = s + l;
+            if e <= start || s >= end {
+                out.push((s, l));
+                continue;
+            }
+            if s < start {
+                out.push((s, start - s));
+            }
+            if e > end {
+                out.push((end, e - end));
+            }
+        }
+        self.ranges = out;
+    }
+
+    /// The same ranges moved by `offset` bytes.
+    pub fn shifted(&self, offset: u64) -> FreeMap {
+        FreeMap { ranges: self.ranges.iter().map(|&(s, l)| (s + offset, l)).collect() }
+    }
+
+    /// Add every range of `other`.
+    pub fn extend(&mut self, other: &FreeMap) {
+        self.ranges.extend_from_slice(&other.ranges);
+        self.normalize();
+    }
+
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+
+    /// For each chunk of `chunk_bytes` of a `size`-byte source: is all of it free?
+    pub fn unused_chunks(&self, size: u64, chunk_bytes: u64) -> Vec<bool> {
+        let n = size.div_ceil(chunk_bytes);
+        let mut out = vec![false; n as usize];
+        for &(s, l) in &self.ranges {
+            let first = s.div_ceil(chunk_bytes);
+            let end = s + l;
+            for c in first..n {
+                let cs = c * chunk_bytes;
+                let ce = (cs + chunk_bytes).min(size);
+                if ce > end {
+                    break;
+                }
+                out[c as usize] = true;
+            }
+        }
+        out
+    }
+}
+
+/// One partition (or the whole device when there is no table) and what was
+/// found on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// 1-based number in the table; 0 for a filesystem on the whole device.
+    pub number: u32,
+    pub start_bytes: u64,
+    pub size_bytes: u64,
+    /// The partition type: a GPT type name or GUID, or the MBR type byte.
+    pub kind: String,
+    /// GPT partition name, or the filesystem label.
+    pub name: String,
+    /// "ext4", "ext3", "ext2", "xfs", or "unknown".
+    pub filesystem: String,
+    /// Bytes the filesystem uses, when its map could be read.
+    pub used_bytes: Option<u64>,
+    /// Why the partition is imaged whole, when it is.
+    pub note: Option<String>,
+}
+
+/// The source's layout and the free space of the filesystems on it.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// "gpt", "mbr" or "none".
+    pub table: String,
+    pub partitions: Vec<Partition>,
+    /// Free byte ranges of the whole source (absolute offsets).
+    pub free: FreeMap,
+    /// Problems with the table itself (a damaged GPT backup, …).
+    pub notes: Vec<String>,
+}
+
+/// Which filesystem starts at `base`.
+pub fn detect(r: &dyn MetaRead, base: u64) -> &'static str {
+    if ext4::detect(r, base) {
+        return "ext";
+    }
+    if r.read(base, 4).is_ok_and(|m| m == b"XFSB") {
+        return "xfs";
+    }
+    "unknown"
+}
+
+/// Look at one filesystem region: detect, map, describe.
+fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition {
+    match detect(r, p.start_bytes) {
+        "ext" => match ext4::free_space(r, p.start_bytes, p.size_bytes) {
+            Ok((fs, map)) => {
+                p.filesystem = fs.name.into();
+                if p.name.is_empty() {
+                    p.name = fs.label.clone();
+                }
+                let fs_bytes = fs.blocks * fs.block_bytes;
+                p.used_bytes = Some(fs_bytes - map.free_bytes());
+                free.extend(&map.shifted(p.start_bytes));
+            }
+            Err(why) => {
+                p.filesystem = "ext".into();
+                p.note = Some(format!("ext filesystem imaged whole: {why}"));
+            }
+        },
+        "xfs" => {
+            p.filesystem = "xfs".into();
+            p.note = Some("xfs: used-space maps are not read by this build yet; imaged whole".into());
+        }
+        _ => {
+            p.filesystem = "unknown".into();
+            p.note = Some("no filesystem this build reads; imaged whole".into());
+        }
+    }
+    p
+}
+
+/// Read the partition table and the filesystems of a `size`-byte source
+/// with `sector`-byte logical sectors.
+pub fn analyze(r: &(impl MetaRead + ?Sized), file: &File, size: u64, sector: u32) -> Layout {
+    let r: &dyn MetaRead = &ReadVia(r);
+    let mut layout = Layout { table: "none".into(), ..Default::default() };
+    match table::read(file, size, sector) {
+        Ok(Some(t)) => {
+            layout.table = t.kind.into();
+            layout.notes = t.notes;
+            for p in t.partitions {
+                let p = examine(r, p, &mut layout.free);
+                layout.partitions.push(p);
+            }
+        }
+        Ok(None) => {
+            let whole = Partition {
+                number: 0,
+                start_bytes: 0,
+                size_bytes: size,
+                kind: "whole device".into(),
+                name: String::new(),
+                filesystem: String::new(),
+                used_bytes: None,
+                note: None,
+            };
+            let p = examine(r, whole, &mut layout.free);
+            layout.partitions.push(p);
+        }
+        Err(why) => {
+            layout.table = "damaged".into();
+            layout.notes.push(format!("partition table: {why}; the whole device is imaged"));
+        }
+    }
+    layout
+}
+
+struct ReadVia<'a, R: MetaRead + ?Sized>(&'a R);
+
+impl<R: MetaRead + ?Sized> MetaRead for ReadVia<'_, R> {
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.0.read(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_maps_merge_subtract_and_cover_whole_chunks_only() {
+        let mut f = FreeMap::default();
+        f.push(4096, 8192);
+        f.push(12288, 4096);
+        f.push(1 << 20, 2 << 20);
+        assert_eq!(f.ranges(), &[(4096, 12288), (1 << 20, 2 << 20)]);
+        f.remove(8192, 4096);
+        assert_eq!(f.ranges(), &[(4096, 4096), (12288, 4096), (1 << 20, 2 << 20)]);
+        // 1 MiB chunks of a 3.5 MiB source: only chunks 1 and 2 are wholly free.
+        assert_eq!(f.unused_chunks(3584 << 10, 1 << 20), vec![false, true, true, false]);
+        // A short last chunk that is wholly free counts.
+        let mut g = FreeMap::default();
+        g.push(3 << 20, 512 << 10);
+        assert_eq!(g.unused_chunks(3584 << 10, 1 << 20), vec![false, false, false, true]);
+        g.extend(&f);
+        assert_eq!(g.free_bytes(), f.free_bytes() + (512 << 10));
+    }
+}

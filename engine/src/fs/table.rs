@@ -1,0 +1,133 @@
+//! Partition tables: GPT (primary and backup headers, CRCs checked by
+//! `gptman`) and MBR with extended partitions (`mbrman`).
+
+use std::fs::File;
+
+use super::Partition;
+
+/// A partition table as read from the source.
+#[derive(Debug)]
+pub struct Table {
+    /// "gpt" or "mbr".
+    pub kind: &'static str,
+    pub partitions: Vec<Partition>,
+    /// Damage found that did not stop the read (a bad GPT backup, …).
+    pub notes: Vec<String>,
+}
+
+fn partition(number: u32, start: u64, size: u64, kind: String, name: String) -> Partition {
+    Partition {
+        number,
+        start_bytes: start,
+        size_bytes: size,
+        kind,
+        name,
+        filesystem: String::new(),
+        used_bytes: None,
+        note: None,
+    }
+}
+
+/// A name for well-known GPT partition type GUIDs (as stored: mixed-endian).
+fn gpt_type_name(guid: &[u8; 16]) -> String {
+    let s = format!(
+        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
+        u32::from_le_bytes([guid[0], guid[1], guid[2], guid[3]]),
+        u16::from_le_bytes([guid[4], guid[5]]),
+        u16::from_le_bytes([guid[6], guid[7]]),
+        guid[8],
+        guid[9],
+        guid[10..].iter().map(|b| format!("{b:02X}")).collect::<String>()
+    );
+    let known = match s.as_str() {
+        "0FC63DAF-8483-4772-8E79-3D69D8477DE4" => "Linux filesystem",
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" => "EFI System",
+        "21686148-6449-6E6F-744E-656564454649" => "BIOS boot",
+        "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F" => "Linux swap",
+        "E6D6D379-F507-44C2-A23C-238F2A3DF928" => "Linux LVM",
+        "A19D880F-05FC-4D3B-A006-743F0F84911E" => "Linux RAID",
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7" => "Microsoft basic data",
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" => "Linux root (x86-64)",
+        _ => return s,
+    };
+    known.to_string()
+}
+
+/// Read the partition table of a `size`-byte source. `Ok(None)`: there is
+/// none (no GPT signature and no MBR partitions).
+pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String> {
+    let mut f = file;
+    let ss = u64::from(sector);
+    match gptman::GPT::read_from(&mut f, ss) {
+        Ok(gpt) => {
+            let mut notes = Vec::new();
+            // gptman falls back to the backup when the primary is bad; check both.
+            let primary = {
+                use std::io::{Seek, SeekFrom};
+                f.seek(SeekFrom::Start(ss)).map_err(|e| e.to_string())?;
+                gptman::GPTHeader::read_from(&mut f)
+            };
+            match primary {
+                Err(e) => notes.push(format!("the primary GPT header is damaged ({e}); read the backup")),
+                Ok(h) => {
+                    use std::io::{Seek, SeekFrom};
+                    let backup = f
+                        .seek(SeekFrom::Start(h.backup_lba * ss))
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| gptman::GPTHeader::read_from(&mut f).map_err(|e| e.to_string()))
+                        .and_then(|b| b.read_partitions(&mut f, ss).map(|p| (b, p)).map_err(|e| e.to_string()));
+                    match backup {
+                        Err(e) => notes.push(format!("the backup GPT (LBA {}) is damaged: {e}", h.backup_lba)),
+                        Ok((b, _)) if b.partition_entry_array_crc32 != h.partition_entry_array_crc32 => {
+                            notes.push("the backup GPT's partition array differs from the primary's".into())
+                        }
+                        Ok(_) => {}
+                    }
+                    if (h.backup_lba + 1) * ss != size {
+                        notes.push(format!(
+                            "the GPT backup header is at LBA {}, not at the device's last LBA {}",
+                            h.backup_lba,
+                            size / ss - 1
+                        ));
+                    }
+                }
+            }
+            let mut parts = Vec::new();
+            for (n, p) in gpt.iter().filter(|(_, p)| p.is_used()) {
+                let start = p.starting_lba.saturating_mul(ss);
+                let len = (p.ending_lba + 1).saturating_sub(p.starting_lba).saturating_mul(ss);
+                if start.checked_add(len).is_none_or(|end| end > size) {
+                    return Err(format!("GPT partition {n} ends past the device's end"));
+                }
+                parts.push(partition(
+                    n,
+                    start,
+                    len,
+                    gpt_type_name(&p.partition_type_guid),
+                    p.partition_name.as_str().to_string(),
+                ));
+            }
+            Ok(Some(Table { kind: "gpt", partitions: parts, notes }))
+        }
+        Err(gptman::Error::InvalidSignature) => match mbrman::MBR::read_from(&mut f, sector) {
+            Ok(mbr) => {
+                let mut parts = Vec::new();
+                for (n, p) in mbr.iter().filter(|(_, p)| p.is_used() && !p.is_extended()) {
+                    let start = u64::from(p.starting_lba) * ss;
+                    let len = u64::from(p.sectors) * ss;
+                    if start + len > size {
+                        return Err(format!("MBR partition {n} ends past the device's end"));
+                    }
+                    parts.push(partition(n as u32, start, len, format!("MBR type {:#04x}", p.sys), String::new()));
+                }
+                if parts.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
+            }
+            // No 0x55AA signature: no table at all.
+            Err(_) => Ok(None),
+        },
+        Err(e) => Err(format!("the GPT cannot be read: {e}")),
+    }
+}

@@ -1,0 +1,122 @@
+//! Used-space maps against the filesystem tools' own view: ext2/3/4 made by
+//! mkfs.ext4 (populated with `-d`, so no mount and no root is needed), with
+//! the free blocks our parser finds compared to what `dumpe2fs` reports.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("-V").output().is_ok()
+}
+
+/// Free block ranges as `dumpe2fs` lists them, merged.
+fn dumpe2fs_free(img: &Path) -> (u64, Vec<(u64, u64)>) {
+    let out = Command::new("dumpe2fs").arg(img).output().expect("run dumpe2fs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bs: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("block size");
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    // Per-group lines are indented; the summary line "Free blocks:   N" is not.
+    for l in text.lines().filter_map(|l| l.strip_prefix("  Free blocks: ")) {
+        if l.trim().is_empty() || l.contains(':') {
+            continue;
+        }
+        for r in l.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let (a, b) = match r.split_once('-') {
+                Some((a, b)) => (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()),
+                None => (r.parse().unwrap(), r.parse().unwrap()),
+            };
+            match ranges.last_mut() {
+                Some(last) if last.0 + last.1 == a => last.1 += b - a + 1,
+                _ => ranges.push((a, b - a + 1)),
+            }
+        }
+    }
+    (bs, ranges)
+}
+
+fn populate(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("text.txt"), mixed_bytes(300 << 10, 1)).unwrap();
+    std::fs::write(dir.join("sub/random.bin"), tintype::sample::random_bytes(2 << 20, 9)).unwrap();
+    for i in 0..40 {
+        std::fs::write(dir.join(format!("sub/small{i}")), format!("file {i}\n").repeat(i * 50)).unwrap();
+    }
+}
+
+/// Several geometries and feature sets; the parser's free blocks equal
+/// dumpe2fs's exactly.
+#[test]
+fn ext_free_space_equals_dumpe2fs() {
+    if !have("mkfs.ext4") || !have("dumpe2fs") {
+        panic!("mkfs.ext4 and dumpe2fs are needed: .ci/run installs e2fsprogs");
+    }
+    let sb = Sandbox::new();
+    populate(&sb.path("tree"));
+    let variants: [(&str, &[&str], &str); 7] = [
+        ("small-1k", &[], "64M"),
+        ("4k", &["-b", "4096"], "256M"),
+        ("no-flex-bg", &["-b", "4096", "-O", "^flex_bg"], "200M"),
+        ("64bit-1k", &["-b", "1024", "-O", "64bit"], "96M"),
+        ("no-csum", &["-b", "4096", "-O", "^metadata_csum,uninit_bg"], "128M"),
+        ("ext2", &["-t", "ext2", "-b", "4096"], "64M"),
+        ("ext3-2k", &["-t", "ext3", "-b", "2048"], "80M"),
+    ];
+    for (name, opts, size) in variants {
+        let img = sb.path(&format!("{name}.img"));
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d", sb.path("tree").to_str().unwrap()])
+            .args(opts)
+            .args([img.to_str().unwrap(), size])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let (bs, want) = dumpe2fs_free(&img);
+        let f = std::fs::File::open(&img).unwrap();
+        let len = f.metadata().unwrap().len();
+        let (fs, map) = tintype::fs::ext4::free_space(&f, 0, len).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(fs.block_bytes, bs, "{name}");
+        let got: Vec<(u64, u64)> = map.ranges().iter().map(|&(s, l)| (s / bs, l / bs)).collect();
+        assert_eq!(got, want, "{name}: free blocks differ from dumpe2fs");
+        assert_eq!(map.free_bytes() / bs, fs.free_blocks, "{name}: the superblock's free count agrees");
+    }
+}
+
+/// A damaged superblock or bitmap is refused (the caller images the
+/// filesystem whole), never read as "free".
+#[test]
+fn damaged_ext_metadata_is_refused() {
+    let sb = Sandbox::new();
+    populate(&sb.path("tree"));
+    let img = sb.path("a.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d", sb.path("tree").to_str().unwrap(), img.to_str().unwrap(), "64M"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let good = std::fs::read(&img).unwrap();
+    let check = |bytes: &[u8]| {
+        std::fs::write(&img, bytes).unwrap();
+        let f = std::fs::File::open(&img).unwrap();
+        tintype::fs::ext4::free_space(&f, 0, bytes.len() as u64).map(|_| ())
+    };
+    check(&good).unwrap();
+    // A flipped byte in the superblock (its free-blocks count).
+    let mut bad = good.clone();
+    bad[1024 + 0xC] ^= 0x40;
+    assert!(check(&bad).unwrap_err().contains("superblock checksum"), "superblock");
+    // A flipped bit in group 0's block bitmap.
+    let f = std::fs::File::open(sb.path("a.img")).unwrap();
+    drop(f);
+    let gd = &good[4096..4096 + 64];
+    let bitmap = u64::from(u32::from_le_bytes(gd[0..4].try_into().unwrap())) * 4096;
+    let mut bad = good.clone();
+    bad[bitmap as usize + 100] ^= 0x01;
+    assert!(check(&bad).unwrap_err().contains("bitmap checksum"), "bitmap");
+}
