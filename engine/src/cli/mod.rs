@@ -62,6 +62,13 @@ impl From<IoArg> for IoChoice {
     }
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum UsedOnlyArg {
+    Auto,
+    Off,
+    On,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Image SOURCE (a block device or file) into the image set directory SET.
@@ -110,6 +117,15 @@ enum Command {
         /// file, inode) differs from the parent's. A different size or sector size is always refused.
         #[arg(long)]
         force: bool,
+        /// Store only chunks a filesystem uses (ext2/3/4 read from its bitmaps; anything else
+        /// imaged whole): auto (where a map can be made), off (a full sector copy, for
+        /// forensics), on (fail if no filesystem can be mapped).
+        #[arg(long, value_enum, default_value_t = UsedOnlyArg::Auto)]
+        used_only: UsedOnlyArg,
+        /// Freeze (FIFREEZE) filesystems of SOURCE that are mounted read-write for the duration of
+        /// the run instead of refusing; they are thawed at the end, on error and on Ctrl-C.
+        #[arg(long)]
+        freeze: bool,
         /// Use this Image ID (16 hex digits) instead of a fresh one; for fixtures.
         #[arg(long, hide = true)]
         image_id: Option<String>,
@@ -221,9 +237,10 @@ enum Command {
         #[arg(long, default_value_t = 400, hide = true)]
         step_ms: u64,
     },
-    /// Show an image's metadata and statistics.
+    /// Show an image's metadata and statistics (partitions included), or, given a block device or
+    /// disk image file, its partition table and filesystems.
     Info {
-        /// Image set directory, optionally @IMAGE_ID.
+        /// Image set directory, optionally @IMAGE_ID; or a block device or disk image file.
         image: String,
         #[arg(long)]
         json: bool,
@@ -253,9 +270,14 @@ pub fn main() -> ExitCode {
     // Ctrl-C or SIGTERM: ask the pipelines to stop cleanly (in-flight I/O
     // drains; an unfinished image's frames are kept for `create --resume`);
     // a second one ends the process at once.
+    // With --freeze a frozen filesystem must always be thawed, so a second
+    // signal does not end the process there (the run stops at its next check).
+    let freezing = std::env::args().any(|a| a == "--freeze");
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let flag = &tintype::pipeline::INTERRUPTED;
-        let _ = signal_hook::flag::register_conditional_default(sig, flag);
+        if !freezing {
+            let _ = signal_hook::flag::register_conditional_default(sig, flag);
+        }
         let _ = signal_hook::flag::register(sig, flag);
     }
     let cli = match Cli::try_parse() {
@@ -303,8 +325,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             differential,
             resume,
             force,
+            used_only,
+            freeze,
         } => {
             let mut o = CreateOptions::new(source, set);
+            o.used_only = match used_only {
+                UsedOnlyArg::Auto => tintype::pipeline::capture::UsedOnly::Auto,
+                UsedOnlyArg::Off => tintype::pipeline::capture::UsedOnly::Off,
+                UsedOnlyArg::On => tintype::pipeline::capture::UsedOnly::On,
+            };
+            o.freeze = freeze;
             o.kind = if incremental {
                 tintype::format::manifest::ImageKind::Incremental
             } else if differential {
@@ -455,6 +485,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Info { image, json } => {
+            let path = std::path::Path::new(&image);
+            if path.exists() && !path.is_dir() {
+                // A device or disk image file: its partitions and filesystems.
+                let src = tintype::io::device::Source::open(path, false)?;
+                let meta = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+                let layout = tintype::fs::analyze(&meta, &meta, src.size_bytes, src.logical_sector_bytes);
+                output::print_layout(&image, src.size_bytes, &layout.table, &layout.partitions, &layout.notes, json);
+                return Ok(exit::OK);
+            }
             let (set, sel) = parse_spec(&image);
             let set = ImageSet::open(&set)?;
             let img = set.resolve(sel.as_deref())?;

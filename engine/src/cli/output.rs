@@ -107,12 +107,17 @@ pub fn print_create(r: &CreateReport, json: bool) {
         mb_per_s(s.bytes_read, s.wall_seconds)
     );
     println!(
-        "  chunks   {} of {}: {} stored ({} of them raw, incompressible), {} zero (not stored)",
+        "  chunks   {} of {}: {} stored ({} of them raw, incompressible), {} zero (not stored){}",
         m.chunk_count,
         human(u64::from(m.chunk_size_bytes)),
         s.chunks_stored,
         s.chunks_stored_raw,
-        s.chunks_zero
+        s.chunks_zero,
+        if s.chunks_unused > 0 {
+            format!(", {} unused by any filesystem (not read)", s.chunks_unused)
+        } else {
+            String::new()
+        }
     );
     if m.parent.is_some() {
         let changed = s.chunks_stored;
@@ -259,9 +264,65 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
         m.settings.queue_depth,
         m.settings.io_backend
     );
+    if let Some(l) = &m.layout {
+        println!(
+            "layout     partition table {}, used-only {}: {} recorded unused (not stored)",
+            l.table,
+            l.used_only,
+            human(l.bytes_unused)
+        );
+        for p in &l.partitions {
+            println!(
+                "  #{:<2} {:>10} at {:>12}  {:<8} used {:>10}  {} {}",
+                p.number,
+                human(p.size_bytes),
+                p.start_bytes,
+                p.filesystem,
+                p.used_bytes.map_or("-".to_string(), human),
+                p.kind,
+                p.name
+            );
+        }
+    }
     if all.len() > 1 {
         let others: Vec<_> = all.iter().map(|i| i.manifest.image_id.as_str()).collect();
         println!("set holds  {} images: {}", all.len(), others.join(", "));
+    }
+}
+
+/// A source's partitions and filesystems.
+pub fn print_layout(
+    what: &str,
+    size: u64,
+    table: &str,
+    parts: &[tintype::fs::Partition],
+    notes: &[String],
+    json: bool,
+) {
+    if json {
+        let v = json!({"source": what, "size_bytes": size, "table": table, "partitions": parts, "notes": notes});
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("{what}: {} ({size} bytes), partition table: {table}", human(size));
+    println!("{:>3}  {:>12}  {:>10}  {:<10}  {:>10}  {:<24}  name", "#", "start", "size", "fs", "used", "type");
+    for p in parts {
+        println!(
+            "{:>3}  {:>12}  {:>10}  {:<10}  {:>10}  {:<24}  {}",
+            p.number,
+            p.start_bytes,
+            human(p.size_bytes),
+            p.filesystem,
+            p.used_bytes.map_or("-".to_string(), human),
+            p.kind,
+            p.name
+        );
+        if let Some(n) = &p.note {
+            println!("     {n}");
+        }
+    }
+    for n in notes {
+        println!("note: {n}");
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Stats {
     /// Frames copied from other images (an image written by `merge`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub chunks_copied: u64,
+    /// Chunks no filesystem on the source uses: not read, not stored (state 3).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_unused: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -149,6 +152,24 @@ pub struct Manifest {
     /// what the consolidated image replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaces: Vec<String>,
+    /// The source's partitions and filesystems, and how much of it was
+    /// recorded as unused (used-space imaging). Absent when not looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutInfo>,
+}
+
+/// What `create` found on the source (see `engine/src/fs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutInfo {
+    /// "gpt", "mbr", "none", or "damaged".
+    pub table: String,
+    /// The `--used-only` mode: "auto" or "on" (a map was used where one could be made).
+    pub used_only: String,
+    pub partitions: Vec<crate::fs::Partition>,
+    /// Source bytes in chunks recorded as unused (not read, not stored).
+    pub bytes_unused: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Why a manifest could not be used.
@@ -332,6 +353,7 @@ mod tests {
                 xxh3_128: "0".repeat(32),
             },
             replaces: vec![],
+            layout: None,
         }
     }
 

@@ -241,6 +241,48 @@ pub fn mounted_at(rdev: (u32, u32)) -> Option<String> {
     })
 }
 
+/// Every mount of the block device `rdev` or one of its partitions: the
+/// mount point and whether it is mounted read-write.
+pub fn mounts_of(rdev: (u32, u32)) -> Vec<(String, bool)> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut devs = vec![format!("{}:{}", rdev.0, rdev.1)];
+    if let Ok(rd) = std::fs::read_dir(format!("/sys/dev/block/{}:{}", rdev.0, rdev.1)) {
+        for e in rd.flatten() {
+            if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                if e.path().join("partition").exists() {
+                    devs.push(d.trim().to_string());
+                }
+            }
+        }
+    }
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5 && devs.iter().any(|d| d == f[2])).then(|| {
+                let rw = f[5].split(',').any(|o| o == "rw");
+                (unescape_mount(f[4]), rw)
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// What a device or file of `size` bytes says it holds: a filesystem or
 /// partition table signature in its first MiB, or non-zero data in its first
 /// or last MiB (where partition tables, boot code, superblocks and backup

@@ -66,6 +66,11 @@ pub struct CreateOptions {
     /// Carry on an interrupted run of this source in this set, keeping every
     /// complete frame it wrote.
     pub resume: bool,
+    /// Store only chunks a filesystem on the source uses.
+    pub used_only: UsedOnly,
+    /// Freeze filesystems of the source that are mounted read-write
+    /// (FIFREEZE) for the duration of the run.
+    pub freeze: bool,
     /// Whether `chunk_size_bytes` was asked for (a flag or a profile) rather
     /// than the default: a differential, incremental or resumed run takes
     /// its parent's (or the run's) chunk size unless one was asked for.
@@ -89,8 +94,21 @@ impl CreateOptions {
             force: false,
             resume: false,
             chunk_size_given: false,
+            used_only: UsedOnly::Auto,
+            freeze: false,
         }
     }
+}
+
+/// Used-space imaging: whether chunks no filesystem uses are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedOnly {
+    /// Where a filesystem's map can be read (the default).
+    Auto,
+    /// Never: a full sector copy (forensics).
+    Off,
+    /// Fail unless a map could be made for some filesystem on the source.
+    On,
 }
 
 /// What `create` did.
@@ -549,6 +567,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         obs.note(&format!("took over the set's lock from a run that did not finish ({stale})"));
     }
     let src = source_info(&source);
+    let _frozen = check_mounts(&source, opts.freeze, obs)?;
     let st = start(opts, &set, &src, obs)?;
     let mut o = opts.clone();
     o.chunk_size_bytes = st.chunk_bytes;
@@ -577,7 +596,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     // From here on the run has files; on failure they are kept for --resume
     // once frames exist, and removed otherwise.
     let mut unfinished = Unfinished { dir: &set.dir, id, armed: st.resumed.is_none() };
-    let salvaged = match &st.resumed {
+    let mut salvaged = match &st.resumed {
         Some(_) => {
             let s = salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
             let known = s.preset.iter().filter(|e| e.is_some()).count();
@@ -617,8 +636,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .set_len(0)
         .and_then(|()| index.set_len(entry_offset(chunk_count)))
         .map_err(|e| Error::io("size index", &index_path, e))?;
-    let no_preset = Vec::new();
-    let preset = salvaged.as_ref().map_or(&no_preset, |s| &s.preset);
+    let mut preset: Vec<Option<IndexEntry>> =
+        salvaged.as_mut().map(|s| std::mem::take(&mut s.preset)).unwrap_or_default();
+    let layout = used_space(opts.used_only, &source, st.chunk_bytes, &mut preset, obs)?;
+    let preset = &preset;
     write_preset(&index, &index_path, preset)?;
 
     // Batches of up to 64 MiB keep each lane's reads sequential; a small
@@ -744,6 +765,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             xxh3_128: format!("{index_hash:032x}"),
         },
         replaces: Vec::new(),
+        layout,
     };
     crate::set::sync_dir(&set.dir)?;
     let manifest_path = match commit_manifest(&set.dir, &manifest) {
@@ -762,6 +784,144 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     drop(lock);
     Ok(CreateReport { manifest, manifest_path })
+}
+
+/// Used-space imaging: read the partition table and the filesystems, and
+/// mark every chunk no filesystem uses as unused in `preset` (where a
+/// resumed run does not already know the chunk). Says per partition what
+/// was found and what is imaged whole.
+fn used_space(
+    mode: UsedOnly,
+    source: &Source,
+    chunk_bytes: u32,
+    preset: &mut Vec<Option<IndexEntry>>,
+    obs: &dyn Observer,
+) -> Result<Option<crate::format::manifest::LayoutInfo>> {
+    if mode == UsedOnly::Off {
+        return Ok(None);
+    }
+    let meta = std::fs::File::open(&source.path).map_err(|e| Error::io("open for metadata", &source.path, e))?;
+    let layout = crate::fs::analyze(&meta, &meta, source.size_bytes, source.logical_sector_bytes);
+    for n in &layout.notes {
+        obs.note(n);
+    }
+    let mapped = layout.partitions.iter().filter(|p| p.used_bytes.is_some()).count();
+    for p in &layout.partitions {
+        let what = if p.number == 0 { "the device".to_string() } else { format!("partition {}", p.number) };
+        match (&p.used_bytes, &p.note) {
+            (Some(u), _) => obs.note(&format!(
+                "{what}: {} uses {} of {}; only chunks holding used blocks are read",
+                p.filesystem,
+                crate::sample::human_bytes(*u),
+                crate::sample::human_bytes(p.size_bytes)
+            )),
+            (None, Some(why)) => obs.note(&format!("{what} ({}): {why}", crate::sample::human_bytes(p.size_bytes))),
+            (None, None) => {}
+        }
+    }
+    if mode == UsedOnly::On && mapped == 0 {
+        return Err(Error::Unusable {
+            path: source.path.clone(),
+            why: "--used-only on: no filesystem on the source could be mapped (see the notes above); use --used-only \
+                  auto or off to image it whole"
+                .into(),
+        });
+    }
+    let unused = layout.free.unused_chunks(source.size_bytes, u64::from(chunk_bytes));
+    let chunk_count = unused.len();
+    preset.resize(chunk_count, None);
+    let mut bytes_unused = 0;
+    for (c, slot) in preset.iter_mut().enumerate() {
+        if unused[c] && slot.is_none() {
+            let raw_len = u64::from(chunk_bytes).min(source.size_bytes - c as u64 * u64::from(chunk_bytes)) as u32;
+            bytes_unused += u64::from(raw_len);
+            *slot = Some(IndexEntry {
+                state: ChunkState::Unused,
+                segment: 0,
+                offset: 0,
+                stored_len: 0,
+                raw_len,
+                raw_hash: 0,
+                image_id: ImageId(0),
+            });
+        }
+    }
+    Ok(Some(crate::format::manifest::LayoutInfo {
+        table: layout.table,
+        used_only: if mode == UsedOnly::On { "on" } else { "auto" }.into(),
+        partitions: layout.partitions,
+        bytes_unused,
+        notes: layout.notes,
+    }))
+}
+
+/// Filesystems of the source frozen for the run; thawed on drop (errors,
+/// panics and signals included).
+struct Frozen(Vec<(std::fs::File, String)>);
+
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for (dir, at) in &self.0 {
+            let mut arg: libc::c_int = 0;
+            // SAFETY: FITHAW takes a pointer to an int it ignores; `dir` is
+            // an open directory descriptor and `arg` outlives the call.
+            let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(dir), FITHAW as _, &mut arg) };
+            if r != 0 {
+                eprintln!(
+                    "tintype: error: could not thaw {at}: {}; run `fsfreeze -u {at}`",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// A filesystem of the source mounted read-write changes while it is read:
+/// refuse, or with `freeze` freeze it for the run. Read-only mounts are fine.
+fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Frozen> {
+    let mut frozen = Frozen(Vec::new());
+    let Some((maj, min)) = source
+        .identity
+        .get("device_number")
+        .and_then(|d| d.split_once(':'))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+    else {
+        return Ok(frozen);
+    };
+    let rw: Vec<String> =
+        crate::io::target::mounts_of((maj, min)).into_iter().filter(|(_, rw)| *rw).map(|(at, _)| at).collect();
+    if rw.is_empty() {
+        return Ok(frozen);
+    }
+    if !freeze {
+        return Err(Error::Unusable {
+            path: source.path.clone(),
+            why: format!(
+                "it (or a partition of it) is mounted read-write at {}. A filesystem in use changes while it is read, \
+                 so the image would mix moments: files half-written, metadata that disagrees with the data. Unmount \
+                 it, or image a snapshot (LVM: lvcreate --snapshot; device-mapper), or pass --freeze to freeze it \
+                 (FIFREEZE) for the duration of the run: writers to it block until the run ends. Mounted read-only \
+                 is fine.",
+                rw.join(", ")
+            ),
+        });
+    }
+    for at in rw {
+        let dir = std::fs::File::open(&at).map_err(|e| Error::io("open mount point", &at, e))?;
+        let mut arg: libc::c_int = 0;
+        // SAFETY: FIFREEZE takes a pointer to an int it ignores; `dir` is an
+        // open directory descriptor and `arg` outlives the call.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&dir), FIFREEZE as _, &mut arg) };
+        if r != 0 {
+            return Err(Error::io("freeze (FIFREEZE)", &at, std::io::Error::last_os_error()));
+        }
+        obs.note(&format!("froze {at} for the run; it is thawed when the run ends"));
+        frozen.0.push((dir, at));
+    }
+    Ok(frozen)
 }
 
 /// Write the entries a resumed run already has, in runs of consecutive chunks.
@@ -829,6 +989,7 @@ fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {
         t.nanos_cpu += s.nanos_cpu;
         t.chunks_inherited += s.chunks_inherited;
         t.chunks_resumed += s.chunks_resumed;
+        t.chunks_unused += s.chunks_unused;
     }
     t
 }
@@ -863,6 +1024,7 @@ fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogr
         chunks_inherited: s.chunks_inherited,
         chunks_resumed: s.chunks_resumed,
         chunks_copied: 0,
+        chunks_unused: s.chunks_unused,
     }
 }
 

@@ -96,6 +96,7 @@ pub(crate) struct LaneStats {
     pub nanos_cpu: u64,
     pub chunks_inherited: u64,
     pub chunks_resumed: u64,
+    pub chunks_unused: u64,
 }
 
 #[derive(Debug)]
@@ -271,11 +272,18 @@ impl<'a> CaptureLane<'a> {
                 Some(Some(e)) => {
                     let st = &mut self.report.stats;
                     st.chunks += 1;
-                    st.chunks_resumed += 1;
                     match e.state {
-                        ChunkState::Zero => st.chunks_zero += 1,
-                        ChunkState::Inherited => st.chunks_inherited += 1,
-                        _ => {}
+                        // No filesystem uses it: not read, not stored.
+                        ChunkState::Unused => st.chunks_unused += 1,
+                        ChunkState::Zero => {
+                            st.chunks_resumed += 1;
+                            st.chunks_zero += 1
+                        }
+                        ChunkState::Inherited => {
+                            st.chunks_resumed += 1;
+                            st.chunks_inherited += 1
+                        }
+                        _ => st.chunks_resumed += 1,
                     }
                     self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
                     self.record(chunk, *e)?;
