@@ -263,7 +263,7 @@ impl SegmentWriter<'_> {
                     "write segment",
                     path.clone(),
                     at,
-                    std::io::Error::other("the write stopped short (is the destination full?)"),
+                    std::io::Error::other("the write stopped short (no space left on the destination?)"),
                 ));
             }
             done = next;

@@ -586,7 +586,7 @@ impl<'a> CaptureLane<'a> {
                     path,
                     offset + done as u64,
                     std::io::Error::other(format!(
-                        "the write stopped after {done} of {} bytes (is the destination full?)",
+                        "the write stopped after {done} of {} bytes (no space left on the destination?)",
                         st.fill
                     )),
                 ))
@@ -603,7 +603,7 @@ impl<'a> CaptureLane<'a> {
                         path,
                         offset + done as u64,
                         std::io::Error::other(format!(
-                            "the write stopped after {} of {} bytes (is the destination full?)",
+                            "the write stopped after {} of {} bytes (no space left on the destination?)",
                             done + n,
                             st.fill
                         )),
