@@ -108,8 +108,13 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(dev: &LoopDev, dir: &Path) -> Mount {
+        Mount::with_options(dev, dir, "defaults")
+    }
+
+    /// Mount with `-o options` (e.g. `ro,nouuid` for a second copy of an XFS).
+    pub fn with_options(dev: &LoopDev, dir: &Path, options: &str) -> Mount {
         std::fs::create_dir_all(dir).expect("mount point");
-        sh("mount", &[dev.as_str(), dir.to_str().expect("utf-8 path")]);
+        sh("mount", &["-o", options, dev.as_str(), dir.to_str().expect("utf-8 path")]);
         Mount { dir: dir.into() }
     }
 }

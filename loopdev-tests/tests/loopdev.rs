@@ -789,3 +789,91 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
     let out = tintype(&["verify", set.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// XFS (v5, CRCs) with files written and a big one deleted: the free space
+/// the parser reads from the free-space btrees equals the AGFs' counts as
+/// `xfs_db` prints them; the image skips it; the restored filesystem passes
+/// `xfs_repair -n` with every file equal. A damaged AGF makes create image
+/// the filesystem whole and say so.
+#[test]
+fn used_space_imaging_of_xfs() {
+    if !require_loop_devices("used_space_imaging_of_xfs") {
+        return;
+    }
+    if which("mkfs.xfs").is_none() {
+        panic!("mkfs.xfs is missing: .ci/run installs xfsprogs");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("xfs.img");
+    std::fs::File::create(&backing).unwrap().set_len(320 << 20).unwrap();
+    let dev = LoopDev::attach(&backing, 512);
+    sh("mkfs.xfs", &["-q", "-f", dev.as_str()]);
+    let mnt = dir.path().join("src");
+    {
+        let _m = Mount::new(&dev, &mnt);
+        std::fs::write(mnt.join("stale.bin"), tintype::sample::random_bytes(64 << 20, 5)).unwrap();
+        sh("sync", &[]);
+        std::fs::remove_file(mnt.join("stale.bin")).unwrap();
+        std::fs::create_dir(mnt.join("docs")).unwrap();
+        for i in 0..40 {
+            std::fs::write(mnt.join(format!("docs/f{i}.txt")), mixed(30_000 + i * 2000, i as u64)).unwrap();
+        }
+        std::fs::write(mnt.join("random.bin"), tintype::sample::random_bytes(20 << 20, 6)).unwrap();
+    }
+    let f = std::fs::File::open(&dev.path).unwrap();
+    let (fs, map) = tintype::fs::xfs::free_space(&f, 0, 320 << 20).unwrap();
+    let agcount: u64 = sh("xfs_db", &["-r", "-c", "sb 0", "-c", "print agcount", dev.as_str()])
+        .trim()
+        .trim_start_matches("agcount = ")
+        .parse()
+        .unwrap();
+    let mut want = 0u64;
+    for ag in 0..agcount {
+        let out = sh("xfs_db", &["-r", "-c", &format!("agf {ag}"), "-c", "print freeblks", dev.as_str()]);
+        want += out.trim().trim_start_matches("freeblks = ").parse::<u64>().unwrap();
+    }
+    assert_eq!(fs.free_blocks, want, "free blocks equal the AGFs' counts (xfs_db)");
+    assert_eq!(map.free_bytes(), want * fs.block_bytes);
+    let set = dir.path().join("set");
+    let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifest"]["layout"]["partitions"][0]["filesystem"], "xfs");
+    let unused = v["manifest"]["stats"]["chunks_unused"].as_u64().unwrap_or(0);
+    assert!(
+        unused > 150,
+        "most of the deleted 64 MiB and the empty space are skipped ({unused} chunks): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rdev = LoopDev::attach(&target, 512);
+    sh("xfs_repair", &["-n", rdev.as_str()]);
+    {
+        // A copy of an XFS has the same UUID: the second mount needs nouuid.
+        let ma = Mount::with_options(&dev, &dir.path().join("a"), "ro");
+        let mb = Mount::with_options(&rdev, &dir.path().join("b"), "ro,nouuid");
+        assert_same_tree(&dir.path().join("a"), &dir.path().join("b"));
+        drop((ma, mb));
+    }
+    // A damaged AGF (one byte of group 1's): imaged whole, and said so.
+    let agblocks: u64 = sh("xfs_db", &["-r", "-c", "sb 0", "-c", "print agblocks", dev.as_str()])
+        .trim()
+        .trim_start_matches("agblocks = ")
+        .parse()
+        .unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let w = std::fs::OpenOptions::new().write(true).open(&dev.path).unwrap();
+        w.write_all_at(&[0x77], agblocks * fs.block_bytes + 512 + 52).unwrap();
+        w.sync_all().unwrap();
+    }
+    let set2 = dir.path().join("set2");
+    let out = tintype(&["create", dev.as_str(), set2.to_str().unwrap(), "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("xfs filesystem imaged whole") && err.contains("AGF"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifest"]["stats"]["chunks_unused"].as_u64().unwrap_or(0), 0);
+}

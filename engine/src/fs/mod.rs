@@ -6,6 +6,7 @@
 
 pub mod ext4;
 pub mod table;
+pub mod xfs;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -182,7 +183,16 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
         },
         "xfs" => {
             p.filesystem = "xfs".into();
-            p.note = Some("xfs: used-space maps are not read by this build yet; imaged whole".into());
+            match xfs::free_space(r, p.start_bytes, p.size_bytes) {
+                Ok((fs, map)) => {
+                    if p.name.is_empty() {
+                        p.name = fs.label.clone();
+                    }
+                    p.used_bytes = Some(fs.blocks * fs.block_bytes - map.free_bytes());
+                    free.extend(&map.shifted(p.start_bytes));
+                }
+                Err(why) => p.note = Some(format!("xfs filesystem imaged whole: {why}")),
+            }
         }
         _ => {
             p.filesystem = "unknown".into();

@@ -1,0 +1,155 @@
+//! XFS: free space from each allocation group's free-space B+tree (by
+//! block number, the "bnobt"), reached from the AGF. On version 5
+//! filesystems the superblock, every AGF and every btree block are
+//! CRC-checked. Everything not in a free extent — the AG headers, the free
+//! list, the internal log, inodes, data — is used. A check that fails, a
+//! realtime section or an unexpected shape is an error: the caller images
+//! the filesystem whole.
+
+use super::{FreeMap, MetaRead};
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// XFS's checksum: CRC-32C of the buffer with its CRC field taken as zero,
+/// stored little-endian.
+fn crc_ok(buf: &[u8], at: usize) -> bool {
+    let mut c = crc32c::crc32c(&buf[..at]);
+    c = crc32c::crc32c_append(c, &[0; 4]);
+    c = crc32c::crc32c_append(c, &buf[at + 4..]);
+    c == u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// What the superblock says.
+#[derive(Debug, Clone)]
+pub struct Xfs {
+    pub block_bytes: u64,
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub label: String,
+}
+
+const NULL_AGBLOCK: u32 = 0xFFFF_FFFF;
+
+/// Read the XFS at `base` (`len` bytes) and return what it is and its free
+/// space (byte ranges relative to `base`).
+pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap), String> {
+    let sb0 = r.read(base, 512).map_err(|e| format!("cannot read the superblock: {e}"))?;
+    if &sb0[..4] != b"XFSB" {
+        return Err("no XFS superblock (bad magic)".into());
+    }
+    let sect = u64::from(be16(&sb0, 102));
+    if !(512..=32768).contains(&sect) || !sect.is_power_of_two() {
+        return Err(format!("sector size {sect} is out of range"));
+    }
+    let sb = r.read(base, sect as usize).map_err(|e| format!("cannot read the superblock: {e}"))?;
+    let v5 = be16(&sb, 100) & 0xF == 5;
+    if v5 && !crc_ok(&sb, 224) {
+        return Err("superblock checksum mismatch".into());
+    }
+    let bs = u64::from(be32(&sb, 4));
+    let blocks = be64(&sb, 8);
+    let rblocks = be64(&sb, 16);
+    let agblocks = u64::from(be32(&sb, 84));
+    let agcount = u64::from(be32(&sb, 88));
+    if !(512..=65536).contains(&bs) || !bs.is_power_of_two() || agblocks == 0 || agcount == 0 {
+        return Err(format!("implausible geometry: {bs}-byte blocks, {agcount} groups of {agblocks} blocks"));
+    }
+    if rblocks != 0 {
+        return Err("a realtime section is not read by this build".into());
+    }
+    if sb[126] != 0 {
+        return Err("the filesystem was never finished (sb_inprogress)".into());
+    }
+    if blocks.checked_mul(bs).is_none_or(|b| b > len) || blocks > agblocks * agcount {
+        return Err(format!("the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len} bytes"));
+    }
+    let hdr = if v5 { 56 } else { 16 };
+    let magic: &[u8; 4] = if v5 { b"AB3B" } else { b"ABTB" };
+    let mut free = FreeMap::default();
+    let mut free_blocks = 0;
+    for ag in 0..agcount {
+        let ag_start = ag * agblocks;
+        let agf = r
+            .read(base + ag_start * bs + sect, sect as usize)
+            .map_err(|e| format!("cannot read the AGF of group {ag}: {e}"))?;
+        if &agf[..4] != b"XAGF" || be32(&agf, 8) as u64 != ag {
+            return Err(format!("group {ag}: bad AGF (magic or sequence number)"));
+        }
+        if v5 && !crc_ok(&agf, 216) {
+            return Err(format!("group {ag}: AGF checksum mismatch"));
+        }
+        let ag_len = u64::from(be32(&agf, 12));
+        let root = be32(&agf, 16);
+        let levels = be32(&agf, 28);
+        let want_free = u64::from(be32(&agf, 52));
+        if ag_len > agblocks || !(1..=10).contains(&levels) || u64::from(root) >= ag_len {
+            return Err(format!("group {ag}: implausible AGF (length {ag_len}, root {root}, {levels} levels)"));
+        }
+        let block = |agbno: u32, level: u32| -> Result<Vec<u8>, String> {
+            if u64::from(agbno) >= ag_len {
+                return Err(format!("group {ag}: btree block {agbno} is outside the group"));
+            }
+            let b = r
+                .read(base + (ag_start + u64::from(agbno)) * bs, bs as usize)
+                .map_err(|e| format!("group {ag}: cannot read btree block {agbno}: {e}"))?;
+            if &b[..4] != magic || u32::from(be16(&b, 4)) != level {
+                return Err(format!("group {ag}: free-space btree block {agbno}: bad magic or level"));
+            }
+            if v5 && !crc_ok(&b, 52) {
+                return Err(format!("group {ag}: free-space btree block {agbno}: checksum mismatch"));
+            }
+            if usize::from(be16(&b, 6)) > (bs as usize - hdr) / 8 {
+                return Err(format!("group {ag}: free-space btree block {agbno}: too many records"));
+            }
+            Ok(b)
+        };
+        // Down the leftmost path to the first leaf.
+        let mut at = root;
+        for level in (1..levels).rev() {
+            let b = block(at, level)?;
+            if be16(&b, 6) == 0 {
+                return Err(format!("group {ag}: empty free-space btree node {at}"));
+            }
+            let maxrecs = (bs as usize - hdr) / 12;
+            at = be32(&b, hdr + maxrecs * 8);
+        }
+        // Then along the leaves.
+        let mut seen = 0u64;
+        let mut got = 0u64;
+        let mut last_end = 0u64;
+        while at != NULL_AGBLOCK {
+            seen += 1;
+            if seen > ag_len {
+                return Err(format!("group {ag}: the free-space btree's leaves loop"));
+            }
+            let b = block(at, 0)?;
+            for i in 0..usize::from(be16(&b, 6)) {
+                let start = u64::from(be32(&b, hdr + i * 8));
+                let count = u64::from(be32(&b, hdr + i * 8 + 4));
+                if count == 0 || start < last_end || start + count > ag_len {
+                    return Err(format!("group {ag}: free extent {start}+{count} is out of order or range"));
+                }
+                last_end = start + count;
+                free.push((ag_start + start) * bs, count * bs);
+                got += count;
+            }
+            at = be32(&b, 12);
+        }
+        if got != want_free {
+            return Err(format!("group {ag}: the btree holds {got} free blocks, the AGF says {want_free}"));
+        }
+        free_blocks += got;
+    }
+    let label = String::from_utf8_lossy(&sb[108..120]).trim_end_matches('\0').to_string();
+    Ok((Xfs { block_bytes: bs, blocks, free_blocks, label }, free))
+}
