@@ -139,19 +139,35 @@ impl Drop for TempDir {
     }
 }
 
-/// xxh3-128 of a whole device or file.
-pub fn hash_device(path: &Path) -> Result<u128> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = xxhash_rust::xxh3::Xxh3Default::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.digest128());
+/// Does the restored `target` hold what image `set` (its newest image) says
+/// the `source` held: every chunk the image stored or recorded zero equal to
+/// the source's bytes, every chunk recorded unused (no filesystem uses it,
+/// so it was not imaged) zeros?
+pub fn matches_image(source: &Path, target: &Path, set: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    use tintype::format::index::ChunkState;
+    let img = tintype::set::ImageSet::open(set)?.resolve(None)?;
+    let idx = img.read_index()?;
+    let (src, dst) = (std::fs::File::open(source)?, std::fs::File::open(target)?);
+    let cs = img.manifest.chunk_size_bytes as usize;
+    let (mut a, mut b) = (vec![0u8; cs], vec![0u8; cs]);
+    for (chunk, e) in idx.entries.iter().enumerate() {
+        let Ok(e) = e else { return Ok(false) };
+        let (start, len) = img.chunk_extent(chunk as u64);
+        let len = len as usize;
+        dst.read_exact_at(&mut b[..len], start)?;
+        let same = if e.state == ChunkState::Unused {
+            b[..len].iter().all(|&x| x == 0)
+        } else {
+            src.read_exact_at(&mut a[..len], start)?;
+            a[..len] == b[..len]
+        };
+        if !same {
+            eprintln!("bench: chunk {chunk} ({:?}) of the restored device differs", e.state);
+            return Ok(false);
         }
-        h.update(&buf[..n]);
     }
+    Ok(true)
 }
 
 struct Mounted(PathBuf);

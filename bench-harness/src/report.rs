@@ -150,7 +150,9 @@ pub fn markdown(r: &Report) -> String {
         s += &format!("| {k} | {:.3} | {:.0}% | {} |\n", v.value, v.noise() * 100.0, v.meaning.replace('|', "\\|"));
     }
     if let Some(same) = r.restored_identical {
-        s += &format!("\nrestored device identical to the source: {same}\n");
+        s += &format!(
+            "\nrestored device equals the source (chunks no filesystem uses: zeros; ext4: e2fsck -fn clean): {same}\n"
+        );
     }
     for n in &r.notes {
         s += &format!("\nnote: {n}\n");
