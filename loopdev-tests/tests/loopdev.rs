@@ -497,6 +497,23 @@ fn a_full_destination_then_resume() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// A loop device over `sectors` 512-byte sectors of `file` from `start`.
+fn part_of(file: &Path, start: u64, sectors: u64) -> LoopDev {
+    let out = sh(
+        "losetup",
+        &[
+            "--find",
+            "--show",
+            "--offset",
+            &(start * 512).to_string(),
+            "--sizelimit",
+            &(sectors * 512).to_string(),
+            file.to_str().unwrap(),
+        ],
+    );
+    LoopDev { path: out.trim().into() }
+}
+
 /// Blocks `dumpe2fs` lists as free on the filesystem in `dev`.
 fn dumpe2fs_free_blocks(dev: &str) -> (u64, Vec<(u64, u64)>) {
     let text = sh("dumpe2fs", &[dev]);
@@ -625,8 +642,10 @@ fn a_gpt_disk_with_several_partitions() {
     }
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("disk.img");
-    std::fs::File::create(&backing).unwrap().set_len(200 << 20).unwrap();
-    let table = "label: gpt\nstart=2048, size=163840, type=L, name=root\nsize=40960, type=L, name=junk\nsize=+, type=L, name=spare\n";
+    // 440 MiB, sparse: root (ext4, 80 MiB), junk (random, 20 MiB), data (XFS,
+    // 320 MiB), then ~19 MiB nothing is partitioned in, then the GPT backup.
+    std::fs::File::create(&backing).unwrap().set_len(440 << 20).unwrap();
+    let table = "label: gpt\nstart=2048, size=163840, type=L, name=root\nsize=40960, type=L, name=junk\nsize=655360, type=L, name=data\n";
     let mut child = std::process::Command::new("sfdisk")
         .args(["-q", backing.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
@@ -665,17 +684,28 @@ fn a_gpt_disk_with_several_partitions() {
         let f = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
         f.write_all_at(&tintype::sample::random_bytes(40960 * 512, 8), 165888 * 512).unwrap();
     }
-    // sfdisk ends the last partition on a 1 MiB boundary: 200704 sectors.
-    let spare = part(206848, 200704);
-    sh("mkfs.ext4", &["-q", "-F", spare.as_str()]);
-    drop(spare);
+    let data = part(206848, 655360);
+    sh("mkfs.xfs", &["-q", "-f", data.as_str()]);
+    {
+        let _m = Mount::new(&data, &dir.path().join("data"));
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("data/x{i}")), mixed(200_000 + i * 7000, 50 + i as u64)).unwrap();
+        }
+    }
+    drop(data);
+    // Something in the unpartitioned gap (a boot loader might live there).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
+        f.write_all_at(b"not in any partition", 862208 * 512 + 4096).unwrap();
+    }
     let dev = LoopDev::attach(&backing, 512);
     let out = tintype(&["info", dev.as_str(), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["table"], "gpt");
     let fs: Vec<&str> = v["partitions"].as_array().unwrap().iter().map(|p| p["filesystem"].as_str().unwrap()).collect();
-    assert_eq!(fs, ["ext4", "unknown", "ext4"], "{v}");
+    assert_eq!(fs, ["ext4", "unknown", "xfs"], "{v}");
     assert_eq!(v["partitions"][0]["name"], "root");
     let set = dir.path().join("set");
     let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--json"]);
@@ -690,6 +720,7 @@ fn a_gpt_disk_with_several_partitions() {
     assert!(a[..2048 * 512] == b[..2048 * 512], "the primary GPT");
     assert!(a[a.len() - 34 * 512..] == b[b.len() - 34 * 512..], "the backup GPT");
     assert!(a[165888 * 512..206848 * 512] == b[165888 * 512..206848 * 512], "the unknown partition");
+    assert!(a[862208 * 512..] == b[862208 * 512..], "the unpartitioned tail and the backup GPT");
     let out = std::process::Command::new("sfdisk").args(["-d", target.to_str().unwrap()]).output().unwrap();
     let want = std::process::Command::new("sfdisk").args(["-d", backing.to_str().unwrap()]).output().unwrap();
     assert_eq!(
@@ -739,6 +770,20 @@ fn a_gpt_disk_with_several_partitions() {
         drop((ma, mb));
     }
     drop((rroot, sroot));
+    {
+        let (sdata, rdata) = (part_of(&backing, 206848, 655360), part_of(&target, 206848, 655360));
+        sh("xfs_repair", &["-n", rdata.as_str()]);
+        let ma = Mount::with_options(&sdata, &dir.path().join("xa"), "ro");
+        let mb = Mount::with_options(&rdata, &dir.path().join("xb"), "ro,nouuid");
+        for i in 0..10 {
+            let f = format!("x{i}");
+            assert!(
+                std::fs::read(dir.path().join("xa").join(&f)).unwrap()
+                    == std::fs::read(dir.path().join("xb").join(&f)).unwrap()
+            );
+        }
+        drop((ma, mb));
+    }
 
     // A damaged superblock (metadata_csum catches it): that partition is imaged whole.
     {
@@ -876,4 +921,92 @@ fn used_space_imaging_of_xfs() {
     assert!(err.contains("xfs filesystem imaged whole") && err.contains("AGF"), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["manifest"]["stats"]["chunks_unused"].as_u64().unwrap_or(0), 0);
+}
+
+/// An MBR disk with an extended partition and two logical ones (sfdisk):
+/// `info` finds the logical partitions at their absolute offsets, the ext4
+/// on a logical partition is mapped, and the restored disk has the same
+/// table and a clean, equal filesystem.
+#[test]
+fn an_mbr_disk_with_logical_partitions() {
+    if !require_loop_devices("an_mbr_disk_with_logical_partitions") {
+        return;
+    }
+    if which("sfdisk").is_none() {
+        panic!("sfdisk is missing: .ci/run installs fdisk");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("mbr.img");
+    std::fs::File::create(&backing).unwrap().set_len(200 << 20).unwrap();
+    let table = "label: dos\nstart=2048, size=102400, type=83\nstart=104448, size=+, type=5\nsize=61440, type=83\nsize=+, type=83\n";
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", backing.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let p5 = part_of(&backing, 106496, 61440);
+    sh("mkfs.ext4", &["-q", "-F", p5.as_str()]);
+    {
+        let _m = Mount::new(&p5, &dir.path().join("p5"));
+        for i in 0..8 {
+            std::fs::write(dir.path().join(format!("p5/f{i}")), mixed(90_000 + i * 5000, 70 + i as u64)).unwrap();
+        }
+    }
+    drop(p5);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
+        f.write_all_at(&tintype::sample::random_bytes(8 << 20, 12), 169984 * 512).unwrap();
+    }
+    let dev = LoopDev::attach(&backing, 512);
+    let out = tintype(&["info", dev.as_str(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["table"], "mbr");
+    let parts: Vec<(u64, u64, String)> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                p["start_bytes"].as_u64().unwrap(),
+                p["filesystem"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts,
+        vec![(1, 2048 * 512, "unknown".into()), (5, 106496 * 512, "ext4".into()), (6, 169984 * 512, "unknown".into())]
+    );
+    let set = dir.path().join("set");
+    let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["manifest"]["stats"]["chunks_unused"].as_u64().unwrap() > 10, "the logical ext4's free space is skipped");
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let dump = |p: &Path| {
+        let out = std::process::Command::new("sfdisk").args(["-d", p.to_str().unwrap()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).replace(p.to_str().unwrap(), "X")
+    };
+    assert_eq!(dump(&target), dump(&backing), "the same partition table, extended boot records included");
+    let (s5, r5) = (part_of(&backing, 106496, 61440), part_of(&target, 106496, 61440));
+    sh("e2fsck", &["-fn", r5.as_str()]);
+    let (ma, mb) =
+        (Mount::with_options(&s5, &dir.path().join("a"), "ro"), Mount::with_options(&r5, &dir.path().join("b"), "ro"));
+    for i in 0..8 {
+        let f = format!("f{i}");
+        assert!(
+            std::fs::read(dir.path().join("a").join(&f)).unwrap()
+                == std::fs::read(dir.path().join("b").join(&f)).unwrap()
+        );
+    }
+    drop((ma, mb));
+    let (a, b) = (std::fs::read(&backing).unwrap(), std::fs::read(&target).unwrap());
+    assert!(a[169984 * 512..] == b[169984 * 512..], "the unknown logical partition, whole");
 }
