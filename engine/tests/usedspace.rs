@@ -120,3 +120,43 @@ fn damaged_ext_metadata_is_refused() {
     bad[bitmap as usize + 100] ^= 0x01;
     assert!(check(&bad).unwrap_err().contains("bitmap checksum"), "bitmap");
 }
+
+/// `--used-only on` fails when nothing can be mapped, and works on an ext4
+/// image file (a filesystem on the whole "device"); `--used-only off`
+/// reads everything; the default skips the free space.
+#[test]
+fn used_only_modes_on_an_image_file() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("noise.img"), tintype::sample::random_bytes(4 << 20, 2)).unwrap();
+    let out = sb.expect(&["create", "noise.img", "set1", "--used-only", "on"], 1);
+    assert!(stderr(&out).contains("--used-only on"), "{}", stderr(&out));
+    assert!(!sb.path("set1").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".seg")));
+
+    populate(&sb.path("tree"));
+    let img = sb.path("fs.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d", sb.path("tree").to_str().unwrap(), img.to_str().unwrap(), "48M"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fs_bytes = std::fs::read(&img).unwrap();
+    let run = |mode: &str, set: &str| {
+        let out = sb.expect(&["create", "fs.img", set, "--used-only", mode, "--json"], 0);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["manifest"]["stats"]["chunks_unused"].as_u64().unwrap_or(0)
+    };
+    let on = run("on", "set2");
+    let auto = run("auto", "set3");
+    let off = run("off", "set4");
+    assert!(on > 20 && on == auto, "most of a 48 MiB filesystem holding ~3 MiB is free: {on}");
+    assert_eq!(off, 0);
+    // Restored: everything the filesystem uses is there (e2fsck clean);
+    // the full copy is byte for byte.
+    sb.expect(&["restore", "set3", "r3.img"], 0);
+    let fsck = Command::new("e2fsck").args(["-fn", sb.path("r3.img").to_str().unwrap()]).output().unwrap();
+    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    sb.expect(&["restore", "set4", "r4.img"], 0);
+    assert!(std::fs::read(sb.path("r4.img")).unwrap() == fs_bytes);
+    let out = sb.expect(&["info", "set3"], 0);
+    assert!(stdout(&out).contains("ext4") && stdout(&out).contains("used-only auto"), "{}", stdout(&out));
+}

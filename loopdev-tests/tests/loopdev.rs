@@ -830,6 +830,10 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
     // Thawed: writing works again (a frozen filesystem would block here).
     std::fs::write(mnt.join("b"), b"after").unwrap();
     sh("sync", &[]);
+    // Mounted read-only is fine without --freeze.
+    sh("mount", &["-o", "remount,ro", mnt.to_str().unwrap()]);
+    let out = tintype(&["create", dev.as_str(), dir.path().join("set-ro").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     drop(m);
     let out = tintype(&["verify", set.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
