@@ -16,6 +16,7 @@ pub mod merge;
 pub mod pipeline;
 pub mod profile;
 pub mod sample;
+pub mod serve;
 pub mod set;
 pub mod tune;
 

@@ -6,5 +6,6 @@ mod create_verify;
 mod golden;
 mod profiles;
 mod restore;
+mod serve;
 mod usedspace;
 mod util;

@@ -237,6 +237,24 @@ enum Command {
         #[arg(long, default_value_t = 400, hide = true)]
         step_ms: u64,
     },
+    /// Export an image as a read-only NBD device (browse it with nbdfuse, qemu-nbd or nbd-client
+    /// + mount -o ro; copy it out with nbdcopy). Runs until Ctrl-C.
+    Serve {
+        /// Image set directory, optionally @IMAGE_ID (default: the newest image).
+        image: String,
+        /// unix:PATH or tcp:HOST:PORT.
+        #[arg(long, default_value = "tcp:127.0.0.1:10809")]
+        listen: String,
+        /// Allow a TCP address other than loopback (NBD has no authentication here).
+        #[arg(long)]
+        public: bool,
+        /// Memory for decompressed chunks.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        cache_size: u64,
+        /// Stop after this many connections have ended (for tests).
+        #[arg(long, hide = true)]
+        max_connections: Option<u64>,
+    },
     /// Show an image's metadata and statistics (partitions included), or, given a block device or
     /// disk image file, its partition table and filesystems.
     Info {
@@ -499,6 +517,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let img = set.resolve(sel.as_deref())?;
             let all = set.images()?;
             output::print_info(&img, &all, json);
+            Ok(exit::OK)
+        }
+        Command::Serve { image, listen, public, cache_size, max_connections } => {
+            let (set, sel) = parse_spec(&image);
+            let o = tintype::serve::ServeOptions {
+                set,
+                image: sel,
+                listen: tintype::serve::Listen::parse(&listen)?,
+                public,
+                cache_bytes: cache_size,
+                max_connections,
+            };
+            let obs = output::Console::new("serving", true);
+            tintype::serve::nbd::serve(&o, &obs)?;
             Ok(exit::OK)
         }
         Command::Demo { size, dir, keep, level, io } => demo::run(size, dir, keep, level, io.into()),

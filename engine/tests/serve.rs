@@ -1,0 +1,222 @@
+//! `tintype serve`: real NBD clients (libnbd's nbdinfo and nbdcopy, qemu-img)
+//! against the export, and a hand-written client for damage and abuse.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// A running `tintype serve`; interrupted (SIGINT) on drop.
+struct Server {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Server {
+    fn start(sb: &Sandbox, spec: &str) -> Server {
+        let sock = sb.path("nbd.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_tintype"))
+            .args(["serve", spec, "--listen", &format!("unix:{}", sock.display())])
+            .current_dir(sb.dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, sock }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    /// SIGINT: the server stops, exit 0, and removes its socket.
+    fn stop(mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) }, 0);
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        assert!(!self.sock.exists(), "the socket is removed");
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn source(sb: &Sandbox) -> Vec<u8> {
+    // Data, then a zero stretch, then data: the map must show the hole.
+    let mut v = mixed_bytes(12 << 20, 31);
+    v[4 << 20..7 << 20].fill(0);
+    std::fs::write(sb.path("src.img"), &v).unwrap();
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "1M"], 0);
+    v
+}
+
+/// nbdinfo, nbdcopy, qemu-img compare and nbdinfo --map against the export.
+#[test]
+fn real_nbd_clients_read_the_image() {
+    if !have("nbdinfo") || !have("qemu-img") {
+        panic!("nbdinfo and qemu-img are needed: .ci/run installs libnbd-bin and qemu-utils");
+    }
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let srv = Server::start(&sb, "set");
+    let out = Command::new("nbdinfo").args(["--json", &srv.uri()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v["exports"][0];
+    assert_eq!(e["export-size"], data.len() as u64);
+    assert_eq!(e["is_read_only"], true);
+    assert_eq!(e["block_size_preferred"], 1 << 20);
+    assert_eq!(e["block_size_minimum"], 1);
+    let out = Command::new("nbdcopy").args([&srv.uri(), sb.path("copy.img").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(sb.path("copy.img")).unwrap() == data, "nbdcopy of the export equals the source");
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", sb.path("src.img").to_str().unwrap(), &srv.uri()])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("identical"));
+    let out = Command::new("nbdinfo").args(["--map", "--json", &srv.uri()]).output().unwrap();
+    let map: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holes: Vec<(u64, u64)> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"].as_u64() == Some(3))
+        .map(|m| (m["offset"].as_u64().unwrap(), m["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(holes, vec![(4 << 20, 3 << 20)], "the zero chunks are reported as holes: {map}");
+    srv.stop();
+}
+
+/// A minimal client: handshake with NO_ZEROES, then OPT_GO for the default export.
+fn connect(sock: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut go = b"IHAVEOPT".to_vec();
+    go.extend_from_slice(&7u32.to_be_bytes());
+    go.extend_from_slice(&6u32.to_be_bytes());
+    go.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    s.write_all(&go).unwrap();
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut d = vec![0u8; len];
+        s.read_exact(&mut d).unwrap();
+        if kind == 1 {
+            return s;
+        }
+        assert_eq!(kind, 3, "an INFO reply before the ACK");
+    }
+}
+
+/// Send a request; return (error, data) from the simple reply.
+fn request(s: &mut UnixStream, kind: u16, offset: u64, len: u32) -> (u32, Vec<u8>) {
+    let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&kind.to_be_bytes());
+    r.extend_from_slice(&42u64.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&len.to_be_bytes());
+    s.write_all(&r).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+    assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), 42);
+    let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+    let mut d = vec![0u8; if err == 0 && kind == 0 { len as usize } else { 0 }];
+    s.read_exact(&mut d).unwrap();
+    (err, d)
+}
+
+/// A damaged chunk reads as EIO while the others still read; bad requests
+/// get the protocol's errors; garbage, oversized options and clients that
+/// vanish mid-request end only their own connection.
+#[test]
+fn damage_and_abuse_do_not_take_the_server_down() {
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let (seg, e) = frame_of(&sb.path("set"), 1);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0xa5; 16], e.offset + 200).unwrap();
+    }
+    let srv = Server::start(&sb, "set");
+    let mut c = connect(&srv.sock);
+    assert_eq!(request(&mut c, 0, (1 << 20) + 10, 100).0, 5, "the damaged chunk: EIO");
+    let (err, d) = request(&mut c, 0, (2 << 20) + 7, 5000);
+    assert_eq!(err, 0);
+    assert!(d == data[(2 << 20) + 7..(2 << 20) + 5007], "another chunk still reads");
+    let (err, d) = request(&mut c, 0, 5 << 20, 4096);
+    assert!(err == 0 && d.iter().all(|&b| b == 0), "a zero chunk reads as zeros");
+    assert_eq!(request(&mut c, 0, 12 << 20, 1).0, 22, "past the end: EINVAL");
+    assert_eq!(request(&mut c, 0, u64::MAX - 10, 100).0, 22, "offset overflow: EINVAL");
+    assert_eq!(request(&mut c, 0, 0, 1 << 30).0, 22, "1 GiB past the 12 MiB end: EINVAL");
+    assert_eq!(request(&mut c, 99, 0, 1).0, 22, "an unknown command: EINVAL");
+    // Abuse on other connections.
+    let mut bad = UnixStream::connect(&srv.sock).unwrap();
+    let mut hello = [0u8; 18];
+    bad.read_exact(&mut hello).unwrap();
+    bad.write_all(b"garbage garbage garbage").unwrap();
+    drop(bad);
+    let mut big = UnixStream::connect(&srv.sock).unwrap();
+    big.read_exact(&mut hello).unwrap();
+    big.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&7u32.to_be_bytes());
+    opt.extend_from_slice(&u32::MAX.to_be_bytes());
+    big.write_all(&opt).unwrap();
+    let mut rest = Vec::new();
+    let _ = big.read_to_end(&mut rest);
+    assert!(rest.len() >= 20, "an error reply, then the connection closes");
+    let mut unknown = connect(&srv.sock);
+    unknown.write_all(&[0x25, 0x60]).unwrap(); // half a request, then gone
+    drop(unknown);
+    let mut opt_client = UnixStream::connect(&srv.sock).unwrap();
+    opt_client.read_exact(&mut hello).unwrap();
+    opt_client.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut o = b"IHAVEOPT".to_vec();
+    o.extend_from_slice(&999u32.to_be_bytes());
+    o.extend_from_slice(&0u32.to_be_bytes());
+    opt_client.write_all(&o).unwrap();
+    let mut h = [0u8; 20];
+    opt_client.read_exact(&mut h).unwrap();
+    assert_eq!(u32::from_be_bytes(h[12..16].try_into().unwrap()), 1 | 1 << 31, "unknown option: ERR_UNSUP");
+    drop(opt_client);
+    // The first client and new ones are still served.
+    let (err, d) = request(&mut c, 0, 0, 1000);
+    assert!(err == 0 && d == data[..1000]);
+    let mut again = connect(&srv.sock);
+    assert_eq!(request(&mut again, 0, 3 << 20, 10).0, 0);
+    // NBD_CMD_DISC: no reply; the server closes the connection.
+    let mut disc = 0x2560_9513u32.to_be_bytes().to_vec();
+    disc.extend_from_slice(&[0, 0, 0, 2]);
+    disc.extend_from_slice(&[0u8; 20]);
+    c.write_all(&disc).unwrap();
+    let mut tail = Vec::new();
+    assert_eq!(c.read_to_end(&mut tail).unwrap(), 0, "closed after DISC");
+    srv.stop();
+}
