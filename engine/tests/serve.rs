@@ -21,9 +21,14 @@ struct Server {
 
 impl Server {
     fn start(sb: &Sandbox, spec: &str) -> Server {
+        Server::start_with(sb, spec, &[])
+    }
+
+    fn start_with(sb: &Sandbox, spec: &str, extra: &[&str]) -> Server {
         let sock = sb.path("nbd.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_tintype"))
             .args(["serve", spec, "--listen", &format!("unix:{}", sock.display())])
+            .args(extra)
             .current_dir(sb.dir.path())
             .stderr(Stdio::null())
             .spawn()
@@ -219,4 +224,66 @@ fn damage_and_abuse_do_not_take_the_server_down() {
     let mut tail = Vec::new();
     assert_eq!(c.read_to_end(&mut tail).unwrap(), 0, "closed after DISC");
     srv.stop();
+}
+
+/// A write request with its data; returns the simple reply's error.
+fn write(s: &mut UnixStream, offset: u64, data: &[u8]) -> u32 {
+    let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
+    r.extend_from_slice(&0u16.to_be_bytes());
+    r.extend_from_slice(&1u16.to_be_bytes());
+    r.extend_from_slice(&7u64.to_be_bytes());
+    r.extend_from_slice(&offset.to_be_bytes());
+    r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    r.extend_from_slice(data);
+    s.write_all(&r).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    u32::from_be_bytes(h[4..8].try_into().unwrap())
+}
+
+fn set_files(set: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(set)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("tintype"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Without an overlay writes are refused (EPERM); with `--writable-overlay`
+/// they land in the overlay — partial blocks included — are read back by
+/// every client, and the image's files stay byte for byte as they were.
+#[test]
+fn writes_go_to_the_overlay_never_to_the_image() {
+    let sb = Sandbox::new();
+    let mut data = source(&sb);
+    let before = set_files(&sb.path("set"));
+    let srv = Server::start(&sb, "set");
+    let mut c = connect(&srv.sock);
+    assert_eq!(write(&mut c, 0, b"nope"), 1, "read-only export: EPERM");
+    srv.stop();
+
+    let srv = Server::start_with(&sb, "set", &["--writable-overlay", "overlay.img"]);
+    let mut c = connect(&srv.sock);
+    assert_eq!(write(&mut c, 1000, b"partial block"), 0);
+    data[1000..1013].copy_from_slice(b"partial block");
+    let block: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(write(&mut c, 5 << 20, &block), 0, "into a zero chunk");
+    data[5 << 20..(5 << 20) + 8192].copy_from_slice(&block);
+    assert_eq!(write(&mut c, (12 << 20) - 10, b"x".repeat(20).as_slice()), 22, "past the end: EINVAL");
+    let (err, d) = request(&mut c, 0, 900, 300);
+    assert!(err == 0 && d == data[900..1200], "read back across the written bytes");
+    assert_eq!(request(&mut c, 3, 0, 0).0, 0, "flush");
+    // Another client (nbdcopy, several connections) sees the writes.
+    if have("nbdcopy") {
+        let out = Command::new("nbdcopy").args([&srv.uri(), sb.path("copy.img").to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read(sb.path("copy.img")).unwrap() == data, "the export with the overlay's writes");
+    }
+    srv.stop();
+    assert!(set_files(&sb.path("set")) == before, "the image's files were not written");
+    let out = sb.expect(&["serve", "set", "--listen", "unix:x.sock", "--writable-overlay", "overlay.img"], 1);
+    assert!(stderr(&out).contains("overlay"), "an existing overlay is never reused: {}", stderr(&out));
 }

@@ -254,6 +254,10 @@ enum Command {
         /// Stop after this many connections have ended (for tests).
         #[arg(long, hide = true)]
         max_connections: Option<u64>,
+        /// Accept writes into this new copy-on-write file (so fsck or a journal replay can run on
+        /// the export); the image is never written. The overlay lives for this run of serve.
+        #[arg(long)]
+        writable_overlay: Option<PathBuf>,
     },
     /// Show an image's metadata and statistics (partitions included), or, given a block device or
     /// disk image file, its partition table and filesystems.
@@ -519,7 +523,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             output::print_info(&img, &all, json);
             Ok(exit::OK)
         }
-        Command::Serve { image, listen, public, cache_size, max_connections } => {
+        Command::Serve { image, listen, public, cache_size, max_connections, writable_overlay } => {
             let (set, sel) = parse_spec(&image);
             let o = tintype::serve::ServeOptions {
                 set,
@@ -528,6 +532,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 public,
                 cache_bytes: cache_size,
                 max_connections,
+                overlay: writable_overlay,
             };
             let obs = output::Console::new("serving", true);
             tintype::serve::nbd::serve(&o, &obs)?;

@@ -47,6 +47,98 @@ pub struct ServeOptions {
     pub cache_bytes: u64,
     /// Stop after this many client connections have ended (tests).
     pub max_connections: Option<u64>,
+    /// Accept writes into this new copy-on-write file; the image is never written.
+    pub overlay: Option<PathBuf>,
+}
+
+/// Overlay block size: writes are kept per 4 KiB block.
+pub const OVERLAY_BLOCK: u64 = 4096;
+
+/// Copy-on-write writes: a sparse file the size of the export, and which
+/// 4 KiB blocks of it hold written data (in memory: an overlay belongs to one
+/// run of `serve`).
+#[derive(Debug)]
+pub struct Overlay {
+    pub path: PathBuf,
+    file: std::fs::File,
+    written: Vec<u64>,
+}
+
+impl Overlay {
+    fn create(path: &std::path::Path, size: u64) -> Result<Overlay> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io("create overlay (it must not exist)", path, e))?;
+        file.set_len(size).map_err(|e| Error::io("size overlay", path, e))?;
+        let blocks = size.div_ceil(OVERLAY_BLOCK);
+        Ok(Overlay { path: path.into(), file, written: vec![0; blocks.div_ceil(64) as usize] })
+    }
+
+    pub fn has(&self, block: u64) -> bool {
+        self.written[(block / 64) as usize] & (1 << (block % 64)) != 0
+    }
+
+    /// Any written block in `[offset, offset+len)`?
+    pub fn any(&self, offset: u64, len: u64) -> bool {
+        len > 0 && (offset / OVERLAY_BLOCK..(offset + len).div_ceil(OVERLAY_BLOCK)).any(|b| self.has(b))
+    }
+
+    /// Put the overlay's written blocks over `buf`, which holds `[offset, offset+buf.len())`.
+    pub fn patch(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = offset + buf.len() as u64;
+        for b in offset / OVERLAY_BLOCK..end.div_ceil(OVERLAY_BLOCK) {
+            if !self.has(b) {
+                continue;
+            }
+            let (s, e) = ((b * OVERLAY_BLOCK).max(offset), ((b + 1) * OVERLAY_BLOCK).min(end));
+            self.file.read_exact_at(&mut buf[(s - offset) as usize..(e - offset) as usize], s)?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset`; `base(block_start, buf)` fills a block's
+    /// current content when a write covers only part of a block not yet written.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        base: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = offset + data.len() as u64;
+        let mut blk = vec![0u8; OVERLAY_BLOCK as usize];
+        for b in offset / OVERLAY_BLOCK..end.div_ceil(OVERLAY_BLOCK) {
+            let (bs, be) = (b * OVERLAY_BLOCK, ((b + 1) * OVERLAY_BLOCK).min(self.len()));
+            let (s, e) = (bs.max(offset), be.min(end));
+            let part = &data[(s - offset) as usize..(e - offset) as usize];
+            if s == bs && e == be {
+                self.file.write_all_at(part, bs)?;
+            } else {
+                let n = (be - bs) as usize;
+                if self.has(b) {
+                    self.file.read_exact_at(&mut blk[..n], bs)?;
+                } else {
+                    base(bs, &mut blk[..n])?;
+                }
+                blk[(s - bs) as usize..(e - bs) as usize].copy_from_slice(part);
+                self.file.write_all_at(&blk[..n], bs)?;
+            }
+            self.written[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.file.metadata().map_or(0, |m| m.len())
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
 }
 
 /// The image being exported: its chunks, resolved through the chain.
@@ -55,6 +147,8 @@ pub struct Export {
     pub resolved: Resolved,
     pub name: String,
     cache: Mutex<Cache>,
+    /// Writable exports only.
+    pub overlay: Option<Mutex<Overlay>>,
 }
 
 impl std::fmt::Debug for Export {
@@ -86,11 +180,16 @@ impl Export {
         let chain = set.chain(&img)?;
         let resolved = Resolved::load(&chain)?;
         let limit = (opts.cache_bytes / u64::from(img.manifest.chunk_size_bytes)).max(2) as usize;
+        let overlay = match &opts.overlay {
+            Some(p) => Some(Mutex::new(Overlay::create(p, img.manifest.source.size_bytes)?)),
+            None => None,
+        };
         Ok(Export {
             name: img.manifest.image_id.clone(),
             img,
             resolved,
             cache: Mutex::new(Cache { limit, ..Default::default() }),
+            overlay,
         })
     }
 
@@ -105,6 +204,24 @@ impl Export {
     /// Does the chunk hold data (false: zero or unused)?
     pub fn is_data(&self, chunk: u64) -> bool {
         !matches!(self.resolved.entries[chunk as usize].state, ChunkState::Zero | ChunkState::Unused)
+    }
+
+    /// The image's bytes (overlay not applied) at `[offset, offset+buf.len())`.
+    pub fn read_base(&self, offset: u64, buf: &mut [u8], dec: &mut Decoder) -> Result<()> {
+        let cs = self.chunk_bytes();
+        let mut at = 0usize;
+        while at < buf.len() {
+            let pos = offset + at as u64;
+            let chunk = pos / cs;
+            let within = (pos - chunk * cs) as usize;
+            let n = (((chunk + 1) * cs - pos) as usize).min(buf.len() - at);
+            match self.chunk(chunk, dec)? {
+                ChunkData::Zeros => buf[at..at + n].fill(0),
+                ChunkData::Data(d) => buf[at..at + n].copy_from_slice(&d[within..within + n]),
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     /// A chunk's bytes, checked against its hashes; errors name the damage.

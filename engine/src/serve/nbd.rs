@@ -242,7 +242,10 @@ impl<'a, S: Read + Write> Connection<'a, S> {
     }
 
     fn export_flags(&self) -> u16 {
-        let mut f = TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
+        let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
+        if self.export.overlay.is_none() {
+            f |= TFLAG_READ_ONLY;
+        }
         if self.structured {
             f |= TFLAG_SEND_DF;
         }
@@ -422,8 +425,24 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                 CMD_READ if !in_range => self.error_reply(handle, EINVAL, "read past the end of the export")?,
                 CMD_READ if len > MAX_READ => self.error_reply(handle, EOVERFLOW, "read longer than 32 MiB")?,
                 CMD_READ => self.read(handle, flags, offset, len)?,
+                CMD_WRITE if self.export.overlay.is_some() && in_range && len <= MAX_READ => {
+                    let mut data = vec![0u8; len as usize];
+                    self.s.read_exact(&mut data)?;
+                    let export = self.export;
+                    let dec = &mut self.dec;
+                    let r = export.overlay.as_ref().expect("overlay").lock().expect("overlay lock").write(
+                        offset,
+                        &data,
+                        &mut |at, buf| export.read_base(at, buf, dec).map_err(|e| std::io::Error::other(e.to_string())),
+                    );
+                    match r {
+                        Ok(()) => self.simple_or_done(handle)?,
+                        Err(e) => self.error_reply(handle, EIO, &format!("overlay write failed: {e}"))?,
+                    }
+                }
                 CMD_WRITE => {
-                    // Read-only: take the data off the wire, refuse it.
+                    // Read-only, out of range or too long: take the data off the wire, refuse it.
+                    let err = if self.export.overlay.is_none() { EPERM } else { EINVAL };
                     let mut left = u64::from(len);
                     let mut sink = vec![0u8; 1 << 16];
                     while left > 0 {
@@ -431,9 +450,12 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                         self.s.read_exact(&mut sink[..n])?;
                         left -= n as u64;
                     }
-                    self.error_reply(handle, EPERM, "the export is read-only")?
+                    self.error_reply(handle, err, "the export is read-only, or the write is out of range")?
                 }
-                CMD_FLUSH => self.simple_or_done(handle)?,
+                CMD_FLUSH => match self.export.overlay.as_ref().map(|o| o.lock().expect("overlay lock").flush()) {
+                    Some(Err(e)) => self.error_reply(handle, EIO, &format!("overlay flush failed: {e}"))?,
+                    _ => self.simple_or_done(handle)?,
+                },
                 CMD_BLOCK_STATUS if !self.meta => self.error_reply(handle, EINVAL, "no meta context was negotiated")?,
                 CMD_BLOCK_STATUS if !in_range || len == 0 => {
                     self.error_reply(handle, EINVAL, "block status past the end of the export")?
@@ -478,12 +500,27 @@ impl<'a, S: Read + Write> Connection<'a, S> {
             let next = pieces.get(i + 1).map_or(end, |p| p.0);
             next - pieces[i].0
         };
-        if !self.structured || flags & CMD_FLAG_DF != 0 {
+        let overlaid =
+            self.export.overlay.as_ref().is_some_and(|o| o.lock().expect("overlay lock").any(offset, u64::from(len)));
+        if !self.structured || flags & CMD_FLAG_DF != 0 || overlaid {
             let mut buf = Vec::with_capacity(len as usize);
             for (i, (_, piece)) in pieces.iter().enumerate() {
                 match piece {
                     Some((d, from, n)) => buf.extend_from_slice(&d[*from..*from + *n]),
                     None => buf.resize(buf.len() + piece_len(i) as usize, 0),
+                }
+            }
+            if overlaid {
+                let patched = self
+                    .export
+                    .overlay
+                    .as_ref()
+                    .expect("overlay")
+                    .lock()
+                    .expect("overlay lock")
+                    .patch(offset, &mut buf);
+                if let Err(e) = patched {
+                    return self.error_reply(handle, EIO, &format!("overlay read failed: {e}"));
                 }
             }
             return if self.structured {
@@ -523,7 +560,9 @@ impl<'a, S: Read + Write> Connection<'a, S> {
         while at < end && descs.len() < 1 << 16 {
             let chunk = at / cs;
             let n = (((chunk + 1) * cs).min(end) - at) as u32;
-            let state = if self.export.is_data(chunk) { 0 } else { STATE_HOLE | STATE_ZERO };
+            let written =
+                self.export.overlay.as_ref().is_some_and(|o| o.lock().expect("overlay lock").any(at, u64::from(n)));
+            let state = if written || self.export.is_data(chunk) { 0 } else { STATE_HOLE | STATE_ZERO };
             match descs.last_mut() {
                 Some(last) if last.1 == state && last.0.checked_add(n).is_some() => last.0 += n,
                 _ => descs.push((n, state)),
