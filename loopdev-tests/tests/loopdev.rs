@@ -1014,3 +1014,84 @@ fn an_mbr_disk_with_logical_partitions() {
     let (a, b) = (std::fs::read(&backing).unwrap(), std::fs::read(&target).unwrap());
     assert!(a[169984 * 512..] == b[169984 * 512..], "the unknown logical partition, whole");
 }
+
+/// Browsing an image as a user would: serve an image of a real ext4 loop
+/// device, expose the export as a file with `nbdfuse`, mount that read-only
+/// and compare every file with the source filesystem.
+#[test]
+fn browse_an_image_through_nbd() {
+    if !require_loop_devices("browse_an_image_through_nbd") {
+        return;
+    }
+    if which("nbdfuse").is_none() {
+        panic!("nbdfuse is missing: .ci/run installs libnbd-bin");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("browse_an_image_through_nbd: SKIPPED, /dev/fuse does not exist on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("fs.img");
+    std::fs::File::create(&backing).unwrap().set_len(96 << 20).unwrap();
+    let dev = LoopDev::attach(&backing, 512);
+    sh("mkfs.ext4", &["-q", "-F", dev.as_str()]);
+    let src = dir.path().join("src");
+    {
+        let _m = Mount::new(&dev, &src);
+        std::fs::create_dir(src.join("etc")).unwrap();
+        for i in 0..25 {
+            std::fs::write(src.join(format!("etc/f{i}.conf")), mixed(20_000 + i * 999, 90 + i as u64)).unwrap();
+        }
+        std::fs::write(src.join("blob.bin"), tintype::sample::random_bytes(6 << 20, 77)).unwrap();
+    }
+    let set = dir.path().join("set");
+    let out = tintype(&["create", dev.as_str(), set.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let sock = dir.path().join("nbd.sock");
+    let _server = Kill(
+        std::process::Command::new(tintype_bin())
+            .args(["serve", set.to_str().unwrap(), "--listen", &format!("unix:{}", sock.display())])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "serve never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let fuse_dir = dir.path().join("fuse");
+    std::fs::create_dir(&fuse_dir).unwrap();
+    let fuse = std::process::Command::new("nbdfuse")
+        .args([fuse_dir.to_str().unwrap(), &format!("nbd+unix:///?socket={}", sock.display())])
+        .spawn()
+        .unwrap();
+    struct Unfuse(std::process::Child, std::path::PathBuf);
+    impl Drop for Unfuse {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.1).status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _fuse = Unfuse(fuse, fuse_dir.clone());
+    let file = fuse_dir.join("nbd");
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "nbdfuse never exposed the export");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let exported =
+        LoopDev { path: sh("losetup", &["--find", "--show", "--read-only", file.to_str().unwrap()]).trim().into() };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let ma = Mount::with_options(&dev, &a, "ro");
+    let mb = Mount::with_options(&exported, &b, "ro,noload");
+    assert_same_tree(&a, &b);
+    drop((ma, mb, exported));
+}
