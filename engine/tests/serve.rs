@@ -287,3 +287,36 @@ fn writes_go_to_the_overlay_never_to_the_image() {
     let out = sb.expect(&["serve", "set", "--listen", "unix:x.sock", "--writable-overlay", "overlay.img"], 1);
     assert!(stderr(&out).contains("overlay"), "an existing overlay is never reused: {}", stderr(&out));
 }
+
+/// TCP: loopback by default; any other address is refused without --public.
+#[test]
+fn tcp_listens_on_loopback_and_refuses_other_addresses_without_public() {
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let out = sb.expect(&["serve", "set", "--listen", "tcp:0.0.0.0:0"], 2);
+    assert!(stderr(&out).contains("--public") && stderr(&out).contains("authentication"), "{}", stderr(&out));
+    sb.expect(&["serve", "set", "--listen", "carrier-pigeon"], 2);
+    if !have("nbdcopy") {
+        panic!("nbdcopy is needed: .ci/run installs libnbd-bin");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tintype"))
+        .args(["serve", "set", "--listen", &format!("tcp:127.0.0.1:{port}")])
+        .current_dir(sb.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("nbdcopy")
+        .args([&format!("nbd://127.0.0.1:{port}"), sb.path("tcp.img").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(sb.path("tcp.img")).unwrap() == data);
+}
