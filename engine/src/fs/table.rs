@@ -53,6 +53,19 @@ fn gpt_type_name(guid: &[u8; 16]) -> String {
     known.to_string()
 }
 
+/// Partitions that overlap would let one filesystem's free space hide
+/// another partition's data: such a table is not trusted.
+fn no_overlaps(parts: &[Partition]) -> Result<(), String> {
+    let mut v: Vec<(u64, u64, u32)> = parts.iter().map(|p| (p.start_bytes, p.size_bytes, p.number)).collect();
+    v.sort_unstable();
+    for w in v.windows(2) {
+        if w[0].0 + w[0].1 > w[1].0 {
+            return Err(format!("partitions {} and {} overlap", w[0].2, w[1].2));
+        }
+    }
+    Ok(())
+}
+
 /// Read the partition table of a `size`-byte source. `Ok(None)`: there is
 /// none (no GPT signature and no MBR partitions).
 pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String> {
@@ -107,6 +120,7 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
                     p.partition_name.as_str().to_string(),
                 ));
             }
+            no_overlaps(&parts)?;
             Ok(Some(Table { kind: "gpt", partitions: parts, notes }))
         }
         Err(gptman::Error::InvalidSignature) => match mbrman::MBR::read_from(&mut f, sector) {
@@ -123,11 +137,25 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
                 if parts.is_empty() {
                     return Ok(None);
                 }
+                no_overlaps(&parts)?;
                 Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
             }
             // No 0x55AA signature: no table at all.
             Err(_) => Ok(None),
         },
         Err(e) => Err(format!("the GPT cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_partitions_are_not_trusted() {
+        let p = |n, s, l| partition(n, s, l, String::new(), String::new());
+        assert!(no_overlaps(&[p(1, 1 << 20, 1 << 20), p(2, 2 << 20, 1 << 20)]).is_ok());
+        let e = no_overlaps(&[p(2, 2 << 20, 1 << 20), p(1, 1 << 20, (1 << 20) + 1)]).unwrap_err();
+        assert!(e.contains("1 and 2 overlap"), "{e}");
     }
 }
