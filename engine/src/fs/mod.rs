@@ -154,13 +154,16 @@ pub struct Layout {
 
 /// Which filesystem starts at `base`.
 pub fn detect(r: &dyn MetaRead, base: u64) -> &'static str {
-    if ext4::detect(r, base) {
-        return "ext";
+    let ext = ext4::detect(r, base);
+    let xfs = r.read(base, 4).is_ok_and(|m| m == b"XFSB");
+    match (ext, xfs) {
+        // Both signatures: one is a leftover of an earlier filesystem, and
+        // its stale map would hide the other's data. Trust neither.
+        (true, true) => "ambiguous",
+        (true, false) => "ext",
+        (false, true) => "xfs",
+        _ => "unknown",
     }
-    if r.read(base, 4).is_ok_and(|m| m == b"XFSB") {
-        return "xfs";
-    }
-    "unknown"
 }
 
 /// Look at one filesystem region: detect, map, describe.
@@ -193,6 +196,10 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                 }
                 Err(why) => p.note = Some(format!("xfs filesystem imaged whole: {why}")),
             }
+        }
+        "ambiguous" => {
+            p.filesystem = "unknown".into();
+            p.note = Some("both ext and XFS signatures (one is a leftover); imaged whole".into());
         }
         _ => {
             p.filesystem = "unknown".into();
