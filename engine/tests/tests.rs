@@ -4,6 +4,7 @@ mod chains;
 mod corruption;
 mod create_verify;
 mod golden;
+mod hostile;
 mod profiles;
 mod restore;
 mod serve;
