@@ -666,8 +666,23 @@ impl<'a> CaptureLane<'a> {
             .map_err(|e| Error::io("release", s.path.clone(), e))?
             .expect("segment file in its slot");
         // A failed fsync means the kernel may have dropped our pages: the
-        // run fails; nothing written before it is trusted.
-        file.sync_all().map_err(|e| Error::io("fsync segment", s.path.clone(), e))?;
+        // run fails, and the segment's frames are not trusted — not even by
+        // `--resume`, which would read them back from whatever is cached:
+        // cut it to its header (its number stays, so the segments after it
+        // stay usable), and its chunks are read again.
+        if let Err(e) = file.sync_all() {
+            let dropped = file.set_len(SEGMENT_HEADER_BYTES as u64).and_then(|()| file.sync_all()).is_ok();
+            let what = if dropped {
+                "its frames were dropped; --resume reads its chunks again"
+            } else {
+                "its frames could not even be dropped; remove the set's unfinished files before resuming"
+            };
+            return Err(Error::io(
+                "fsync segment",
+                s.path.clone(),
+                std::io::Error::new(e.kind(), format!("{e}; nothing in this segment is trusted: {what}")),
+            ));
+        }
         self.report.stats.bytes_segments += s.next_offset;
         self.report.segments.push(SegmentInfo {
             file: s.path.file_name().expect("file name").to_string_lossy().into_owned(),
