@@ -101,6 +101,13 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     if incompat & INCOMPAT_RECOVER != 0 {
         return Err("the journal needs recovery (not cleanly unmounted): the bitmaps may be stale".into());
     }
+    let state = u16_at(&sb, 0x3A);
+    if state & 0x2 != 0 {
+        return Err("the filesystem is marked as having errors (run fsck): its bitmaps are not trusted".into());
+    }
+    if state & 0x1 == 0 && compat & 0x4 == 0 {
+        return Err("not cleanly unmounted (no journal to make the bitmaps consistent)".into());
+    }
     let is64 = incompat & INCOMPAT_64BIT != 0;
     let blocks = u64::from(u32_at(&sb, 0x4)) | if is64 { u64::from(u32_at(&sb, 0x150)) << 32 } else { 0 };
     let free_blocks = u64::from(u32_at(&sb, 0xC)) | if is64 { u64::from(u32_at(&sb, 0x158)) << 32 } else { 0 };
@@ -109,7 +116,16 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     let ipg = u64::from(u32_at(&sb, 0x28));
     let inode_size = u64::from(u16_at(&sb, 0x58)).max(128);
     let desc = if is64 { u64::from(u16_at(&sb, 0xFE)) } else { 32 };
-    if bpg == 0 || bpg > bs * 8 || blocks == 0 || !(32..=1024).contains(&desc) || !desc.is_power_of_two() {
+    if first != u64::from(bs == 1024) {
+        return Err(format!("first data block {first} does not fit {bs}-byte blocks"));
+    }
+    if bpg < 256
+        || bpg % 8 != 0
+        || bpg > bs * 8
+        || blocks <= first
+        || !(32..=1024).contains(&desc)
+        || !desc.is_power_of_two()
+    {
         return Err(format!("implausible geometry: {blocks} blocks, {bpg} per group, descriptors of {desc} bytes"));
     }
     if blocks.checked_mul(bs).is_none_or(|b| b > len) {
@@ -119,6 +135,9 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     }
     let groups = (blocks - first).div_ceil(bpg);
     let gdt_blocks = (groups * desc).div_ceil(bs);
+    if gdt_blocks * bs > 256 << 20 {
+        return Err(format!("{groups} groups: descriptor tables this large are not read by this build"));
+    }
     let reserved_gdt = u64::from(u16_at(&sb, 0xCE));
     let seed = if incompat & INCOMPAT_CSUM_SEED != 0 { u32_at(&sb, 0x270) } else { ext4_crc(!0, &sb[0x68..0x78]) };
     let gdt = r
@@ -168,7 +187,8 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
             bitmap: u64::from(u32_at(d, 0)) | hi(0x20),
             inode_bitmap: u64::from(u32_at(d, 4)) | hi(0x24),
             inode_table: u64::from(u32_at(d, 8)) | hi(0x28),
-            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0,
+            // The kernel honours BLOCK_UNINIT only with group checksums.
+            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
             bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
         });
     }
@@ -200,7 +220,8 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
         if grp.uninit {
             // Free but for metadata inside the group.
             let mut at = start;
-            for &(b, n) in meta.iter().filter(|(b, n)| b + n > start && *b < end) {
+            let from = meta.partition_point(|&(b, n)| b + n <= start);
+            for &(b, n) in meta[from..].iter().take_while(|(b, _)| *b < end) {
                 if b > at {
                     free.push(at * bs, (b - at) * bs);
                 }
@@ -239,9 +260,7 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
         }
     }
     // Metadata is used whatever a bitmap says.
-    for &(b, n) in &meta {
-        free.remove(b * bs, n * bs);
-    }
+    free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * bs, n * bs)).collect::<Vec<_>>());
     let name = if incompat & INCOMPAT_EXTENTS != 0 || is64 {
         "ext4"
     } else if compat & 0x4 != 0 {

@@ -81,6 +81,36 @@ impl FreeMap {
         self.ranges = out;
     }
 
+    /// Mark every range of `used` (sorted by start, may overlap) used, in
+    /// one pass over both lists.
+    pub fn subtract_sorted(&mut self, used: &[(u64, u64)]) {
+        let mut out = Vec::with_capacity(self.ranges.len());
+        let mut u = 0;
+        for &(s, l) in &self.ranges {
+            let (mut s, e) = (s, s + l);
+            while u < used.len() && used[u].0 + used[u].1 <= s {
+                u += 1;
+            }
+            let mut k = u;
+            while s < e {
+                match used.get(k) {
+                    Some(&(us, ul)) if us < e => {
+                        if us > s {
+                            out.push((s, us - s));
+                        }
+                        s = s.max(us + ul);
+                        k += 1;
+                    }
+                    _ => {
+                        out.push((s, e - s));
+                        break;
+                    }
+                }
+            }
+        }
+        self.ranges = out;
+    }
+
     /// The same ranges moved by `offset` bytes.
     pub fn shifted(&self, offset: u64) -> FreeMap {
         FreeMap { ranges: self.ranges.iter().map(|&(s, l)| (s + offset, l)).collect() }
@@ -176,7 +206,7 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                     p.name = fs.label.clone();
                 }
                 let fs_bytes = fs.blocks * fs.block_bytes;
-                p.used_bytes = Some(fs_bytes - map.free_bytes());
+                p.used_bytes = Some(fs_bytes.saturating_sub(map.free_bytes()));
                 free.extend(&map.shifted(p.start_bytes));
             }
             Err(why) => {
@@ -191,7 +221,7 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                     if p.name.is_empty() {
                         p.name = fs.label.clone();
                     }
-                    p.used_bytes = Some(fs.blocks * fs.block_bytes - map.free_bytes());
+                    p.used_bytes = Some((fs.blocks * fs.block_bytes).saturating_sub(map.free_bytes()));
                     free.extend(&map.shifted(p.start_bytes));
                 }
                 Err(why) => p.note = Some(format!("xfs filesystem imaged whole: {why}")),
@@ -274,5 +304,10 @@ mod tests {
         assert_eq!(g.unused_chunks(3584 << 10, 1 << 20), vec![false, false, false, true]);
         g.extend(&f);
         assert_eq!(g.free_bytes(), f.free_bytes() + (512 << 10));
+        let mut h = FreeMap::default();
+        h.push(0, 100);
+        h.push(200, 100);
+        h.subtract_sorted(&[(10, 5), (12, 10), (90, 120), (250, 5), (400, 1)]);
+        assert_eq!(h.ranges(), &[(0, 10), (22, 68), (210, 40), (255, 45)]);
     }
 }

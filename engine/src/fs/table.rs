@@ -140,8 +140,16 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
                 no_overlaps(&parts)?;
                 Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
             }
-            // No 0x55AA signature: no table at all.
-            Err(_) => Ok(None),
+            Err(e) => {
+                // No 0x55AA signature: no table at all. A signature with a
+                // table that does not read (a broken EBR chain) is damage.
+                let mut sig = [0u8; 2];
+                use std::os::unix::fs::FileExt;
+                match file.read_exact_at(&mut sig, 510) {
+                    Ok(()) if sig == [0x55, 0xAA] => Err(format!("the MBR cannot be read: {e}")),
+                    _ => Ok(None),
+                }
+            }
         },
         Err(e) => Err(format!("the GPT cannot be read: {e}")),
     }

@@ -70,7 +70,10 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
     if sb[126] != 0 {
         return Err("the filesystem was never finished (sb_inprogress)".into());
     }
-    if blocks.checked_mul(bs).is_none_or(|b| b > len) || blocks > agblocks * agcount {
+    if blocks.checked_mul(bs).is_none_or(|b| b > len)
+        || blocks > agblocks * agcount
+        || (agcount - 1) * agblocks >= blocks
+    {
         return Err(format!("the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len} bytes"));
     }
     let hdr = if v5 { 56 } else { 16 };
@@ -89,6 +92,9 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
             return Err(format!("group {ag}: AGF checksum mismatch"));
         }
         let ag_len = u64::from(be32(&agf, 12));
+        if ag_len != agblocks.min(blocks.saturating_sub(ag_start)) {
+            return Err(format!("group {ag}: the AGF says {ag_len} blocks, the superblock's geometry says otherwise"));
+        }
         let root = be32(&agf, 16);
         let levels = be32(&agf, 28);
         let want_free = u64::from(be32(&agf, 52));
@@ -140,6 +146,10 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
                     return Err(format!("group {ag}: free extent {start}+{count} is out of order or range"));
                 }
                 last_end = start + count;
+                // The AG's header sectors (SB, AGF, AGI, AGFL) are never free.
+                if start * bs < 4 * sect {
+                    return Err(format!("group {ag}: a free extent covers the AG headers"));
+                }
                 free.push((ag_start + start) * bs, count * bs);
                 got += count;
             }

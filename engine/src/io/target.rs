@@ -255,15 +255,21 @@ pub fn mounts_of(rdev: (u32, u32)) -> Vec<(String, bool)> {
             }
         }
     }
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 5 && devs.iter().any(|d| d == f[2])).then(|| {
-                let rw = f[5].split(',').any(|o| o == "rw");
-                (unescape_mount(f[4]), rw)
-            })
-        })
-        .collect()
+    // One entry per mounted filesystem: bind mounts of it show the same
+    // device again (freezing it twice would fail with EBUSY); any read-write
+    // one makes it read-write.
+    let mut seen: Vec<(String, String, bool)> = Vec::new();
+    for l in info.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 5 && devs.iter().any(|d| d == f[2]) {
+            let rw = f[5].split(',').any(|o| o == "rw");
+            match seen.iter_mut().find(|(d, _, _)| d == f[2]) {
+                Some(s) => s.2 |= rw,
+                None => seen.push((f[2].to_string(), unescape_mount(f[4]), rw)),
+            }
+        }
+    }
+    seen.into_iter().map(|(_, at, rw)| (at, rw)).collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).

@@ -801,6 +801,20 @@ fn used_space(
         return Ok(None);
     }
     let meta = std::fs::File::open(&source.path).map_err(|e| Error::io("open for metadata", &source.path, e))?;
+    if source.kind == crate::io::device::SourceKind::BlockDevice {
+        // A mounted filesystem (frozen for this run) writes its metadata
+        // past the block device's page cache: drop what is cached, so the
+        // maps are read from the device. BLKFLSBUF = _IO(0x12, 97).
+        // SAFETY: BLKFLSBUF takes no argument; `meta` is an open descriptor.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&meta), 0x1261 as _, 0) };
+        if r != 0 {
+            return Err(Error::io(
+                "flush the buffer cache (BLKFLSBUF) of",
+                &source.path,
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     let layout = crate::fs::analyze(&meta, &meta, source.size_bytes, source.logical_sector_bytes);
     for n in &layout.notes {
         obs.note(n);
