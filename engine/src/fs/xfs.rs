@@ -40,6 +40,62 @@ pub struct Xfs {
 
 const NULL_AGBLOCK: u32 = 0xFFFF_FFFF;
 
+/// Longest internal log this build reads to check it is clean.
+const LOG_MAX: u64 = 2 << 30;
+const LOG_RECORD_MAGIC: u32 = 0xFEED_BABE;
+const XLOG_UNMOUNT_TRANS: u8 = 0x20;
+
+/// Allocations still in a dirty log are not in the free-space btrees yet:
+/// map the filesystem only when its log ends with an unmount record. The
+/// last record written is the one with the highest LSN; every 512-byte log
+/// block starts with its cycle number except record headers, which start
+/// with the magic, so scanning for the magic finds every header.
+fn log_is_clean(r: &dyn MetaRead, base: u64, sb: &[u8], bs: u64, agblocks: u64) -> Result<(), String> {
+    let logstart = be64(sb, 48);
+    if logstart == 0 {
+        return Err("an external log device: whether the log is clean cannot be checked here".into());
+    }
+    let agblklog = u32::from(sb[124]);
+    if agblklog >= 32 {
+        return Err("implausible AG block log".into());
+    }
+    let (agno, agbno) = (logstart >> agblklog, logstart & ((1 << agblklog) - 1));
+    let start = base + (agno * agblocks + agbno) * bs;
+    let len = u64::from(be32(sb, 96)) * bs;
+    if len == 0 || len > LOG_MAX {
+        return Err(format!("a log of {len} bytes is not checked by this build"));
+    }
+    let mut best: Option<(u64, u64)> = None; // (lsn, byte offset in the log)
+    let piece = 4u64 << 20;
+    let mut at = 0;
+    while at < len {
+        let n = piece.min(len - at);
+        let b = r.read(start + at, n as usize).map_err(|e| format!("cannot read the log: {e}"))?;
+        for (i, bb) in b.chunks_exact(512).enumerate() {
+            if be32(bb, 0) != LOG_RECORD_MAGIC || !matches!(be32(bb, 8), 1 | 2) {
+                continue;
+            }
+            let lsn = be64(bb, 16);
+            if best.is_none_or(|(l, _)| lsn > l) {
+                best = Some((lsn, at + i as u64 * 512));
+            }
+        }
+        at += n;
+    }
+    let Some((_, off)) = best else { return Err("no log record found".into()) };
+    let head = r.read(start + off, 512).map_err(|e| format!("cannot read the log: {e}"))?;
+    let size = u64::from(be32(&head, 320));
+    let hblks = if be32(&head, 8) & 2 != 0 && size > 32768 { size.div_ceil(32768) } else { 1 };
+    let op_at = (off + hblks * 512) % len;
+    let op = r.read(start + op_at, 512).map_err(|e| format!("cannot read the log: {e}"))?;
+    if be32(&head, 40) == 1 && op[9] & XLOG_UNMOUNT_TRANS != 0 {
+        return Ok(());
+    }
+    Err("the log is not clean (not unmounted cleanly, or mounted with norecovery): allocations in it are not \
+         in the free-space btrees yet"
+        .into())
+}
+
 /// Read the XFS at `base` (`len` bytes) and return what it is and its free
 /// space (byte ranges relative to `base`).
 pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap), String> {
@@ -76,6 +132,7 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
     {
         return Err(format!("the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len} bytes"));
     }
+    log_is_clean(r, base, &sb, bs, agblocks)?;
     let hdr = if v5 { 56 } else { 16 };
     let magic: &[u8; 4] = if v5 { b"AB3B" } else { b"ABTB" };
     let mut free = FreeMap::default();
