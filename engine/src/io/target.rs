@@ -245,15 +245,35 @@ pub fn mounted_at(rdev: (u32, u32)) -> Option<String> {
 /// mount point and whether it is mounted read-write.
 pub fn mounts_of(rdev: (u32, u32)) -> Vec<(String, bool)> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    // The device, its partitions, and everything stacked on any of them
+    // (LVM, dm-crypt, md: /sys/dev/block/M:m/holders), transitively.
     let mut devs = vec![format!("{}:{}", rdev.0, rdev.1)];
-    if let Ok(rd) = std::fs::read_dir(format!("/sys/dev/block/{}:{}", rdev.0, rdev.1)) {
-        for e in rd.flatten() {
-            if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+    let mut i = 0;
+    while i < devs.len() && devs.len() < 4096 {
+        let sys = PathBuf::from(format!("/sys/dev/block/{}", devs[i]));
+        let mut found = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&sys) {
+            for e in rd.flatten() {
                 if e.path().join("partition").exists() {
-                    devs.push(d.trim().to_string());
+                    if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                        found.push(d.trim().to_string());
+                    }
                 }
             }
         }
+        if let Ok(rd) = std::fs::read_dir(sys.join("holders")) {
+            for e in rd.flatten() {
+                if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                    found.push(d.trim().to_string());
+                }
+            }
+        }
+        for d in found {
+            if !devs.contains(&d) {
+                devs.push(d);
+            }
+        }
+        i += 1;
     }
     // One entry per mounted filesystem: bind mounts of it show the same
     // device again (freezing it twice would fail with EBUSY); any read-write
