@@ -1114,3 +1114,136 @@ fn browse_an_image_through_nbd() {
     assert_same_tree(&a, &b);
     drop((ma, mb, exported));
 }
+
+/// A real failing device: nbdkit's ddrescue filter serves a file with EIO on
+/// the ranges its mapfile marks bad; nbdfuse makes that a file and losetup a
+/// block device. The default stops naming the bad bytes; `--on-read-error
+/// skip` finds exactly the injected ranges, exits 6, writes a map beside the
+/// image, and everything else restores identical (the bad ranges as zeros).
+#[test]
+fn a_source_with_unreadable_sectors() {
+    if !require_loop_devices("a_source_with_unreadable_sectors") {
+        return;
+    }
+    for tool in ["nbdkit", "nbdfuse"] {
+        if which(tool).is_none() {
+            panic!("{tool} is missing: .ci/run installs nbdkit and libnbd-bin");
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("a_source_with_unreadable_sectors: SKIPPED, /dev/fuse does not exist on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = tintype::sample::random_bytes(16 << 20, 21);
+    std::fs::write(dir.path().join("disk.img"), &data).unwrap();
+    // Bad: 8 KiB at 5 MiB, one 512-byte sector at 9 MiB + 1536, and all of chunk 12.
+    let bad: [(u64, u64); 3] = [(5 << 20, 8192), ((9 << 20) + 1536, 512), (12 << 20, 1 << 20)];
+    let mut map = String::from("# Mapfile\n0x0 ?\n");
+    let mut at = 0;
+    for (o, l) in bad {
+        map += &format!("0x{at:X} 0x{:X} +\n0x{o:X} 0x{l:X} -\n", o - at);
+        at = o + l;
+    }
+    map += &format!("0x{at:X} 0x{:X} +\n", (16u64 << 20) - at);
+    std::fs::write(dir.path().join("map.txt"), map).unwrap();
+    struct Proc(std::process::Child);
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sock = dir.path().join("nbd.sock");
+    let _nbdkit = Proc(
+        std::process::Command::new("nbdkit")
+            .args(["-U", sock.to_str().unwrap(), "-f", "--filter=ddrescue", "file"])
+            .arg(dir.path().join("disk.img"))
+            .arg(format!("ddrescue-mapfile={}", dir.path().join("map.txt").display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "nbdkit never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let fuse_dir = dir.path().join("fuse");
+    std::fs::create_dir(&fuse_dir).unwrap();
+    struct Unfuse(Proc, std::path::PathBuf);
+    impl Drop for Unfuse {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.1).status();
+        }
+    }
+    let _fuse = Unfuse(
+        Proc(
+            std::process::Command::new("nbdfuse")
+                .arg(&fuse_dir)
+                .arg(format!("nbd+unix:///?socket={}", sock.display()))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ),
+        fuse_dir.clone(),
+    );
+    while !fuse_dir.join("nbd").exists() {
+        assert!(std::time::Instant::now() < deadline, "nbdfuse never exposed the export");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dev = LoopDev {
+        path: sh("losetup", &["--find", "--show", "--read-only", fuse_dir.join("nbd").to_str().unwrap()]).trim().into(),
+    };
+    let set = dir.path().join("set");
+    let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--lanes", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("bytes {}..{}", 5 << 20, (5 << 20) + 8192)) && err.contains("--on-read-error skip"),
+        "{err}"
+    );
+    let set2 = dir.path().join("set2");
+    let out = tintype(&[
+        "create",
+        dev.as_str(),
+        set2.to_str().unwrap(),
+        "--on-read-error",
+        "skip",
+        "--read-retries",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(u64, u64)> = v["manifest"]["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
+        .collect();
+    // Exact down to the device's direct-I/O read unit (512 or 4096 bytes):
+    // each reported range is the injected one rounded out to that unit.
+    assert_eq!(got.len(), bad.len(), "{got:?}");
+    for (&(go, gl), &(o, l)) in got.iter().zip(&bad) {
+        let (ro, re) = (o / 4096 * 4096, (o + l).div_ceil(4096) * 4096);
+        assert!(go <= o && go + gl >= o + l && go >= ro && go + gl <= re, "{got:?} vs injected {bad:?}");
+    }
+    let id = v["manifest"]["image_id"].as_str().unwrap().to_string();
+    let badmap = std::fs::read_to_string(set2.join(format!("{id}.badmap"))).unwrap();
+    assert!(badmap.contains("0x00500000  0x00002000  -"), "{badmap}");
+    let img = ImageSet::open(&set2).unwrap().resolve(None).unwrap();
+    let idx = img.read_index().unwrap();
+    assert_eq!(idx.entries[12].as_ref().unwrap().state, ChunkState::Unreadable, "a chunk with no readable byte");
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set2.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut want = data.clone();
+    for &(o, l) in &got {
+        want[o as usize..(o + l) as usize].fill(0);
+    }
+    assert!(std::fs::read(&target).unwrap() == want, "everything readable restores identical, the rest as zeros");
+    let out = tintype(&["verify", set2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    drop(dev);
+}

@@ -26,6 +26,8 @@ pub mod exit {
     pub const NOT_AN_IMAGE: u8 = 4;
     /// The image set is in use by another run (create, merge, prune; or a reader during merge/prune).
     pub const BUSY: u8 = 5;
+    /// An image was committed, but parts of the source could not be read (`--on-read-error skip`).
+    pub const UNREADABLE: u8 = 6;
     /// Stopped by a signal.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -35,7 +37,7 @@ pub mod exit {
     name = "tintype",
     version,
     about = "Image block devices into compressed, checksummed, seekable image sets at the speed of the hardware",
-    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 image damaged, 4 not a committed or supported image, 5 image set in use by another run, 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 failure, 2 bad usage, 3 image damaged, 4 not a committed or supported image, 5 image set in use by another run, 6 image committed but the source had unreadable sectors, 130 interrupted."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +62,12 @@ impl From<IoArg> for IoChoice {
             IoArg::Portable => IoChoice::Portable,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnReadError {
+    Fail,
+    Skip,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -122,6 +130,13 @@ enum Command {
         /// forensics), on (fail if no filesystem can be mapped).
         #[arg(long, value_enum, default_value_t = UsedOnlyArg::Auto)]
         used_only: UsedOnlyArg,
+        /// On unreadable sectors: fail (stop, naming the byte ranges and the error) or skip
+        /// (find the exact bad sectors, image the rest, record them; exit 6).
+        #[arg(long, value_enum, default_value_t = OnReadError::Fail)]
+        on_read_error: OnReadError,
+        /// Retries of a failing sector before it counts as unreadable.
+        #[arg(long, default_value_t = 2)]
+        read_retries: u32,
         /// Freeze (FIFREEZE) filesystems of SOURCE that are mounted read-write for the duration of
         /// the run instead of refusing; they are thawed at the end, on error and on Ctrl-C.
         #[arg(long)]
@@ -349,6 +364,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             force,
             used_only,
             freeze,
+            on_read_error,
+            read_retries,
         } => {
             let mut o = CreateOptions::new(source, set);
             o.used_only = match used_only {
@@ -357,6 +374,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 UsedOnlyArg::On => tintype::pipeline::capture::UsedOnly::On,
             };
             o.freeze = freeze;
+            o.skip_unreadable = on_read_error == OnReadError::Skip;
+            o.read_retries = read_retries;
             o.kind = if incremental {
                 tintype::format::manifest::ImageKind::Incremental
             } else if differential {
@@ -406,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             })?;
             obs.finish();
             output::print_create(&report, json);
-            Ok(exit::OK)
+            Ok(if report.manifest.unreadable.is_empty() { exit::OK } else { exit::UNREADABLE })
         }
         Command::Verify { image, lanes, queue_depth, io, json } => {
             let (set, sel) = parse_spec(&image);

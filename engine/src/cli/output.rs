@@ -89,6 +89,18 @@ pub fn print_create(r: &CreateReport, json: bool) {
             s.chunks_inherited
         );
     }
+    if !m.unreadable.is_empty() {
+        let total: u64 = m.unreadable.iter().map(|r| r.length).sum();
+        println!(
+            "  UNREADABLE {} in {} range(s) of the source, stored as zeros (map: {}.badmap):",
+            human(total),
+            m.unreadable.len(),
+            m.image_id
+        );
+        for r in m.unreadable.iter().take(20) {
+            println!("    bytes {}..{} ({} bytes)", r.offset, r.offset + r.length, r.length);
+        }
+    }
     if s.chunks_resumed > 0 {
         println!("  resumed  {} chunk(s) kept from the interrupted run(s), not read again", s.chunks_resumed);
     }

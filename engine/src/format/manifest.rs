@@ -156,6 +156,17 @@ pub struct Manifest {
     /// recorded as unused (used-space imaging). Absent when not looked at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutInfo>,
+    /// Source byte ranges that could not be read (`--on-read-error skip`):
+    /// stored as zeros (or, for a chunk with no readable byte, state 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<ByteRange>,
+}
+
+/// A range of source bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub length: u64,
 }
 
 /// What `create` found on the source (see `engine/src/fs`).
@@ -354,6 +365,7 @@ mod tests {
             },
             replaces: vec![],
             layout: None,
+            unreadable: vec![],
         }
     }
 

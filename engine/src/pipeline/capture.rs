@@ -68,6 +68,10 @@ pub struct CreateOptions {
     pub resume: bool,
     /// Store only chunks a filesystem on the source uses.
     pub used_only: UsedOnly,
+    /// On unreadable sectors: image the rest and record them (true), or stop.
+    pub skip_unreadable: bool,
+    /// Retries of a failing sector before it counts as unreadable.
+    pub read_retries: u32,
     /// Freeze filesystems of the source that are mounted read-write
     /// (FIFREEZE) for the duration of the run.
     pub freeze: bool,
@@ -96,6 +100,8 @@ impl CreateOptions {
             chunk_size_given: false,
             used_only: UsedOnly::Auto,
             freeze: false,
+            skip_unreadable: false,
+            read_retries: 2,
         }
     }
 }
@@ -666,6 +672,8 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         next_segment: AtomicU32::new(first_segment),
         parent: parent_hashes.as_deref().zip(parent_id),
         preset,
+        skip_unreadable: opts.skip_unreadable,
+        read_retries: opts.read_retries.min(100),
     };
     let started = Instant::now();
     let reports = match run_lanes(&sh, lanes, obs) {
@@ -703,6 +711,11 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
     let stats = sum_stats(reports.iter().map(|r| &r.stats));
+    let mut unreadable: Vec<(u64, u64)> = reports.iter().flat_map(|r| r.unreadable.iter().copied()).collect();
+    unreadable.sort_unstable();
+    if !unreadable.is_empty() {
+        write_badmap(&set.dir.join(format!("{id}.badmap")), &unreadable, source.size_bytes)?;
+    }
     let mut latency = super::lane::latency_histogram();
     for r in &reports {
         let _ = latency.add(&r.read_latency_us);
@@ -766,6 +779,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         },
         replaces: Vec::new(),
         layout,
+        unreadable: unreadable
+            .iter()
+            .map(|&(offset, length)| crate::format::manifest::ByteRange { offset, length })
+            .collect(),
     };
     crate::set::sync_dir(&set.dir)?;
     let manifest_path = match commit_manifest(&set.dir, &manifest) {
@@ -936,6 +953,26 @@ fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Fro
         frozen.0.push((dir, at));
     }
     Ok(frozen)
+}
+
+/// A ddrescue-style map of the source: `+` read, `-` unreadable.
+fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
+    use std::io::Write;
+    let mut s = String::from("# Mapfile. Created by tintype: the source ranges it could not read\n");
+    s += &format!("0x{size:08X}     +\n");
+    let mut at = 0;
+    for &(o, l) in bad {
+        if o > at {
+            s += &format!("0x{at:08X}  0x{:08X}  +\n", o - at);
+        }
+        s += &format!("0x{o:08X}  0x{l:08X}  -\n");
+        at = o + l;
+    }
+    if at < size {
+        s += &format!("0x{at:08X}  0x{:08X}  +\n", size - at);
+    }
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
+    f.write_all(s.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", path, e))
 }
 
 /// Write the entries a resumed run already has, in runs of consecutive chunks.

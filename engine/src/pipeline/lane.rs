@@ -55,6 +55,10 @@ pub(crate) struct CaptureShared<'a> {
     pub parent: Option<(&'a [u128], ImageId)>,
     /// For a resumed run: the entries chunks already have (empty otherwise).
     pub preset: &'a [Option<IndexEntry>],
+    /// On a read error: find the bad sectors and image the rest (true), or stop.
+    pub skip_unreadable: bool,
+    /// Retries of a failing read before its sectors count as unreadable.
+    pub read_retries: u32,
 }
 
 impl CaptureShared<'_> {
@@ -67,6 +71,8 @@ impl CaptureShared<'_> {
 /// What a lane did: its segments, its counters, and how long its reads took.
 #[derive(Debug)]
 pub(crate) struct LaneReport {
+    /// Source byte ranges that could not be read (with `skip_unreadable`).
+    pub unreadable: Vec<(u64, u64)>,
     pub segments: Vec<SegmentInfo>,
     pub stats: LaneStats,
     pub segments_direct: bool,
@@ -140,6 +146,8 @@ struct ReadOp {
     submitted: Instant,
     /// The raw hash, once computed (a chunk may wait for a staging buffer).
     hash: Option<u128>,
+    /// No sector of the chunk could be read (recorded "unreadable").
+    unreadable: bool,
 }
 
 impl std::fmt::Debug for OpenSegment {
@@ -201,6 +209,7 @@ impl<'a> CaptureLane<'a> {
             zero_hashes: ZeroHashes::default(),
             staged_since: None,
             report: LaneReport {
+                unreadable: Vec::new(),
                 segments: Vec::new(),
                 stats: LaneStats::default(),
                 segments_direct: true,
@@ -256,7 +265,15 @@ impl<'a> CaptureLane<'a> {
             // O_DIRECT needs an aligned length; past the end of a file the
             // read simply comes back short.
             let read_len = align_up(u64::from(raw_len), u64::from(self.sh.source.dio_align_bytes)) as u32;
-            self.reads[buf] = Some(ReadOp { chunk, raw_len, read_len, got: 0, submitted: Instant::now(), hash: None });
+            self.reads[buf] = Some(ReadOp {
+                chunk,
+                raw_len,
+                read_len,
+                got: 0,
+                submitted: Instant::now(),
+                hash: None,
+                unreadable: false,
+            });
             let offset = chunk * u64::from(self.sh.chunk_bytes);
             self.io.enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
         }
@@ -340,7 +357,7 @@ impl<'a> CaptureLane<'a> {
                 );
                 Ok(())
             }
-            Err(e) => Err(Error::io_at("read source", self.sh.source.path.clone(), offset, e)),
+            Err(e) => self.recover_read(buf, op, e),
             Ok(0) if op.got < op.raw_len => Err(Error::Unusable {
                 path: self.sh.source.path.clone(),
                 why: format!(
@@ -372,6 +389,59 @@ impl<'a> CaptureLane<'a> {
         }
     }
 
+    /// A read failed: find exactly which sectors fail (halving the range down
+    /// to one logical sector, each read retried), and either stop naming
+    /// them, or (`skip_unreadable`) zero them, record them, and go on with the
+    /// chunk. Synchronous, on a plain descriptor: a failing disk is slow anyway.
+    fn recover_read(&mut self, buf: usize, mut op: ReadOp, first: std::io::Error) -> Result<()> {
+        let path = self.sh.source.path.clone();
+        let start = op.chunk * u64::from(self.sh.chunk_bytes);
+        let (file, _) = crate::io::device::open_read_only(&path, self.sh.source.direct)?;
+        let sector = u64::from(self.sh.source.logical_sector_bytes.max(self.sh.source.dio_align_bytes));
+        let len = u64::from(op.raw_len).div_ceil(sector) * sector;
+        let mut bad: Vec<(u64, u64)> = Vec::new();
+        let data = &mut self.io.buffer_mut(buf)[..len as usize];
+        bisect(&file, data, start, 0, len, sector, self.sh.read_retries, &mut bad);
+        let end = start + u64::from(op.raw_len);
+        let bad: Vec<(u64, u64)> =
+            bad.into_iter().map(|(s, l)| (s, (s + l).min(end) - s)).filter(|&(_, l)| l > 0).collect();
+        if bad.is_empty() {
+            // The retries read it after all.
+            op.got = op.raw_len;
+            self.reads[buf] = Some(op);
+            self.ready.push_back(buf);
+            return Ok(());
+        }
+        let total: u64 = bad.iter().map(|r| r.1).sum();
+        if !self.sh.skip_unreadable {
+            let ranges: Vec<String> = bad.iter().take(8).map(|(s, l)| format!("{s}..{}", s + l)).collect();
+            return Err(Error::io_at(
+                "read source",
+                path,
+                bad[0].0,
+                std::io::Error::new(
+                    first.kind(),
+                    format!(
+                        "{first}: {total} unreadable bytes in chunk {} (bytes {}); --on-read-error skip images \
+                         the rest and records them",
+                        op.chunk,
+                        ranges.join(", ")
+                    ),
+                ),
+            ));
+        }
+        for &(s, l) in &bad {
+            let from = (s - start) as usize;
+            self.io.buffer_mut(buf)[from..from + l as usize].fill(0);
+        }
+        op.unreadable = total == u64::from(op.raw_len);
+        self.report.unreadable.extend(bad);
+        op.got = op.raw_len;
+        self.reads[buf] = Some(op);
+        self.ready.push_back(buf);
+        Ok(())
+    }
+
     /// Zero-check, hash, compress and stage every completed read, as long as
     /// a staging buffer has room.
     fn process_ready(&mut self) -> Result<()> {
@@ -381,7 +451,17 @@ impl<'a> CaptureLane<'a> {
             let t = Instant::now();
             let zero = op.hash.is_none() && is_zero(&self.io.buffer(buf)[..raw_len]);
             self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
-            let entry = if zero {
+            let entry = if op.unreadable {
+                IndexEntry {
+                    state: ChunkState::Unreadable,
+                    segment: 0,
+                    offset: 0,
+                    stored_len: 0,
+                    raw_len: op.raw_len,
+                    raw_hash: 0,
+                    image_id: ImageId(0),
+                }
+            } else if zero {
                 self.report.stats.chunks_zero += 1;
                 IndexEntry {
                     state: ChunkState::Zero,
@@ -772,6 +852,42 @@ pub(crate) fn create_segment_file(path: &Path) -> Result<(File, bool)> {
         }
         Err(e) => Err(Error::io("create segment", path, e)),
     }
+}
+
+/// Read `[at, at+len)` of `data` (source offset `base + at`); on failure
+/// split in halves down to `sector` bytes, retrying each failing piece
+/// `retries` times; collect the source ranges that never read.
+#[allow(clippy::too_many_arguments)]
+fn bisect(
+    f: &File,
+    data: &mut [u8],
+    base: u64,
+    at: u64,
+    len: u64,
+    sector: u64,
+    retries: u32,
+    bad: &mut Vec<(u64, u64)>,
+) {
+    let buf = &mut data[at as usize..(at + len) as usize];
+    for _ in 0..=retries {
+        match f.read_exact_at(buf, base + at) {
+            Ok(()) => return,
+            // Past the end of a file: the rest reads as zeros.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(_) if len > sector => break,
+            Err(_) => {}
+        }
+    }
+    if len <= sector {
+        match bad.last_mut() {
+            Some(last) if last.0 + last.1 == base + at => last.1 += len,
+            _ => bad.push((base + at, len)),
+        }
+        return;
+    }
+    let half = (len / 2).div_ceil(sector) * sector;
+    bisect(f, data, base, at, half, sector, retries, bad);
+    bisect(f, data, base, at + half, len - half, sector, retries, bad);
 }
 
 /// True when every byte is zero. Reads 16 bytes at a time; stops at the
