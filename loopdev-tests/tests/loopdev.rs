@@ -1171,14 +1171,18 @@ fn a_source_with_unreadable_sectors() {
     }
     let fuse_dir = dir.path().join("fuse");
     std::fs::create_dir(&fuse_dir).unwrap();
-    struct Unfuse(Proc, std::path::PathBuf);
+    /// Unmounts the FUSE export, then (dropping `_nbdfuse`) ends nbdfuse.
+    struct Unfuse {
+        _nbdfuse: Proc,
+        dir: std::path::PathBuf,
+    }
     impl Drop for Unfuse {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.1).status();
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
         }
     }
-    let _fuse = Unfuse(
-        Proc(
+    let _fuse = Unfuse {
+        _nbdfuse: Proc(
             std::process::Command::new("nbdfuse")
                 .arg(&fuse_dir)
                 .arg(format!("nbd+unix:///?socket={}", sock.display()))
@@ -1186,8 +1190,8 @@ fn a_source_with_unreadable_sectors() {
                 .spawn()
                 .unwrap(),
         ),
-        fuse_dir.clone(),
-    );
+        dir: fuse_dir.clone(),
+    };
     while !fuse_dir.join("nbd").exists() {
         assert!(std::time::Instant::now() < deadline, "nbdfuse never exposed the export");
         std::thread::sleep(std::time::Duration::from_millis(20));
