@@ -1242,6 +1242,8 @@ fn a_source_with_unreadable_sectors() {
     let target = dir.path().join("restored.img");
     let out = tintype(&["restore", set2.to_str().unwrap(), target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("unreadable range(s)") && said.contains(&format!("bytes {}..", 5 << 20)), "{said}");
     let mut want = data.clone();
     for &(o, l) in &got {
         want[o as usize..(o + l) as usize].fill(0);

@@ -383,6 +383,15 @@ pub fn print_restore(r: &RestoreReport, json: bool) {
     if !r.bad_chunks.is_empty() {
         println!("  {} damaged chunk(s) were written as zeros (listed above)", r.bad_chunks.len());
     }
+    if !r.source_unreadable.is_empty() {
+        println!(
+            "  note     the source had {} unreadable range(s) when imaged; they were restored as zeros:",
+            r.source_unreadable.len()
+        );
+        for u in r.source_unreadable.iter().take(20) {
+            println!("           bytes {}..{} ({} bytes)", u.offset, u.offset + u.length, u.length);
+        }
+    }
     if let Some(rb) = &r.read_back {
         if rb.mismatched_chunks.is_empty() {
             println!("  read back: all {} chunks match the image", rb.chunks_checked);

@@ -103,6 +103,8 @@ pub struct RestoreReport {
     /// Damaged chunks written as zeros (`--skip-bad`).
     pub bad_chunks: Vec<BadChunk>,
     pub read_back: Option<ReadBack>,
+    /// Source ranges the image could not read when it was made: restored as zeros.
+    pub source_unreadable: Vec<crate::format::manifest::ByteRange>,
 }
 
 impl RestoreReport {
@@ -258,6 +260,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         target_direct_io: target.direct,
         bad_chunks: bad,
         read_back,
+        source_unreadable: m.unreadable.clone(),
     })
 }
 
