@@ -34,8 +34,8 @@ use crate::lock::{lock_set, Access};
 use crate::pipeline::capture::{hash_file, unix_now, DEFAULT_SEGMENT_BYTES};
 use crate::pipeline::Observer;
 use crate::set::{
-    commit_manifest, find_parent, remove_image, remove_leftovers, replaced_by, run_file_name, Image, ImageSet,
-    Resolved, RunRecord,
+    find_parent, remove_image, remove_leftovers, replaced_by, run_file_name, Image, ImageSet, Leftovers, Resolved,
+    RunRecord,
 };
 
 /// How to run `merge`.
@@ -142,33 +142,22 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
 fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -> Result<Vec<ImageId>> {
     let (images, _) = set.images_lenient()?;
     let obsolete = |i: &Image| replaced_by(i, &images).is_some();
-    let mut needed: HashSet<ImageId> = HashSet::new();
-    for root in images.iter().filter(|i| !candidates.contains(&i.id()) && !obsolete(i)) {
-        let mut cur = Some(root);
-        let mut hops = 0;
-        while let Some(i) = cur {
-            if !needed.insert(i.id()) || hops > images.len() {
-                break;
-            }
-            hops += 1;
-            cur = find_parent(i, &images);
-        }
-    }
-    // An unfinished create that `--resume` can carry on needs its parent too.
+    // Everything reachable, through parents, from the images that stay, and
+    // from the parent of an unfinished create that `--resume` can carry on.
     let (_, partial) = set.scan()?;
-    for run in partial.iter().filter_map(|id| RunRecord::load(&set.dir, *id)).filter(|r| r.operation == "create") {
-        let Some(pid) = run.parent.as_deref().and_then(ImageId::parse) else { continue };
-        let mut cur = images
-            .iter()
-            .filter(|i| i.manifest.replaces_id(pid))
-            .max_by_key(|i| i.committed_nanos)
-            .or_else(|| images.iter().find(|i| i.id() == pid));
-        let mut hops = 0;
-        while let Some(i) = cur {
-            if !needed.insert(i.id()) || hops > images.len() {
-                break;
-            }
-            hops += 1;
+    let resumable = partial
+        .iter()
+        .filter_map(|id| RunRecord::load(&set.dir, *id))
+        .filter(|r| r.operation == "create")
+        .filter_map(|r| r.parent.as_deref().and_then(ImageId::parse))
+        .filter_map(|pid| crate::set::standing_for(pid, &images));
+    let starts: Vec<&Image> =
+        images.iter().filter(|i| !candidates.contains(&i.id()) && !obsolete(i)).chain(resumable).collect();
+    let mut needed: HashSet<ImageId> = HashSet::new();
+    for start in starts {
+        let mut cur = Some(start);
+        // `insert` is false on an image already walked: also ends a loop.
+        while let Some(i) = cur.filter(|i| needed.insert(i.id())) {
             cur = find_parent(i, &images);
         }
     }
@@ -249,12 +238,12 @@ impl SegmentWriter<'_> {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let e = if e.raw_os_error() == Some(libc::ENOSPC) {
-                        std::io::Error::new(e.kind(), "no space left on the destination (ENOSPC)")
-                    } else {
-                        e
-                    };
-                    return Err(Error::io_at("write segment", path.clone(), at, e));
+                    return Err(Error::io_at(
+                        "write segment",
+                        path.clone(),
+                        at,
+                        crate::io::name_enospc(e, "destination"),
+                    ))
                 }
             };
             let next = if done + n == self.fill { self.fill } else { (done + n) & !(SEGMENT_HEADER_BYTES - 1) };
@@ -300,17 +289,6 @@ struct Run {
 /// Largest read of adjacent frames.
 const RUN_BYTES: u64 = 8 << 20;
 
-/// Removes a consolidation's files unless it committed.
-struct Unfinished<'a>(&'a Path, ImageId, bool);
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if self.2 {
-            let _ = remove_leftovers(self.0, self.1);
-        }
-    }
-}
-
 /// Write and commit a new image with the content of `span[0]`, folding in
 /// the frames of `span[1..]`; its parent is the last one's parent. Reads
 /// only the set, never the source.
@@ -347,7 +325,7 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         tm.created,
         span.iter().map(|i| i.id().to_string()).collect::<Vec<_>>().join(" + ")
     ));
-    let mut guard = Unfinished(&set.dir, id, true);
+    let mut guard = Leftovers { dir: &set.dir, id, armed: true };
     RunRecord {
         format: "tintype-run".into(),
         format_version: 1,
@@ -453,14 +431,7 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         ..tm.clone()
     };
     crate::set::sync_dir(&set.dir)?;
-    if let Err(e) = commit_manifest(&set.dir, &manifest) {
-        // Renamed but not made durable: the image exists; its data stays.
-        if set.dir.join(crate::format::manifest::manifest_file_name(id)).exists() {
-            guard.2 = false;
-        }
-        return Err(e);
-    }
-    guard.2 = false;
+    guard.commit(&manifest)?;
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     Ok(Consolidated {
         image_id: id.to_string(),

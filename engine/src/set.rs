@@ -81,11 +81,13 @@ impl ImageSet {
     }
 
     /// The committed images, oldest first.
+    /// Fails on the first image whose manifest does not load.
     pub fn images(&self) -> Result<Vec<Image>> {
-        let (ids, _) = self.scan()?;
-        let mut images = ids.into_iter().map(|id| Image::load(&self.dir, id)).collect::<Result<Vec<_>>>()?;
-        images.sort_by_key(|i| (i.manifest.point_in_time(), i.committed_nanos));
-        Ok(images)
+        let (images, bad) = self.images_lenient()?;
+        match bad.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(images),
+        }
     }
 
     /// The committed images that load, oldest first, and those whose
@@ -193,11 +195,16 @@ impl ImageSet {
 /// parent (written by `merge`, same point in time) if there is one, else the
 /// parent itself. None when it has no parent or the parent is not in `all`.
 pub fn find_parent<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
-    let pid = img.manifest.parent_id()?;
+    standing_for(img.manifest.parent_id()?, all)
+}
+
+/// The image that holds image `id`'s point in time among `all`: the newest
+/// image a merge wrote in its place, if any, else `id` itself.
+pub fn standing_for(id: ImageId, all: &[Image]) -> Option<&Image> {
     all.iter()
-        .filter(|i| i.manifest.replaces_id(pid))
+        .filter(|i| i.manifest.replaces_id(id))
         .max_by_key(|i| i.committed_nanos)
-        .or_else(|| all.iter().find(|i| i.id() == pid))
+        .or_else(|| all.iter().find(|i| i.id() == id))
 }
 
 /// Is `img` obsolete: has a merge written an image that stands in for it?
@@ -708,6 +715,36 @@ impl RunRecord {
         let bytes = std::fs::read(dir.join(run_file_name(id))).ok()?;
         let r: RunRecord = serde_json::from_slice(&bytes).ok()?;
         (r.format == "tintype-run" && r.format_version == 1 && ImageId::parse(&r.image_id) == Some(id)).then_some(r)
+    }
+}
+
+/// The files of an image being written: removed on drop while `armed`
+/// (a failure, a panic), kept once the image is committed.
+#[derive(Debug)]
+pub struct Leftovers<'a> {
+    pub dir: &'a Path,
+    pub id: ImageId,
+    pub armed: bool,
+}
+
+impl Leftovers<'_> {
+    /// Commit `manifest` and disarm. If the commit fails after the manifest
+    /// got its name (only the directory fsync failed), the image exists and
+    /// its data stays: disarmed too.
+    pub fn commit(&mut self, manifest: &Manifest) -> Result<PathBuf> {
+        let r = commit_manifest(self.dir, manifest);
+        if r.is_ok() || self.dir.join(manifest_file_name(self.id)).exists() {
+            self.armed = false;
+        }
+        r
+    }
+}
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = remove_leftovers(self.dir, self.id);
+        }
     }
 }
 

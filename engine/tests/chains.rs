@@ -11,13 +11,7 @@ use crate::util::*;
 /// the distinct chunks changed.
 fn change_chunks(data: &mut [u8], n: usize, seed: u64) -> Vec<usize> {
     let chunks = data.len() / (64 << 10);
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = tintype::sample::xorshift(seed);
     let mut changed = Vec::new();
     while changed.len() < n {
         let c = (next() % chunks as u64) as usize;
@@ -41,12 +35,10 @@ fn slow_text(size: usize, seed: u64) -> Vec<u8> {
         "sector ", "image ", "the ", "chunk ", "lane ", "of ", "ring ", "frame\n", "resume ", "merge ", "prune ",
         "index ", "kernel ", "device ", "zstd ", "hash ",
     ];
-    let mut rng = seed | 1;
+    let mut next = tintype::sample::xorshift(seed);
     let mut v = Vec::with_capacity(size + 16);
     while v.len() < size {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        let rng = next();
         v.extend_from_slice(WORDS[(rng % 16) as usize].as_bytes());
         if rng % 7 == 0 {
             v.extend_from_slice(format!("{} ", rng % 100_000).as_bytes());

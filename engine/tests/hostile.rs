@@ -9,14 +9,11 @@ use std::process::Command;
 
 use crate::util::*;
 
-struct Rng(u64);
+struct Rng<F: FnMut() -> u64>(F);
 
-impl Rng {
+impl<F: FnMut() -> u64> Rng<F> {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        (self.0)()
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -37,7 +34,7 @@ fn seeds(default: u64) -> Vec<u64> {
 
 /// Flip a few bytes of `base` inside `[from, to)`: a byte set to a random or
 /// an extreme value (0, 0xff), biased towards the first bytes where headers live.
-fn mutate(base: &[u8], rng: &mut Rng, from: usize, to: usize) -> Vec<u8> {
+fn mutate(base: &[u8], rng: &mut Rng<impl FnMut() -> u64>, from: usize, to: usize) -> Vec<u8> {
     let mut v = base.to_vec();
     let to = to.min(v.len());
     for _ in 0..1 + rng.below(6) {
@@ -55,7 +52,7 @@ fn mutate(base: &[u8], rng: &mut Rng, from: usize, to: usize) -> Vec<u8> {
 /// Run `f` on mutations of `base`; any panic fails with the seed.
 fn hammer(name: &str, base: &[u8], from: usize, to: usize, default_rounds: u64, f: impl Fn(&[u8])) {
     for seed in seeds(default_rounds) {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng(tintype::sample::xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         let m = mutate(base, &mut rng, from, to);
         let r = catch_unwind(AssertUnwindSafe(|| f(&m)));
         assert!(r.is_ok(), "{name}: seed {seed} panicked (replay with TINTYPE_HOSTILE_SEED={seed})");

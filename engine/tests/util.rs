@@ -68,13 +68,7 @@ pub fn stderr(o: &Output) -> String {
 /// Deterministic mixed content in 16 KiB pieces: zeros, text, random bytes
 /// and repetitive binary, so small sources still exercise every path.
 pub fn mixed_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = tintype::sample::xorshift(seed);
     let mut v = vec![0u8; size];
     let words: [&[u8]; 8] = [b"sector ", b"image ", b"the ", b"chunk ", b"lane ", b"of ", b"ring ", b"frame\n"];
     let mut at = 0;

@@ -124,3 +124,61 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg(&self.dir).status();
     }
 }
+
+/// A child process (a server) killed and reaped on drop.
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    /// Start `cmd args`, its stderr discarded.
+    pub fn spawn(cmd: &Path, args: &[&str]) -> Process {
+        let child = Command::new(cmd)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", cmd.display()));
+        Process(child)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait up to 20 s for `path` to appear.
+pub fn wait_for(path: &Path, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{what}: {} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The NBD export on unix socket `sock` as a file (`dir/nbd`) through
+/// nbdfuse; unmounted, then nbdfuse ended, on drop.
+#[derive(Debug)]
+pub struct FuseExport {
+    pub file: PathBuf,
+    dir: PathBuf,
+    _nbdfuse: Process,
+}
+
+impl FuseExport {
+    pub fn new(dir: &Path, sock: &Path) -> FuseExport {
+        std::fs::create_dir_all(dir).expect("fuse mount point");
+        let uri = format!("nbd+unix:///?socket={}", sock.display());
+        let nbdfuse = Process::spawn(Path::new("nbdfuse"), &[dir.to_str().expect("utf-8 path"), &uri]);
+        let file = dir.join("nbd");
+        wait_for(&file, "nbdfuse");
+        FuseExport { file, dir: dir.into(), _nbdfuse: nbdfuse }
+    }
+}
+
+impl Drop for FuseExport {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}

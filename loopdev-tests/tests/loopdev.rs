@@ -497,6 +497,18 @@ fn a_full_destination_then_resume() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Write a partition table described in sfdisk's script format to `file`.
+fn sfdisk(file: &Path, table: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sfdisk")
+        .args(["-q", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk failed on {table:?}");
+}
+
 /// A loop device over `sectors` 512-byte sectors of `file` from `start`.
 fn part_of(file: &Path, start: u64, sectors: u64) -> LoopDev {
     let out = sh(
@@ -646,30 +658,8 @@ fn a_gpt_disk_with_several_partitions() {
     // 320 MiB), then ~19 MiB nothing is partitioned in, then the GPT backup.
     std::fs::File::create(&backing).unwrap().set_len(440 << 20).unwrap();
     let table = "label: gpt\nstart=2048, size=163840, type=L, name=root\nsize=40960, type=L, name=junk\nsize=655360, type=L, name=data\n";
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["-q", backing.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-    let part = |start: u64, sectors: u64| {
-        let out = sh(
-            "losetup",
-            &[
-                "--find",
-                "--show",
-                "--offset",
-                &(start * 512).to_string(),
-                "--sizelimit",
-                &(sectors * 512).to_string(),
-                backing.to_str().unwrap(),
-            ],
-        );
-        LoopDev { path: out.trim().into() }
-    };
-    let root = part(2048, 163840);
+    sfdisk(&backing, table);
+    let root = part_of(&backing, 2048, 163840);
     sh("mkfs.ext4", &["-q", "-F", "-L", "rootfs", root.as_str()]);
     let mnt = dir.path().join("root");
     {
@@ -684,7 +674,7 @@ fn a_gpt_disk_with_several_partitions() {
         let f = std::fs::OpenOptions::new().write(true).open(&backing).unwrap();
         f.write_all_at(&tintype::sample::random_bytes(40960 * 512, 8), 165888 * 512).unwrap();
     }
-    let data = part(206848, 655360);
+    let data = part_of(&backing, 206848, 655360);
     sh("mkfs.xfs", &["-q", "-f", data.as_str()]);
     {
         let _m = Mount::new(&data, &dir.path().join("data"));
@@ -727,37 +717,9 @@ fn a_gpt_disk_with_several_partitions() {
         String::from_utf8_lossy(&out.stdout).replace(target.to_str().unwrap(), "X"),
         String::from_utf8_lossy(&want.stdout).replace(backing.to_str().unwrap(), "X")
     );
-    let rroot = {
-        let out = sh(
-            "losetup",
-            &[
-                "--find",
-                "--show",
-                "--offset",
-                &(2048u64 * 512).to_string(),
-                "--sizelimit",
-                &(163840u64 * 512).to_string(),
-                target.to_str().unwrap(),
-            ],
-        );
-        LoopDev { path: out.trim().into() }
-    };
+    let rroot = part_of(&target, 2048, 163840);
     sh("e2fsck", &["-fn", rroot.as_str()]);
-    let sroot = {
-        let out = sh(
-            "losetup",
-            &[
-                "--find",
-                "--show",
-                "--offset",
-                &(2048u64 * 512).to_string(),
-                "--sizelimit",
-                &(163840u64 * 512).to_string(),
-                backing.to_str().unwrap(),
-            ],
-        );
-        LoopDev { path: out.trim().into() }
-    };
+    let sroot = part_of(&backing, 2048, 163840);
     {
         let (ma, mb) = (Mount::new(&sroot, &dir.path().join("sa")), Mount::new(&rroot, &dir.path().join("sb")));
         for i in 0..20 {
@@ -962,14 +924,7 @@ fn an_mbr_disk_with_logical_partitions() {
     let backing = dir.path().join("mbr.img");
     std::fs::File::create(&backing).unwrap().set_len(200 << 20).unwrap();
     let table = "label: dos\nstart=2048, size=102400, type=83\nstart=104448, size=+, type=5\nsize=61440, type=83\nsize=+, type=83\n";
-    let mut child = std::process::Command::new("sfdisk")
-        .args(["-q", backing.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    sfdisk(&backing, table);
     let p5 = part_of(&backing, 106496, 61440);
     sh("mkfs.ext4", &["-q", "-F", p5.as_str()]);
     {
@@ -1067,45 +1022,13 @@ fn browse_an_image_through_nbd() {
     let out = tintype(&["create", dev.as_str(), set.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let sock = dir.path().join("nbd.sock");
-    let _server = Kill(
-        std::process::Command::new(tintype_bin())
-            .args(["serve", set.to_str().unwrap(), "--listen", &format!("unix:{}", sock.display())])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _server = Process::spawn(
+        &tintype_bin(),
+        &["serve", set.to_str().unwrap(), "--listen", &format!("unix:{}", sock.display())],
     );
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "serve never listened");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let fuse_dir = dir.path().join("fuse");
-    std::fs::create_dir(&fuse_dir).unwrap();
-    let fuse = std::process::Command::new("nbdfuse")
-        .args([fuse_dir.to_str().unwrap(), &format!("nbd+unix:///?socket={}", sock.display())])
-        .spawn()
-        .unwrap();
-    struct Unfuse(std::process::Child, std::path::PathBuf);
-    impl Drop for Unfuse {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.1).status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _fuse = Unfuse(fuse, fuse_dir.clone());
-    let file = fuse_dir.join("nbd");
-    while !file.exists() {
-        assert!(std::time::Instant::now() < deadline, "nbdfuse never exposed the export");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(&sock, "serve");
+    let export = FuseExport::new(&dir.path().join("fuse"), &sock);
+    let file = export.file.clone();
     let exported =
         LoopDev { path: sh("losetup", &["--find", "--show", "--read-only", file.to_str().unwrap()]).trim().into() };
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -1147,57 +1070,17 @@ fn a_source_with_unreadable_sectors() {
     }
     map += &format!("0x{at:X} 0x{:X} +\n", (16u64 << 20) - at);
     std::fs::write(dir.path().join("map.txt"), map).unwrap();
-    struct Proc(std::process::Child);
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let sock = dir.path().join("nbd.sock");
-    let _nbdkit = Proc(
-        std::process::Command::new("nbdkit")
-            .args(["-U", sock.to_str().unwrap(), "-f", "--filter=ddrescue", "file"])
-            .arg(dir.path().join("disk.img"))
-            .arg(format!("ddrescue-mapfile={}", dir.path().join("map.txt").display()))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let mapfile = format!("ddrescue-mapfile={}", dir.path().join("map.txt").display());
+    let disk = dir.path().join("disk.img");
+    let _nbdkit = Process::spawn(
+        Path::new("nbdkit"),
+        &["-U", sock.to_str().unwrap(), "-f", "--filter=ddrescue", "file", disk.to_str().unwrap(), &mapfile],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "nbdkit never listened");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let fuse_dir = dir.path().join("fuse");
-    std::fs::create_dir(&fuse_dir).unwrap();
-    /// Unmounts the FUSE export, then (dropping `_nbdfuse`) ends nbdfuse.
-    struct Unfuse {
-        _nbdfuse: Proc,
-        dir: std::path::PathBuf,
-    }
-    impl Drop for Unfuse {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.dir).status();
-        }
-    }
-    let _fuse = Unfuse {
-        _nbdfuse: Proc(
-            std::process::Command::new("nbdfuse")
-                .arg(&fuse_dir)
-                .arg(format!("nbd+unix:///?socket={}", sock.display()))
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        ),
-        dir: fuse_dir.clone(),
-    };
-    while !fuse_dir.join("nbd").exists() {
-        assert!(std::time::Instant::now() < deadline, "nbdfuse never exposed the export");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(&sock, "nbdkit");
+    let export = FuseExport::new(&dir.path().join("fuse"), &sock);
     let dev = LoopDev {
-        path: sh("losetup", &["--find", "--show", "--read-only", fuse_dir.join("nbd").to_str().unwrap()]).trim().into(),
+        path: sh("losetup", &["--find", "--show", "--read-only", export.file.to_str().unwrap()]).trim().into(),
     };
     let set = dir.path().join("set");
     let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--lanes", "1"]);

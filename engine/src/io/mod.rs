@@ -231,3 +231,13 @@ pub fn select(choice: IoChoice) -> Result<(Backend, Option<String>), String> {
 pub fn is_transient(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN))
 }
+
+/// An error of a write to `what` ("destination", "target"), with ENOSPC
+/// said in words a user looking at a full disk recognises.
+pub fn name_enospc(e: std::io::Error, what: &str) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        std::io::Error::new(e.kind(), format!("no space left on the {what} (ENOSPC)"))
+    } else {
+        e
+    }
+}

@@ -220,25 +220,10 @@ fn blk_zeroout(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     unsafe { ioctl(file, Setter::<BLKZEROOUT, [u64; 2]>::new([offset, len])) }.map_err(std::io::Error::from)
 }
 
-/// Is the block device `rdev` (or a partition of it) mounted? Returns the
-/// mount point.
+/// Is the block device `rdev` (a partition of it, or a device stacked on
+/// either) mounted? Returns a mount point.
 pub fn mounted_at(rdev: (u32, u32)) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut devs = vec![format!("{}:{}", rdev.0, rdev.1)];
-    // Partitions of the device: /sys/dev/block/M:m/<name>/dev for each child.
-    if let Ok(rd) = std::fs::read_dir(format!("/sys/dev/block/{}:{}", rdev.0, rdev.1)) {
-        for e in rd.flatten() {
-            if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
-                if e.path().join("partition").exists() {
-                    devs.push(d.trim().to_string());
-                }
-            }
-        }
-    }
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 4 && devs.iter().any(|d| d == f[2])).then(|| f[4].to_string())
-    })
+    mounts_of(rdev).into_iter().next().map(|(at, _)| at)
 }
 
 /// Every mount of the block device `rdev` or one of its partitions: the

@@ -27,7 +27,7 @@ use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BY
 use crate::format::{ImageId, FORMAT_VERSION};
 use crate::io::{self, device::Source, IoChoice};
 use crate::lock::{lock_set, Access};
-use crate::set::{commit_manifest, run_file_name, Image, ImageSet, RunRecord};
+use crate::set::{run_file_name, Image, ImageSet, Leftovers, RunRecord};
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_BYTES: u32 = 1 << 20;
@@ -169,23 +169,6 @@ fn validate(o: &CreateOptions) -> Result<u32> {
     Ok(lanes)
 }
 
-/// Removes the files of an unfinished run that wrote nothing worth
-/// resuming, unless disarmed. A run that wrote frames keeps them for
-/// `--resume`.
-struct Unfinished<'a> {
-    dir: &'a Path,
-    id: ImageId,
-    armed: bool,
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = crate::set::remove_leftovers(self.dir, self.id);
-        }
-    }
-}
-
 /// What `create` starts from: the parent (for a differential or
 /// incremental), and what an interrupted run left (for `--resume`).
 struct Start {
@@ -320,11 +303,7 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
                 None => None,
                 Some(pid) => {
                     // The parent, or the image a merge wrote in its place.
-                    let found = images
-                        .iter()
-                        .filter(|i| i.manifest.replaces_id(pid))
-                        .max_by_key(|i| i.committed_nanos)
-                        .or_else(|| images.iter().find(|i| i.id() == pid));
+                    let found = crate::set::standing_for(pid, &images);
                     Some(found.cloned().ok_or_else(|| Error::BrokenChain {
                         path: set.dir.clone(),
                         image: id.to_string(),
@@ -601,7 +580,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let index_path = set.dir.join(index_file_name(id));
     // From here on the run has files; on failure they are kept for --resume
     // once frames exist, and removed otherwise.
-    let mut unfinished = Unfinished { dir: &set.dir, id, armed: st.resumed.is_none() };
+    // A run that wrote frames keeps them for `--resume`; one that wrote
+    // nothing worth resuming is removed (armed below).
+    let mut unfinished = Leftovers { dir: &set.dir, id, armed: st.resumed.is_none() };
     let mut salvaged = match &st.resumed {
         Some(_) => {
             let s = salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
@@ -785,18 +766,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             .collect(),
     };
     crate::set::sync_dir(&set.dir)?;
-    let manifest_path = match commit_manifest(&set.dir, &manifest) {
-        Ok(p) => p,
-        Err(e) => {
-            // Renamed but not made durable (the directory fsync failed): the
-            // image is there and its data must stay with it.
-            if set.dir.join(crate::format::manifest::manifest_file_name(id)).exists() {
-                unfinished.armed = false;
-            }
-            return Err(e);
-        }
-    };
-    unfinished.armed = false;
+    let manifest_path = unfinished.commit(&manifest)?;
     // The run record has done its job; a leftover one is harmless.
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     drop(lock);

@@ -653,29 +653,18 @@ impl<'a> CaptureLane<'a> {
                 return Ok(());
             }
             Err(e) => {
-                let e = if e.raw_os_error() == Some(libc::ENOSPC) {
-                    std::io::Error::new(e.kind(), "no space left on the destination (ENOSPC)")
-                } else {
-                    e
-                };
-                return Err(Error::io_at("write segment", path, offset + done as u64, e));
-            }
-            Ok(0) => {
                 return Err(Error::io_at(
                     "write segment",
                     path,
                     offset + done as u64,
-                    std::io::Error::other(format!(
-                        "the write stopped after {done} of {} bytes (no space left on the destination?)",
-                        st.fill
-                    )),
+                    io::name_enospc(e, "destination"),
                 ))
             }
-            // A short write (a filling disk): carry on with the rest, which
-            // either completes or fails with the real cause.
+            // A short write (a filling disk): carry on with the rest from a
+            // 4096-byte boundary (O_DIRECT needs one; writing a few bytes
+            // again is harmless), which either completes or fails with the
+            // real cause. No progress at all: the destination is full.
             Ok(n) if done + n < st.fill => {
-                // Carry on from a 4096-byte boundary (O_DIRECT needs one);
-                // writing a few bytes again is harmless.
                 let aligned = (done + n) & !(SEGMENT_HEADER_BYTES - 1);
                 if aligned <= done {
                     return Err(Error::io_at(

@@ -764,11 +764,7 @@ impl<'a> RestoreLane<'a> {
 }
 
 fn write_error(path: &std::path::Path, offset: u64, e: std::io::Error) -> Error {
-    let e = if e.raw_os_error() == Some(libc::ENOSPC) {
-        std::io::Error::new(e.kind(), "no space left on the target (ENOSPC)")
-    } else {
-        e
-    };
+    let e = io::name_enospc(e, "target");
     Error::io_at("write target", path, offset, e)
 }
 

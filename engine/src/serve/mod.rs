@@ -61,6 +61,7 @@ pub const OVERLAY_BLOCK: u64 = 4096;
 pub struct Overlay {
     pub path: PathBuf,
     file: std::fs::File,
+    size: u64,
     written: Vec<u64>,
 }
 
@@ -74,7 +75,7 @@ impl Overlay {
             .map_err(|e| Error::io("create overlay (it must not exist)", path, e))?;
         file.set_len(size).map_err(|e| Error::io("size overlay", path, e))?;
         let blocks = size.div_ceil(OVERLAY_BLOCK);
-        Ok(Overlay { path: path.into(), file, written: vec![0; blocks.div_ceil(64) as usize] })
+        Ok(Overlay { path: path.into(), file, size, written: vec![0; blocks.div_ceil(64) as usize] })
     }
 
     pub fn has(&self, block: u64) -> bool {
@@ -112,7 +113,7 @@ impl Overlay {
         let end = offset + data.len() as u64;
         let mut blk = vec![0u8; OVERLAY_BLOCK as usize];
         for b in offset / OVERLAY_BLOCK..end.div_ceil(OVERLAY_BLOCK) {
-            let (bs, be) = (b * OVERLAY_BLOCK, ((b + 1) * OVERLAY_BLOCK).min(self.len()));
+            let (bs, be) = (b * OVERLAY_BLOCK, ((b + 1) * OVERLAY_BLOCK).min(self.size));
             let (s, e) = (bs.max(offset), be.min(end));
             let part = &data[(s - offset) as usize..(e - offset) as usize];
             if s == bs && e == be {
@@ -130,10 +131,6 @@ impl Overlay {
             self.written[(b / 64) as usize] |= 1 << (b % 64);
         }
         Ok(())
-    }
-
-    fn len(&self) -> u64 {
-        self.file.metadata().map_or(0, |m| m.len())
     }
 
     pub fn flush(&self) -> std::io::Result<()> {
