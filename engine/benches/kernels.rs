@@ -126,7 +126,7 @@ fn ring_driver(c: &mut Criterion) {
     }
     for backend in backends {
         for qd in [1u32, 8, 32] {
-            let mut ring = io::open(backend, &vec![CHUNK; qd as usize], 1, qd).unwrap();
+            let mut ring = io::open(&backend, &vec![CHUNK; qd as usize], 1, qd).unwrap();
             let (file, _) = tintype::io::device::open_read_only(&path, true).unwrap();
             ring.set_file(0, Some(file)).unwrap();
             g.bench_function(BenchmarkId::new(format!("read_1MiB/{}", backend.name()), qd), |b| {

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use crate::format::segment::{segment_file_name, SegmentHeader, SEGMENT_HEADER_BY
 use crate::format::ImageId;
 use crate::io::buffers::AlignedBuf;
 use crate::io::device::open_read_only;
+use crate::io::{Io, IoChoice};
 use crate::lock::{lock_set, Access};
 use crate::pipeline::capture::{hash_file, unix_now, DEFAULT_SEGMENT_BYTES};
 use crate::pipeline::Observer;
@@ -46,6 +46,9 @@ pub struct MergeOptions {
     pub image: String,
     /// Fold the whole chain into a synthetic full image, not only the parent.
     pub full: bool,
+    /// Only [`IoChoice::Sim`] changes anything: merge reads and writes
+    /// with plain positioned I/O (O_DIRECT where it can).
+    pub io: IoChoice,
 }
 
 /// One image written by consolidation.
@@ -90,7 +93,7 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
         )));
     }
     let span = if opts.full { chain.len() } else { 2 };
-    let merged = consolidate(&set, &chain[..span], obs)?;
+    let merged = consolidate(&set, &chain[..span], &opts.io, obs)?;
     let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
     let removed = remove_unneeded(&set, &folded, obs)?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
@@ -181,17 +184,29 @@ struct SegmentWriter<'a> {
     id: ImageId,
     chunk_bytes: u32,
     limit: u64,
-    /// The open segment: file, path, number, bytes written, frames, hash.
-    cur: Option<(File, PathBuf, u32, u64, u64, Xxh3Default)>,
+    /// Slot 0 holds the open segment's file.
+    io: Box<dyn Io>,
+    /// The open segment: path, number, bytes written, frames, hash.
+    cur: Option<(PathBuf, u32, u64, u64, Xxh3Default)>,
     buf: AlignedBuf,
     fill: usize,
     done: Vec<SegmentInfo>,
 }
 
 impl SegmentWriter<'_> {
-    fn new(dir: &Path, id: ImageId, chunk_bytes: u32, limit: u64) -> SegmentWriter<'_> {
+    fn new<'a>(dir: &'a Path, id: ImageId, chunk_bytes: u32, limit: u64, io: &IoChoice) -> SegmentWriter<'a> {
         let cap = (8usize << 20).max(2 * frame_len_max(chunk_bytes) as usize + SEGMENT_HEADER_BYTES);
-        SegmentWriter { dir, id, chunk_bytes, limit, cur: None, buf: AlignedBuf::new(cap), fill: 0, done: Vec::new() }
+        SegmentWriter {
+            dir,
+            id,
+            chunk_bytes,
+            limit,
+            io: crate::io::open_sync(io, 1),
+            cur: None,
+            buf: AlignedBuf::new(cap),
+            fill: 0,
+            done: Vec::new(),
+        }
     }
 
     /// Append one frame (a multiple of 4096 bytes); returns (segment, offset).
@@ -205,13 +220,14 @@ impl SegmentWriter<'_> {
             let seq = self.done.len() as u32;
             let path = self.dir.join(segment_file_name(self.id, seq));
             let (file, _direct) = crate::pipeline::lane::create_segment_file(&path)?;
+            self.io.set_file(0, Some(file)).map_err(|e| Error::io("register", &path, e))?;
             let head = &mut self.buf.as_mut_slice()[..SEGMENT_HEADER_BYTES];
             head.fill(0);
             SegmentHeader { image_id: self.id, lane: 0, seq, chunk_bytes: self.chunk_bytes }.encode(head);
             let mut h = Xxh3Default::new();
             h.update(head);
             self.fill = SEGMENT_HEADER_BYTES;
-            self.cur = Some((file, path, seq, 0, 0, h));
+            self.cur = Some((path, seq, 0, 0, h));
         }
         if self.fill + frame.len() > self.buf.len() {
             self.flush()?;
@@ -228,13 +244,13 @@ impl SegmentWriter<'_> {
 
     /// Write what is buffered at the end of the open segment.
     fn flush(&mut self) -> Result<()> {
-        let Some((file, path, _, size, ..)) = self.cur.as_mut() else { return Ok(()) };
+        let Some((path, _, size, ..)) = self.cur.as_mut() else { return Ok(()) };
         debug_assert_eq!(self.fill % SEGMENT_HEADER_BYTES, 0, "frames are 4096-aligned");
         // A short write is carried on from a 4096-byte boundary (O_DIRECT).
         let mut done = 0;
         while done < self.fill {
             let at = *size + done as u64;
-            let n = match file.write_at(&self.buf.as_slice()[done..self.fill], at) {
+            let n = match self.io.write_from(0, &self.buf.as_slice()[done..self.fill], at) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -264,8 +280,9 @@ impl SegmentWriter<'_> {
 
     fn close(&mut self) -> Result<()> {
         self.flush()?;
-        let Some((file, path, seq, size, frames, h)) = self.cur.take() else { return Ok(()) };
-        file.sync_all().map_err(|e| Error::io("fsync segment", path.clone(), e))?;
+        let Some((path, seq, size, frames, h)) = self.cur.take() else { return Ok(()) };
+        self.io.sync(0).map_err(|e| Error::io("fsync segment", path.clone(), e))?;
+        self.io.set_file(0, None).map_err(|e| Error::io("release", &path, e))?;
         self.done.push(SegmentInfo {
             file: segment_file_name(self.id, seq),
             lane: 0,
@@ -292,7 +309,7 @@ const RUN_BYTES: u64 = 8 << 20;
 /// Write and commit a new image with the content of `span[0]`, folding in
 /// the frames of `span[1..]`; its parent is the last one's parent. Reads
 /// only the set, never the source.
-fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Consolidated> {
+fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer) -> Result<Consolidated> {
     let started = Instant::now();
     let target = &span[0];
     let last = span.last().expect("non-empty span");
@@ -348,7 +365,7 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
         (e.segment, e.offset)
     });
     let limit = if tm.settings.segment_size_bytes > 0 { tm.settings.segment_size_bytes } else { DEFAULT_SEGMENT_BYTES };
-    let mut w = SegmentWriter::new(&set.dir, id, tm.chunk_size_bytes, limit);
+    let mut w = SegmentWriter::new(&set.dir, id, tm.chunk_size_bytes, limit, io);
     let mut entries = resolved.entries.clone();
     let mut stats = Stats::default();
     let total = order.len() as u64;
@@ -370,7 +387,7 @@ fn consolidate(set: &ImageSet, span: &[Image], obs: &dyn Observer) -> Result<Con
             w.close()?;
             Ok((placed, w.done))
         });
-        let read = read_runs(&resolved, &order, id, &tx, &back_rx, &mut stats, obs, total);
+        let read = read_runs(&resolved, &order, id, io, &tx, &back_rx, &mut stats, obs, total);
         drop(tx);
         let written = writer.join().expect("merge writer thread panicked");
         // A damaged frame (or a signal) is the reader's to report; when the
@@ -453,13 +470,17 @@ fn read_runs(
     resolved: &Resolved,
     order: &[u64],
     id: ImageId,
+    io: &IoChoice,
     tx: &std::sync::mpsc::SyncSender<Run>,
     spare: &std::sync::mpsc::Receiver<AlignedBuf>,
     stats: &mut Stats,
     obs: &dyn Observer,
     total: u64,
 ) -> Result<()> {
+    // Segments opened so far; the one being read sits in the I/O's slot 0.
     let mut files: HashMap<u32, File> = HashMap::new();
+    let mut io = crate::io::open_sync(io, 1);
+    let mut current: Option<u32> = None;
     let mut i = 0;
     while i < order.len() {
         let first = resolved.entries[order[i] as usize];
@@ -476,19 +497,26 @@ fn read_runs(
             j += 1;
         }
         let seg = &resolved.segments[segment as usize];
-        let f = match files.entry(segment) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            // O_DIRECT: segments written by the lanes are not in the page
-            // cache, and buffered reads of them run at a fraction of the disk.
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(open_read_only(&seg.path, true)?.0),
-        };
+        if current != Some(segment) {
+            let f = match files.remove(&segment) {
+                Some(f) => f,
+                // O_DIRECT: segments written by the lanes are not in the page
+                // cache, and buffered reads of them run at a fraction of the disk.
+                None => open_read_only(&seg.path, true)?.0,
+            };
+            let old = io.set_file(0, Some(f)).map_err(|e| Error::io("register", &seg.path, e))?;
+            if let (Some(c), Some(old)) = (current, old) {
+                files.insert(c, old);
+            }
+            current = Some(segment);
+        }
         let run_len = (end - start) as usize;
         let mut buf = spare
             .try_recv()
             .ok()
             .filter(|b| b.len() >= run_len)
             .unwrap_or_else(|| AlignedBuf::new(run_len.max(RUN_BYTES as usize)));
-        f.read_exact_at(&mut buf.as_mut_slice()[..run_len], start)
+        io.read_exact_into(0, &mut buf.as_mut_slice()[..run_len], start)
             .map_err(|err| Error::io_at("read frames", &seg.path, start, err))?;
         let mut frames = Vec::with_capacity(j - i);
         for &chunk in &order[i..j] {
@@ -549,6 +577,8 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Also remove the files of unfinished runs (which `create --resume` could carry on).
     pub discard_unfinished: bool,
+    /// As [`MergeOptions::io`].
+    pub io: IoChoice,
 }
 
 /// One image and why the policy keeps it.
@@ -678,7 +708,7 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
         return Ok(report);
     }
     for span in &plans {
-        let c = consolidate(&set, span, obs)?;
+        let c = consolidate(&set, span, &opts.io, obs)?;
         if let Some(k) = report.kept.iter_mut().find(|k| k.image_id == c.replaces) {
             k.rewritten_as = Some(c.image_id.clone());
         }

@@ -92,7 +92,7 @@ fn read_rate(
     time: Duration,
     bytes: u64,
 ) -> Result<f64> {
-    let mut ring = io::open(backend, &vec![read_bytes as usize; qd as usize], 1, qd)
+    let mut ring = io::open(&backend, &vec![read_bytes as usize; qd as usize], 1, qd)
         .map_err(|e| Error::io("set up the I/O ring for", &src.path, e))?;
     ring.set_file(0, Some(src.reopen()?)).map_err(|e| Error::io("register", &src.path, e))?;
     let end = src.size_bytes / read_bytes * read_bytes;
@@ -125,7 +125,7 @@ fn read_rate(
 
 /// Measure `opts.device` and choose settings.
 pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
-    let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
+    let (backend, why) = io::select(&opts.io).map_err(Error::InvalidSetting)?;
     if let Some(why) = why {
         obs.note(&why);
     }
@@ -146,7 +146,7 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
             let k = (i * QUEUE_DEPTHS.len() + j) as u64;
             obs.progress(k, steps);
             let start = src.size_bytes / steps * k;
-            let rate = read_rate(&src, backend, rb, qd, start, opts.step_time, opts.step_bytes)?;
+            let rate = read_rate(&src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
             reads.push(ReadStep { read_bytes: rb, queue_depth: qd, mb_per_s: rate });
         }
     }
@@ -215,7 +215,7 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
         segment_size: None,
         io: Some(match backend {
             Backend::Uring => "uring".into(),
-            Backend::Portable => "portable".into(),
+            Backend::Portable | Backend::Sim(_) => "portable".into(),
         }),
     };
     Ok(TuneReport {

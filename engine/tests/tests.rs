@@ -8,5 +8,6 @@ mod hostile;
 mod profiles;
 mod restore;
 mod serve;
+mod sim;
 mod usedspace;
 mod util;

@@ -37,7 +37,7 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
     println!("demo: tintype create {} {} --level {level}", sample.display(), set.display());
     let mut o = CreateOptions::new(&sample, &set);
     o.level = level;
-    o.io = io;
+    o.io = io.clone();
     let obs = Console::new("imaging", false);
     let report = tintype::create(&o, &obs)?;
     obs.finish();
@@ -45,7 +45,7 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
 
     println!("demo: tintype verify {}", set.display());
     let mut v = VerifyOptions::new(&set);
-    v.io = io;
+    v.io = io.clone();
     let obs = Console::new("verifying", false);
     let vr = tintype::verify(&v, &obs)?;
     obs.finish();

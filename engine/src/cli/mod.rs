@@ -509,7 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 )
                 .into());
             };
-            let o = tintype::merge::MergeOptions { set, image: sel.to_ascii_lowercase(), full };
+            let o = tintype::merge::MergeOptions { set, image: sel.to_ascii_lowercase(), full, io: Default::default() };
             let obs = output::Console::new("merging", json);
             let report = tintype::merge::merge(&o, &obs)?;
             obs.finish();
@@ -517,8 +517,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Prune { set, keep_last, keep_daily, keep_weekly, dry_run, discard_unfinished, json } => {
-            let o =
-                tintype::merge::PruneOptions { set, keep_last, keep_daily, keep_weekly, dry_run, discard_unfinished };
+            let o = tintype::merge::PruneOptions {
+                set,
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                dry_run,
+                discard_unfinished,
+                io: Default::default(),
+            };
             let obs = output::Console::new("consolidating", json);
             let report = tintype::merge::prune(&o, &obs)?;
             obs.finish();

@@ -11,35 +11,43 @@
 pub mod buffers;
 pub mod device;
 pub mod portable;
+pub mod sim;
 pub mod target;
 pub mod uring;
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 pub use buffers::AlignedBuf;
 
 /// Which backend to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum IoChoice {
     /// io_uring when the probe says it works, else portable.
+    #[default]
     Auto,
     Uring,
     Portable,
+    /// The portable backend with a seeded fault map (tests).
+    Sim(Arc<sim::Sim>),
 }
 
 /// The backend a run ended up with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Backend {
     Uring,
     Portable,
+    Sim(Arc<sim::Sim>),
 }
 
 impl Backend {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Backend::Uring => "io_uring",
             Backend::Portable => "portable",
+            Backend::Sim(_) => "sim",
         }
     }
 }
@@ -91,6 +99,27 @@ pub trait Io: Send {
 
     /// Operations queued or submitted and not yet popped.
     fn in_flight(&self) -> usize;
+
+    /// Read `len` bytes at `offset` into buffer `buf` at `buf_offset` now,
+    /// synchronously (reading past the end of a file fails with
+    /// `UnexpectedEof`). For the slow path: finding bad sectors.
+    fn read_exact_now(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64)
+        -> io::Result<()>;
+
+    /// Read into a caller's buffer now, synchronously (`read_exact_at`).
+    fn read_exact_into(&mut self, slot: usize, dst: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file(slot).expect("read from an empty file slot").read_exact_at(dst, offset)
+    }
+
+    /// Write from a caller's buffer now, synchronously; may be short.
+    fn write_from(&mut self, slot: usize, src: &[u8], offset: u64) -> io::Result<usize> {
+        self.file(slot).expect("write to an empty file slot").write_at(src, offset)
+    }
+
+    /// Make the file in `slot` durable (fsync). No operation on it may be in flight.
+    fn sync(&mut self, slot: usize) -> io::Result<()> {
+        self.file(slot).expect("fsync of an empty file slot").sync_all()
+    }
 }
 
 /// Book-keeping shared by the backends: which buffers and slots are busy.
@@ -170,6 +199,21 @@ impl Resources {
     pub(crate) fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]) {
         pair(&mut self.bufs, &self.own, src, dst)
     }
+
+    /// A synchronous `read_exact_at` of the slot's file into an idle buffer.
+    pub(crate) fn read_exact_now(
+        &mut self,
+        slot: usize,
+        buf: usize,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        self.own.assert_idle(buf);
+        check_range(&self.bufs[buf], buf_offset, len);
+        let file = self.files[slot].as_ref().expect("read from an empty file slot");
+        file.read_exact_at(&mut self.bufs[buf].as_mut_slice()[buf_offset..buf_offset + len], offset)
+    }
 }
 
 /// Split-borrow two distinct buffers of a pool.
@@ -202,18 +246,30 @@ pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
 
 /// Open a backend for one lane with buffers of the given sizes and `slots`
 /// file slots, honouring `choice`.
-pub fn open(choice: Backend, buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<Box<dyn Io>> {
+pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<Box<dyn Io>> {
     Ok(match choice {
         Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth)?),
         Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
+        Backend::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), buffer_sizes, slots)),
     })
+}
+
+/// File slots without buffers, for synchronous calls only
+/// ([`Io::read_exact_into`], [`Io::write_from`], [`Io::sync`]): plain
+/// positioned I/O, or the simulation's faults under [`IoChoice::Sim`].
+pub fn open_sync(choice: &IoChoice, slots: usize) -> Box<dyn Io> {
+    match choice {
+        IoChoice::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), &[], slots)),
+        _ => Box::new(portable::PortableIo::new(&[], slots)),
+    }
 }
 
 /// Decide the backend for a run: returns it and, when the choice was not the
 /// one asked for or io_uring is off, the reason to tell the user.
-pub fn select(choice: IoChoice) -> Result<(Backend, Option<String>), String> {
+pub fn select(choice: &IoChoice) -> Result<(Backend, Option<String>), String> {
     match choice {
         IoChoice::Portable => Ok((Backend::Portable, None)),
+        IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),
         IoChoice::Uring => uring::probe()
             .map(|()| (Backend::Uring, None))
             .map_err(|why| format!("--io uring was asked for, but io_uring cannot be used: {why}")),

@@ -90,6 +90,17 @@ impl Io for PortableIo {
         self.res.buffer_pair(src, dst)
     }
 
+    fn read_exact_now(
+        &mut self,
+        slot: usize,
+        buf: usize,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        self.res.read_exact_now(slot, buf, buf_offset, len, offset)
+    }
+
     fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
         self.enqueue(Pending { kind: Kind::Read, slot, buf, buf_offset, len, offset, user_data });
     }

@@ -79,6 +79,10 @@ pub struct CreateOptions {
     /// than the default: a differential, incremental or resumed run takes
     /// its parent's (or the run's) chunk size unless one was asked for.
     pub chunk_size_given: bool,
+    /// Bytes of each staging buffer (the size of a lane's segment writes);
+    /// None: 8 MiB. Not a command-line setting: the fault simulation uses
+    /// small ones to get many writes out of a small source.
+    pub staging_bytes: Option<usize>,
 }
 
 impl CreateOptions {
@@ -102,6 +106,7 @@ impl CreateOptions {
             freeze: false,
             skip_unreadable: false,
             read_retries: 2,
+            staging_bytes: None,
         }
     }
 }
@@ -129,9 +134,12 @@ pub fn available_cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-fn staging_bytes(chunk_bytes: u32) -> usize {
+/// Each lane's two staging buffers: 8 MiB (or what was asked for), and room
+/// for two frames of the largest size at least.
+fn staging_bytes(chunk_bytes: u32, asked: Option<usize>) -> usize {
     let one = SEGMENT_HEADER_BYTES as u64 + frame_len_max(chunk_bytes);
-    (8u64 << 20).max(2 * one) as usize
+    let want = asked.map_or(8u64 << 20, |n| crate::format::align_up(n as u64, SEGMENT_HEADER_BYTES as u64));
+    want.max(2 * one) as usize
 }
 
 fn validate(o: &CreateOptions) -> Result<u32> {
@@ -157,9 +165,9 @@ fn validate(o: &CreateOptions) -> Result<u32> {
         return bad(format!("--lanes {lanes}: must be 1 to 256"));
     }
     super::check_buffer_memory(
-        u64::from(lanes) * (u64::from(o.queue_depth) * u64::from(cs) + 2 * staging_bytes(cs) as u64),
+        u64::from(lanes) * (u64::from(o.queue_depth) * u64::from(cs) + 2 * staging_bytes(cs, o.staging_bytes) as u64),
     )?;
-    let min_segment = (SEGMENT_HEADER_BYTES + staging_bytes(cs)) as u64;
+    let min_segment = (SEGMENT_HEADER_BYTES + staging_bytes(cs, o.staging_bytes)) as u64;
     if o.segment_size_bytes < min_segment {
         return bad(format!(
             "--segment-size {}: must be at least {min_segment} bytes for this chunk size",
@@ -532,7 +540,7 @@ fn salvage(
 /// Image `opts.source` into the set `opts.set`.
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
     validate(opts)?;
-    let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
+    let (backend, why) = io::select(&opts.io).map_err(Error::InvalidSetting)?;
     if let Some(why) = why {
         obs.note(&why);
     }
@@ -583,9 +591,13 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     // A run that wrote frames keeps them for `--resume`; one that wrote
     // nothing worth resuming is removed (armed below).
     let mut unfinished = Leftovers { dir: &set.dir, id, armed: st.resumed.is_none() };
+    let badmap = set.dir.join(format!("{id}.badmap"));
+    let mut unreadable_kept: Vec<(u64, u64)> = Vec::new();
     let mut salvaged = match &st.resumed {
         Some(_) => {
-            let s = salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
+            let mut s =
+                salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
+            unreadable_kept = keep_unreadable(&badmap, &mut s.preset, st.chunk_bytes, source.size_bytes, obs)?;
             let known = s.preset.iter().filter(|e| e.is_some()).count();
             obs.note(&format!(
                 "resuming image {id}: {} frame(s) in {} segment(s) kept, {known} of {chunk_count} chunks already done",
@@ -635,6 +647,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         (chunk_count / (u64::from(lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(st.chunk_bytes)).max(1));
     let first_segment = salvaged.as_ref().map_or(0, |s| s.segments.len() as u32);
     let stop = AtomicBool::new(false);
+    let unreadable = std::sync::Mutex::new(unreadable_kept);
     let sh = CaptureShared {
         image_id: id,
         dir: &set.dir,
@@ -642,9 +655,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         chunk_bytes: st.chunk_bytes,
         queue_depth: opts.queue_depth,
         segment_size_bytes: opts.segment_size_bytes,
-        staging_bytes: staging_bytes(st.chunk_bytes),
+        staging_bytes: staging_bytes(st.chunk_bytes, opts.staging_bytes),
         level: st.level,
-        backend,
+        backend: backend.clone(),
         plan: Plan::new(chunk_count, batch_chunks),
         index: &index,
         index_path: &index_path,
@@ -655,6 +668,8 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         preset,
         skip_unreadable: opts.skip_unreadable,
         read_retries: opts.read_retries.min(100),
+        unreadable: &unreadable,
+        badmap: &badmap,
     };
     let started = Instant::now();
     let reports = match run_lanes(&sh, lanes, obs) {
@@ -692,10 +707,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
     let stats = sum_stats(reports.iter().map(|r| &r.stats));
-    let mut unreadable: Vec<(u64, u64)> = reports.iter().flat_map(|r| r.unreadable.iter().copied()).collect();
-    unreadable.sort_unstable();
+    let unreadable = unreadable.into_inner().unwrap_or_else(|p| p.into_inner());
     if !unreadable.is_empty() {
-        write_badmap(&set.dir.join(format!("{id}.badmap")), &unreadable, source.size_bytes)?;
+        write_badmap(&badmap, &unreadable, source.size_bytes)?;
     }
     let mut latency = super::lane::latency_histogram();
     for r in &reports {
@@ -925,8 +939,9 @@ fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Fro
     Ok(frozen)
 }
 
-/// A ddrescue-style map of the source: `+` read, `-` unreadable.
-fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
+/// A ddrescue-style map of the source: `+` read, `-` unreadable. Replaces
+/// the run's earlier map atomically (temporary file, fsync, rename).
+pub(crate) fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
     use std::io::Write;
     let mut s = String::from("# Mapfile. Created by tintype: the source ranges it could not read\n");
     s += &format!("0x{size:08X}     +\n");
@@ -941,8 +956,88 @@ fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
     if at < size {
         s += &format!("0x{at:08X}  0x{:08X}  +\n", size - at);
     }
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
-    f.write_all(s.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", path, e))
+    let tmp = path.with_extension("badmap.tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(s.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    crate::set::sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Resuming: the unreadable ranges an interrupted run found in the chunks
+/// whose entries it keeps (their frames hold zeros there). The map is
+/// written before any such frame, so a chunk missing from it read whole.
+/// A map that cannot be read leaves no kept chunk trusted: all are read
+/// again. The map is rewritten with only the kept ranges.
+fn keep_unreadable(
+    badmap: &Path,
+    preset: &mut [Option<IndexEntry>],
+    chunk_bytes: u32,
+    size: u64,
+    obs: &dyn Observer,
+) -> Result<Vec<(u64, u64)>> {
+    if !badmap.exists() {
+        return Ok(Vec::new());
+    }
+    let cb = u64::from(chunk_bytes);
+    let kept = match read_badmap(badmap) {
+        Some(all) => {
+            // Per chunk: the pieces in chunks that keep their entries.
+            let mut kept: Vec<(u64, u64)> = Vec::new();
+            for (o, l) in all {
+                let end = o.saturating_add(l).min(size);
+                let mut at = o;
+                while at < end {
+                    let piece_end = end.min((at / cb + 1) * cb);
+                    if preset.get((at / cb) as usize).is_some_and(|e| e.is_some()) {
+                        kept.push((at, piece_end - at));
+                    }
+                    at = piece_end;
+                }
+            }
+            kept.sort_unstable();
+            kept.dedup();
+            kept
+        }
+        None => {
+            obs.note(&format!("{} cannot be read: every chunk of the unfinished run is read again", badmap.display()));
+            preset.iter_mut().for_each(|e| *e = None);
+            Vec::new()
+        }
+    };
+    if kept.is_empty() {
+        std::fs::remove_file(badmap).map_err(|e| Error::io("remove", badmap, e))?;
+        crate::set::sync_dir(badmap.parent().unwrap_or(Path::new(".")))?;
+    } else {
+        write_badmap(badmap, &kept, size)?;
+    }
+    Ok(kept)
+}
+
+/// The unreadable (`-`) ranges of a map [`write_badmap`] wrote; anything
+/// it cannot parse makes it None (the map is then not trusted).
+fn read_badmap(path: &Path) -> Option<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let hex = |t: &str| u64::from_str_radix(t.strip_prefix("0x")?, 16).ok();
+    let mut bad = Vec::new();
+    let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    lines.next()?; // the current position and status
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            [o, n, "-"] => bad.push((hex(o)?, hex(n)?)),
+            [o, n, "+"] => {
+                hex(o)?;
+                hex(n)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(bad)
 }
 
 /// Write the entries a resumed run already has, in runs of consecutive chunks.

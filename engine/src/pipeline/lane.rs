@@ -59,6 +59,12 @@ pub(crate) struct CaptureShared<'a> {
     pub skip_unreadable: bool,
     /// Retries of a failing read before its sectors count as unreadable.
     pub read_retries: u32,
+    /// Every unreadable source range found so far (and kept from an
+    /// interrupted run). Written to `badmap` before the chunk's frame can
+    /// reach its segment, so a frame holding zeros for unreadable sectors
+    /// is never kept by `--resume` without its ranges.
+    pub unreadable: &'a std::sync::Mutex<Vec<(u64, u64)>>,
+    pub badmap: &'a Path,
 }
 
 impl CaptureShared<'_> {
@@ -71,8 +77,6 @@ impl CaptureShared<'_> {
 /// What a lane did: its segments, its counters, and how long its reads took.
 #[derive(Debug)]
 pub(crate) struct LaneReport {
-    /// Source byte ranges that could not be read (with `skip_unreadable`).
-    pub unreadable: Vec<(u64, u64)>,
     pub segments: Vec<SegmentInfo>,
     pub stats: LaneStats,
     pub segments_direct: bool,
@@ -185,7 +189,7 @@ impl<'a> CaptureLane<'a> {
         let qd = sh.queue_depth as usize;
         let mut sizes = vec![sh.chunk_bytes as usize; qd];
         sizes.extend([sh.staging_bytes; 2]);
-        let mut io = io::open(sh.backend, &sizes, 3, sh.queue_depth + 2)
+        let mut io = io::open(&sh.backend, &sizes, 3, sh.queue_depth + 2)
             .map_err(|e| Error::io("set up the I/O ring for", sh.source.path.clone(), e))?;
         io.set_file(SLOT_SOURCE, Some(sh.source.reopen()?))
             .map_err(|e| Error::io("register", sh.source.path.clone(), e))?;
@@ -209,7 +213,6 @@ impl<'a> CaptureLane<'a> {
             zero_hashes: ZeroHashes::default(),
             staged_since: None,
             report: LaneReport {
-                unreadable: Vec::new(),
                 segments: Vec::new(),
                 stats: LaneStats::default(),
                 segments_direct: true,
@@ -392,16 +395,15 @@ impl<'a> CaptureLane<'a> {
     /// A read failed: find exactly which sectors fail (halving the range down
     /// to one logical sector, each read retried), and either stop naming
     /// them, or (`skip_unreadable`) zero them, record them, and go on with the
-    /// chunk. Synchronous, on a plain descriptor: a failing disk is slow anyway.
+    /// chunk. Synchronous reads: a failing disk is slow anyway.
     fn recover_read(&mut self, buf: usize, mut op: ReadOp, first: std::io::Error) -> Result<()> {
         let path = self.sh.source.path.clone();
         let start = op.chunk * u64::from(self.sh.chunk_bytes);
-        let (file, _) = crate::io::device::open_read_only(&path, self.sh.source.direct)?;
         let sector = u64::from(self.sh.source.logical_sector_bytes.max(self.sh.source.dio_align_bytes));
         let len = u64::from(op.raw_len).div_ceil(sector) * sector;
         let mut bad: Vec<(u64, u64)> = Vec::new();
-        let data = &mut self.io.buffer_mut(buf)[..len as usize];
-        bisect(&file, data, start, 0, len, sector, self.sh.read_retries, &mut bad);
+        let mut read = |at: u64, n: u64| self.io.read_exact_now(SLOT_SOURCE, buf, at as usize, n as usize, start + at);
+        bisect(&mut read, start, 0, len, sector, self.sh.read_retries, &mut bad);
         let end = start + u64::from(op.raw_len);
         let bad: Vec<(u64, u64)> =
             bad.into_iter().map(|(s, l)| (s, (s + l).min(end) - s)).filter(|&(_, l)| l > 0).collect();
@@ -435,7 +437,12 @@ impl<'a> CaptureLane<'a> {
             self.io.buffer_mut(buf)[from..from + l as usize].fill(0);
         }
         op.unreadable = total == u64::from(op.raw_len);
-        self.report.unreadable.extend(bad);
+        {
+            let mut all = self.sh.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(bad);
+            all.sort_unstable();
+            super::capture::write_badmap(self.sh.badmap, &all, self.sh.source.size_bytes)?;
+        }
         op.got = op.raw_len;
         self.reads[buf] = Some(op);
         self.ready.push_back(buf);
@@ -729,6 +736,7 @@ impl<'a> CaptureLane<'a> {
     /// All writes of `s` are done: make it durable and record it.
     fn close_segment(&mut self, s: OpenSegment) -> Result<()> {
         assert_eq!(s.writes_in_flight, 0);
+        let synced = self.io.sync(s.slot);
         let file = self
             .io
             .set_file(s.slot, None)
@@ -739,7 +747,7 @@ impl<'a> CaptureLane<'a> {
         // `--resume`, which would read them back from whatever is cached:
         // cut it to its header (its number stays, so the segments after it
         // stay usable), and its chunks are read again.
-        if let Err(e) = file.sync_all() {
+        if let Err(e) = synced {
             let dropped = file.set_len(SEGMENT_HEADER_BYTES as u64).and_then(|()| file.sync_all()).is_ok();
             let what = if dropped {
                 "its frames were dropped; --resume reads its chunks again"
@@ -843,13 +851,11 @@ pub(crate) fn create_segment_file(path: &Path) -> Result<(File, bool)> {
     }
 }
 
-/// Read `[at, at+len)` of `data` (source offset `base + at`); on failure
+/// Read `[at, at+len)` (source offset `base + at`) with `read`; on failure
 /// split in halves down to `sector` bytes, retrying each failing piece
 /// `retries` times; collect the source ranges that never read.
-#[allow(clippy::too_many_arguments)]
 fn bisect(
-    f: &File,
-    data: &mut [u8],
+    read: &mut dyn FnMut(u64, u64) -> std::io::Result<()>,
     base: u64,
     at: u64,
     len: u64,
@@ -857,9 +863,8 @@ fn bisect(
     retries: u32,
     bad: &mut Vec<(u64, u64)>,
 ) {
-    let buf = &mut data[at as usize..(at + len) as usize];
     for _ in 0..=retries {
-        match f.read_exact_at(buf, base + at) {
+        match read(at, len) {
             Ok(()) => return,
             // Past the end of a file: the rest reads as zeros.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
@@ -875,8 +880,8 @@ fn bisect(
         return;
     }
     let half = (len / 2).div_ceil(sector) * sector;
-    bisect(f, data, base, at, half, sector, retries, bad);
-    bisect(f, data, base, at + half, len - half, sector, retries, bad);
+    bisect(read, base, at, half, sector, retries, bad);
+    bisect(read, base, at + half, len - half, sector, retries, bad);
 }
 
 /// True when every byte is zero. Reads 16 bytes at a time; stops at the

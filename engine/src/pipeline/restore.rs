@@ -120,7 +120,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     if !(1..=1024).contains(&opts.queue_depth) {
         return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }
-    let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
+    let (backend, why) = io::select(&opts.io).map_err(Error::InvalidSetting)?;
     if let Some(why) = why {
         obs.note(&why);
     }
@@ -143,7 +143,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         let mut v = super::verify::VerifyOptions::new(&opts.set);
         v.image = Some(m.image_id.clone());
         v.lanes = opts.lanes;
-        v.io = opts.io;
+        v.io = opts.io.clone();
         let r = super::verify::verify(&v, obs)?;
         if !r.is_clean() {
             let list: Vec<String> = r
@@ -201,7 +201,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         tail_file: &tail_file,
         write_limit,
         queue_depth: opts.queue_depth,
-        backend,
+        backend: backend.clone(),
         skip_bad: opts.skip_bad,
         discard: opts.discard,
         missing_segments: &missing_segments,
@@ -233,7 +233,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
 
     let read_back = if opts.verify_after {
         obs.note("--verify-after: reading the target back and comparing with the index");
-        Some(read_back(&target, &img, entries, write_limit, lanes, opts.queue_depth, backend, obs)?)
+        Some(read_back(&target, &img, entries, write_limit, lanes, opts.queue_depth, backend.clone(), obs)?)
     } else {
         None
     };
@@ -465,7 +465,7 @@ impl<'a> RestoreLane<'a> {
         let cs = sh.img.manifest.chunk_size_bytes;
         let mut sizes = vec![frame_len_max(cs) as usize; qd];
         sizes.extend(std::iter::repeat_n(cs as usize, qd));
-        let mut io = io::open(sh.backend, &sizes, 1 + SEGMENT_SLOTS, sh.queue_depth * 2)
+        let mut io = io::open(&sh.backend, &sizes, 1 + SEGMENT_SLOTS, sh.queue_depth * 2)
             .map_err(|e| Error::io("set up the I/O ring for", sh.target.path.clone(), e))?;
         io.set_file(SLOT_TARGET, Some(sh.target.reopen()?))
             .map_err(|e| Error::io("register", sh.target.path.clone(), e))?;
@@ -826,7 +826,7 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
     let cs = sh.img.manifest.chunk_size_bytes as usize;
     let qd = sh.qd as usize;
     let mut io =
-        io::open(sh.backend, &vec![cs; qd], 1, sh.qd).map_err(|e| Error::io("set up the I/O ring for", sh.path, e))?;
+        io::open(&sh.backend, &vec![cs; qd], 1, sh.qd).map_err(|e| Error::io("set up the I/O ring for", sh.path, e))?;
     let (file, direct) = open_read_only(sh.path, true)?;
     let align = if direct { 4096 } else { 1 };
     io.set_file(0, Some(file)).map_err(|e| Error::io("register", sh.path, e))?;

@@ -122,7 +122,7 @@ struct Findings {
 /// Verify an image.
 pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> {
     let started = Instant::now();
-    let (backend, why) = io::select(opts.io).map_err(Error::InvalidSetting)?;
+    let (backend, why) = io::select(&opts.io).map_err(Error::InvalidSetting)?;
     if let Some(why) = why {
         obs.note(&why);
     }
@@ -145,7 +145,7 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
                 if i == 0 { "" } else { ", an ancestor" }
             ));
         }
-        let (c, mut b, mut p) = verify_image(one, chain.get(i + 1), opts, backend, obs)?;
+        let (c, mut b, mut p) = verify_image(one, chain.get(i + 1), opts, backend.clone(), obs)?;
         checks.push(c);
         bad_chunks.append(&mut b);
         problems.append(&mut p);
@@ -334,7 +334,7 @@ impl VerifyShared<'_> {
     fn run_lane(&self, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
         let qd = self.queue_depth as usize;
         let frame_max = frame_len_max(self.img.manifest.chunk_size_bytes) as usize;
-        let mut io = io::open(self.backend, &vec![frame_max; qd], 1, self.queue_depth)
+        let mut io = io::open(&self.backend, &vec![frame_max; qd], 1, self.queue_depth)
             .map_err(|e| Error::io("set up the I/O ring for", self.img.dir.clone(), e))?;
         let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", self.img.dir.clone(), e))?;
         let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
