@@ -10,6 +10,8 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod io;
 pub mod lock;
 pub mod merge;

@@ -8,6 +8,7 @@ mod hostile;
 mod profiles;
 mod restore;
 mod serve;
+mod signals;
 mod sim;
 mod usedspace;
 mod util;

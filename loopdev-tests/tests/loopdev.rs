@@ -497,6 +497,98 @@ fn a_full_destination_then_resume() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Random bytes from a seed (incompressible: every byte costs space).
+fn noise(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The destination is a small, nearly full ext4 (a loop-mounted file): a
+/// second image runs out of space. ENOSPC is reported, the first image
+/// still verifies and restores, and once space is freed `--resume`
+/// finishes an image that restores identical.
+#[test]
+fn a_nearly_full_ext4_destination() {
+    if !require_loop_devices("a_nearly_full_ext4_destination") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24usize << 20;
+    let first = noise(size, 0x9e37_79b9_7f4a_7c15);
+    let backing = dir.path().join("source.img");
+    std::fs::write(&backing, &first).unwrap();
+    let src = LoopDev::attach(&backing, 4096);
+    let dest_file = dir.path().join("dest.ext4");
+    std::fs::File::create(&dest_file).unwrap().set_len(96 << 20).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-m", "0", dest_file.to_str().unwrap()]);
+    let dest_dev = LoopDev::attach(&dest_file, 512);
+    let dest = Mount::new(&dest_dev, &dir.path().join("dest"));
+    let set = dest.dir.join("set");
+    let set_s = set.to_str().unwrap();
+    let common = ["--level", "1", "--chunk-size", "256K", "--json"];
+
+    let mut args = vec!["create", src.as_str(), set_s];
+    args.extend(common);
+    let out = tintype(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first_id = v["manifest"]["image_id"].as_str().unwrap().to_string();
+
+    // The source changes; the destination fills up to ~8 MiB free.
+    let mut second = first.clone();
+    second[..size / 2].copy_from_slice(&noise(size / 2, 77));
+    std::fs::write(&backing, &second).unwrap();
+    let avail = |p: &Path| -> u64 {
+        sh("df", &["--output=avail", "-B1", p.to_str().unwrap()]).lines().nth(1).unwrap().trim().parse().unwrap()
+    };
+    let filler = dest.dir.join("filler");
+    let fill = avail(&dest.dir).saturating_sub(8 << 20);
+    sh("fallocate", &["-l", &fill.to_string(), filler.to_str().unwrap()]);
+    assert!(avail(&dest.dir) < 10 << 20, "the destination is nearly full");
+
+    let mut args = vec!["create", src.as_str(), set_s];
+    args.extend(common);
+    let out = tintype(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("no space left"), "ENOSPC is named: {err}");
+    assert!(err.contains(set_s), "the message names the file in the set: {err}");
+    assert!(err.contains("--resume"), "the message says how to carry on: {err}");
+
+    // The first image is untouched: it verifies and restores.
+    let spec = format!("{set_s}@{first_id}");
+    let out = tintype(&["verify", &spec]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", &spec, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == first, "the earlier image restores to its bytes");
+    std::fs::remove_file(&target).unwrap();
+
+    // Space is freed: --resume completes, reading only what it lacks.
+    std::fs::remove_file(&filler).unwrap();
+    let mut args = vec!["create", src.as_str(), set_s, "--resume"];
+    args.extend(common);
+    let out = tintype(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap() > 0, "frames written before ENOSPC are kept");
+    let out = tintype(&["restore", set_s, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == second, "the resumed image restores to the source's new bytes");
+    for id in [first_id.as_str(), v["manifest"]["image_id"].as_str().unwrap()] {
+        let out = tintype(&["verify", &format!("{set_s}@{id}")]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
 /// Write a partition table described in sfdisk's script format to `file`.
 fn sfdisk(file: &Path, table: &str) {
     use std::io::Write;

@@ -69,6 +69,32 @@ fn no_overlaps(parts: &[Partition]) -> Result<(), String> {
 /// Read the partition table of a `size`-byte source. `Ok(None)`: there is
 /// none (no GPT signature and no MBR partitions).
 pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String> {
+    // The table parsers are other people's code reading hostile bytes: a
+    // panic in one (mbrman 0.6 had one, found by fuzzing) makes the table
+    // untrusted, never the run fail.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_table(file, size, sector)))
+        .unwrap_or_else(|_| Err("the partition table parser failed on it (a bug it has); not trusted".into()))
+}
+
+/// A used MBR entry starting at LBA 0 overlays the MBR itself, and makes
+/// mbrman 0.6 panic (its alignment guess divides a range that is empty).
+fn mbr_entries_sane(file: &File) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 512];
+    if file.read_exact_at(&mut b, 0).is_err() {
+        return Ok(());
+    }
+    for n in 0..4 {
+        let e = &b[446 + 16 * n..446 + 16 * (n + 1)];
+        let start = u32::from_le_bytes(e[8..12].try_into().expect("4 bytes"));
+        if e[4] != 0 && start == 0 {
+            return Err(format!("MBR partition {} starts at LBA 0, over the MBR itself", n + 1));
+        }
+    }
+    Ok(())
+}
+
+fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String> {
     let mut f = file;
     let ss = u64::from(sector);
     match gptman::GPT::read_from(&mut f, ss) {
@@ -123,34 +149,36 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
             no_overlaps(&parts)?;
             Ok(Some(Table { kind: "gpt", partitions: parts, notes }))
         }
-        Err(gptman::Error::InvalidSignature) => match mbrman::MBR::read_from(&mut f, sector) {
-            Ok(mbr) => {
-                let mut parts = Vec::new();
-                for (n, p) in mbr.iter().filter(|(_, p)| p.is_used() && !p.is_extended()) {
-                    let start = u64::from(p.starting_lba) * ss;
-                    let len = u64::from(p.sectors) * ss;
-                    if start + len > size {
-                        return Err(format!("MBR partition {n} ends past the device's end"));
+        Err(gptman::Error::InvalidSignature) => {
+            match mbr_entries_sane(file).map(|()| mbrman::MBR::read_from(&mut f, sector))? {
+                Ok(mbr) => {
+                    let mut parts = Vec::new();
+                    for (n, p) in mbr.iter().filter(|(_, p)| p.is_used() && !p.is_extended()) {
+                        let start = u64::from(p.starting_lba) * ss;
+                        let len = u64::from(p.sectors) * ss;
+                        if start + len > size {
+                            return Err(format!("MBR partition {n} ends past the device's end"));
+                        }
+                        parts.push(partition(n as u32, start, len, format!("MBR type {:#04x}", p.sys), String::new()));
                     }
-                    parts.push(partition(n as u32, start, len, format!("MBR type {:#04x}", p.sys), String::new()));
+                    if parts.is_empty() {
+                        return Ok(None);
+                    }
+                    no_overlaps(&parts)?;
+                    Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
                 }
-                if parts.is_empty() {
-                    return Ok(None);
+                Err(e) => {
+                    // No 0x55AA signature: no table at all. A signature with a
+                    // table that does not read (a broken EBR chain) is damage.
+                    let mut sig = [0u8; 2];
+                    use std::os::unix::fs::FileExt;
+                    match file.read_exact_at(&mut sig, 510) {
+                        Ok(()) if sig == [0x55, 0xAA] => Err(format!("the MBR cannot be read: {e}")),
+                        _ => Ok(None),
+                    }
                 }
-                no_overlaps(&parts)?;
-                Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
             }
-            Err(e) => {
-                // No 0x55AA signature: no table at all. A signature with a
-                // table that does not read (a broken EBR chain) is damage.
-                let mut sig = [0u8; 2];
-                use std::os::unix::fs::FileExt;
-                match file.read_exact_at(&mut sig, 510) {
-                    Ok(()) if sig == [0x55, 0xAA] => Err(format!("the MBR cannot be read: {e}")),
-                    _ => Ok(None),
-                }
-            }
-        },
+        }
         Err(e) => Err(format!("the GPT cannot be read: {e}")),
     }
 }

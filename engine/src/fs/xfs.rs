@@ -50,7 +50,7 @@ const XLOG_UNMOUNT_TRANS: u8 = 0x20;
 /// last record written is the one with the highest LSN; every 512-byte log
 /// block starts with its cycle number except record headers, which start
 /// with the magic, so scanning for the magic finds every header.
-fn log_is_clean(r: &dyn MetaRead, base: u64, sb: &[u8], bs: u64, agblocks: u64) -> Result<(), String> {
+fn log_is_clean(r: &dyn MetaRead, base: u64, sb: &[u8], bs: u64, agblocks: u64, blocks: u64) -> Result<(), String> {
     let logstart = be64(sb, 48);
     if logstart == 0 {
         return Err("an external log device: whether the log is clean cannot be checked here".into());
@@ -60,11 +60,18 @@ fn log_is_clean(r: &dyn MetaRead, base: u64, sb: &[u8], bs: u64, agblocks: u64) 
         return Err("implausible AG block log".into());
     }
     let (agno, agbno) = (logstart >> agblklog, logstart & ((1 << agblklog) - 1));
-    let start = base + (agno * agblocks + agbno) * bs;
-    let len = u64::from(be32(sb, 96)) * bs;
+    let log_blocks = u64::from(be32(sb, 96));
+    let len = log_blocks * bs;
     if len == 0 || len > LOG_MAX {
         return Err(format!("a log of {len} bytes is not checked by this build"));
     }
+    // The log lies inside the filesystem (its fields are untrusted).
+    let first = agno.checked_mul(agblocks).and_then(|b| b.checked_add(agbno));
+    let Some(first) = first.filter(|&f| agbno < agblocks && f.checked_add(log_blocks).is_some_and(|e| e <= blocks))
+    else {
+        return Err(format!("the log's start (block {logstart}) lies outside the filesystem"));
+    };
+    let start = base + first * bs;
     let mut best: Option<(u64, u64)> = None; // (lsn, byte offset in the log)
     let piece = 4u64 << 20;
     let mut at = 0;
@@ -132,7 +139,7 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
     {
         return Err(format!("the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len} bytes"));
     }
-    log_is_clean(r, base, &sb, bs, agblocks)?;
+    log_is_clean(r, base, &sb, bs, agblocks, blocks)?;
     let hdr = if v5 { 56 } else { 16 };
     let magic: &[u8; 4] = if v5 { b"AB3B" } else { b"ABTB" };
     let mut free = FreeMap::default();

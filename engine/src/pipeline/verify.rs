@@ -340,7 +340,10 @@ impl VerifyShared<'_> {
         let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
         loop {
             if super::interrupted() {
-                return Err(Error::Interrupted("verify stopped by a signal before it finished".into()));
+                return Err(Error::Interrupted(
+                    "verify stopped by a signal before it finished: no verdict; it only reads, so the set is as it was"
+                        .into(),
+                ));
             }
             if stop.load(Ordering::Relaxed) {
                 return Err(Error::Interrupted("another verify lane failed".into()));

@@ -137,6 +137,13 @@ pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
     }
 }
 
+/// Serve one client on `stream` until it disconnects or errs: the
+/// handshake, then requests. What the accept loop runs per connection; also
+/// the entry point of the NBD fuzz target.
+pub fn session<S: Read + Write>(stream: S, export: &Export) -> Result<()> {
+    Connection::new(stream, export)?.run()
+}
+
 /// Accept clients (the listener is non-blocking, so a signal is noticed
 /// within 50 ms) and give each its own thread.
 fn accept_loop<S>(
@@ -174,7 +181,7 @@ where
             .name(format!("tintype-nbd-{started}"))
             .spawn(move || {
                 // Whatever the client does, it ends its own connection only.
-                let _ = Connection::new(stream, &export).and_then(|c| c.run());
+                let _ = session(stream, &export);
                 done.fetch_add(1, Ordering::Relaxed);
             })
             .map_err(|e| Error::io("start client thread", "serve", e))?;
