@@ -882,8 +882,59 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("froze"), "{err}");
     // Thawed: writing works again (a frozen filesystem would block here).
+    assert!(err.contains(&format!("thawed {}", mnt.display())), "{err}");
     std::fs::write(mnt.join("b"), b"after").unwrap();
     sh("sync", &[]);
+    // SIGTERM while frozen: the run stops (exit 130), says so, and thaws.
+    // Text at zstd level 19 on one lane is slow enough to interrupt.
+    let words = ["frozen ", "thaw ", "sector ", "signal ", "ext4 ", "journal\n", "tintype ", "lane "];
+    let mut x = 7u64;
+    let text: Vec<u8> = (0..6 << 20)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            words[(x % 8) as usize].bytes()
+        })
+        .take(24 << 20)
+        .collect();
+    std::fs::write(mnt.join("text"), &text).unwrap();
+    sh("sync", &[]);
+    let set2 = dir.path().join("set-signal");
+    let mut child = std::process::Command::new(tintype_bin())
+        .args(["create", dev.as_str(), set2.to_str().unwrap(), "--freeze", "--level", "19", "--lanes", "1"])
+        .args(["--used-only", "off"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&set2)
+        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".index")))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "create finished before it could be interrupted");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains(&format!("thawed {}", mnt.display())) && err.contains("--resume"), "{err}");
+    // Writable at once; a write into a still-frozen filesystem would block,
+    // so it runs in a thread and the test thaws by hand if it must.
+    let probe = mnt.join("after-signal");
+    let writer = std::thread::spawn(move || std::fs::write(probe, b"x").is_ok());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !writer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !writer.is_finished() {
+        sh("fsfreeze", &["-u", mnt.to_str().unwrap()]);
+        panic!("the filesystem was still frozen after the interrupted run");
+    }
+    assert!(writer.join().unwrap());
     // Mounted read-only is fine without --freeze.
     sh("mount", &["-o", "remount,ro", mnt.to_str().unwrap()]);
     let out = tintype(&["create", dev.as_str(), dir.path().join("set-ro").to_str().unwrap()]);

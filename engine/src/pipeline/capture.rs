@@ -889,6 +889,8 @@ impl Drop for Frozen {
                     "tintype: error: could not thaw {at}: {}; run `fsfreeze -u {at}`",
                     std::io::Error::last_os_error()
                 );
+            } else {
+                eprintln!("tintype: thawed {at}");
             }
         }
     }

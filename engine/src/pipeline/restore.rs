@@ -453,6 +453,9 @@ struct RestoreLane<'a> {
     free_pairs: Vec<usize>,
     /// The chunk each busy pair is working on.
     pair_chunk: Vec<u64>,
+    /// Bytes of each busy pair's chunk already written (a short write is
+    /// carried on from there).
+    pair_written: Vec<usize>,
     pending: std::collections::VecDeque<u64>,
     slots: [SegSlot; SEGMENT_SLOTS],
     clock: u64,
@@ -476,6 +479,7 @@ impl<'a> RestoreLane<'a> {
             qd,
             free_pairs: (0..qd).rev().collect(),
             pair_chunk: vec![0; qd],
+            pair_written: vec![0; qd],
             pending: Default::default(),
             slots: [SegSlot { segment: None, ops: 0, last_used: 0 }; SEGMENT_SLOTS],
             clock: 0,
@@ -646,19 +650,48 @@ impl<'a> RestoreLane<'a> {
         let chunk = self.pair_chunk[pair];
         let (start, raw_len) = self.sh.img.chunk_extent(chunk);
         if c.user_data & WRITE_FLAG != 0 {
+            // What went through the ring: the O_DIRECT part (the unaligned
+            // tail was written separately).
             let (_, len) = self.write_span(start, raw_len);
+            let done = self.pair_written[pair];
             match c.result {
                 Err(e) if io::is_transient(&e) => {
-                    self.io.enqueue_write(SLOT_TARGET, self.qd + pair, 0, len, start, c.user_data);
+                    self.io.enqueue_write(
+                        SLOT_TARGET,
+                        self.qd + pair,
+                        done,
+                        len - done,
+                        start + done as u64,
+                        c.user_data,
+                    );
                     return Ok(());
                 }
-                Err(e) => return Err(write_error(&self.sh.target.path, start, e)),
-                Ok(n) if n != len => {
-                    return Err(write_error(
-                        &self.sh.target.path,
-                        start,
-                        std::io::Error::other(format!("short write: {n} of {len} bytes")),
-                    ))
+                Err(e) => return Err(write_error(&self.sh.target.path, start + done as u64, e)),
+                // A short write (a filling filesystem): carry on from an
+                // aligned boundary, which completes or fails with the cause.
+                Ok(n) if done + n < len => {
+                    let align = if self.sh.target.direct { self.sh.target.dio_align_bytes as usize } else { 1 };
+                    let next = (done + n) / align * align;
+                    if next <= done {
+                        return Err(write_error(
+                            &self.sh.target.path,
+                            start + done as u64,
+                            std::io::Error::other(format!(
+                                "the write stopped after {} of {len} bytes (no space left on the target?)",
+                                done + n
+                            )),
+                        ));
+                    }
+                    self.pair_written[pair] = next;
+                    self.io.enqueue_write(
+                        SLOT_TARGET,
+                        self.qd + pair,
+                        next,
+                        len - next,
+                        start + next as u64,
+                        c.user_data,
+                    );
+                    return Ok(());
                 }
                 Ok(_) => {}
             }
@@ -758,6 +791,7 @@ impl<'a> RestoreLane<'a> {
             return Ok(());
         }
         debug_assert_eq!(align_up(direct_len as u64, 512), direct_len as u64);
+        self.pair_written[pair] = 0;
         self.io.enqueue_write(SLOT_TARGET, self.qd + pair, 0, direct_len, start, WRITE_FLAG | pair as u64);
         Ok(())
     }
