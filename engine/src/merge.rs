@@ -708,7 +708,17 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
         return Ok(report);
     }
     for span in &plans {
-        let c = consolidate(&set, span, &opts.io, obs)?;
+        let c = consolidate(&set, span, &opts.io, obs).map_err(|e| match e {
+            // Earlier rewrites are committed: say so, and how to finish.
+            Error::Interrupted(_) => Error::Interrupted(format!(
+                "prune stopped by a signal after rewriting {} of {} image(s) (each rewritten one stands in for the \
+                 image it replaces; the unfinished one's files were removed); nothing was removed: run the same \
+                 prune again to finish",
+                report.consolidated.len(),
+                plans.len()
+            )),
+            e => e,
+        })?;
         if let Some(k) = report.kept.iter_mut().find(|k| k.image_id == c.replaces) {
             k.rewritten_as = Some(c.image_id.clone());
         }

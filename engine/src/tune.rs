@@ -100,7 +100,8 @@ fn read_rate(
     let mut free: Vec<usize> = (0..qd as usize).collect();
     let (mut done, started) = (0u64, Instant::now());
     loop {
-        let stop = started.elapsed() >= time || done >= bytes;
+        // A signal stops the step; what is in flight drains below.
+        let stop = started.elapsed() >= time || done >= bytes || crate::pipeline::interrupted();
         if !stop {
             while let Some(b) = free.pop() {
                 if next + read_bytes > end {
@@ -147,6 +148,11 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
             obs.progress(k, steps);
             let start = src.size_bytes / steps * k;
             let rate = read_rate(&src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
+            if crate::pipeline::interrupted() {
+                return Err(Error::Interrupted(
+                    "tune stopped by a signal; it only reads the device, and no profile was written".into(),
+                ));
+            }
             reads.push(ReadStep { read_bytes: rb, queue_depth: qd, mb_per_s: rate });
         }
     }

@@ -91,3 +91,16 @@ fn sigterm_stops_verify_restore_and_merge_cleanly() {
     sb.expect(&["verify", "set"], 0);
     assert_round_trip(&sb.path("set"), &data);
 }
+
+/// SIGTERM during `tune`: the current measurement drains, exit 130, no
+/// profile written.
+#[test]
+fn sigterm_stops_tune_without_a_profile() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("dev.img"), tintype::sample::random_bytes(8 << 20, 5)).unwrap();
+    let out = terminate_during(&sb, &["tune", "dev.img", "--write-profile", "tuned.toml", "--step-ms", "400"], || true);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("no profile was written"), "{err}");
+    assert!(!sb.path("tuned.toml").exists(), "no profile file");
+}

@@ -5,6 +5,7 @@ mod corruption;
 mod create_verify;
 mod golden;
 mod hostile;
+mod kill9;
 mod profiles;
 mod restore;
 mod serve;
