@@ -1,13 +1,15 @@
-//! The fault simulation loop: create (full, incremental), resume, verify,
-//! restore and merge run in-process on the simulation backend
-//! (`tintype::io::sim`) under seeded random faults — unreadable sectors,
-//! short reads, a full destination, EIO on a write, a failed fsync, a crash
-//! that tears a write followed by a power cut — and after every step the
-//! invariants are checked:
+//! The fault simulation loop: create (full, incremental, differential),
+//! resume, verify, restore, merge (the incremental into the full image) and
+//! prune (to the newest image, rewritten onto a synthetic full) run
+//! in-process on the simulation backend (`tintype::io::sim`) under seeded
+//! random faults — unreadable sectors, short reads, a full destination, EIO
+//! on a write, a failed fsync, a crash that tears a write followed by a
+//! power cut — and again without; after every step the invariants are
+//! checked:
 //!
 //! - a failed run names a file and commits nothing; every image committed
 //!   before it still verifies and restores to exactly its point in time;
-//! - once the cause is gone, `--resume` (or a second merge) completes;
+//! - once the cause is gone, `--resume` (or a second merge or prune) completes;
 //! - a successful run restores to the source, except the unreadable ranges
 //!   it reported, which are exactly the sectors that never read and come
 //!   back as zeros;
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use tintype::format::manifest::ImageKind;
 use tintype::io::sim::{BadRange, Faults, Sim};
 use tintype::io::IoChoice;
-use tintype::merge::{merge, MergeOptions};
+use tintype::merge::{merge, prune, MergeOptions, PruneOptions};
 use tintype::set::ImageSet;
 use tintype::{create, restore, verify, CreateOptions, Quiet, RestoreOptions, VerifyOptions};
 
@@ -378,6 +380,49 @@ impl World {
         self.fail("merge did not complete without faults");
     }
 
+    /// Prune to the newest image under faults (it is rewritten onto a
+    /// synthetic full image), then without.
+    fn prune_until_done(&mut self) {
+        for attempt in 0..3 {
+            let faults = if attempt == 0 { self.faults(false) } else { Faults::default() };
+            let sim = Sim::new(self.rng.next(), faults);
+            let before = self.committed();
+            let opts =
+                PruneOptions { set: self.set.clone(), keep_last: Some(1), io: sim.choice(), ..Default::default() };
+            let r = unbusy(|| prune(&opts, &Quiet));
+            self.injected(&format!("prune attempt {attempt}"), &sim);
+            match r {
+                Ok(rep) => {
+                    for c in &rep.consolidated {
+                        let want =
+                            self.expected.get(&c.replaces).cloned().expect("expected bytes of the rewritten image");
+                        self.expected.insert(c.image_id.clone(), want);
+                    }
+                    let now = self.committed();
+                    self.check(now.len() == 1, || format!("prune --keep-last 1 left {now:?}"));
+                    self.log.push(format!("prune attempt {attempt}: ok, {now:?} left"));
+                    self.check_all("a prune");
+                    return;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.log.push(format!("prune attempt {attempt}: failed: {msg}"));
+                    self.check(msg.contains(&*self.dir.path().to_string_lossy()), || {
+                        format!("the prune error names no file: {msg}")
+                    });
+                    if sim.crashed() {
+                        sim.power_cut();
+                        self.injected("power cut", &sim);
+                    }
+                    let now = self.committed();
+                    self.check(now == before, || format!("a failed prune changed the committed images: {now:?}"));
+                    self.check_all("a failed prune");
+                }
+            }
+        }
+        self.fail("prune did not complete without faults");
+    }
+
     /// Verify with one frame unreadable: never clean.
     fn verify_with_a_bad_frame(&mut self) {
         let set = ImageSet::open(&self.set).unwrap();
@@ -468,9 +513,13 @@ fn one_seed(seed: u64) {
     w.change_source();
     let inc = w.create_until_done(ImageKind::Incremental);
     w.check_all("the incremental");
+    w.change_source();
+    w.create_until_done(ImageKind::Differential);
+    w.check_all("the differential");
     w.verify_with_a_bad_frame();
     w.restore_under_faults();
     w.merge_until_done(&inc);
+    w.prune_until_done();
     w.check_all("the end");
     if std::env::var_os("TINTYPE_SIM_VERBOSE").is_some() {
         println!("seed {seed}:\n  {}", w.log.join("\n  "));
