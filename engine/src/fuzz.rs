@@ -13,24 +13,31 @@ use std::sync::OnceLock;
 use crate::fs::MetaRead;
 
 /// A frame as the lanes and restore read it: header, payload hash, zstd
-/// payload, raw hash.
-pub fn frame(data: &[u8]) {
+/// payload, raw hash. With flag bit 0 the payload hash and then the
+/// header's own hash are re-sealed, so mutated headers and payloads get to
+/// the decompressor. True when the frame checked.
+pub fn frame(data: &[u8]) -> bool {
     use crate::format::frame::{check_frame, FrameHeader, FRAME_HEADER_BYTES};
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else { return false };
     let mut bytes = rest.to_vec();
     if flags & 1 == 1 && bytes.len() >= FRAME_HEADER_BYTES {
-        // Re-seal the payload hash over whatever payload the header claims.
         let stored = u32::from_le_bytes(bytes[28..32].try_into().expect("4 bytes")) as usize;
         if let Some(end) = FRAME_HEADER_BYTES.checked_add(stored).filter(|&e| e <= bytes.len()) {
             let h = xxhash_rust::xxh3::xxh3_64(&bytes[FRAME_HEADER_BYTES..end]);
             bytes[48..56].copy_from_slice(&h.to_le_bytes());
         }
+        let h = xxhash_rust::xxh3::xxh3_64(&bytes[..56]);
+        bytes[56..64].copy_from_slice(&h.to_le_bytes());
     }
     let _ = FrameHeader::decode(&bytes);
     let mut out = vec![0u8; 256 << 10];
     let mut dec = crate::codec::Decoder::new().expect("zstd decoder");
-    if let Ok(h) = check_frame(&bytes, &mut out, &mut |s, o| dec.decode(s, o)) {
-        assert!(h.raw_len as usize <= out.len());
+    match check_frame(&bytes, &mut out, &mut |s, o| dec.decode(s, o)) {
+        Ok(h) => {
+            assert!(h.raw_len as usize <= out.len());
+            true
+        }
+        Err(_) => false,
     }
 }
 

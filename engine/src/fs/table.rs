@@ -78,10 +78,11 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
 
 /// A used MBR entry starting at LBA 0 overlays the MBR itself, and makes
 /// mbrman 0.6 panic (its alignment guess divides a range that is empty).
+/// Only a sector with the boot signature is an MBR at all.
 fn mbr_entries_sane(file: &File) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
     let mut b = [0u8; 512];
-    if file.read_exact_at(&mut b, 0).is_err() {
+    if file.read_exact_at(&mut b, 0).is_err() || b[510..512] != [0x55, 0xAA] {
         return Ok(());
     }
     for n in 0..4 {
@@ -94,9 +95,50 @@ fn mbr_entries_sane(file: &File) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest GPT partition entry array this build reads (the usual one is
+/// 128 entries of 128 bytes = 16 KiB).
+const GPT_ARRAY_MAX: u64 = 4 << 20;
+
+/// Check a GPT header at `lba` (if it has the signature) before gptman
+/// reads it: gptman trusts the entry count and size (it allocates for 2^32
+/// entries, or loops 2^32 times over 0-byte entries) and panics when every
+/// used entry starts at LBA 0. Returns the problem, if any.
+fn gpt_header_sane(file: &File, lba: u64, ss: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let Some(at) = lba.checked_mul(ss) else { return Ok(()) };
+    let mut h = vec![0u8; ss as usize];
+    if file.read_exact_at(&mut h, at).is_err() || &h[..8] != b"EFI PART" {
+        return Ok(());
+    }
+    let le32 = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+    let (array_lba, count, entry) = (u64::from_le_bytes(h[72..80].try_into().expect("8 bytes")), le32(80), le32(84));
+    let bytes = u64::from(count) * u64::from(entry);
+    if entry < 128 || entry % 8 != 0 || bytes > GPT_ARRAY_MAX {
+        return Err(format!(
+            "the GPT header at LBA {lba} describes {count} partition entries of {entry} bytes: not a table this build reads"
+        ));
+    }
+    let mut array = vec![0u8; bytes as usize];
+    let Some(array_at) = array_lba.checked_mul(ss) else { return Ok(()) };
+    if file.read_exact_at(&mut array, array_at).is_err() {
+        return Ok(());
+    }
+    for (n, e) in array.chunks_exact(entry as usize).enumerate() {
+        let used = e[..16].iter().any(|&b| b != 0);
+        if used && u64::from_le_bytes(e[32..40].try_into().expect("8 bytes")) == 0 {
+            return Err(format!("GPT partition {} starts at LBA 0, over the protective MBR", n + 1));
+        }
+    }
+    Ok(())
+}
+
 fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String> {
     let mut f = file;
     let ss = u64::from(sector);
+    // gptman reads the primary header (LBA 1) and, if that is bad, the
+    // backup at the last LBA.
+    gpt_header_sane(file, 1, ss)?;
+    gpt_header_sane(file, (size / ss).saturating_sub(1), ss)?;
     match gptman::GPT::read_from(&mut f, ss) {
         Ok(gpt) => {
             let mut notes = Vec::new();
@@ -110,11 +152,13 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
                 Err(e) => notes.push(format!("the primary GPT header is damaged ({e}); read the backup")),
                 Ok(h) => {
                     use std::io::{Seek, SeekFrom};
-                    let backup = f
-                        .seek(SeekFrom::Start(h.backup_lba * ss))
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| gptman::GPTHeader::read_from(&mut f).map_err(|e| e.to_string()))
-                        .and_then(|b| b.read_partitions(&mut f, ss).map(|p| (b, p)).map_err(|e| e.to_string()));
+                    let backup = gpt_header_sane(file, h.backup_lba, ss);
+                    let backup = backup.and_then(|()| {
+                        f.seek(SeekFrom::Start(h.backup_lba.saturating_mul(ss)))
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| gptman::GPTHeader::read_from(&mut f).map_err(|e| e.to_string()))
+                            .and_then(|b| b.read_partitions(&mut f, ss).map(|p| (b, p)).map_err(|e| e.to_string()))
+                    });
                     match backup {
                         Err(e) => notes.push(format!("the backup GPT (LBA {}) is damaged: {e}", h.backup_lba)),
                         Ok((b, _)) if b.partition_entry_array_crc32 != h.partition_entry_array_crc32 => {
@@ -122,7 +166,7 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
                         }
                         Ok(_) => {}
                     }
-                    if (h.backup_lba + 1) * ss != size {
+                    if h.backup_lba.checked_add(1).and_then(|n| n.checked_mul(ss)) != Some(size) {
                         notes.push(format!(
                             "the GPT backup header is at LBA {}, not at the device's last LBA {}",
                             h.backup_lba,
@@ -134,7 +178,7 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
             let mut parts = Vec::new();
             for (n, p) in gpt.iter().filter(|(_, p)| p.is_used()) {
                 let start = p.starting_lba.saturating_mul(ss);
-                let len = (p.ending_lba + 1).saturating_sub(p.starting_lba).saturating_mul(ss);
+                let len = p.ending_lba.saturating_add(1).saturating_sub(p.starting_lba).saturating_mul(ss);
                 if start.checked_add(len).is_none_or(|end| end > size) {
                     return Err(format!("GPT partition {n} ends past the device's end"));
                 }

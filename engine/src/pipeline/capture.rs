@@ -592,12 +592,14 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     // nothing worth resuming is removed (armed below).
     let mut unfinished = Leftovers { dir: &set.dir, id, armed: st.resumed.is_none() };
     let badmap = set.dir.join(format!("{id}.badmap"));
+    let journal = set.dir.join(format!("{id}.unreadable"));
     let mut unreadable_kept: Vec<(u64, u64)> = Vec::new();
     let mut salvaged = match &st.resumed {
         Some(_) => {
             let mut s =
                 salvage(&set.dir, id, st.chunk_bytes, source.size_bytes, parent_hashes.as_deref().zip(parent_id))?;
-            unreadable_kept = keep_unreadable(&badmap, &mut s.preset, st.chunk_bytes, source.size_bytes, obs)?;
+            unreadable_kept =
+                keep_unreadable(&journal, &mut s.preset, st.chunk_bytes, source.size_bytes, opts.skip_unreadable, obs)?;
             let known = s.preset.iter().filter(|e| e.is_some()).count();
             obs.note(&format!(
                 "resuming image {id}: {} frame(s) in {} segment(s) kept, {known} of {chunk_count} chunks already done",
@@ -647,7 +649,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         (chunk_count / (u64::from(lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(st.chunk_bytes)).max(1));
     let first_segment = salvaged.as_ref().map_or(0, |s| s.segments.len() as u32);
     let stop = AtomicBool::new(false);
-    let unreadable = std::sync::Mutex::new(unreadable_kept);
+    let unreadable = std::sync::Mutex::new((unreadable_kept, None));
     let sh = CaptureShared {
         image_id: id,
         dir: &set.dir,
@@ -669,7 +671,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         skip_unreadable: opts.skip_unreadable,
         read_retries: opts.read_retries.min(100),
         unreadable: &unreadable,
-        badmap: &badmap,
+        journal: &journal,
     };
     let started = Instant::now();
     let reports = match run_lanes(&sh, lanes, obs) {
@@ -707,7 +709,16 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
     let stats = sum_stats(reports.iter().map(|r| &r.stats));
-    let unreadable = unreadable.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut unreadable = unreadable.into_inner().unwrap_or_else(|p| p.into_inner()).0;
+    unreadable.sort_unstable();
+    // Adjacent pieces (one per chunk) become one range.
+    unreadable = unreadable.into_iter().fold(Vec::new(), |mut v: Vec<(u64, u64)>, (o, l)| {
+        match v.last_mut() {
+            Some(last) if last.0 + last.1 == o => last.1 += l,
+            _ => v.push((o, l)),
+        }
+        v
+    });
     if !unreadable.is_empty() {
         write_badmap(&badmap, &unreadable, source.size_bytes)?;
     }
@@ -783,6 +794,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let manifest_path = unfinished.commit(&manifest)?;
     // The run record has done its job; a leftover one is harmless.
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
+    let _ = std::fs::remove_file(&journal);
     drop(lock);
     Ok(CreateReport { manifest, manifest_path })
 }
@@ -970,76 +982,108 @@ pub(crate) fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result
     crate::set::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
+/// Append `bad` to the run's journal of unreadable ranges (`ID.unreadable`:
+/// one "OFFSET LENGTH" line each, decimal) and sync it, opening it on first
+/// use. One append and one fdatasync per chunk with bad sectors.
+pub(crate) fn journal_unreadable(file: &mut Option<std::fs::File>, path: &Path, bad: &[(u64, u64)]) -> Result<()> {
+    use std::io::Write;
+    if file.is_none() {
+        let f = OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io("create", path, e))?;
+        crate::set::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        *file = Some(f);
+    }
+    let f = file.as_mut().expect("opened above");
+    let lines: String = bad.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+    f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()).map_err(|e| Error::io("write", path, e))
+}
+
 /// Resuming: the unreadable ranges an interrupted run found in the chunks
-/// whose entries it keeps (their frames hold zeros there). The map is
-/// written before any such frame, so a chunk missing from it read whole.
-/// A map that cannot be read leaves no kept chunk trusted: all are read
-/// again. The map is rewritten with only the kept ranges.
+/// whose entries it keeps (their frames hold zeros there). The journal is
+/// synced before any such chunk's frame or entry is written, so a chunk
+/// missing from it read whole. The journal is rewritten with only the
+/// ranges of kept chunks. Without `--on-read-error skip` those chunks are
+/// then read again instead (so the run fails as asked). A journal that
+/// cannot be read is refused: the kept frames cannot be told apart.
 fn keep_unreadable(
-    badmap: &Path,
+    journal: &Path,
     preset: &mut [Option<IndexEntry>],
     chunk_bytes: u32,
     size: u64,
+    skip: bool,
     obs: &dyn Observer,
 ) -> Result<Vec<(u64, u64)>> {
-    if !badmap.exists() {
-        return Ok(Vec::new());
+    let refuse = |why: String| Error::Unusable {
+        path: journal.to_path_buf(),
+        why: format!(
+            "{why}: the unfinished run's kept frames may hold unreadable sectors as zeros, and which cannot be \
+             told; remove the run's files (tintype prune SET --keep-last N --discard-unfinished) and image again"
+        ),
+    };
+    match journal.try_exists() {
+        Ok(false) => return Ok(Vec::new()),
+        Ok(true) => {}
+        Err(e) => return Err(refuse(format!("cannot be checked ({e})"))),
+    }
+    let text = std::fs::read_to_string(journal).map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    // A torn last line (no newline) was never synced whole: its chunk's
+    // frame was not written yet either.
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let mut all = Vec::new();
+    for line in whole.lines() {
+        let mut f = line.split(' ');
+        match (f.next().and_then(|o| o.parse::<u64>().ok()), f.next().and_then(|l| l.parse::<u64>().ok()), f.next()) {
+            (Some(o), Some(l), None) => all.push((o, l)),
+            _ => return Err(refuse(format!("has a line that is not \"OFFSET LENGTH\": {line:?}"))),
+        }
     }
     let cb = u64::from(chunk_bytes);
-    let kept = match read_badmap(badmap) {
-        Some(all) => {
-            // Per chunk: the pieces in chunks that keep their entries.
-            let mut kept: Vec<(u64, u64)> = Vec::new();
-            for (o, l) in all {
-                let end = o.saturating_add(l).min(size);
-                let mut at = o;
-                while at < end {
-                    let piece_end = end.min((at / cb + 1) * cb);
-                    if preset.get((at / cb) as usize).is_some_and(|e| e.is_some()) {
-                        kept.push((at, piece_end - at));
-                    }
-                    at = piece_end;
-                }
+    // Per chunk: the pieces in chunks that keep their entries.
+    let mut kept: Vec<(u64, u64)> = Vec::new();
+    for (o, l) in all {
+        let end = o.saturating_add(l).min(size);
+        let mut at = o;
+        while at < end {
+            let piece_end = end.min((at / cb + 1) * cb);
+            if preset.get((at / cb) as usize).is_some_and(|e| e.is_some()) {
+                kept.push((at, piece_end - at));
             }
-            kept.sort_unstable();
-            kept.dedup();
-            kept
+            at = piece_end;
         }
-        None => {
-            obs.note(&format!("{} cannot be read: every chunk of the unfinished run is read again", badmap.display()));
-            preset.iter_mut().for_each(|e| *e = None);
-            Vec::new()
+    }
+    kept.sort_unstable();
+    kept.dedup();
+    // Rewrite the journal with only what is kept (atomically).
+    let tmp = journal.with_extension("unreadable.tmp");
+    let lines: String = kept.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+    {
+        use std::io::Write;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(lines.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &tmp, e))?;
+    }
+    std::fs::rename(&tmp, journal).map_err(|e| Error::io("rename", &tmp, e))?;
+    crate::set::sync_dir(journal.parent().unwrap_or(Path::new(".")))?;
+    // The journal keeps them either way: those frames stay in the segments,
+    // and a later resume may keep them again.
+    if !skip && !kept.is_empty() {
+        obs.note(&format!(
+            "the unfinished run skipped unreadable sectors in {} kept chunk(s); without --on-read-error skip they are \
+             read again",
+            kept.iter().map(|r| r.0 / cb).collect::<std::collections::BTreeSet<_>>().len()
+        ));
+        for &(o, _) in &kept {
+            preset[(o / cb) as usize] = None;
         }
-    };
-    if kept.is_empty() {
-        std::fs::remove_file(badmap).map_err(|e| Error::io("remove", badmap, e))?;
-        crate::set::sync_dir(badmap.parent().unwrap_or(Path::new(".")))?;
-    } else {
-        write_badmap(badmap, &kept, size)?;
+        kept.clear();
     }
     Ok(kept)
-}
-
-/// The unreadable (`-`) ranges of a map [`write_badmap`] wrote; anything
-/// it cannot parse makes it None (the map is then not trusted).
-fn read_badmap(path: &Path) -> Option<Vec<(u64, u64)>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let hex = |t: &str| u64::from_str_radix(t.strip_prefix("0x")?, 16).ok();
-    let mut bad = Vec::new();
-    let mut lines = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
-    lines.next()?; // the current position and status
-    for l in lines {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        match f.as_slice() {
-            [o, n, "-"] => bad.push((hex(o)?, hex(n)?)),
-            [o, n, "+"] => {
-                hex(o)?;
-                hex(n)?;
-            }
-            _ => return None,
-        }
-    }
-    Some(bad)
 }
 
 /// Write the entries a resumed run already has, in runs of consecutive chunks.

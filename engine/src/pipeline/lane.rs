@@ -30,6 +30,9 @@ use crate::io::{self, device::Source, Backend, Completion, Io};
 const SLOT_SOURCE: usize = 0;
 const WRITE_FLAG: u64 = 1 << 63;
 
+/// The unreadable ranges found so far, and the run's journal of them.
+pub(crate) type Unreadable = std::sync::Mutex<(Vec<(u64, u64)>, Option<File>)>;
+
 /// Everything the lanes of one capture share. Read-only but for atomics.
 #[derive(Debug)]
 pub(crate) struct CaptureShared<'a> {
@@ -60,11 +63,12 @@ pub(crate) struct CaptureShared<'a> {
     /// Retries of a failing read before its sectors count as unreadable.
     pub read_retries: u32,
     /// Every unreadable source range found so far (and kept from an
-    /// interrupted run). Written to `badmap` before the chunk's frame can
-    /// reach its segment, so a frame holding zeros for unreadable sectors
-    /// is never kept by `--resume` without its ranges.
-    pub unreadable: &'a std::sync::Mutex<Vec<(u64, u64)>>,
-    pub badmap: &'a Path,
+    /// interrupted run), and the run's journal of them (`ID.unreadable`,
+    /// append-only): a chunk's ranges are appended and synced before its
+    /// frame or index entry can be written, so `--resume` never keeps a
+    /// chunk holding zeros for unreadable sectors without its ranges.
+    pub unreadable: &'a Unreadable,
+    pub journal: &'a Path,
 }
 
 impl CaptureShared<'_> {
@@ -438,10 +442,10 @@ impl<'a> CaptureLane<'a> {
         }
         op.unreadable = total == u64::from(op.raw_len);
         {
-            let mut all = self.sh.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.sh.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+            let (all, journal) = &mut *guard;
+            super::capture::journal_unreadable(journal, self.sh.journal, &bad)?;
             all.extend(bad);
-            all.sort_unstable();
-            super::capture::write_badmap(self.sh.badmap, &all, self.sh.source.size_bytes)?;
         }
         op.got = op.raw_len;
         self.reads[buf] = Some(op);
