@@ -324,6 +324,16 @@ impl World {
                 Err(e) => {
                     let msg = e.to_string();
                     self.log.push(format!("create {} attempt {attempt}: failed: {msg}", kind.name()));
+                    // A failed fsync poisons the segment: it is cut to its
+                    // header, so nothing in it is trusted by the resume.
+                    if let Some(rest) = msg.strip_prefix("fsync segment ") {
+                        let path = rest.split(": ").next().unwrap_or_default();
+                        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                        self.check(len == 4096, || {
+                            format!("{path} is {len} bytes after its fsync failed, not a header")
+                        });
+                        self.log.push(format!("  {path} cut to its header"));
+                    }
                     if !skip && msg.contains("unreadable") {
                         self.check(msg.contains("--on-read-error skip"), || format!("no way forward named: {msg}"));
                     }
