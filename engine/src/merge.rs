@@ -447,6 +447,15 @@ fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer
         replaces,
         ..tm.clone()
     };
+    // The point in time keeps its unreadable ranges, so it keeps its map.
+    if !manifest.unreadable.is_empty() {
+        let bad: Vec<(u64, u64)> = manifest.unreadable.iter().map(|r| (r.offset, r.length)).collect();
+        crate::pipeline::capture::write_badmap(
+            &set.dir.join(format!("{id}.badmap")),
+            &bad,
+            manifest.source.size_bytes,
+        )?;
+    }
     crate::set::sync_dir(&set.dir)?;
     guard.commit(&manifest)?;
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));

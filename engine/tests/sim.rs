@@ -272,8 +272,42 @@ impl World {
                 ));
             }
             std::fs::remove_file(&target).unwrap();
+            self.check_badmap(step, id);
         }
         self.log.push(format!("{step}: {} committed images verify and restore", ids.len()));
+    }
+
+    /// An image with unreadable ranges (a merged one too) has a ddrescue
+    /// map beside it whose `-` lines are exactly those ranges.
+    fn check_badmap(&mut self, step: &str, id: &str) {
+        let manifest = std::fs::read(self.set.join(format!("{id}.manifest.json"))).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let want: Vec<(u64, u64)> = manifest["unreadable"]
+            .as_array()
+            .map(|a| a.iter().map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap())).collect())
+            .unwrap_or_default();
+        let map = std::fs::read_to_string(self.set.join(format!("{id}.badmap")));
+        let got: Vec<(u64, u64)> = match &map {
+            Ok(text) => text
+                .lines()
+                .filter(|l| l.ends_with('-'))
+                .map(|l| {
+                    let f: Vec<u64> = l
+                        .split_whitespace()
+                        .take(2)
+                        .map(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).unwrap())
+                        .collect();
+                    (f[0], f[1])
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if want.is_empty() != map.is_err() || got != want {
+            self.fail(&format!(
+                "after {step}: image {id}: badmap {got:?} (present: {}), manifest {want:?}",
+                map.is_ok()
+            ));
+        }
     }
 
     fn injected(&mut self, what: &str, sim: &Sim) {
