@@ -226,27 +226,18 @@ fn fuzz_regressions_and_fixtures_replay_cleanly() {
         ("nbd", tintype::fuzz::nbd),
     ];
     // The table parsers catch panics themselves (a panicking third-party
-    // parser makes the table untrusted): count panics on this thread, so a
+    // parser makes the table untrusted, silently): count those too, so a
     // regression that panics again is seen even when it is caught.
-    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let me = std::thread::current().id();
-    let previous = std::sync::Arc::new(std::panic::take_hook());
-    let chained = previous.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() == me {
-            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        chained(info);
-    }));
+    let caught = tintype::fs::table::caught_panics;
     let mut replayed = 0;
     for (name, f) in targets {
         let dir = root.join("fuzz/regressions").join(name);
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
             let data = std::fs::read(e.path()).unwrap();
-            let before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+            let before = caught();
             let r = catch_unwind(AssertUnwindSafe(|| f(&data)));
-            let panicked = PANICS.load(std::sync::atomic::Ordering::SeqCst) != before;
+            let panicked = caught() != before;
             assert!(r.is_ok() && !panicked, "{name}: {} panics again", e.path().display());
             replayed += 1;
         }
@@ -269,8 +260,6 @@ fn fuzz_regressions_and_fixtures_replay_cleanly() {
             assert!(!tintype::fuzz::frame(&framed));
         }
     }
-    let _ = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| previous(info)));
     assert!(replayed >= 2, "the saved fuzz inputs were found (engine/fuzz/regressions)");
     eprintln!("replayed {replayed} saved fuzz inputs");
 }

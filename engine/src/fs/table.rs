@@ -72,8 +72,56 @@ pub fn read(file: &File, size: u64, sector: u32) -> Result<Option<Table>, String
     // The table parsers are other people's code reading hostile bytes: a
     // panic in one (mbrman 0.6 had one, found by fuzzing) makes the table
     // untrusted, never the run fail.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_table(file, size, sector)))
-        .unwrap_or_else(|_| Err("the partition table parser failed on it (a bug it has); not trusted".into()))
+    guarded(|| read_table(file, size, sector))
+}
+
+/// Run a parser, turning its panic into an error that carries the panic's
+/// message (which goes into the error, not to stderr as a "panicked" line).
+fn guarded<T>(parse: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    quiet_panics::install();
+    quiet_panics::QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse));
+    quiet_panics::QUIET.with(|q| q.set(false));
+    r.unwrap_or_else(|payload| {
+        quiet_panics::CAUGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the partition table parser failed on it (a bug it has: {what}); not trusted"))
+    })
+}
+
+/// How many panics of the table parsers `read` has caught in this process
+/// (each one is a parser bug the fuzz regressions must not see again).
+pub fn caught_panics() -> u64 {
+    quiet_panics::CAUGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A panic hook that stays silent on a thread inside `read` and hands every
+/// other panic to the hook that was there before.
+mod quiet_panics {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Once;
+
+    thread_local! {
+        pub(super) static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    pub(super) static CAUGHT: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn install() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    previous(info);
+                }
+            }));
+        });
+    }
 }
 
 /// A used MBR entry starting at LBA 0 overlays the MBR itself, and makes
@@ -237,5 +285,16 @@ mod tests {
         assert!(no_overlaps(&[p(1, 1 << 20, 1 << 20), p(2, 2 << 20, 1 << 20)]).is_ok());
         let e = no_overlaps(&[p(2, 2 << 20, 1 << 20), p(1, 1 << 20, (1 << 20) + 1)]).unwrap_err();
         assert!(e.contains("1 and 2 overlap"), "{e}");
+    }
+
+    #[test]
+    fn a_panicking_parser_becomes_an_error_naming_the_panic() {
+        let before = caught_panics();
+        let e = guarded::<()>(|| panic!("attempt to divide by zero")).unwrap_err();
+        assert!(e.contains("attempt to divide by zero") && e.contains("not trusted"), "{e}");
+        assert_eq!(caught_panics(), before + 1);
+        assert_eq!(guarded(|| Ok::<_, String>(7)), Ok(7));
+        // The hook is quiet only inside `guarded`: other panics still report.
+        assert!(!quiet_panics::QUIET.with(std::cell::Cell::get));
     }
 }
