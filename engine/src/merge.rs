@@ -144,7 +144,26 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
 /// that no other image depends on. Returns what was removed.
 fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -> Result<Vec<ImageId>> {
     let (images, _) = set.images_lenient()?;
-    let obsolete = |i: &Image| replaced_by(i, &images).is_some();
+    // An image a merge replaced goes only when its replacement's files are
+    // all there as committed: never on the word of a damaged manifest.
+    let mut replaced: HashSet<ImageId> = HashSet::new();
+    for i in &images {
+        if let Some(r) = replaced_by(i, &images) {
+            match r.check_files(true) {
+                Ok(()) => {
+                    replaced.insert(i.id());
+                }
+                Err(why) => obs.note(&format!(
+                    "image {} is kept although image {} replaced it: {} is damaged ({why}); verify it, and \
+                     remove it by hand if it is bad",
+                    i.id(),
+                    r.id(),
+                    r.id()
+                )),
+            }
+        }
+    }
+    let obsolete = |i: &Image| replaced.contains(&i.id());
     // Everything reachable, through parents, from the images that stay, and
     // from the parent of an unfinished create that `--resume` can carry on.
     let (_, partial) = set.scan()?;
@@ -354,6 +373,7 @@ fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer
         chunk_size_bytes: tm.chunk_size_bytes,
         level: tm.level,
         started_unix_seconds: unix_now(),
+        source_written: None,
     }
     .write_new(&set.dir)?;
 

@@ -202,14 +202,31 @@ pub fn find_parent<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
 /// image a merge wrote in its place, if any, else `id` itself.
 pub fn standing_for(id: ImageId, all: &[Image]) -> Option<&Image> {
     all.iter()
-        .filter(|i| i.manifest.replaces_id(id))
+        .filter(|r| stands_in_for(r, id, all))
         .max_by_key(|i| i.committed_nanos)
         .or_else(|| all.iter().find(|i| i.id() == id))
 }
 
 /// Is `img` obsolete: has a merge written an image that stands in for it?
 pub fn replaced_by<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
-    all.iter().filter(|i| i.manifest.replaces_id(img.id())).max_by_key(|i| i.committed_nanos)
+    all.iter().filter(|r| stands_in_for(r, img.id(), all)).max_by_key(|i| i.committed_nanos)
+}
+
+/// May `r` stand in for image `id`? It must name `id` among the images it
+/// replaces, not be `id` nor its child, and — while `id` is still in the
+/// set — hold the same point in time of the same source, as every image a
+/// merge writes does. A claim that fails this (a manifest edited by hand, or
+/// damaged) replaces nothing, so nothing is removed on its word.
+pub fn stands_in_for(r: &Image, id: ImageId, all: &[Image]) -> bool {
+    if r.id() == id || !r.manifest.replaces_id(id) || r.manifest.parent_id() == Some(id) {
+        return false;
+    }
+    all.iter().find(|i| i.id() == id).is_none_or(|x| {
+        let (a, b) = (&r.manifest, &x.manifest);
+        a.point_in_time() == b.point_in_time()
+            && a.source.size_bytes == b.source.size_bytes
+            && a.chunk_size_bytes == b.chunk_size_bytes
+    })
 }
 
 /// A committed image: its manifest and where its files are.
@@ -277,6 +294,39 @@ impl Image {
 
     pub fn segment_path(&self, n: usize) -> PathBuf {
         self.dir.join(&self.manifest.segments[n].file)
+    }
+
+    /// Are the image's files there as its manifest lists them: the index and
+    /// every segment, each a regular file of the recorded size, and with
+    /// `hash_index` the index's xxh3-128 the recorded one? A cheap check
+    /// (metadata, and the index), not a verify: it is what must hold before
+    /// an image this one replaced is removed, and what `list` shows.
+    pub fn check_files(&self, hash_index: bool) -> std::result::Result<(), String> {
+        let size_of = |path: &Path, want: u64| -> std::result::Result<(), String> {
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() && m.len() == want => Ok(()),
+                Ok(m) if m.is_file() => {
+                    Err(format!("{} is {} bytes, its manifest says {want}", path.display(), m.len()))
+                }
+                Ok(_) => Err(format!("{} is not a regular file", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        };
+        size_of(&self.index_path(), self.manifest.index.size_bytes)?;
+        for (n, s) in self.manifest.segments.iter().enumerate() {
+            size_of(&self.segment_path(n), s.size_bytes)?;
+        }
+        if hash_index {
+            let got = crate::pipeline::capture::hash_file(&self.index_path()).map_err(|e| e.to_string())?;
+            if format!("{got:032x}") != self.manifest.index.xxh3_128 {
+                return Err(format!(
+                    "{}: its xxh3-128 is {got:032x}, its manifest says {}",
+                    self.index_path().display(),
+                    self.manifest.index.xxh3_128
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Byte offset of `chunk` in the source, and its raw length.
@@ -691,6 +741,10 @@ pub struct RunRecord {
     pub chunk_size_bytes: u32,
     pub level: i32,
     pub started_unix_seconds: u64,
+    /// The source's write stamp when the run started: a resume keeps the
+    /// run's frames only while it is unchanged. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_written: Option<crate::io::device::WriteStamp>,
 }
 
 /// The file name of image `id`'s run record.

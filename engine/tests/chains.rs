@@ -456,3 +456,123 @@ fn a_concurrent_run_is_refused() {
     sb.expect(&["verify", "set"], 0);
     assert_round_trip(&sb.path("set"), &text);
 }
+
+/// A full image and two incrementals, with their bytes.
+fn chain_of_three(sb: &Sandbox) -> Vec<(String, Vec<u8>)> {
+    let mut data = mixed_bytes(4 << 20, 5);
+    let mut points = Vec::new();
+    for (i, extra) in [&[][..], &["--incremental"], &["--incremental"]].iter().enumerate() {
+        if i > 0 {
+            change_chunks(&mut data, 4, i as u64 * 31);
+        }
+        std::fs::write(sb.path("src.img"), &data).unwrap();
+        points.push((new_image(sb, extra), data.clone()));
+    }
+    points
+}
+
+/// Rewrite one field of an image's manifest, as a hand (or a bug) might.
+fn edit_manifest(sb: &Sandbox, id: &str, key: &str, value: serde_json::Value) {
+    let path = sb.path(&format!("set/{id}.manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m[key] = value;
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn list_states(sb: &Sandbox) -> Vec<(String, String)> {
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["image_id"].as_str().unwrap().to_string(), r["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A manifest that claims to replace an image it cannot stand for (edited
+/// by hand: another point in time, or the image's own child) replaces
+/// nothing: prune and merge keep that image, and it still restores.
+#[test]
+fn a_false_replaces_claim_gets_nothing_removed() {
+    let sb = Sandbox::new();
+    let points = chain_of_three(&sb);
+    let [(full, full_bytes), (inc1, inc1_bytes), (inc2, inc2_bytes)] = &points[..] else { unreachable!() };
+    edit_manifest(&sb, inc1, "replaces", serde_json::json!([full]));
+    sb.expect(&["prune", "set", "--keep-last", "3"], 0);
+    assert_eq!(committed(&sb), vec![full.clone(), inc1.clone(), inc2.clone()]);
+    assert!(restore_bytes(&sb, full) == *full_bytes);
+    assert!(restore_bytes(&sb, inc1) == *inc1_bytes);
+    assert!(restore_bytes(&sb, inc2) == *inc2_bytes);
+    // A merge of the newest folds it into its parent; the full image, which
+    // the new image depends on, stays whatever the edited manifest says.
+    let v = json(&sb.expect(&["merge", &format!("set@{inc2}"), "--json"], 0));
+    let merged = v["merged"]["image_id"].as_str().unwrap().to_string();
+    assert_eq!(committed(&sb), vec![full.clone(), merged.clone()]);
+    assert!(restore_bytes(&sb, full) == *full_bytes);
+    assert!(restore_bytes(&sb, &merged) == *inc2_bytes);
+}
+
+/// The crash window of a merge (its image committed, the images it
+/// replaced not yet removed) with the new image then damaged: the next
+/// prune keeps the replaced image, the only good copy of its point in time,
+/// says why, and `list` shows the damage.
+#[test]
+fn a_damaged_replacement_never_gets_the_image_it_replaced_removed() {
+    let sb = Sandbox::new();
+    let points = chain_of_three(&sb);
+    let [_, (inc1, _), (inc2, inc2_bytes)] = &points[..] else { unreachable!() };
+    let saved = sb.path("saved");
+    std::fs::create_dir(&saved).unwrap();
+    let files_of = |id: &str| -> Vec<String> {
+        std::fs::read_dir(sb.path("set"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(id))
+            .collect()
+    };
+    for id in [inc1, inc2] {
+        for n in files_of(id) {
+            std::fs::copy(sb.path(&format!("set/{n}")), saved.join(&n)).unwrap();
+        }
+    }
+    let v = json(&sb.expect(&["merge", &format!("set@{inc2}"), "--json"], 0));
+    let merged = v["merged"]["image_id"].as_str().unwrap().to_string();
+    for e in std::fs::read_dir(&saved).unwrap().flatten() {
+        std::fs::copy(e.path(), sb.path(&format!("set/{}", e.file_name().to_string_lossy()))).unwrap();
+    }
+    let seg = sb.path(&format!("set/{merged}.000000.seg"));
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(10_000).unwrap();
+    drop(f);
+    let states = list_states(&sb);
+    let state_of = |id: &str| states.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone()).unwrap_or_default();
+    assert!(state_of(&merged).starts_with("DAMAGED") && state_of(&merged).contains("10000 bytes"), "{states:?}");
+    let out = sb.expect(&["prune", "set", "--keep-last", "5"], 0);
+    assert!(stderr(&out).contains(&format!("image {inc2} is kept")), "{}", stderr(&out));
+    assert!(committed(&sb).contains(inc2), "the replaced image is kept: {:?}", committed(&sb));
+    sb.expect(&["verify", &format!("set@{inc2}")], 0);
+    assert!(restore_bytes(&sb, inc2) == *inc2_bytes, "and restores to its point in time");
+    sb.expect(&["verify", &format!("set@{merged}")], 3);
+}
+
+/// Images whose parents loop (a manifest edited by hand) are listed as
+/// broken, never left out.
+#[test]
+fn list_shows_a_loop_of_parents_as_broken() {
+    let sb = Sandbox::new();
+    let points = chain_of_three(&sb);
+    let [(full, _), (inc1, _), (inc2, _)] = &points[..] else { unreachable!() };
+    edit_manifest(&sb, inc1, "parent", serde_json::json!(inc2));
+    let states = list_states(&sb);
+    assert_eq!(states.len(), 3, "{states:?}");
+    for (id, state) in &states {
+        if id == full {
+            assert_eq!(state, "ok");
+        } else {
+            assert!(state.starts_with("BROKEN") && state.contains("loops"), "{id}: {state}");
+        }
+    }
+    let out = sb.expect(&["list", "set"], 0);
+    assert!(stdout(&out).contains(inc1) && stdout(&out).contains(inc2), "{}", stdout(&out));
+}

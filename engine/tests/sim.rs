@@ -685,3 +685,70 @@ fn an_interrupted_runs_unreadable_journal_is_honoured() {
     assert!(std::fs::read(&target).unwrap() == want);
     assert!(!journal.exists(), "the journal goes at commit");
 }
+
+/// A run is interrupted, then the source is written before `--resume`: the
+/// kept frames hold bytes the source no longer has, so the resume says so,
+/// drops them and images the source afresh (same kind, same chunk size).
+/// Left unwritten, the source's kept frames are used.
+#[test]
+fn a_resume_after_the_source_was_written_starts_afresh() {
+    for written in [false, true] {
+        let dir = scratch();
+        let mut data = mixed_bytes(2 << 20, 7);
+        let source = dir.path().join("source.img");
+        std::fs::write(&source, &data).unwrap();
+        let source = source.canonicalize().unwrap();
+        let set = dir.path().join("set");
+        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
+            let mut o = CreateOptions::new(&source, &set);
+            o.lanes = Some(1);
+            o.chunk_size_bytes = CHUNK as u32;
+            o.chunk_size_given = !resume;
+            o.staging_bytes = Some(0);
+            o.used_only = tintype::pipeline::capture::UsedOnly::Off;
+            o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
+            o.resume = resume;
+            o
+        };
+        let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
+        assert!(create(&opts(Some(&sim), false), &Quiet).is_err() && sim.crashed());
+        if written {
+            // Bytes of a chunk the interrupted run already stored.
+            data[100..4196].fill(0xA5);
+            std::fs::write(&source, &data).unwrap();
+        }
+        let notes = std::sync::Mutex::new(Vec::new());
+        let r = create(&opts(None, true), &Notes(&notes)).unwrap();
+        let notes = notes.into_inner().unwrap().join("\n");
+        let resumed = r.manifest.stats.chunks_resumed;
+        if written {
+            assert_eq!(resumed, 0, "nothing of the old run is kept");
+            assert!(notes.contains("the source was written since"), "{notes}");
+            assert_eq!(r.manifest.chunk_size_bytes, CHUNK as u32, "the run's chunk size is kept");
+        } else {
+            assert!(resumed > 0, "the run's frames are used: {notes}");
+        }
+        let target = dir.path().join("restored.img");
+        let mut ro = RestoreOptions::new(&set, &target);
+        ro.io = IoChoice::Portable;
+        restore(&ro, &Quiet).unwrap();
+        assert!(std::fs::read(&target).unwrap() == data, "written {written}: the image holds the source as it is");
+        let names: Vec<String> = std::fs::read_dir(&set)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("tintype") && !n.starts_with(&r.manifest.image_id))
+            .collect();
+        assert!(names.is_empty(), "the stale run's files are gone: {names:?}");
+    }
+}
+
+/// An observer that keeps the notes.
+struct Notes<'a>(&'a std::sync::Mutex<Vec<String>>);
+
+impl tintype::pipeline::Observer for Notes<'_> {
+    fn note(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+    fn progress(&self, _done: u64, _total: u64) {}
+}

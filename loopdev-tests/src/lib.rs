@@ -121,8 +121,23 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        umount(&self.dir);
     }
+}
+
+/// Unmount `dir`. A process that used io_uring on files there has exited,
+/// but the kernel tears its ring down (and lets go of those files) a moment
+/// later, so "target is busy" is retried for a few seconds; then the mount
+/// is detached lazily rather than left behind.
+pub fn umount(dir: &Path) {
+    for _ in 0..50 {
+        match Command::new("umount").arg(dir).stderr(std::process::Stdio::null()).status() {
+            Ok(s) if s.success() => return,
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    eprintln!("{} stayed busy for 5 s: unmounting it lazily", dir.display());
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
 /// A child process (a server) killed and reaped on drop.

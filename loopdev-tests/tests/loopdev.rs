@@ -434,6 +434,12 @@ impl Tmpfs {
         Tmpfs(dir.into())
     }
 
+    fn with_options(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        sh("mount", &["-t", "tmpfs", "-o", options, "tintype-test", dir.to_str().unwrap()]);
+        Tmpfs(dir.into())
+    }
+
     fn grow(&self, size: &str) {
         sh("mount", &["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()]);
     }
@@ -441,7 +447,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        umount(&self.0);
     }
 }
 
@@ -495,6 +501,116 @@ fn a_full_destination_then_resume() {
     assert!(std::fs::read(&target).unwrap() == content, "the resumed image restores to the device's bytes");
     let out = tintype(&["verify", set_s]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A run stops on a full destination; then the device is written (through
+/// the loop device: its sectors-written counter moves) before `--resume`:
+/// the kept frames are stale, so the resume says so and images the device
+/// afresh, and the image holds the device as it is now.
+#[test]
+fn a_resume_after_the_device_was_written_starts_afresh() {
+    if !require_loop_devices("a_resume_after_the_device_was_written_starts_afresh") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24usize << 20;
+    let mut content = noise(size, 5);
+    let backing = dir.path().join("disk.img");
+    std::fs::write(&backing, &content).unwrap();
+    let dev = LoopDev::attach(&backing, 512);
+    let fs = Tmpfs::new(&dir.path().join("small"), "12m");
+    let set = fs.0.join("set");
+    let set_s = set.to_str().unwrap();
+    let out = tintype(&["create", dev.as_str(), set_s, "--chunk-size", "256K"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("no space left"), "{err}");
+    // Chunk 0 was stored by the run that stopped; write over part of it.
+    content[4096..8192].fill(0x5A);
+    let dev_file = std::fs::OpenOptions::new().write(true).open(dev.as_str()).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&dev_file, &content[4096..8192], 4096).unwrap();
+    dev_file.sync_all().unwrap();
+    drop(dev_file);
+    fs.grow("64m");
+    let out = tintype(&["create", dev.as_str(), set_s, "--resume", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("the source was written since") && err.contains("sectors written"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = &v["manifest"]["stats"];
+    assert!(stats["chunks_resumed"].as_u64().unwrap_or(0) == 0 && stats["bytes_read"] == size, "{stats}");
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set_s, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == content, "the image holds the device as it is now");
+}
+
+/// The destination fills up at the very end, when the manifest is written
+/// (a tmpfs out of inodes, the smallest count that lets everything but the
+/// manifest in): every chunk was imaged, so the run's files are kept, and
+/// `--resume` commits the image without reading the source again.
+#[test]
+fn a_destination_that_fills_at_the_commit() {
+    if !require_loop_devices("a_destination_that_fills_at_the_commit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4usize << 20;
+    let content = noise(size, 77);
+    let source = dir.path().join("source.img");
+    std::fs::write(&source, &content).unwrap();
+    let source_s = source.to_str().unwrap();
+    fn args<'a>(source: &'a str, set: &'a str) -> Vec<&'a str> {
+        vec!["create", source, set, "--lanes", "1", "--chunk-size", "256K"]
+    }
+    let mut found = None;
+    for inodes in 2..40 {
+        let fs =
+            Tmpfs::with_options(&dir.path().join(format!("small{inodes}")), &format!("size=64m,nr_inodes={inodes}"));
+        let set = fs.0.join("set");
+        let out = tintype(&args(source_s, set.to_str().unwrap()));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.code() == Some(1) || out.status.success(),
+            "{inodes} inodes: exit {:?}: {err}",
+            out.status.code()
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        if out.status.success() {
+            break;
+        }
+        if err.contains(".manifest.json") {
+            found = Some((fs, inodes, err));
+            break;
+        }
+    }
+    let (fs, inodes, err) = found.expect("some inode count lets everything but the manifest in");
+    assert!(err.to_lowercase().contains("no space left"), "the cause is named: {err}");
+    assert!(err.contains("every chunk was imaged") && err.contains("--resume"), "{err}");
+    let set = fs.0.join("set");
+    let set_s = set.to_str().unwrap();
+    let segments: u64 = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(segments > size as u64, "{inodes} inodes: the frames are kept ({segments} bytes of segments)");
+    let out = tintype(&["list", set_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unfinished"][0]["resumable"], true, "{v}");
+    sh("mount", &["-o", "remount,nr_inodes=1000", fs.0.to_str().unwrap()]);
+    let mut resume = args(source_s, set_s);
+    resume.extend(["--resume", "--json"]);
+    let out = tintype(&resume);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifest"]["stats"]["bytes_read"], 0, "nothing was read again: {}", v["manifest"]["stats"]);
+    assert_eq!(v["manifest"]["stats"]["chunks_resumed"], 16);
+    let target = dir.path().join("restored.img");
+    let out = tintype(&["restore", set_s, target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == content, "the committed image restores to the source's bytes");
 }
 
 /// Random bytes from a seed (incompressible: every byte costs space).

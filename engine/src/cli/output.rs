@@ -482,6 +482,9 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
     let (_, partial) = set.scan()?;
     let parent_of = |i: &Image| find_parent(i, &images).map(|p| p.id());
     let state = |i: &Image| -> String {
+        if let Err(why) = i.check_files(false) {
+            return format!("DAMAGED: {why}");
+        }
         if let Some(r) = replaced_by(i, &images) {
             return format!("replaced by {} (removal pending)", r.id());
         }
@@ -510,6 +513,18 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
     }
     for r in images.iter().filter(|i| parent_of(i).is_none()) {
         walk(r, 0, &images, &parent_of, &mut order);
+    }
+    // What no root reaches depends on itself through its parents: listed,
+    // as broken, never hidden.
+    let looped: Vec<&Image> = images.iter().filter(|i| !order.iter().any(|(_, o)| o.id() == i.id())).collect();
+    let state = |i: &Image| -> String {
+        match looped.iter().any(|l| l.id() == i.id()) {
+            true => "BROKEN: its chain of parents loops back to itself".into(),
+            false => state(i),
+        }
+    };
+    for i in &looped {
+        walk(i, 0, &images, &parent_of, &mut order);
     }
     let unfinished: Vec<serde_json::Value> = partial
         .iter()

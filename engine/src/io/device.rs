@@ -108,6 +108,46 @@ pub(crate) fn dio_alignment(file: &File) -> Option<u32> {
     Some(st.stx_dio_offset_align.max(st.stx_dio_mem_align))
 }
 
+/// What tells whether a source was written since an earlier moment, as far
+/// as the kernel can say: for a file its modification and change times; for
+/// a block device the sectors written to it since boot (sysfs `stat`) with
+/// the boot's ID, and for a loop device its backing file's times too. Equal
+/// stamps: nothing was written in between (through this kernel). None when
+/// nothing could be read.
+pub fn write_stamp(path: &Path) -> Option<WriteStamp> {
+    let times = |m: &std::fs::Metadata| {
+        format!("mtime {}.{:09} ctime {}.{:09}", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+    };
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.file_type().is_file() {
+        return Some(WriteStamp { boot: None, stamp: times(&meta) });
+    }
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let (maj, min) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    // Field 7 of the stat file: sectors written (Documentation/block/stat.rst).
+    let written = std::fs::read_to_string(sys.join("stat")).ok()?.split_whitespace().nth(6)?.to_string();
+    let mut stamp = format!("device {maj}:{min} sectors written {written}");
+    if let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) {
+        if let Ok(m) = std::fs::metadata(backing.trim()) {
+            stamp += &format!(", backing file {}", times(&m));
+        }
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|b| b.trim().to_string());
+    Some(WriteStamp { boot, stamp })
+}
+
+/// See [`write_stamp`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriteStamp {
+    /// The kernel boot the counters belong to (block devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
+    pub stamp: String,
+}
+
 /// Identity facts the kernel exposes in sysfs for a block device (serial,
 /// WWN, model, loop backing file) or, for a file, its device and inode.
 fn identity(path: &Path, meta: &std::fs::Metadata, kind: SourceKind) -> BTreeMap<String, String> {

@@ -284,6 +284,10 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
     let (committed, partial) = set.scan()?;
     let (images, _) = set.images_lenient()?;
     let chunk_given = opts.chunk_size_given.then_some(opts.chunk_size_bytes);
+    // A run started afresh because its source changed keeps its kind and
+    // chunk size.
+    let mut kind = opts.kind;
+    let mut chunk_default = opts.chunk_size_bytes;
     if opts.resume {
         let mut runs: Vec<RunRecord> = partial
             .iter()
@@ -307,44 +311,70 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
                     run.chunk_size_bytes
                 )));
             }
-            let parent = match run.parent.as_deref().and_then(ImageId::parse) {
-                None => None,
-                Some(pid) => {
-                    // The parent, or the image a merge wrote in its place.
-                    let found = crate::set::standing_for(pid, &images);
-                    Some(found.cloned().ok_or_else(|| Error::BrokenChain {
-                        path: set.dir.clone(),
-                        image: id.to_string(),
-                        why: format!(
-                        "the unfinished run's parent {pid} is no longer in the set; it cannot be resumed (remove its \
-                         files with `tintype prune {} --discard-unfinished` and take a new image)",
+            let written = match source_since(&run, src) {
+                SourceSince::Unchanged => None,
+                SourceSince::Restarted => {
+                    obs.note(&format!(
+                        "--resume: the machine restarted since the unfinished run {id} started, so whether the \
+                         source was written meanwhile cannot be told; its frames are kept as the source's bytes. If \
+                         it may have been written, discard them (tintype prune {} --discard-unfinished) and image \
+                         again",
                         set.dir.display()
-                    ),
-                    })?)
+                    ));
+                    None
                 }
+                SourceSince::Written(why) => Some(why),
             };
-            if let Some(p) = &parent {
-                check_same_source(p, src, opts.force)?;
-                set.chain(p)?;
+            if let Some(why) = written {
+                obs.note(&format!(
+                    "--resume: the source was written since the unfinished run {id} started ({why}): its frames may \
+                     no longer be the source's bytes, so they are removed and a new {} image is started",
+                    run.kind.name()
+                ));
+                crate::set::remove_leftovers(&set.dir, id)?;
+                kind = run.kind;
+                chunk_default = run.chunk_size_bytes;
+            } else {
+                let parent = match run.parent.as_deref().and_then(ImageId::parse) {
+                    None => None,
+                    Some(pid) => {
+                        // The parent, or the image a merge wrote in its place.
+                        let found = crate::set::standing_for(pid, &images);
+                        Some(found.cloned().ok_or_else(|| Error::BrokenChain {
+                            path: set.dir.clone(),
+                            image: id.to_string(),
+                            why: format!(
+                                "the unfinished run's parent {pid} is no longer in the set; it cannot be resumed \
+                                 (remove its files with `tintype prune {} --discard-unfinished` and take a new image)",
+                                set.dir.display()
+                            ),
+                        })?)
+                    }
+                };
+                if let Some(p) = &parent {
+                    check_same_source(p, src, opts.force)?;
+                    set.chain(p)?;
+                }
+                if !runs.is_empty() {
+                    obs.note(&format!("{} older unfinished run(s) of this source are left as they are", runs.len()));
+                }
+                return Ok(Start {
+                    id,
+                    kind: run.kind,
+                    parent,
+                    chunk_bytes: run.chunk_size_bytes,
+                    // Every frame says how it is stored: the rest may use another level.
+                    level: opts.level,
+                    resumed: Some(run),
+                });
             }
-            if !runs.is_empty() {
-                obs.note(&format!("{} older unfinished run(s) of this source are left as they are", runs.len()));
-            }
-            return Ok(Start {
-                id,
-                kind: run.kind,
-                parent,
-                chunk_bytes: run.chunk_size_bytes,
-                // Every frame says how it is stored: the rest may use another level.
-                level: opts.level,
-                resumed: Some(run),
-            });
+        } else {
+            obs.note("--resume: no unfinished run of this source in the set; starting a new image");
         }
-        obs.note("--resume: no unfinished run of this source in the set; starting a new image");
     }
     // Images a merge has already replaced are on their way out: never a parent.
     let live: Vec<&Image> = images.iter().filter(|i| crate::set::replaced_by(i, &images).is_none()).collect();
-    let parent = match opts.kind {
+    let parent = match kind {
         ImageKind::Full => None,
         ImageKind::Incremental => Some(live.last().copied().ok_or_else(|| no_parent(set, "image"))?),
         ImageKind::Differential => Some(
@@ -355,7 +385,7 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
                 .ok_or_else(|| no_parent(set, "full image"))?,
         ),
     };
-    let mut chunk_bytes = opts.chunk_size_bytes;
+    let mut chunk_bytes = chunk_default;
     if let Some(p) = parent {
         check_same_source(p, src, opts.force)?;
         // The whole chain must be there for the new image to be usable.
@@ -365,7 +395,7 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
                 "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and an {} image must use the same",
                 p.id(),
                 p.manifest.chunk_size_bytes,
-                opts.kind.name()
+                kind.name()
             )));
         }
         chunk_bytes = p.manifest.chunk_size_bytes;
@@ -382,7 +412,29 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
             }
         },
     };
-    Ok(Start { id, kind: opts.kind, parent: parent.cloned(), chunk_bytes, level: opts.level, resumed: None })
+    Ok(Start { id, kind, parent: parent.cloned(), chunk_bytes, level: opts.level, resumed: None })
+}
+
+/// What became of the source since an unfinished run started.
+enum SourceSince {
+    Unchanged,
+    /// Written (through this kernel): why we know.
+    Written(String),
+    /// The machine restarted: its block devices' write counters started over.
+    Restarted,
+}
+
+fn source_since(run: &RunRecord, src: &SourceInfo) -> SourceSince {
+    let (Some(was), Some(now)) = (&run.source_written, crate::io::device::write_stamp(Path::new(&src.path))) else {
+        return SourceSince::Unchanged;
+    };
+    if *was == now {
+        SourceSince::Unchanged
+    } else if was.boot != now.boot {
+        SourceSince::Restarted
+    } else {
+        SourceSince::Written(format!("{} then, {} now", was.stamp, now.stamp))
+    }
 }
 
 fn check_same_identity(a: &SourceInfo, b: &SourceInfo) -> bool {
@@ -620,6 +672,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
                 chunk_size_bytes: st.chunk_bytes,
                 level: st.level,
                 started_unix_seconds: unix_now(),
+                source_written: crate::io::device::write_stamp(&source.path),
             }
             .write_new(&set.dir)?;
             None
@@ -701,6 +754,17 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         }
     };
     let wall = started.elapsed();
+    // Every chunk is in the segments now: whatever fails before the commit
+    // (a full disk under the index, map or manifest) keeps them for --resume.
+    unfinished.armed = false;
+    let keep = |e: Error| {
+        obs.note(&format!(
+            "every chunk was imaged but the image could not be committed; the unfinished image {id}'s files are \
+             kept in {}: once the cause is fixed, run the same command with --resume to commit it",
+            set.dir.display()
+        ));
+        e
+    };
 
     let mut segments: Vec<_> = salvaged.map(|s| s.segments).unwrap_or_default();
     segments.extend(reports.iter().flat_map(|r| r.segments.iter().cloned()));
@@ -720,7 +784,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         v
     });
     if !unreadable.is_empty() {
-        write_badmap(&badmap, &unreadable, source.size_bytes)?;
+        write_badmap(&badmap, &unreadable, source.size_bytes).map_err(keep)?;
     }
     let mut latency = super::lane::latency_histogram();
     for r in &reports {
@@ -743,8 +807,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     index
         .write_all_at(&head, 0)
         .and_then(|()| index.sync_all())
-        .map_err(|e| Error::io("write index", &index_path, e))?;
-    let index_hash = hash_file(&index_path)?;
+        .map_err(|e| Error::io("write index", &index_path, e))
+        .map_err(keep)?;
+    let index_hash = hash_file(&index_path).map_err(keep)?;
 
     let now_nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let now = (now_nanos / 1_000_000_000) as u64;
@@ -790,8 +855,16 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             .map(|&(offset, length)| crate::format::manifest::ByteRange { offset, length })
             .collect(),
     };
-    crate::set::sync_dir(&set.dir)?;
-    let manifest_path = unfinished.commit(&manifest)?;
+    crate::set::sync_dir(&set.dir).map_err(keep)?;
+    // (Only the directory's fsync failing leaves the manifest named: then
+    // the image exists, and the error alone says what failed.)
+    let manifest_path = unfinished.commit(&manifest).map_err(|e| {
+        if set.dir.join(crate::format::manifest::manifest_file_name(id)).exists() {
+            e
+        } else {
+            keep(e)
+        }
+    })?;
     // The run record has done its job; a leftover one is harmless.
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     let _ = std::fs::remove_file(&journal);
