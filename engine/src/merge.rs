@@ -333,6 +333,14 @@ fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer
     let target = &span[0];
     let last = span.last().expect("non-empty span");
     let tm = &target.manifest;
+    // A missing or cut file is found before anything is written.
+    for img in span {
+        img.check_files(false).map_err(|why| Error::BrokenChain {
+            path: set.dir.clone(),
+            image: img.id().to_string(),
+            why: format!("{why}; the merge stopped and changed nothing"),
+        })?;
+    }
     let resolved = Resolved::load(span)?;
     let (committed, partial) = set.scan()?;
     let id = loop {
@@ -424,6 +432,7 @@ fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer
     obs.progress(total, total);
     stats.chunks_zero = entries.iter().filter(|e| e.state == ChunkState::Zero).count() as u64;
     stats.chunks_inherited = entries.iter().filter(|e| e.state == ChunkState::Inherited).count() as u64;
+    stats.chunks_unreadable = entries.iter().filter(|e| e.state == ChunkState::Unreadable).count() as u64;
     stats.chunks_copied = stats.chunks_stored;
     stats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
 

@@ -39,7 +39,19 @@ pub struct ImageSet {
 impl ImageSet {
     /// An existing set directory.
     pub fn open(dir: &Path) -> Result<ImageSet> {
-        let meta = std::fs::metadata(dir).map_err(|e| Error::io("open image set", dir, e))?;
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            // `SET@SEL` with a selector that is not hex was taken as a path.
+            let spec = dir.to_string_lossy();
+            match spec.rsplit_once('@') {
+                Some((set, sel)) if e.kind() == std::io::ErrorKind::NotFound && Path::new(set).is_dir() => {
+                    Error::InvalidSetting(format!(
+                        "{spec}: {sel:?} is not an Image ID: after `@` give a prefix of an image's 16 hex digits \
+                         (`tintype list {set}` shows them)"
+                    ))
+                }
+                _ => Error::io("open image set", dir, e),
+            }
+        })?;
         if !meta.is_dir() {
             return Err(Error::Unusable {
                 path: dir.into(),
@@ -309,6 +321,7 @@ impl Image {
                     Err(format!("{} is {} bytes, its manifest says {want}", path.display(), m.len()))
                 }
                 Ok(_) => Err(format!("{} is not a regular file", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{} is missing", path.display())),
                 Err(e) => Err(format!("{}: {e}", path.display())),
             }
         };
@@ -403,7 +416,10 @@ impl Image {
     pub fn read_index(&self) -> Result<IndexData> {
         let path = self.index_path();
         let m = &self.manifest;
-        let mut f = File::open(&path).map_err(|e| Error::io("open index", &path, e))?;
+        let mut f = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::corrupt(&path, 0, "the image's index file is missing"),
+            _ => Error::io("open index", &path, e),
+        })?;
         let expected = entry_offset(m.chunk_count);
         let len = f.metadata().map_err(|e| Error::io("stat index", &path, e))?.len();
         if len != expected || len != m.index.size_bytes {

@@ -193,3 +193,65 @@ fn a_tampered_index_entry_is_caught() {
     assert!(text.contains(&format!("BAD chunk {a} ")), "{text}");
     assert!(text.contains("index checksum"), "{text}");
 }
+
+/// Files removed or cut by hand, a manifest field of the wrong type, and
+/// malformed selectors and flags: each gets its documented exit code and a
+/// message naming what is wrong.
+#[test]
+fn hand_damage_and_bad_arguments_get_their_exit_codes() {
+    // A missing index is damage (3), for every command that reads it.
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let inc = new_incremental(&sb);
+    let idx = only_file(&sb.path("set"), ".index");
+    std::fs::remove_file(&idx).unwrap();
+    let newest = format!("set@{inc}");
+    for args in [&["verify", "set"][..], &["restore", "set", "out.img"], &["merge", &newest, "--full"]] {
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        let name = idx.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(stderr(&out).contains(&name) && stderr(&out).contains("missing"), "{}", stderr(&out));
+    }
+
+    // A cut segment stops a merge before it writes anything (3), naming it.
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let inc = new_incremental(&sb);
+    let seg = only_file(&sb.path("set"), ".seg");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5000).unwrap();
+    let before: Vec<_> = std::fs::read_dir(sb.path("set")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let out = sb.expect(&["merge", &format!("set@{inc}"), "--full"], 3);
+    let err = stderr(&out);
+    let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&name) && err.contains("changed nothing"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(sb.path("set")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(before.len(), after.len(), "nothing written or removed");
+
+    // format_version as a string is an invalid manifest (3), not a version.
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let m = only_file(&sb.path("set"), ".manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["format_version"] = "1".into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = sb.expect(&["verify", "set"], 3);
+    assert!(stderr(&out).contains("format_version is \"1\""), "{}", stderr(&out));
+
+    // A selector that is not hex, and out-of-range flags: usage (2).
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    for sel in ["set@zz", "set@"] {
+        let out = sb.expect(&["verify", sel], 2);
+        assert!(stderr(&out).contains("is not an Image ID"), "{sel}: {}", stderr(&out));
+    }
+    sb.expect(&["verify", "set", "--lanes", "0"], 2);
+    sb.expect(&["restore", "set", "out.img", "--queue-depth", "0"], 2);
+    assert!(!sb.path("out.img").exists());
+}
+
+fn new_incremental(sb: &Sandbox) -> String {
+    let out = sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["image_id"].as_str().unwrap().to_string()
+}

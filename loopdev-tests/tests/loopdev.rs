@@ -1381,6 +1381,13 @@ fn a_source_with_unreadable_sectors() {
     let img = ImageSet::open(&set2).unwrap().resolve(None).unwrap();
     let idx = img.read_index().unwrap();
     assert_eq!(idx.entries[12].as_ref().unwrap().state, ChunkState::Unreadable, "a chunk with no readable byte");
+    assert_eq!(v["manifest"]["stats"]["chunks_unreadable"], 1, "{}", v["manifest"]["stats"]);
+    // `info` and `list` say it too, not only the run that found it.
+    let out = tintype(&["info", set2.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("UNREADABLE") && said.contains(&format!("bytes {}..", 5 << 20)), "{said}");
+    let out = tintype(&["list", set2.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unreadable"), "{}", String::from_utf8_lossy(&out.stdout));
     let target = dir.path().join("restored.img");
     let out = tintype(&["restore", set2.to_str().unwrap(), target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

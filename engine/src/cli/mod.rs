@@ -186,9 +186,11 @@ enum Command {
     Verify {
         /// Image set directory, optionally @IMAGE_ID.
         image: String,
-        #[arg(long)]
+        /// Parallel lanes, 1 to 256 [default: one per available core].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
         lanes: Option<u32>,
-        #[arg(long, default_value_t = 4)]
+        /// Reads in flight per lane, 1 to 1024.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
         queue_depth: u32,
         #[arg(long, value_enum, default_value_t = IoArg::Auto)]
         io: IoArg,
@@ -220,9 +222,11 @@ enum Command {
         /// Read the target back (O_DIRECT) and compare every chunk with the index's hashes.
         #[arg(long)]
         verify_after: bool,
-        #[arg(long)]
+        /// Parallel lanes, 1 to 256 [default: one per available core].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
         lanes: Option<u32>,
-        #[arg(long, default_value_t = 8)]
+        /// Reads in flight per lane, 1 to 1024.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
         queue_depth: u32,
         #[arg(long, value_enum, default_value_t = IoArg::Auto)]
         io: IoArg,

@@ -129,6 +129,10 @@ pub fn print_create(r: &CreateReport, json: bool) {
             format!(", {} unused by any filesystem (not read)", s.chunks_unused)
         } else {
             String::new()
+        } + &if s.chunks_unreadable > 0 {
+            format!(", {} UNREADABLE (no byte could be read)", s.chunks_unreadable)
+        } else {
+            String::new()
         }
     );
     if m.parent.is_some() {
@@ -260,6 +264,22 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
         s.chunks_stored_raw,
         s.chunks_zero
     );
+    if !m.unreadable.is_empty() {
+        let total: u64 = m.unreadable.iter().map(|r| r.length).sum();
+        println!(
+            "UNREADABLE {} in {} range(s) of the source could not be read and restore as zeros (map: {}.badmap){}",
+            human(total),
+            m.unreadable.len(),
+            m.image_id,
+            if s.chunks_unreadable > 0 { format!("; {} chunk(s) wholly", s.chunks_unreadable) } else { String::new() }
+        );
+        for r in m.unreadable.iter().take(20) {
+            println!("           bytes {}..{} ({} bytes)", r.offset, r.offset + r.length, r.length);
+        }
+        if m.unreadable.len() > 20 {
+            println!("           … {} more in the map and `info --json`", m.unreadable.len() - 20);
+        }
+    }
     println!(
         "stored     {} in {} segment(s) + index {}; codec {} level {}",
         human(s.bytes_segments),
@@ -567,6 +587,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
                     "source_bytes": m.source.size_bytes,
                     "stored_bytes": stored(i),
                     "replaces": m.replaces,
+                    "unreadable_bytes": m.unreadable.iter().map(|r| r.length).sum::<u64>(),
                     "state": state(i),
                 })
             })
@@ -596,6 +617,10 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
             human(m.source.size_bytes),
             human(stored(i)),
             state(i)
+                + &match m.unreadable.iter().map(|r| r.length).sum::<u64>() {
+                    0 => String::new(),
+                    n => format!(" ({} of the source unreadable, restores as zeros)", human(n)),
+                }
         );
     }
     for (id, e) in &bad {

@@ -29,6 +29,15 @@ impl ImageKind {
             ImageKind::Incremental => "incremental",
         }
     }
+
+    /// The name with its article, for messages: "a full", "an incremental".
+    pub fn a(self) -> &'static str {
+        match self {
+            ImageKind::Full => "a full",
+            ImageKind::Differential => "a differential",
+            ImageKind::Incremental => "an incremental",
+        }
+    }
 }
 
 /// The source an image was taken from.
@@ -94,6 +103,9 @@ pub struct Stats {
     /// Chunks no filesystem on the source uses: not read, not stored (state 3).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub chunks_unused: u64,
+    /// Chunks of which no byte could be read (state 4, `--on-read-error skip`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_unreadable: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -230,7 +242,12 @@ impl Manifest {
                 "not a tintype manifest (no \"format\": \"{MANIFEST_FORMAT}\")"
             )));
         }
-        let version = probe.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        let Some(version) = probe.get("format_version").and_then(|v| v.as_u64()) else {
+            return Err(ManifestError::Invalid(format!(
+                "format_version is {}, not a whole number",
+                probe.get("format_version").map_or("missing".to_string(), |v| v.to_string())
+            )));
+        };
         if version != u64::from(FORMAT_VERSION) {
             return Err(ManifestError::Version(version.min(u64::from(u32::MAX)) as u32));
         }
@@ -267,7 +284,7 @@ impl Manifest {
                 Some(pid) if pid != id => {}
                 _ => return bad(format!("parent {p:?} is not another image's 16-hex-digit ID")),
             },
-            (None, k) => return bad(format!("a {} image needs a parent", k.name())),
+            (None, k) => return bad(format!("{} image needs a parent", k.a())),
             (Some(_), ImageKind::Full) => return bad("a full image has no parent".into()),
         }
         if let Some(r) = self.replaces.iter().find(|r| ImageId::parse(r).is_none_or(|r| r == id)) {

@@ -300,9 +300,9 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
             let id = ImageId::parse(&run.image_id).expect("checked on load");
             if opts.kind != ImageKind::Full && opts.kind != run.kind {
                 return Err(Error::InvalidSetting(format!(
-                    "--resume: the unfinished run {id} is a {} image, not a {} one",
-                    run.kind.name(),
-                    opts.kind.name()
+                    "--resume: the unfinished run {id} is {} image, not {} one",
+                    run.kind.a(),
+                    opts.kind.a()
                 )));
             }
             if let Some(cs) = chunk_given.filter(|&cs| cs != run.chunk_size_bytes) {
@@ -392,10 +392,10 @@ fn start(opts: &CreateOptions, set: &ImageSet, src: &SourceInfo, obs: &dyn Obser
         set.chain(p)?;
         if let Some(cs) = chunk_given.filter(|&cs| cs != p.manifest.chunk_size_bytes) {
             return Err(Error::InvalidSetting(format!(
-                "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and an {} image must use the same",
+                "--chunk-size {cs}: the parent image {} uses {}-byte chunks, and {} image must use the same",
                 p.id(),
                 p.manifest.chunk_size_bytes,
-                kind.name()
+                kind.a()
             )));
         }
         chunk_bytes = p.manifest.chunk_size_bytes;
@@ -816,6 +816,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let mut mstats = manifest_stats(&stats, wall, &latency);
     mstats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
+    // The counts by state come from the index, so the frames and entries a
+    // resumed run kept are counted as well as this run's.
+    count_states(&index_path, &mut mstats).map_err(keep)?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         format_version: u32::from(FORMAT_VERSION),
@@ -907,7 +910,11 @@ fn used_space(
     }
     let mapped = layout.partitions.iter().filter(|p| p.used_bytes.is_some()).count();
     for p in &layout.partitions {
-        let what = if p.number == 0 { "the device".to_string() } else { format!("partition {}", p.number) };
+        let whole = match source.kind {
+            crate::io::device::SourceKind::File => "the source",
+            _ => "the device",
+        };
+        let what = if p.number == 0 { whole.to_string() } else { format!("partition {}", p.number) };
         match (&p.used_bytes, &p.note) {
             (Some(u), _) => obs.note(&format!(
                 "{what}: {} uses {} of {}; only chunks holding used blocks are read",
@@ -1260,7 +1267,40 @@ fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogr
         chunks_resumed: s.chunks_resumed,
         chunks_copied: 0,
         chunks_unused: s.chunks_unused,
+        chunks_unreadable: 0,
     }
+}
+
+/// Set the per-state chunk counts of `stats` from the index at `path`.
+fn count_states(path: &Path, stats: &mut crate::format::manifest::Stats) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read index", path, e))?;
+    let (mut zero, mut unused, mut inherited, mut unreadable) = (0, 0, 0, 0);
+    let (mut raw, mut raw_bytes, mut payload) = (0, 0, 0);
+    for (n, b) in bytes[INDEX_HEADER_BYTES..].chunks_exact(crate::format::index::INDEX_ENTRY_BYTES).enumerate() {
+        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n as u64), why))?;
+        match e.state {
+            ChunkState::Stored => {
+                payload += u64::from(e.stored_len);
+                if e.stored_len == e.raw_len {
+                    raw += 1;
+                    raw_bytes += u64::from(e.stored_len);
+                }
+            }
+            ChunkState::Zero => zero += 1,
+            ChunkState::Unused => unused += 1,
+            ChunkState::Inherited => inherited += 1,
+            ChunkState::Unreadable => unreadable += 1,
+            ChunkState::Unset => {}
+        }
+    }
+    stats.chunks_zero = zero;
+    stats.chunks_unused = unused;
+    stats.chunks_inherited = inherited;
+    stats.chunks_unreadable = unreadable;
+    stats.chunks_stored_raw = raw;
+    stats.bytes_stored_raw = raw_bytes;
+    stats.bytes_stored_payload = payload;
+    Ok(())
 }
 
 /// xxh3-128 of a whole file.
