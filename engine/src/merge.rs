@@ -93,7 +93,11 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
         )));
     }
     let span = if opts.full { chain.len() } else { 2 };
-    let merged = consolidate(&set, &chain[..span], &opts.io, obs)?;
+    let merged = consolidate(&set, &chain[..span], &opts.io, obs).inspect_err(|e| {
+        if !matches!(e, Error::Interrupted(_)) {
+            obs.note("the merge stopped before its commit: the set is as it was (its partial files are removed)");
+        }
+    })?;
     let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
     let removed = remove_unneeded(&set, &folded, obs)?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
