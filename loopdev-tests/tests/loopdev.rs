@@ -545,6 +545,93 @@ fn a_resume_after_the_device_was_written_starts_afresh() {
     assert!(std::fs::read(&target).unwrap() == content, "the image holds the device as it is now");
 }
 
+/// The kernel's partition devices of a loop device (`partx -a`), removed
+/// on drop (before the loop device is detached: declare it after).
+struct Partitions(String);
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("partx").args(["-d", &self.0]).status();
+    }
+}
+
+/// Writes the source's own counters and times would miss: a partition
+/// written through its whole disk, and a file on a filesystem that keeps
+/// whole seconds changed in the second the run started. Either way the
+/// resume must not keep the interrupted run's frames.
+#[test]
+fn a_resume_sees_writes_through_the_disk_and_coarse_timestamps() {
+    if !require_loop_devices("a_resume_sees_writes_through_the_disk_and_coarse_timestamps") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resume_fresh = |source: &str, set: &Path, fs: &Tmpfs, why: &str| -> serde_json::Value {
+        fs.grow("96m");
+        let out = tintype(&["create", source, set.to_str().unwrap(), "--resume", "--json"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("the source was written since") && err.contains(why), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap_or(0), 0, "{}", v["manifest"]["stats"]);
+        v
+    };
+    let stop_on_full = |source: &str, set: &Path| {
+        let out = tintype(&["create", source, set.to_str().unwrap(), "--chunk-size", "256K", "--lanes", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.code() == Some(1) && err.contains("--resume"), "{err}");
+    };
+
+    // A GPT disk with one partition; the partition is the source.
+    let backing = dir.path().join("disk.img");
+    let mut disk = noise(48 << 20, 9);
+    std::fs::write(&backing, &disk).unwrap();
+    let mut sf = std::process::Command::new("sfdisk")
+        .args(["-q", backing.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    sf.stdin.take().unwrap().write_all(b"label: gpt\nstart=2048, size=81920\n").unwrap();
+    assert!(sf.wait().unwrap().success());
+    disk = std::fs::read(&backing).unwrap();
+    let dev = LoopDev::attach(&backing, 512);
+    sh("partx", &["-a", dev.as_str()]);
+    let _parts = Partitions(dev.as_str().to_string());
+    let part = format!("{}p1", dev.as_str());
+    wait_for(Path::new(&part), "the partition device");
+    let fs = Tmpfs::new(&dir.path().join("small"), "16m");
+    let set = fs.0.join("set");
+    stop_on_full(&part, &set);
+    // Write the partition's first chunk (stored by the stopped run) through the disk.
+    let at = (1 << 20) + 4096;
+    disk[at..at + 4096].fill(0x3C);
+    let f = std::fs::OpenOptions::new().write(true).open(dev.as_str()).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &disk[at..at + 4096], at as u64).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    resume_fresh(&part, &set, &fs, "sectors written");
+    let target = dir.path().join("part.img");
+    let out = tintype(&["restore", set.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == disk[1 << 20..(1 << 20) + (40 << 20)], "the partition as it is now");
+    drop(fs);
+
+    // ext4 with 128-byte inodes keeps whole-second timestamps.
+    let fsimg = dir.path().join("ext4.img");
+    std::fs::File::create(&fsimg).unwrap().set_len(64 << 20).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-I", "128", fsimg.to_str().unwrap()]);
+    let fsdev = LoopDev::attach(&fsimg, 512);
+    let mnt = Mount::new(&fsdev, &dir.path().join("ext4"));
+    let source = mnt.dir.join("source.img");
+    std::fs::write(&source, noise(24 << 20, 10)).unwrap();
+    let fs = Tmpfs::new(&dir.path().join("small2"), "12m");
+    let set = fs.0.join("set");
+    // Started within a second of the file's last write: its stamp cannot
+    // tell a later write in that second, so the resume starts afresh.
+    stop_on_full(source.to_str().unwrap(), &set);
+    resume_fresh(source.to_str().unwrap(), &set, &fs, "keeps whole seconds");
+}
+
 /// The destination fills up at the very end, when the manifest is written
 /// (a tmpfs out of inodes, the smallest count that lets everything but the
 /// manifest in): every chunk was imaged, so the run's files are kept, and

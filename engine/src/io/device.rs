@@ -110,33 +110,73 @@ pub(crate) fn dio_alignment(file: &File) -> Option<u32> {
 
 /// What tells whether a source was written since an earlier moment, as far
 /// as the kernel can say: for a file its modification and change times; for
-/// a block device the sectors written to it since boot (sysfs `stat`) with
-/// the boot's ID, and for a loop device its backing file's times too. Equal
+/// a block device the sectors written to it since boot (sysfs `stat`), and
+/// to every device a write could reach it through — the whole disk of a
+/// partition, the devices under a device-mapper or md device — with the
+/// boot's ID, and for a loop device its backing file's times too. Equal
 /// stamps: nothing was written in between (through this kernel). None when
 /// nothing could be read.
 pub fn write_stamp(path: &Path) -> Option<WriteStamp> {
-    let times = |m: &std::fs::Metadata| {
-        format!("mtime {}.{:09} ctime {}.{:09}", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
-    };
     let meta = std::fs::metadata(path).ok()?;
     if meta.file_type().is_file() {
-        return Some(WriteStamp { boot: None, stamp: times(&meta) });
+        // A filesystem that keeps whole seconds cannot tell a write in the
+        // second the stamp is taken from none ("racy" in git's words).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let coarse = meta.mtime_nsec() == 0 && meta.ctime_nsec() == 0;
+        let racy = coarse && now.saturating_sub(meta.mtime().max(meta.ctime()).max(0) as u64) < 2;
+        return Some(WriteStamp { boot: None, stamp: file_times(&meta), racy });
     }
     if !meta.file_type().is_block_device() {
         return None;
     }
     let (maj, min) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
-    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
-    // Field 7 of the stat file: sectors written (Documentation/block/stat.rst).
-    let written = std::fs::read_to_string(sys.join("stat")).ok()?.split_whitespace().nth(6)?.to_string();
-    let mut stamp = format!("device {maj}:{min} sectors written {written}");
-    if let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) {
-        if let Ok(m) = std::fs::metadata(backing.trim()) {
-            stamp += &format!(", backing file {}", times(&m));
-        }
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
+    let mut parts = Vec::new();
+    let mut seen = Vec::new();
+    block_writes(&sys, &mut parts, &mut seen, 0);
+    if parts.is_empty() {
+        return None;
     }
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|b| b.trim().to_string());
-    Some(WriteStamp { boot, stamp })
+    Some(WriteStamp { boot, stamp: parts.join(", "), racy: false })
+}
+
+fn file_times(m: &std::fs::Metadata) -> String {
+    format!("mtime {}.{:09} ctime {}.{:09}", m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+}
+
+/// The sectors-written counter of the block device at sysfs directory
+/// `sys`, then of what lies under it: a partition's disk, a stacked
+/// device's slaves (each walked the same way), a loop device's backing file.
+fn block_writes(sys: &Path, out: &mut Vec<String>, seen: &mut Vec<PathBuf>, depth: u32) {
+    if depth > 16 || seen.iter().any(|s| s == sys) {
+        return;
+    }
+    seen.push(sys.to_path_buf());
+    let name = sys.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Field 7 of the stat file: sectors written (Documentation/block/stat.rst).
+    if let Some(w) =
+        std::fs::read_to_string(sys.join("stat")).ok().and_then(|s| s.split_whitespace().nth(6).map(str::to_string))
+    {
+        out.push(format!("{name} sectors written {w}"));
+    }
+    if let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) {
+        if let Ok(m) = std::fs::metadata(backing.trim()) {
+            out.push(format!("{name} backing file {}", file_times(&m)));
+        }
+    }
+    if sys.join("partition").exists() {
+        if let Some(disk) = sys.parent() {
+            block_writes(disk, out, seen, depth + 1);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(sys.join("slaves")) {
+        let mut lower: Vec<PathBuf> = rd.flatten().filter_map(|e| std::fs::canonicalize(e.path()).ok()).collect();
+        lower.sort();
+        for l in lower {
+            block_writes(&l, out, seen, depth + 1);
+        }
+    }
 }
 
 /// See [`write_stamp`].
@@ -146,6 +186,10 @@ pub struct WriteStamp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<String>,
     pub stamp: String,
+    /// Taken within the second of the file's last change on a filesystem
+    /// that keeps whole seconds: a later write may leave it unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub racy: bool,
 }
 
 /// Identity facts the kernel exposes in sysfs for a block device (serial,
@@ -187,4 +231,51 @@ fn identity(path: &Path, meta: &std::fs::Metadata, kind: SourceKind) -> BTreeMap
         }
     }
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition's stamp includes its disk's counter; a device-mapper
+    /// device's includes its slaves' (and theirs); loops stop.
+    #[test]
+    fn block_writes_walk_to_every_device_a_write_could_come_through() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let dev = |rel: &str, written: u64| {
+            let d = root.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("stat"), format!("1 2 3 4 5 6 {written} 8 9 10 11\n")).unwrap();
+            d
+        };
+        let disk = dev("sda", 100);
+        let part = dev("sda/sda2", 7);
+        std::fs::write(part.join("partition"), "2\n").unwrap();
+        let dm = dev("dm-0", 3);
+        std::fs::create_dir(dm.join("slaves")).unwrap();
+        std::os::unix::fs::symlink(&part, dm.join("slaves/sda2")).unwrap();
+        let other = dev("sdb", 50);
+        std::os::unix::fs::symlink(&other, dm.join("slaves/sdb")).unwrap();
+        // A cycle (impossible in sysfs, but never followed forever).
+        std::fs::create_dir(other.join("slaves")).unwrap();
+        std::os::unix::fs::symlink(&dm, other.join("slaves/dm-0")).unwrap();
+
+        let walk = |p: &Path| {
+            let (mut out, mut seen) = (Vec::new(), Vec::new());
+            block_writes(&std::fs::canonicalize(p).unwrap(), &mut out, &mut seen, 0);
+            out
+        };
+        assert_eq!(walk(&part), vec!["sda2 sectors written 7", "sda sectors written 100"]);
+        assert_eq!(
+            walk(&dm),
+            vec![
+                "dm-0 sectors written 3",
+                "sda2 sectors written 7",
+                "sda sectors written 100",
+                "sdb sectors written 50"
+            ]
+        );
+        assert_eq!(walk(&disk), vec!["sda sectors written 100"]);
+    }
 }

@@ -428,7 +428,13 @@ fn source_since(run: &RunRecord, src: &SourceInfo) -> SourceSince {
     let (Some(was), Some(now)) = (&run.source_written, crate::io::device::write_stamp(Path::new(&src.path))) else {
         return SourceSince::Unchanged;
     };
-    if *was == now {
+    if was.racy {
+        SourceSince::Written(format!(
+            "the source's filesystem keeps whole seconds and it was changed in the second the run started, so a \
+             later write cannot be told from none ({})",
+            was.stamp
+        ))
+    } else if was.stamp == now.stamp && was.boot == now.boot {
         SourceSince::Unchanged
     } else if was.boot != now.boot {
         SourceSince::Restarted
