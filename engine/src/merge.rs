@@ -99,7 +99,8 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
         }
     })?;
     let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
-    let removed = remove_unneeded(&set, &folded, obs)?;
+    let fresh = [ImageId::parse(&merged.image_id).expect("an ID this run made")];
+    let removed = remove_unneeded(&set, &folded, &fresh, obs)?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
     Ok(MergeReport { merged, removed: removed.iter().map(|i| i.to_string()).collect(), kept })
 }
@@ -124,15 +125,19 @@ fn refuse_unreadable(set: &ImageSet) -> Result<()> {
 /// Finish what an interrupted merge or prune left: images already replaced
 /// that nothing needs, and the files of merge runs that never committed.
 fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
-    let removed = remove_unneeded(set, &[], obs)?;
+    let removed = remove_unneeded(set, &[], &[], obs)?;
     if !removed.is_empty() {
         obs.note(&format!("removed {} image(s) an earlier merge had replaced", removed.len()));
     }
     let (images, _) = set.images_lenient()?;
     let (_, partial) = set.scan()?;
     for id in partial {
-        let from_merge = RunRecord::load(&set.dir, id).is_some_and(|r| r.operation == "merge");
-        let replaced = images.iter().any(|i| i.manifest.replaces_id(id));
+        let record = RunRecord::load(&set.dir, id);
+        let from_merge = record.as_ref().is_some_and(|r| r.operation == "merge");
+        // A merge replaces committed images only: an unfinished create that
+        // a manifest names is a false claim, and stays resumable.
+        let from_create = record.as_ref().is_some_and(|r| r.operation == "create");
+        let replaced = !from_create && images.iter().any(|i| i.manifest.replaces_id(id));
         let removing = set.dir.join(crate::set::removed_file_name(id)).exists();
         if from_merge || replaced || removing {
             obs.note(&format!(
@@ -146,24 +151,48 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
 
 /// Remove the images among `candidates`, and the images a merge replaced,
 /// that no other image depends on. Returns what was removed.
-fn remove_unneeded(set: &ImageSet, candidates: &[ImageId], obs: &dyn Observer) -> Result<Vec<ImageId>> {
+///
+/// A replacement written by this very run (`fresh`) was checked frame by
+/// frame as it was written; any other has its segments hashed before the
+/// image it replaced goes.
+fn remove_unneeded(
+    set: &ImageSet,
+    candidates: &[ImageId],
+    fresh: &[ImageId],
+    obs: &dyn Observer,
+) -> Result<Vec<ImageId>> {
     let (images, _) = set.images_lenient()?;
     // An image a merge replaced goes only when its replacement's files are
     // all there as committed: never on the word of a damaged manifest.
     let mut replaced: HashSet<ImageId> = HashSet::new();
+    let kept = |i: &Image, r: &Image, why: &str| {
+        obs.note(&format!(
+            "image {} is kept although image {} names it as replaced: {why}; verify {}, and remove it by hand if it \
+             is bad",
+            i.id(),
+            r.id(),
+            r.id()
+        ))
+    };
     for i in &images {
-        if let Some(r) = replaced_by(i, &images) {
-            match r.check_files(true) {
-                Ok(()) => {
-                    replaced.insert(i.id());
+        match replaced_by(i, &images) {
+            Some(r) => {
+                let deep = !fresh.contains(&r.id());
+                match r.check_files(true).and_then(|()| if deep { r.check_segment_hashes() } else { Ok(()) }) {
+                    Ok(()) => {
+                        replaced.insert(i.id());
+                    }
+                    Err(why) => kept(i, r, &format!("{} is damaged ({why})", r.id())),
                 }
-                Err(why) => obs.note(&format!(
-                    "image {} is kept although image {} replaced it: {} is damaged ({why}); verify it, and \
-                     remove it by hand if it is bad",
-                    i.id(),
-                    r.id(),
-                    r.id()
-                )),
+            }
+            // Claims that do not count: say why where the claimant is damaged.
+            None => {
+                for r in images.iter().filter(|r| r.id() != i.id() && r.manifest.replaces_id(i.id())) {
+                    match r.check_files(false) {
+                        Err(why) => kept(i, r, &format!("{} is damaged ({why})", r.id())),
+                        Ok(()) => kept(i, r, "it cannot stand for it (another point in time or source, or its child), so the claim is ignored"),
+                    }
+                }
             }
         }
     }
@@ -768,7 +797,8 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     }
     let mut candidates = doomed.clone();
     candidates.extend(plans.iter().map(|s| s[0].id()));
-    let removed = remove_unneeded(&set, &candidates, obs)?;
+    let fresh: Vec<ImageId> = report.consolidated.iter().filter_map(|c| ImageId::parse(&c.image_id)).collect();
+    let removed = remove_unneeded(&set, &candidates, &fresh, obs)?;
     report.removed = removed.iter().filter(|id| doomed.contains(id)).map(|i| i.to_string()).collect();
     if let Some(left) = doomed.iter().find(|d| !removed.contains(d)) {
         obs.note(&format!("image {left} is outside the policy but still needed by a kept image; it stays"));

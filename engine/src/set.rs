@@ -233,11 +233,14 @@ pub fn stands_in_for(r: &Image, id: ImageId, all: &[Image]) -> bool {
     if r.id() == id || !r.manifest.replaces_id(id) || r.manifest.parent_id() == Some(id) {
         return false;
     }
+    // While `id` is there, a replacement whose files are missing or cut does
+    // not stand in for it either: `id` still holds that point in time.
     all.iter().find(|i| i.id() == id).is_none_or(|x| {
         let (a, b) = (&r.manifest, &x.manifest);
         a.point_in_time() == b.point_in_time()
             && a.source.size_bytes == b.source.size_bytes
             && a.chunk_size_bytes == b.chunk_size_bytes
+            && r.check_files(false).is_ok()
     })
 }
 
@@ -337,6 +340,32 @@ impl Image {
                     self.index_path().display(),
                     self.manifest.index.xxh3_128
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Does every segment's xxh3-64 equal the one its manifest records?
+    /// Reads every segment whole: what must hold before the only other copy
+    /// of this image's point in time is removed on its behalf.
+    pub fn check_segment_hashes(&self) -> std::result::Result<(), String> {
+        use std::io::Read;
+        for (n, s) in self.manifest.segments.iter().enumerate() {
+            let path = self.segment_path(n);
+            let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut h = Xxh3Default::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => h.update(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
+            }
+            let got = format!("{:016x}", h.digest());
+            if got != s.xxh3_64 {
+                return Err(format!("{}: its xxh3-64 is {got}, its manifest says {}", path.display(), s.xxh3_64));
             }
         }
         Ok(())

@@ -752,3 +752,45 @@ impl tintype::pipeline::Observer for Notes<'_> {
     }
     fn progress(&self, _done: u64, _total: u64) {}
 }
+
+/// A manifest that (edited by hand) names an unfinished create run among
+/// the images it replaces: prune leaves the run alone, and it resumes.
+#[test]
+fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
+    let dir = scratch();
+    let data = mixed_bytes(2 << 20, 8);
+    let source = dir.path().join("source.img");
+    std::fs::write(&source, &data).unwrap();
+    let source = source.canonicalize().unwrap();
+    let set = dir.path().join("set");
+    let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
+        let mut o = CreateOptions::new(&source, &set);
+        o.lanes = Some(1);
+        o.chunk_size_bytes = CHUNK as u32;
+        o.chunk_size_given = !resume;
+        o.staging_bytes = Some(0);
+        o.used_only = tintype::pipeline::capture::UsedOnly::Off;
+        o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
+        o.resume = resume;
+        o
+    };
+    let full = create(&opts(None, false), &Quiet).unwrap();
+    let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
+    assert!(create(&opts(Some(&sim), false), &Quiet).is_err());
+    let run = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find_map(|n| n.strip_suffix(".run.json").map(str::to_string))
+        .expect("the crashed run's record");
+    let path = full.manifest_path.clone();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["replaces"] = serde_json::json!([run]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let p = PruneOptions { set: set.clone(), keep_last: Some(10), io: IoChoice::Portable, ..Default::default() };
+    prune(&p, &Quiet).unwrap();
+    assert!(set.join(format!("{run}.run.json")).exists(), "the unfinished run is kept");
+    let r = create(&opts(None, true), &Quiet).unwrap();
+    assert_eq!(r.manifest.image_id, run);
+    assert!(r.manifest.stats.chunks_resumed > 0, "and resumes");
+}
