@@ -307,3 +307,29 @@ fn list_shows_images_and_unfinished_runs() {
     assert!(stdout(&out).contains("data files without a manifest"), "{}", stdout(&out));
     sb.expect(&["list", "nowhere"], 1);
 }
+
+/// stdout closed before anything is written (`tintype list --json | head`
+/// after head has gone): the commands finish, exit with their own code, and
+/// never panic about the broken pipe.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_failure() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("src.img"), mixed_bytes(1 << 20, 3)).unwrap();
+    for args in
+        [&["create", "src.img", "set", "--json"][..], &["list", "set", "--json"], &["info", "set"], &["verify", "set"]]
+    {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+            .args(args)
+            .current_dir(sb.dir.path())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    sb.expect(&["verify", "set"], 0);
+}
