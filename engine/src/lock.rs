@@ -127,8 +127,8 @@ pub fn lock_set(dir: &Path, access: Access, what: &str) -> Result<SetLock> {
             return Err(Error::Busy {
                 path: dir.into(),
                 why: if access == Access::Delete {
-                    "another process is reading images of this set (restore or verify); merge and prune wait for it \
-                     to finish"
+                    "another process is reading images of this set (restore, verify or serve); merge and prune \
+                     cannot run until it has finished"
                         .into()
                 } else {
                     "another tintype run is deleting or replacing images of this set (merge or prune)".into()

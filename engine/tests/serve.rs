@@ -320,3 +320,28 @@ fn tcp_listens_on_loopback_and_refuses_other_addresses_without_public() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(sb.path("tcp.img")).unwrap() == data);
 }
+
+/// While an image is served, prune and merge cannot remove it (exit 5,
+/// naming the reader); once the server stops they can.
+#[test]
+fn a_served_image_is_not_pruned_from_under_its_clients() {
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let mut changed = data.clone();
+    changed[0..4096].fill(7);
+    std::fs::write(sb.path("src.img"), &changed).unwrap();
+    sb.expect(&["create", "src.img", "set"], 0);
+    let first = {
+        let set = tintype::set::ImageSet::open(&sb.path("set")).unwrap();
+        set.images().unwrap()[0].manifest.image_id.clone()
+    };
+    let srv = Server::start(&sb, &format!("set@{first}"));
+    let out = sb.expect(&["prune", "set", "--keep-last", "1"], 5);
+    assert!(stderr(&out).contains("serve"), "{}", stderr(&out));
+    let mut c = connect(&srv.sock);
+    let (err, d) = request(&mut c, 0, 0, 4096);
+    assert!(err == 0 && d == data[..4096], "the served image still reads");
+    drop(c);
+    srv.stop();
+    sb.expect(&["prune", "set", "--keep-last", "1"], 0);
+}

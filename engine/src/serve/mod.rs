@@ -146,6 +146,9 @@ pub struct Export {
     cache: Mutex<Cache>,
     /// Writable exports only.
     pub overlay: Option<Mutex<Overlay>>,
+    /// The set's readers' lock, shared, for as long as the export lives:
+    /// merge and prune cannot remove what is being served.
+    _lock: crate::lock::SetLock,
 }
 
 impl std::fmt::Debug for Export {
@@ -173,6 +176,7 @@ pub enum ChunkData {
 impl Export {
     pub fn open(opts: &ServeOptions) -> Result<Export> {
         let set = ImageSet::open(&opts.set)?;
+        let lock = crate::lock::lock_set(&set.dir, crate::lock::Access::Read, "serve")?;
         let img = set.resolve(opts.image.as_deref())?;
         let chain = set.chain(&img)?;
         let resolved = Resolved::load(&chain)?;
@@ -187,6 +191,7 @@ impl Export {
             resolved,
             cache: Mutex::new(Cache { limit, ..Default::default() }),
             overlay,
+            _lock: lock,
         })
     }
 
