@@ -232,3 +232,30 @@ fn buffer_memory_beyond_half_the_machine_is_refused() {
     let out = sb.expect(&["restore", "set", "t.img", "--queue-depth", "1024", "--lanes", "256"], 2);
     assert!(stderr(&out).contains("I/O buffers"), "{}", stderr(&out));
 }
+
+/// A target that is one of the set's own files (by any name: a hard link
+/// outside the set too) is refused, even with --force, and nothing changes.
+#[test]
+fn a_file_of_the_set_itself_is_never_a_target() {
+    let sb = Sandbox::new();
+    let data = image(&sb, 2 << 20, 5, "portable");
+    let set = sb.path("set");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg" || x == "index"))
+        .collect();
+    let before: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    std::fs::hard_link(&files[0], sb.path("elsewhere.img")).unwrap();
+    let mut targets: Vec<String> = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    targets.push("elsewhere.img".into());
+    for t in &targets {
+        let out = sb.expect(&["restore", "set", t, "--force"], 1);
+        assert!(stderr(&out).contains("a file of the image set"), "{t}: {}", stderr(&out));
+    }
+    let after: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after, "the set's files are untouched");
+    sb.expect(&["verify", "set"], 0);
+    assert_round_trip(&set, &data);
+}

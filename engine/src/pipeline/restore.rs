@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -126,6 +126,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     }
     let set = ImageSet::open(&opts.set)?;
     let _lock = lock_set(&set.dir, Access::Read, "restore")?;
+    refuse_own_file(&set, &opts.target)?;
     let img = set.resolve(opts.image.as_deref())?;
     // An incremental or differential image is read through its chain: every
     // chunk is resolved to the image whose segment holds it.
@@ -925,6 +926,32 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
     }
     if super::interrupted() {
         return Err(Error::Interrupted("--verify-after stopped by a signal".into()));
+    }
+    Ok(())
+}
+
+/// A target that is one of the set's own files (a segment, an index, under
+/// any name) would be overwritten with the image read from it: refused,
+/// `--force` or not.
+fn refuse_own_file(set: &ImageSet, target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(t) = std::fs::metadata(target) else { return Ok(()) };
+    if !t.is_file() {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(&set.dir).map_err(|e| Error::io("list", &set.dir, e))?;
+    for e in rd.flatten() {
+        if let Ok(m) = e.metadata() {
+            if m.dev() == t.dev() && m.ino() == t.ino() {
+                return Err(Error::Unusable {
+                    path: target.into(),
+                    why: format!(
+                        "this is {}, a file of the image set being restored; restore to another file or device",
+                        e.path().display()
+                    ),
+                });
+            }
+        }
     }
     Ok(())
 }
