@@ -68,6 +68,32 @@ fn read_only(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM))
 }
 
+/// Who writes the set in `dir` right now: the holder record of a writers'
+/// lock that the kernel says is held (`/proc/locks`), without touching the
+/// lock itself. None when nobody holds it, or it cannot be told.
+pub fn writer(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(WRITE_LOCK);
+    let m = std::fs::metadata(&path).ok()?;
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF": device numbers in hex.
+    let held = locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(dev) = f.iter().find(|t| t.matches(':').count() == 2) else { return false };
+        let p: Vec<&str> = dev.split(':').collect();
+        f.get(1) == Some(&"FLOCK")
+            && u32::from_str_radix(p[0], 16).ok() == Some(major)
+            && u32::from_str_radix(p[1], 16).ok() == Some(minor)
+            && p[2].parse::<u64>().ok() == Some(m.ino())
+    });
+    if !held {
+        return None;
+    }
+    let record = std::fs::read_to_string(&path).unwrap_or_default();
+    Some(if record.trim().is_empty() { "another tintype run".into() } else { record.trim().replace('\n', ", ") })
+}
+
 /// Take the locks `access` needs on the set in `dir`, without waiting: a
 /// set in use is refused with who uses it. `what` describes this run for
 /// the holder record ("create /dev/nvme0n1").

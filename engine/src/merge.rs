@@ -83,6 +83,20 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
     let set = ImageSet::open(&opts.set)?;
     let _lock = lock_set(&set.dir, Access::Delete, &format!("merge {}", opts.image))?;
     refuse_unreadable(&set)?;
+    {
+        // An image a merge already replaced is on its way out: say which
+        // image stands for it, before finishing its removal.
+        let (images, _) = set.images_lenient()?;
+        let img = set.resolve(Some(&opts.image))?;
+        if let Some(r) = replaced_by(&img, &images) {
+            return Err(Error::InvalidSetting(format!(
+                "image {} was replaced by image {} (an earlier merge; same point in time): merge {} instead",
+                img.id(),
+                r.id(),
+                r.id()
+            )));
+        }
+    }
     finish_pending(&set, obs)?;
     let img = set.resolve(Some(&opts.image))?;
     let chain = set.chain(&img)?;
@@ -723,9 +737,12 @@ fn policy(points: &[(ImageId, u64)], opts: &PruneOptions) -> BTreeMap<ImageId, V
 pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     let policies =
         [("--keep-last", opts.keep_last), ("--keep-daily", opts.keep_daily), ("--keep-weekly", opts.keep_weekly)];
-    if policies.iter().all(|(_, n)| n.is_none()) {
+    let no_policy = policies.iter().all(|(_, n)| n.is_none());
+    if no_policy && !opts.discard_unfinished {
         return Err(Error::InvalidSetting(
-            "prune needs a policy: --keep-last N, --keep-daily N and/or --keep-weekly N".into(),
+            "prune needs a policy: --keep-last N, --keep-daily N and/or --keep-weekly N (or --discard-unfinished \
+             alone, which keeps every image and removes only unfinished runs)"
+                .into(),
         ));
     }
     if let Some((flag, _)) = policies.iter().find(|(_, n)| *n == Some(0)) {
@@ -740,7 +757,13 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     let (images, _) = set.images_lenient()?;
     let live: Vec<&Image> = images.iter().filter(|i| replaced_by(i, &images).is_none()).collect();
     let points: Vec<(ImageId, u64)> = live.iter().map(|i| (i.id(), i.manifest.created_unix_seconds)).collect();
-    let reasons = policy(&points, opts);
+    let mut reasons = policy(&points, opts);
+    if no_policy {
+        // --discard-unfinished alone: every image stays.
+        for (id, _) in &points {
+            reasons.entry(*id).or_default().push("no policy given (--discard-unfinished alone)".into());
+        }
+    }
     // Every kept image whose parent goes is rewritten onto its nearest
     // kept ancestor, oldest first.
     let mut kept = Vec::new();
@@ -801,7 +824,9 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     let removed = remove_unneeded(&set, &candidates, &fresh, obs)?;
     report.removed = removed.iter().filter(|id| doomed.contains(id)).map(|i| i.to_string()).collect();
     if let Some(left) = doomed.iter().find(|d| !removed.contains(d)) {
-        obs.note(&format!("image {left} is outside the policy but still needed by a kept image; it stays"));
+        obs.note(&format!(
+            "image {left} is outside the policy but still needed by a kept image or a resumable run; it stays"
+        ));
     }
     if opts.discard_unfinished {
         for p in partial {

@@ -452,7 +452,14 @@ fn a_concurrent_run_is_refused() {
         let out = sb.expect(&args, 5);
         assert!(stderr(&out).contains(&format!("pid {}", first.id())), "{args:?}: {}", stderr(&out));
     }
+    // list takes no lock, but says who is writing the set (from the kernel's
+    // lock table), so an unfinished run is not mistaken for an abandoned one.
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    let who = v["in_use_by"].as_str().unwrap_or_default().to_string();
+    assert!(who.contains(&format!("pid {}", first.id())) && who.contains("create"), "{v}");
     assert!(first.wait().unwrap().success());
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    assert!(v["in_use_by"].is_null(), "nobody writes it now: {v}");
     sb.expect(&["verify", "set"], 0);
     assert_round_trip(&sb.path("set"), &text);
 }
@@ -589,4 +596,42 @@ fn list_shows_a_loop_of_parents_as_broken() {
     }
     let out = sb.expect(&["list", "set"], 0);
     assert!(stdout(&out).contains(inc1) && stdout(&out).contains(inc2), "{}", stdout(&out));
+}
+
+/// Requests that could only surprise: merging an image a merge already
+/// replaced (refused before anything is removed, naming the replacement),
+/// prune with only --discard-unfinished (every image kept), a set named
+/// like SET@ID, an unbounded retry count.
+#[test]
+fn odd_requests_get_clear_answers() {
+    let sb = Sandbox::new();
+    let points = chain_of_three(&sb);
+    let [(full, _), (inc1, _), (inc2, inc2_bytes)] = &points[..] else { unreachable!() };
+    let saved: Vec<(String, Vec<u8>)> = std::fs::read_dir(sb.path("set"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(inc2.as_str()))
+        .map(|n| (n.clone(), std::fs::read(sb.path(&format!("set/{n}"))).unwrap()))
+        .collect();
+    let v = json(&sb.expect(&["merge", &format!("set@{inc2}"), "--json"], 0));
+    let merged = v["merged"]["image_id"].as_str().unwrap().to_string();
+    for (n, b) in &saved {
+        std::fs::write(sb.path(&format!("set/{n}")), b).unwrap();
+    }
+    let out = sb.expect(&["merge", &format!("set@{inc2}")], 2);
+    assert!(stderr(&out).contains(&format!("replaced by image {merged}")), "{}", stderr(&out));
+    assert!(committed(&sb).contains(inc2), "nothing was removed by the refused merge");
+
+    // --discard-unfinished alone keeps every image (and finishes the
+    // pending removal of the replaced one).
+    sb.expect(&["prune", "set", "--discard-unfinished"], 0);
+    let now = committed(&sb);
+    assert!(now.contains(full) && now.contains(&merged) && !now.contains(inc2), "{now:?}");
+    assert!(!now.contains(inc1), "inc1 was folded by the merge: {now:?}");
+    assert!(restore_bytes(&sb, &merged) == *inc2_bytes);
+
+    let out = sb.expect(&["create", "src.img", "other@2c98"], 2);
+    assert!(stderr(&out).contains("@2c98") && !sb.path("other@2c98").exists(), "{}", stderr(&out));
+    sb.expect(&["create", "src.img", "other", "--read-retries", "101"], 2);
 }

@@ -345,3 +345,41 @@ fn a_served_image_is_not_pruned_from_under_its_clients() {
     srv.stop();
     sb.expect(&["prune", "set", "--keep-last", "1"], 0);
 }
+
+/// A socket left by a server killed with -9 is stale (nobody listens): the
+/// next serve replaces it. A live server's socket, or a plain file, is
+/// refused and left alone.
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let sock = sb.path("nbd.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists(), "the stale socket file stays behind");
+    let child = Command::new(env!("CARGO_BIN_EXE_tintype"))
+        .args(["serve", "set", "--listen", &format!("unix:{}", sock.display())])
+        .current_dir(sb.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let srv = Server { child, sock: sock.clone() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "the server never listened on the replaced socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = connect(&sock);
+    let (err, d) = request(&mut c, 0, 0, 4096);
+    assert!(err == 0 && d == data[..4096]);
+    drop(c);
+    // A second server on the live socket: refused, the first unharmed.
+    let out = sb.expect(&["serve", "set", "--listen", &format!("unix:{}", sock.display())], 1);
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    let mut c = connect(&sock);
+    assert_eq!(request(&mut c, 0, 0, 512).0, 0);
+    drop(c);
+    srv.stop();
+    std::fs::write(sb.path("plain"), b"mine").unwrap();
+    sb.expect(&["serve", "set", "--listen", "unix:plain"], 1);
+    assert_eq!(std::fs::read(sb.path("plain")).unwrap(), b"mine");
+}

@@ -134,8 +134,8 @@ enum Command {
         /// (find the exact bad sectors, image the rest, record them; exit 6).
         #[arg(long, value_enum, default_value_t = OnReadError::Fail)]
         on_read_error: OnReadError,
-        /// Retries of a failing sector before it counts as unreadable.
-        #[arg(long, default_value_t = 2)]
+        /// Retries of a failing sector before it counts as unreadable (0 to 100).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
         read_retries: u32,
         /// Freeze (FIFREEZE) filesystems of SOURCE that are mounted read-write for the duration of
         /// the run instead of refusing; they are thawed at the end, on error and on Ctrl-C.
@@ -371,6 +371,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             on_read_error,
             read_retries,
         } => {
+            // Every other command reads SET@HEX as "image HEX of SET".
+            if let (_, Some(sel)) = tintype::set::parse_spec(&set.to_string_lossy()) {
+                if !set.is_dir() {
+                    return Err(Error::InvalidSetting(format!(
+                        "SET {}: the other commands would read `@{sel}` as an image ID; name the set directory \
+                         without `@` and hex digits at its end",
+                        set.display()
+                    ))
+                    .into());
+                }
+            }
             let mut o = CreateOptions::new(source, set);
             o.used_only = match used_only {
                 UsedOnlyArg::Auto => tintype::pipeline::capture::UsedOnly::Auto,

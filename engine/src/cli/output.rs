@@ -570,6 +570,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
             })
         })
         .collect();
+    let in_use = tintype::lock::writer(&set.dir);
     if json {
         let rows: Vec<_> = order
             .iter()
@@ -597,6 +598,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
             "images": rows,
             "damaged": bad.iter().map(|(id, e)| json!({"image_id": id.to_string(), "error": e.to_string()})).collect::<Vec<_>>(),
             "unfinished": unfinished,
+            "in_use_by": in_use,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
@@ -626,6 +628,11 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
     for (id, e) in &bad {
         println!("{:<24}  DAMAGED: {e}", id.to_string());
     }
+    if let Some(who) = &in_use {
+        if !unfinished.is_empty() {
+            println!("(the set is being written now by {who}: an unfinished run below may be that run, in progress)");
+        }
+    }
     for u in &unfinished {
         let id = u["image_id"].as_str().unwrap_or_default();
         let bytes = human(u["bytes_on_disk"].as_u64().unwrap_or(0));
@@ -636,6 +643,11 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
                 set.dir.display()
             ),
             (Some("merge"), _) => format!("unfinished merge ({bytes}): the next merge or prune removes it"),
+            _ if tintype::format::ImageId::parse(id)
+                .is_some_and(|i| set.dir.join(tintype::set::removed_file_name(i)).exists()) =>
+            {
+                format!("an image being removed ({bytes} left): the next merge or prune finishes the removal")
+            }
             _ => format!("data files without a manifest ({bytes}; an interrupted run; not an image)"),
         };
         println!("{id:<24}  {what}");

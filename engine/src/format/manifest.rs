@@ -303,6 +303,20 @@ impl Manifest {
         if self.index.file != super::index::index_file_name(id) {
             return bad(format!("index file name {:?} is not {id}.index", self.index.file));
         }
+        // Unreadable ranges: non-empty, inside the source, in order, apart.
+        let mut end = 0u64;
+        for r in &self.unreadable {
+            match r.offset.checked_add(r.length) {
+                Some(e) if r.length > 0 && r.offset >= end && e <= self.source.size_bytes => end = e,
+                _ => {
+                    return bad(format!(
+                        "unreadable range {}+{} is empty, overlaps the one before, or lies outside the {}-byte \
+                         source",
+                        r.offset, r.length, self.source.size_bytes
+                    ))
+                }
+            }
+        }
         Ok(())
     }
 
@@ -383,6 +397,21 @@ mod tests {
             replaces: vec![],
             layout: None,
             unreadable: vec![],
+        }
+    }
+
+    #[test]
+    fn unreadable_ranges_must_lie_in_the_source_in_order() {
+        let with = |ranges: &[(u64, u64)]| {
+            let mut m = sample();
+            m.unreadable = ranges.iter().map(|&(offset, length)| ByteRange { offset, length }).collect();
+            Manifest::from_json(&m.to_json())
+        };
+        assert!(with(&[(0, 512), (4096, 512), ((3 << 20) - 512, 512)]).is_ok());
+        for bad in
+            [&[(0, 0)][..], &[(3 << 20, 1)], &[(u64::MAX, 2)], &[(4096, 512), (0, 512)], &[(0, 1024), (512, 512)]]
+        {
+            assert!(matches!(with(bad), Err(ManifestError::Invalid(_))), "{bad:?}");
         }
     }
 

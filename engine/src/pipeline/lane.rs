@@ -406,8 +406,18 @@ impl<'a> CaptureLane<'a> {
         let sector = u64::from(self.sh.source.logical_sector_bytes.max(self.sh.source.dio_align_bytes));
         let len = u64::from(op.raw_len).div_ceil(sector) * sector;
         let mut bad: Vec<(u64, u64)> = Vec::new();
-        let mut read = |at: u64, n: u64| self.io.read_exact_now(SLOT_SOURCE, buf, at as usize, n as usize, start + at);
+        let mut read = |at: u64, n: u64| {
+            // A signal stops the search (a dying disk can take seconds a
+            // read); the chunk is then neither stored nor recorded.
+            if super::interrupted() {
+                return Err(std::io::Error::other("interrupted"));
+            }
+            self.io.read_exact_now(SLOT_SOURCE, buf, at as usize, n as usize, start + at)
+        };
         bisect(&mut read, start, 0, len, sector, self.sh.read_retries, &mut bad);
+        if super::interrupted() {
+            return Err(Error::Interrupted(format!("while looking for the unreadable sectors of chunk {}", op.chunk)));
+        }
         let end = start + u64::from(op.raw_len);
         let bad: Vec<(u64, u64)> =
             bad.into_iter().map(|(s, l)| (s, (s + l).min(end) - s)).filter(|&(_, l)| l > 0).collect();
@@ -870,6 +880,8 @@ fn bisect(
     for _ in 0..=retries {
         match read(at, len) {
             Ok(()) => return,
+            // Stopped by a signal: the caller gives the chunk up.
+            Err(_) if super::interrupted() => return,
             // Past the end of a file: the rest reads as zeros.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
             Err(_) if len > sector => break,

@@ -88,11 +88,25 @@ pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     match &opts.listen {
         Listen::Unix(path) => {
-            if path.exists() {
-                return Err(Error::Unusable {
-                    path: path.clone(),
-                    why: "exists; remove it or choose another socket path".into(),
-                });
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                // A socket nobody listens on (a server killed with -9) is
+                // stale: replaced. Anything else is someone's: refused.
+                let stale = m.file_type().is_socket()
+                    && matches!(
+                        std::os::unix::net::UnixStream::connect(path),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    );
+                if !stale {
+                    return Err(Error::Unusable {
+                        path: path.clone(),
+                        why: "exists (a file, or a socket a server listens on); remove it or choose another socket \
+                              path"
+                            .into(),
+                    });
+                }
+                obs.note(&format!("replacing {}, a stale socket nobody listens on", path.display()));
+                std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
             }
             let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| Error::io("listen on", path, e))?;
             obs.note(&format!(
