@@ -603,16 +603,17 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
     }
-    println!("{:<24}  {:<12}  {:<20}  {:>10}  {:>10}  state", "image", "kind", "created", "size", "stored");
+    // The tree's indent widens the first column: size it to the deepest row.
+    let name_of = |depth: usize, id: &str| {
+        format!("{}{id}", if depth == 0 { String::new() } else { format!("{}└─ ", "   ".repeat(depth - 1)) })
+    };
+    let w = order.iter().map(|(d, i)| name_of(*d, &i.manifest.image_id).chars().count()).max().unwrap_or(0).max(24);
+    println!("{:<w$}  {:<12}  {:<20}  {:>10}  {:>10}  state", "image", "kind", "created", "size", "stored");
     for (depth, i) in &order {
         let m = &i.manifest;
-        let name = format!(
-            "{}{}",
-            if *depth == 0 { String::new() } else { format!("{}└─ ", "   ".repeat(depth - 1)) },
-            m.image_id
-        );
+        let name = name_of(*depth, &m.image_id);
         println!(
-            "{:<24}  {:<12}  {:<20}  {:>10}  {:>10}  {}",
+            "{:<w$}  {:<12}  {:<20}  {:>10}  {:>10}  {}",
             name,
             m.kind.name(),
             m.created,
@@ -626,7 +627,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
         );
     }
     for (id, e) in &bad {
-        println!("{:<24}  DAMAGED: {e}", id.to_string());
+        println!("{:<w$}  DAMAGED: {e}", id.to_string());
     }
     if let Some(who) = &in_use {
         if !unfinished.is_empty() {
@@ -650,7 +651,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
             }
             _ => format!("data files without a manifest ({bytes}; an interrupted run; not an image)"),
         };
-        println!("{id:<24}  {what}");
+        println!("{id:<w$}  {what}");
     }
     if images.is_empty() && partial.is_empty() && bad.is_empty() {
         println!("(the set holds no images)");
