@@ -700,6 +700,95 @@ fn a_destination_that_fills_at_the_commit() {
     assert!(std::fs::read(&target).unwrap() == content, "the committed image restores to the source's bytes");
 }
 
+/// The destination runs out of space at every step of a run in turn — a
+/// tmpfs sized in 16 KiB steps from just the earlier image up to room for
+/// both, and one out of inodes at each file: whatever step fails, the
+/// error names the cause, the earlier image still verifies, and once there
+/// is room `--resume` (or a new run) commits an image that restores
+/// identical. No step panics or loses the earlier image.
+#[test]
+fn a_destination_full_at_every_step() {
+    if !require_loop_devices("a_destination_full_at_every_step") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let first = noise(1 << 20, 21);
+    let mut second = first.clone();
+    second[300_000..700_000].copy_from_slice(&noise(400_000, 22));
+    let source = dir.path().join("source.img");
+    let src = source.to_str().unwrap();
+    let base = dir.path().join("base");
+    std::fs::write(&source, &first).unwrap();
+    let create = |set: &Path, extra: &[&str]| {
+        let mut a = vec!["create", src, set.to_str().unwrap(), "--chunk-size", "64K", "--lanes", "1"];
+        a.extend_from_slice(extra);
+        tintype(&a)
+    };
+    assert!(create(&base, &[]).status.success());
+    std::fs::write(&source, &second).unwrap();
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let used: usize = files.iter().map(|(_, b)| b.len().div_ceil(4096) * 4096).sum();
+    let mut failures = 0;
+    let mut sizes_done = false;
+    let mut where_failed = std::collections::BTreeSet::new();
+    let mut limits: Vec<String> = (0..).map(|k| format!("size={}", used + k * 16384)).take(100).collect();
+    limits.extend((files.len() + 1..files.len() + 12).map(|n| format!("size=16m,nr_inodes={n}")));
+    for (step, limit) in limits.iter().enumerate() {
+        if sizes_done && !limit.contains("nr_inodes") {
+            continue;
+        }
+        let fs = Tmpfs::with_options(&dir.path().join(format!("d{step}")), limit);
+        let set = fs.0.join("set");
+        // (Too few inodes even for the earlier image: not a step of the run.)
+        if std::fs::create_dir(&set).is_err() || files.iter().any(|(n, b)| std::fs::write(set.join(n), b).is_err()) {
+            continue;
+        }
+        let out = create(&set, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{limit}: {err}");
+        let v = tintype(&["verify", set.to_str().unwrap(), "--json"]);
+        if out.status.success() {
+            assert_eq!(v.status.code(), Some(0), "{limit}");
+            sizes_done = true;
+            continue;
+        }
+        failures += 1;
+        assert_eq!(out.status.code(), Some(1), "{limit}: {err}");
+        // What was being written: a segment, the index, the manifest, …
+        let what = err.lines().find(|l| l.contains("error:")).unwrap_or_default();
+        for kind in [".seg", ".index", ".manifest.json", ".run.json", ".badmap", "tintype.lock"] {
+            if what.contains(kind) {
+                where_failed.insert(kind);
+            }
+        }
+        assert!(err.contains("No space left") || err.contains("ENOSPC"), "{limit}: the cause is named: {err}");
+        // The earlier image is untouched (it is the newest committed one).
+        let listed = tintype(&["list", set.to_str().unwrap(), "--json"]);
+        let l: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(l["images"].as_array().map(Vec::len), Some(1), "{limit}: {l}");
+        assert_eq!(v.status.code(), Some(0), "{limit}: the earlier image verifies");
+        sh("mount", &["-o", "remount,size=64m,nr_inodes=10000", fs.0.to_str().unwrap()]);
+        let out = create(&set, &["--resume"]);
+        assert!(out.status.success(), "{limit}: {}", String::from_utf8_lossy(&out.stderr));
+        let target = dir.path().join("restored.img");
+        let _ = std::fs::remove_file(&target);
+        let out = tintype(&["restore", set.to_str().unwrap(), target.to_str().unwrap()]);
+        assert!(out.status.success(), "{limit}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(std::fs::read(&target).unwrap() == second, "{limit}: the finished image restores identical");
+        let out = tintype(&["verify", set.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{limit}");
+    }
+    eprintln!("a_destination_full_at_every_step: {failures} runs met a full disk, writing {where_failed:?}");
+    assert!(failures > 20, "the sweep met the full disk at many steps ({failures})");
+    for kind in [".seg", ".manifest.json"] {
+        assert!(where_failed.contains(kind), "the sweep reached a full disk while writing {kind}: {where_failed:?}");
+    }
+}
+
 /// Random bytes from a seed (incompressible: every byte costs space).
 fn noise(size: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
