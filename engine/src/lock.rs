@@ -11,7 +11,7 @@
 //!   holder empties it when it finishes. A non-empty file found free belongs
 //!   to a run that died (kill -9, power loss): a stale lock, taken over.
 //! - `tintype.readers.lock`: held shared by runs that read images
-//!   (`restore`, `verify`) and exclusively by runs that delete them (`merge`,
+//!   (`restore`, `verify`, `serve`) and exclusively by runs that delete them (`merge`,
 //!   `prune`). A `create` may run while images are read; a `prune` may not.
 //!
 //! Neither name starts with 16 hex digits, so the format ignores both files.
@@ -32,7 +32,7 @@ pub const READ_LOCK: &str = "tintype.readers.lock";
 /// What a run is about to do to a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Read images (restore, verify): shared with other readers and with `create`.
+    /// Read images (restore, verify, serve): shared with other readers and with `create`.
     Read,
     /// Add an image (create): exclusive among writers.
     Add,
