@@ -117,6 +117,23 @@ fn damaged_ext_metadata_is_refused() {
     let mut bad = good.clone();
     bad[bitmap as usize + 100] ^= 0x01;
     assert!(check(&bad).unwrap_err().contains("bitmap checksum"), "bitmap");
+
+    // Without metadata_csum (ext3) nothing checksums a bitmap: one zeroed
+    // (every block free, the file data in it too) disagrees with its
+    // descriptor's free count, and is refused rather than trusted.
+    let out = Command::new("mkfs.ext3")
+        .args(["-q", "-F", "-b", "1024", "-d", sb.path("tree").to_str().unwrap(), img.to_str().unwrap(), "16M"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let good = std::fs::read(&img).unwrap();
+    check(&good).unwrap();
+    // 1 KiB blocks: descriptors in block 2, 32 bytes each; group 0's bitmap.
+    let bitmap = u64::from(u32::from_le_bytes(good[2048..2052].try_into().unwrap())) * 1024;
+    let mut bad = good.clone();
+    bad[bitmap as usize..bitmap as usize + 1024].fill(0);
+    let e = check(&bad).unwrap_err();
+    assert!(e.contains("group 0") && e.contains("descriptor counts"), "{e}");
 }
 
 /// `--used-only on` fails when nothing can be mapped, and works on an ext4
@@ -157,4 +174,37 @@ fn used_only_modes_on_an_image_file() {
     assert!(std::fs::read(sb.path("r4.img")).unwrap() == fs_bytes);
     let out = sb.expect(&["info", "set3"], 0);
     assert!(stdout(&out).contains("ext4") && stdout(&out).contains("used-only auto"), "{}", stdout(&out));
+}
+
+/// A v4 XFS (no checksums) whose by-size free-space btree disagrees with the
+/// by-block one (and the AGF) is refused: on v4 nothing else vouches for the
+/// trees, and trusting a damaged by-block tree would drop used blocks.
+#[test]
+fn xfs_free_space_trees_must_agree() {
+    let sb = Sandbox::new();
+    let img = sb.path("x4.img");
+    std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    let out = Command::new("mkfs.xfs").args(["-q", "-f", "-m", "crc=0", img.to_str().unwrap()]).output();
+    let out = out.expect("mkfs.xfs (xfsprogs) is needed: .ci/run installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let check = |bytes: &[u8]| {
+        std::fs::write(&img, bytes).unwrap();
+        let f = std::fs::File::open(&img).unwrap();
+        tintype::fs::xfs::free_space(&f, 0, bytes.len() as u64).map(|(x, _)| x.free_blocks)
+    };
+    let good = std::fs::read(&img).unwrap();
+    let free = check(&good).unwrap();
+    assert!(free > 0);
+    // AG 0's AGF is the second sector; its cntbt root at byte 20 (big-endian).
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let bs = be32(&good, 4) as usize;
+    let sect = u16::from_be_bytes(good[102..104].try_into().unwrap()) as usize;
+    let cnt_root = be32(&good, sect + 20) as usize;
+    assert_eq!(&good[cnt_root * bs..cnt_root * bs + 4], b"ABTC", "a v4 by-size leaf");
+    let mut bad = good.clone();
+    let rec = cnt_root * bs + 16 + 4; // first record's block count
+    let n = be32(&bad, rec);
+    bad[rec..rec + 4].copy_from_slice(&(n - 1).to_be_bytes());
+    let e = check(&bad).unwrap_err();
+    assert!(e.contains("by-size") && e.contains("group 0"), "{e}");
 }

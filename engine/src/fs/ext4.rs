@@ -169,6 +169,8 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
         inode_table: u64,
         uninit: bool,
         bitmap_csum: u32,
+        /// Free blocks, as the descriptor counts them.
+        free: u64,
     }
     let mut gs = Vec::with_capacity(groups as usize);
     for g in 0..groups {
@@ -190,6 +192,7 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
             // The kernel honours BLOCK_UNINIT only with group checksums.
             uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
             bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
+            free: u64::from(u16_at(d, 0x0C)) | if is64 && desc >= 64 { u64::from(u16_at(d, 0x2C)) << 16 } else { 0 },
         });
     }
     let itable_blocks = (ipg * inode_size).div_ceil(bs);
@@ -241,6 +244,19 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
             if want != grp.bitmap_csum {
                 return Err(format!("group {g}: block bitmap checksum mismatch"));
             }
+        }
+        // Without metadata_csum nothing vouches for a bitmap's bytes: its
+        // free count must at least be the one the descriptor keeps (the two
+        // are updated together), or the bitmap is not trusted.
+        let marked_free = (start..end)
+            .filter(|blk| bm[((blk - start) / 8) as usize] & (1 << ((blk - start) % 8)) == 0)
+            .count() as u64;
+        if marked_free != grp.free {
+            return Err(format!(
+                "group {g}: its block bitmap marks {marked_free} blocks free, its descriptor counts {}: the bitmap is \
+                 not trusted",
+                grp.free
+            ));
         }
         let mut run: Option<u64> = None;
         for blk in start..end {

@@ -141,7 +141,6 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
     }
     log_is_clean(r, base, &sb, bs, agblocks, blocks)?;
     let hdr = if v5 { 56 } else { 16 };
-    let magic: &[u8; 4] = if v5 { b"AB3B" } else { b"ABTB" };
     let mut free = FreeMap::default();
     let mut free_blocks = 0;
     for ag in 0..agcount {
@@ -159,71 +158,122 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Xfs, FreeMap
         if ag_len != agblocks.min(blocks.saturating_sub(ag_start)) {
             return Err(format!("group {ag}: the AGF says {ag_len} blocks, the superblock's geometry says otherwise"));
         }
-        let root = be32(&agf, 16);
-        let levels = be32(&agf, 28);
+        let (bno_root, cnt_root) = (be32(&agf, 16), be32(&agf, 20));
+        let (bno_levels, cnt_levels) = (be32(&agf, 28), be32(&agf, 32));
         let want_free = u64::from(be32(&agf, 52));
-        if ag_len > agblocks || !(1..=10).contains(&levels) || u64::from(root) >= ag_len {
-            return Err(format!("group {ag}: implausible AGF (length {ag_len}, root {root}, {levels} levels)"));
+        for (root, levels) in [(bno_root, bno_levels), (cnt_root, cnt_levels)] {
+            if ag_len > agblocks || !(1..=10).contains(&levels) || u64::from(root) >= ag_len {
+                return Err(format!("group {ag}: implausible AGF (length {ag_len}, root {root}, {levels} levels)"));
+            }
         }
-        let block = |agbno: u32, level: u32| -> Result<Vec<u8>, String> {
-            if u64::from(agbno) >= ag_len {
-                return Err(format!("group {ag}: btree block {agbno} is outside the group"));
-            }
-            let b = r
-                .read(base + (ag_start + u64::from(agbno)) * bs, bs as usize)
-                .map_err(|e| format!("group {ag}: cannot read btree block {agbno}: {e}"))?;
-            if &b[..4] != magic || u32::from(be16(&b, 4)) != level {
-                return Err(format!("group {ag}: free-space btree block {agbno}: bad magic or level"));
-            }
-            if v5 && !crc_ok(&b, 52) {
-                return Err(format!("group {ag}: free-space btree block {agbno}: checksum mismatch"));
-            }
-            if usize::from(be16(&b, 6)) > (bs as usize - hdr) / 8 {
-                return Err(format!("group {ag}: free-space btree block {agbno}: too many records"));
-            }
-            Ok(b)
-        };
-        // Down the leftmost path to the first leaf.
-        let mut at = root;
-        for level in (1..levels).rev() {
-            let b = block(at, level)?;
-            if be16(&b, 6) == 0 {
-                return Err(format!("group {ag}: empty free-space btree node {at}"));
-            }
-            let maxrecs = (bs as usize - hdr) / 12;
-            at = be32(&b, hdr + maxrecs * 8);
-        }
-        // Then along the leaves.
-        let mut seen = 0u64;
+        let tree = Tree { r, base, bs, ag, ag_start, ag_len, v5, hdr };
+        // The by-block tree gives the extents, in order, never over the AG's headers.
         let mut got = 0u64;
         let mut last_end = 0u64;
-        while at != NULL_AGBLOCK {
-            seen += 1;
-            if seen > ag_len {
-                return Err(format!("group {ag}: the free-space btree's leaves loop"));
+        tree.walk(bno_root, bno_levels, if v5 { b"AB3B" } else { b"ABTB" }, &mut |start, count| {
+            if start < last_end {
+                return Err(format!("group {ag}: free extent {start}+{count} is out of order"));
             }
-            let b = block(at, 0)?;
-            for i in 0..usize::from(be16(&b, 6)) {
-                let start = u64::from(be32(&b, hdr + i * 8));
-                let count = u64::from(be32(&b, hdr + i * 8 + 4));
-                if count == 0 || start < last_end || start + count > ag_len {
-                    return Err(format!("group {ag}: free extent {start}+{count} is out of order or range"));
-                }
-                last_end = start + count;
-                // The AG's header sectors (SB, AGF, AGI, AGFL) are never free.
-                if start * bs < 4 * sect {
-                    return Err(format!("group {ag}: a free extent covers the AG headers"));
-                }
-                free.push((ag_start + start) * bs, count * bs);
-                got += count;
+            last_end = start + count;
+            if start * bs < 4 * sect {
+                return Err(format!("group {ag}: a free extent covers the AG headers"));
             }
-            at = be32(&b, 12);
-        }
+            free.push((ag_start + start) * bs, count * bs);
+            got += count;
+            Ok(())
+        })?;
         if got != want_free {
             return Err(format!("group {ag}: the btree holds {got} free blocks, the AGF says {want_free}"));
+        }
+        // The by-size tree holds the same extents: its total must agree too
+        // (a v4 filesystem has no checksums to vouch for either tree).
+        let mut by_size = 0u64;
+        tree.walk(cnt_root, cnt_levels, if v5 { b"AB3C" } else { b"ABTC" }, &mut |_, count| {
+            by_size += count;
+            Ok(())
+        })?;
+        if by_size != got {
+            return Err(format!(
+                "group {ag}: the by-block free-space btree holds {got} free blocks, the by-size one {by_size}"
+            ));
         }
         free_blocks += got;
     }
     let label = String::from_utf8_lossy(&sb[108..120]).trim_end_matches('\0').to_string();
     Ok((Xfs { block_bytes: bs, blocks, free_blocks, label }, free))
+}
+
+/// One allocation group's free-space btree reader.
+struct Tree<'a> {
+    r: &'a dyn MetaRead,
+    base: u64,
+    bs: u64,
+    ag: u64,
+    ag_start: u64,
+    ag_len: u64,
+    v5: bool,
+    hdr: usize,
+}
+
+impl Tree<'_> {
+    fn block(&self, agbno: u32, level: u32, magic: &[u8; 4]) -> Result<Vec<u8>, String> {
+        let ag = self.ag;
+        if u64::from(agbno) >= self.ag_len {
+            return Err(format!("group {ag}: btree block {agbno} is outside the group"));
+        }
+        let b = self
+            .r
+            .read(self.base + (self.ag_start + u64::from(agbno)) * self.bs, self.bs as usize)
+            .map_err(|e| format!("group {ag}: cannot read btree block {agbno}: {e}"))?;
+        if &b[..4] != magic || u32::from(be16(&b, 4)) != level {
+            return Err(format!("group {ag}: free-space btree block {agbno}: bad magic or level"));
+        }
+        if self.v5 && !crc_ok(&b, 52) {
+            return Err(format!("group {ag}: free-space btree block {agbno}: checksum mismatch"));
+        }
+        if usize::from(be16(&b, 6)) > (self.bs as usize - self.hdr) / 8 {
+            return Err(format!("group {ag}: free-space btree block {agbno}: too many records"));
+        }
+        Ok(b)
+    }
+
+    /// Every record (start, count) of the tree at `root`: down the leftmost
+    /// path to the first leaf, then along the leaves. Records are checked to
+    /// lie in the group and be non-empty.
+    fn walk(
+        &self,
+        root: u32,
+        levels: u32,
+        magic: &[u8; 4],
+        visit: &mut dyn FnMut(u64, u64) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let (ag, hdr) = (self.ag, self.hdr);
+        let mut at = root;
+        for level in (1..levels).rev() {
+            let b = self.block(at, level, magic)?;
+            if be16(&b, 6) == 0 {
+                return Err(format!("group {ag}: empty free-space btree node {at}"));
+            }
+            let maxrecs = (self.bs as usize - hdr) / 12;
+            at = be32(&b, hdr + maxrecs * 8);
+        }
+        let mut seen = 0u64;
+        while at != NULL_AGBLOCK {
+            seen += 1;
+            if seen > self.ag_len {
+                return Err(format!("group {ag}: the free-space btree's leaves loop"));
+            }
+            let b = self.block(at, 0, magic)?;
+            for i in 0..usize::from(be16(&b, 6)) {
+                let start = u64::from(be32(&b, hdr + i * 8));
+                let count = u64::from(be32(&b, hdr + i * 8 + 4));
+                if count == 0 || start + count > self.ag_len {
+                    return Err(format!("group {ag}: free extent {start}+{count} is out of range"));
+                }
+                visit(start, count)?;
+            }
+            at = be32(&b, 12);
+        }
+        Ok(())
+    }
 }
