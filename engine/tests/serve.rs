@@ -383,3 +383,37 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     sb.expect(&["serve", "set", "--listen", "unix:plain"], 1);
     assert_eq!(std::fs::read(sb.path("plain")).unwrap(), b"mine");
 }
+
+/// More clients than the server serves at once: the extra ones are
+/// disconnected at once (no handshake), the others keep working, and a
+/// client that connects after some left is served.
+#[test]
+fn clients_beyond_the_limit_are_turned_away() {
+    let sb = Sandbox::new();
+    let data = source(&sb);
+    let srv = Server::start(&sb, "set");
+    let max = tintype::serve::nbd::MAX_CLIENTS as usize;
+    let mut held: Vec<UnixStream> = (0..max).map(|_| connect(&srv.sock)).collect();
+    let mut extra = UnixStream::connect(&srv.sock).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 8];
+    assert_eq!(extra.read(&mut b).unwrap_or(0), 0, "turned away: closed without a greeting");
+    let (err, d) = request(&mut held[0], 0, 0, 4096);
+    assert!(err == 0 && d == data[..4096], "the connected clients still work");
+    held.truncate(max - 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The server notices the closed connection when its thread ends.
+        let mut s = UnixStream::connect(&srv.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = [0u8; 8];
+        if s.read_exact(&mut hello).is_ok() {
+            assert_eq!(&hello, b"NBDMAGIC");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a client is served again once another left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    srv.stop();
+}

@@ -149,7 +149,55 @@ pub struct Export {
     /// The set's readers' lock, shared, for as long as the export lives:
     /// merge and prune cannot remove what is being served.
     _lock: crate::lock::SetLock,
+    /// Bytes of requests in service at once, over every client.
+    pub budget: Budget,
 }
+
+/// How many bytes of requests are served at once, over every client: a
+/// request waits until its length fits, so memory stays bounded however
+/// many clients ask for 32 MiB reads at once (and leave the replies unread).
+#[derive(Debug)]
+pub struct Budget {
+    left: Mutex<u64>,
+    freed: std::sync::Condvar,
+    total: u64,
+}
+
+/// A share of the [`Budget`], given back on drop.
+#[derive(Debug)]
+pub struct Share<'a>(&'a Budget, u64);
+
+impl Budget {
+    pub fn new(total: u64) -> Budget {
+        Budget { left: Mutex::new(total), freed: std::sync::Condvar::new(), total }
+    }
+
+    /// Wait until `bytes` (at most the whole budget) are free, and take them.
+    pub fn take(&self, bytes: u64) -> Share<'_> {
+        let n = bytes.min(self.total);
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        while *left < n {
+            left = self.freed.wait(left).unwrap_or_else(|p| p.into_inner());
+        }
+        *left -= n;
+        Share(self, n)
+    }
+
+    /// Bytes free now.
+    pub fn free(&self) -> u64 {
+        *self.left.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        *self.0.left.lock().unwrap_or_else(|p| p.into_inner()) += self.1;
+        self.0.freed.notify_all();
+    }
+}
+
+/// Requests in service at once, in bytes (8 reads of the largest size).
+pub const REQUEST_BUDGET_BYTES: u64 = 256 << 20;
 
 impl std::fmt::Debug for Export {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,6 +240,7 @@ impl Export {
             cache: Mutex::new(Cache { limit, ..Default::default() }),
             overlay,
             _lock: lock,
+            budget: Budget::new(REQUEST_BUDGET_BYTES),
         })
     }
 
@@ -253,5 +302,38 @@ impl Export {
         let now = c.clock;
         c.map.insert(chunk, (data.clone(), now));
         Ok(ChunkData::Data(data))
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// Shares add up to at most the budget; a request waits for room and
+    /// goes on when a share is given back; an oversized one takes it all.
+    #[test]
+    fn requests_wait_for_room_in_the_budget() {
+        let b = Arc::new(Budget::new(100));
+        let a = b.take(60);
+        let c = b.take(40);
+        assert_eq!(b.free(), 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let s = b.take(500); // larger than the budget: waits for all of it
+                tx.send(b.free()).unwrap();
+                drop(s);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "no room yet");
+        drop(a);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "still not all of it");
+        drop(c);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), 0);
+        waiter.join().unwrap();
+        assert_eq!(b.free(), 100);
     }
 }

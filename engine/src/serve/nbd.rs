@@ -117,8 +117,11 @@ pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
                 path.display()
             ));
             l.set_nonblocking(true).map_err(|e| Error::io("listen on", path, e))?;
-            let r = accept_loop(opts, &export, &done, || {
-                l.accept().and_then(|(s, _)| s.set_nonblocking(false).map(|()| s))
+            let r = accept_loop(opts, &export, &done, obs, || {
+                l.accept().and_then(|(s, _)| {
+                    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                    s.set_nonblocking(false).map(|()| s)
+                })
             });
             let _ = std::fs::remove_file(path);
             r
@@ -141,9 +144,10 @@ pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
                 export.size()
             ));
             l.set_nonblocking(true).map_err(|e| Error::io("listen on", addr, e))?;
-            accept_loop(opts, &export, &done, || {
+            accept_loop(opts, &export, &done, obs, || {
                 l.accept().and_then(|(s, _)| {
                     let _ = s.set_nodelay(true);
+                    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                     s.set_nonblocking(false).map(|()| s)
                 })
             })
@@ -160,16 +164,26 @@ pub fn session<S: Read + Write>(stream: S, export: &Export) -> Result<()> {
 
 /// Accept clients (the listener is non-blocking, so a signal is noticed
 /// within 50 ms) and give each its own thread.
+/// At most this many clients are served at once (a thread each); more are
+/// disconnected at once, with a note.
+pub const MAX_CLIENTS: u64 = 64;
+
+/// A client that leaves a reply unread this long is disconnected (its
+/// share of the request budget is needed by the others).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn accept_loop<S>(
     opts: &ServeOptions,
     export: &Arc<Export>,
     done: &Arc<AtomicU64>,
+    obs: &dyn Observer,
     accept: impl Fn() -> std::io::Result<S>,
 ) -> Result<()>
 where
     S: Read + Write + Send + 'static,
 {
     let mut started = 0u64;
+    let mut turned_away = 0u64;
     loop {
         if crate::pipeline::interrupted() {
             return Ok(());
@@ -189,6 +203,16 @@ where
             }
             Err(e) => return Err(Error::io("accept", "listening socket", e)),
         };
+        if started - done.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            turned_away += 1;
+            if turned_away.is_power_of_two() {
+                obs.note(&format!(
+                    "{MAX_CLIENTS} clients are connected: a new one was turned away ({turned_away} so far)"
+                ));
+            }
+            drop(stream);
+            continue;
+        }
         started += 1;
         let (export, done) = (export.clone(), done.clone());
         std::thread::Builder::new()
@@ -445,8 +469,12 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                 CMD_DISC => return Ok(()),
                 CMD_READ if !in_range => self.error_reply(handle, EINVAL, "read past the end of the export")?,
                 CMD_READ if len > MAX_READ => self.error_reply(handle, EOVERFLOW, "read longer than 32 MiB")?,
-                CMD_READ => self.read(handle, flags, offset, len)?,
+                CMD_READ => {
+                    let _share = self.export.budget.take(u64::from(len));
+                    self.read(handle, flags, offset, len)?
+                }
                 CMD_WRITE if self.export.overlay.is_some() && in_range && len <= MAX_READ => {
+                    let _share = self.export.budget.take(u64::from(len));
                     let mut data = vec![0u8; len as usize];
                     self.s.read_exact(&mut data)?;
                     let export = self.export;
