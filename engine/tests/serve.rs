@@ -284,8 +284,11 @@ fn writes_go_to_the_overlay_never_to_the_image() {
     }
     srv.stop();
     assert!(set_files(&sb.path("set")) == before, "the image's files were not written");
+    assert!(!sb.path("overlay.img").exists(), "the overlay lives for the run only");
+    std::fs::write(sb.path("overlay.img"), b"someone's").unwrap();
     let out = sb.expect(&["serve", "set", "--listen", "unix:x.sock", "--writable-overlay", "overlay.img"], 1);
-    assert!(stderr(&out).contains("overlay"), "an existing overlay is never reused: {}", stderr(&out));
+    assert!(stderr(&out).contains("overlay.img: exists"), "an existing file is never used: {}", stderr(&out));
+    assert_eq!(std::fs::read(sb.path("overlay.img")).unwrap(), b"someone's", "nor removed");
 }
 
 /// TCP: loopback by default; any other address is refused without --public.

@@ -1169,6 +1169,11 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("mounted read-write") && err.contains("snapshot") && err.contains("--freeze"), "{err}");
+    // The file behind the loop device is the same live filesystem.
+    let out = tintype(&["create", backing.to_str().unwrap(), set.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("mounted read-write") && err.contains(&*mnt.to_string_lossy()), "{err}");
     let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--freeze"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");

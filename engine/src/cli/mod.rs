@@ -288,7 +288,7 @@ enum Command {
     },
     /// Generate a sample source with mixed content, image it, verify it, restore it and compare.
     Demo {
-        /// Size of the sample source.
+        /// Size of the sample source, plus 12,345 bytes so its size is odd (a last chunk that is partial, a tail that is not sector-aligned).
         #[arg(long, value_parser = parse_size, default_value = "256M")]
         size: u64,
         /// Where to put the sample and its image set (a new temporary directory by default).
@@ -412,11 +412,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             o.level = level.or(p.level).unwrap_or(DEFAULT_LEVEL);
             o.lanes = lanes.or(p.lanes);
             o.queue_depth = queue_depth.or(p.queue_depth).unwrap_or(DEFAULT_QUEUE_DEPTH);
+            // Where the chunk size comes from, to name it when it is wrong.
+            let chunk_from = match (chunk_size, &p.chunk_size, &o.profile) {
+                (Some(_), _, _) => "--chunk-size".to_string(),
+                (None, Some(_), Some(origin)) => format!("chunk_size of the profile {origin}"),
+                (None, None, Some(origin)) => format!("read_size of the profile {origin}"),
+                (None, _, None) => "--chunk-size".to_string(),
+            };
             let chunk_size = chunk_size.or(p.chunk_size_bytes());
             o.chunk_size_given = chunk_size.is_some();
             let chunk_size = chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_BYTES));
             o.chunk_size_bytes = u32::try_from(chunk_size)
-                .map_err(|_| Error::InvalidSetting(format!("--chunk-size {chunk_size}: at most 64 MiB")))?;
+                .map_err(|_| Error::InvalidSetting(format!("{chunk_from} {chunk_size}: at most 64 MiB")))?;
             o.segment_size_bytes = segment_size.or(p.segment_size_bytes()).unwrap_or(DEFAULT_SEGMENT_BYTES);
             o.io = match (io, p.io.as_deref()) {
                 (Some(a), _) => a.into(),

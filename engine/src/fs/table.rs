@@ -187,7 +187,9 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
     // backup at the last LBA.
     gpt_header_sane(file, 1, ss)?;
     gpt_header_sane(file, (size / ss).saturating_sub(1), ss)?;
-    match gptman::GPT::read_from(&mut f, ss) {
+    // A source too small for LBA 1 cannot hold a GPT (only, maybe, an MBR).
+    let gpt = if size >= 2 * ss { gptman::GPT::read_from(&mut f, ss) } else { Err(gptman::Error::InvalidSignature) };
+    match gpt {
         Ok(gpt) => {
             let mut notes = Vec::new();
             // gptman falls back to the backup when the primary is bad; check both.

@@ -996,18 +996,48 @@ impl Drop for Frozen {
 
 /// A filesystem of the source mounted read-write changes while it is read:
 /// refuse, or with `freeze` freeze it for the run. Read-only mounts are fine.
+/// The loop devices whose backing file is `path` (same device and inode).
+fn loops_backed_by(path: &Path) -> Vec<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(me) = std::fs::metadata(path) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let sys = e.path();
+        let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) else { continue };
+        let same = std::fs::metadata(backing.trim()).is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino());
+        let dev = std::fs::read_to_string(sys.join("dev")).ok().and_then(|d| {
+            let (a, b) = d.trim().split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        });
+        if let (true, Some(d)) = (same, dev) {
+            out.push(d);
+        }
+    }
+    out
+}
+
 fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Frozen> {
     let mut frozen = Frozen(Vec::new());
-    let Some((maj, min)) = source
+    // The device, or for a file every loop device it backs: a filesystem
+    // mounted from a loop device over the file changes the file too.
+    let devices: Vec<(u32, u32)> = match source
         .identity
         .get("device_number")
         .and_then(|d| d.split_once(':'))
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-    else {
-        return Ok(frozen);
+    {
+        Some(d) => vec![d],
+        None => loops_backed_by(&source.path),
     };
-    let rw: Vec<String> =
-        crate::io::target::mounts_of((maj, min)).into_iter().filter(|(_, rw)| *rw).map(|(at, _)| at).collect();
+    let mut rw: Vec<String> = Vec::new();
+    for d in devices {
+        for (at, writable) in crate::io::target::mounts_of(d) {
+            if writable && !rw.contains(&at) {
+                rw.push(at);
+            }
+        }
+    }
     if rw.is_empty() {
         return Ok(frozen);
     }

@@ -65,14 +65,27 @@ pub struct Overlay {
     written: Vec<u64>,
 }
 
+/// The overlay's block map dies with the run, so its file goes too.
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Overlay {
     fn create(path: &std::path::Path, size: u64) -> Result<Overlay> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io("create overlay (it must not exist)", path, e))?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(|e| {
+                match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Error::Unusable {
+                        path: path.into(),
+                        why: "exists: an overlay is a new file for one run (a serve killed with -9 leaves its overlay \
+                          behind, without the map of what was written: remove it)"
+                            .into(),
+                    },
+                    _ => Error::io("create overlay", path, e),
+                }
+            })?;
         file.set_len(size).map_err(|e| Error::io("size overlay", path, e))?;
         let blocks = size.div_ceil(OVERLAY_BLOCK);
         Ok(Overlay { path: path.into(), file, size, written: vec![0; blocks.div_ceil(64) as usize] })

@@ -86,6 +86,17 @@ const MAX_READ: u32 = 32 << 20;
 pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
     let export = Arc::new(Export::open(opts)?);
     let done = Arc::new(AtomicU64::new(0));
+    let r = listen(opts, &export, &done, obs);
+    // Client threads may outlive this (holding the export); the overlay's
+    // map dies with the process, so its file goes now.
+    if let Some(o) = &export.overlay {
+        let _ = std::fs::remove_file(&o.lock().unwrap_or_else(|p| p.into_inner()).path);
+    }
+    r
+}
+
+fn listen(opts: &ServeOptions, export: &Arc<Export>, done: &Arc<AtomicU64>, obs: &dyn Observer) -> Result<()> {
+    let (export, done) = (export.clone(), done.clone());
     match &opts.listen {
         Listen::Unix(path) => {
             if let Ok(m) = std::fs::symlink_metadata(path) {
