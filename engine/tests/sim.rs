@@ -161,7 +161,13 @@ impl World {
         }
         match self.rng.below(6) {
             0 => {}
-            1 => f.space_bytes = Some(self.rng.below(self.data.len() as u64 / 2)),
+            1 => {
+                let space = self.rng.below(self.data.len() as u64 / 2);
+                f.space_bytes = Some(space);
+                // Half the time a write that does not fit fails whole (ext4
+                // O_DIRECT) rather than short (no extra draw: seeds replay).
+                f.space_all_or_nothing = space % 2 == 1;
+            }
             2 => f.write_eio_at = Some(self.rng.below(24)),
             3 => f.sync_eio_at = Some(self.rng.below(6)),
             _ => f.crash_at_write = Some(self.rng.below(24)),
@@ -793,4 +799,47 @@ fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
     let r = create(&opts(None, true), &Quiet).unwrap();
     assert_eq!(r.manifest.image_id, run);
     assert!(r.manifest.stats.chunks_resumed > 0, "and resumes");
+}
+
+/// The destination fills in the middle of a large write: whether the write
+/// comes back short or fails whole (as O_DIRECT on ext4 does), every frame
+/// that fits is written first, so `--resume` keeps them all.
+#[test]
+fn a_full_disk_keeps_every_frame_that_fits() {
+    for all_or_nothing in [false, true] {
+        let dir = scratch();
+        let data = tintype::sample::random_bytes(4 << 20, 12);
+        let source = dir.path().join("source.img");
+        std::fs::write(&source, &data).unwrap();
+        let source = source.canonicalize().unwrap();
+        let set = dir.path().join("set");
+        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
+            let mut o = CreateOptions::new(&source, &set);
+            o.lanes = Some(1);
+            o.chunk_size_bytes = CHUNK as u32;
+            o.chunk_size_given = !resume;
+            o.used_only = tintype::pipeline::capture::UsedOnly::Off;
+            o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
+            o.resume = resume;
+            o
+        };
+        let space = 1u64 << 20;
+        let faults = Faults { space_bytes: Some(space), space_all_or_nothing: all_or_nothing, ..Faults::default() };
+        let sim = Sim::new(1, faults);
+        let e = create(&opts(Some(&sim), false), &Quiet).unwrap_err().to_string();
+        assert!(e.contains("ENOSPC") || e.contains("no space"), "{e}");
+        let r = create(&opts(None, true), &Quiet).unwrap();
+        // Incompressible 64 KiB chunks: a frame is 17 pages.
+        let fits = (space - 4096) / (17 * 4096);
+        assert!(
+            r.manifest.stats.chunks_resumed >= fits - 1,
+            "all or nothing {all_or_nothing}: kept {} of the {fits} frames that fit",
+            r.manifest.stats.chunks_resumed
+        );
+        let target = dir.path().join("restored.img");
+        let mut ro = RestoreOptions::new(&set, &target);
+        ro.io = IoChoice::Portable;
+        restore(&ro, &Quiet).unwrap();
+        assert!(std::fs::read(&target).unwrap() == data);
+    }
 }

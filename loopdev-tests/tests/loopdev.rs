@@ -871,7 +871,15 @@ fn a_nearly_full_ext4_destination() {
     let out = tintype(&args);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap() > 0, "frames written before ENOSPC are kept");
+    // About 8 MiB were free: a full disk is written to the last 4 KiB that
+    // takes a whole frame, so most of that space holds kept frames (each a
+    // 256 KiB chunk of noise), not only what earlier flushes put there.
+    let resumed = v["manifest"]["stats"]["chunks_resumed"].as_u64().unwrap_or(0);
+    assert!(
+        resumed >= 20,
+        "frames written before ENOSPC are kept ({resumed}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = tintype(&["restore", set_s, target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(std::fs::read(&target).unwrap() == second, "the resumed image restores to the source's new bytes");

@@ -49,6 +49,9 @@ pub struct Faults {
     pub short_reads: bool,
     /// Bytes that writes may transfer before the destination is full.
     pub space_bytes: Option<u64>,
+    /// A write that does not fit fails whole with ENOSPC (as an O_DIRECT
+    /// write on ext4 does) instead of coming back short.
+    pub space_all_or_nothing: bool,
     /// The n-th write (counting from 0) fails with EIO.
     pub write_eio_at: Option<u64>,
     /// The n-th fsync (counting from 0) fails with EIO.
@@ -199,6 +202,11 @@ impl Sim {
             let left = space.saturating_sub(s.bytes_written);
             if left == 0 {
                 s.injected.push(format!("ENOSPC on write {n} ({} at {offset})", path.display()));
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            if (left as usize) < len && self.faults.space_all_or_nothing {
+                s.injected
+                    .push(format!("ENOSPC on write {n} of {len} bytes, {left} left ({} at {offset})", path.display()));
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
             if (left as usize) < len {

@@ -132,6 +132,9 @@ struct Staging {
     in_flight: bool,
     /// Bytes of `fill` already written (a short write is carried on).
     written: usize,
+    /// After ENOSPC, the most bytes one write may carry (0: no limit), so
+    /// the space left still takes every complete frame that fits.
+    limit: usize,
 }
 
 struct OpenSegment {
@@ -208,8 +211,8 @@ impl<'a> CaptureLane<'a> {
             ready: VecDeque::new(),
             batches: VecDeque::new(),
             staging: [
-                Staging { buf: qd, fill: 0, target: None, in_flight: false, written: 0 },
-                Staging { buf: qd + 1, fill: 0, target: None, in_flight: false, written: 0 },
+                Staging { buf: qd, fill: 0, target: None, in_flight: false, written: 0, limit: 0 },
+                Staging { buf: qd + 1, fill: 0, target: None, in_flight: false, written: 0, limit: 0 },
             ],
             cur: 0,
             seg: None,
@@ -639,7 +642,7 @@ impl<'a> CaptureLane<'a> {
                 .encode(self.io.buffer_mut(buf));
             fill = SEGMENT_HEADER_BYTES;
         }
-        self.staging[i] = Staging { buf, fill, target: Some((slot, base)), in_flight: false, written: 0 };
+        self.staging[i] = Staging { buf, fill, target: Some((slot, base)), in_flight: false, written: 0, limit: 0 };
         Ok(())
     }
 
@@ -673,6 +676,24 @@ impl<'a> CaptureLane<'a> {
                 self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
                 return Ok(());
             }
+            // The disk is full for this write: write less at a time (down to
+            // 4 KiB), so the frames that still fit are kept for --resume.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && st.fill - done > SEGMENT_HEADER_BYTES => {
+                let was = if st.limit == 0 { st.fill - done } else { st.limit };
+                let limit = (was / 2) & !(SEGMENT_HEADER_BYTES - 1);
+                if limit >= SEGMENT_HEADER_BYTES {
+                    self.staging[i].limit = limit;
+                    let len = limit.min(st.fill - done);
+                    self.io.enqueue_write(slot, st.buf, done, len, offset + done as u64, c.user_data);
+                    return Ok(());
+                }
+                return Err(Error::io_at(
+                    "write segment",
+                    path,
+                    offset + done as u64,
+                    io::name_enospc(e, "destination"),
+                ));
+            }
             Err(e) => {
                 return Err(Error::io_at(
                     "write segment",
@@ -701,12 +722,13 @@ impl<'a> CaptureLane<'a> {
                 }
                 let done = aligned;
                 self.staging[i].written = done;
-                self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
+                let len = if st.limit == 0 { st.fill - done } else { st.limit.min(st.fill - done) };
+                self.io.enqueue_write(slot, st.buf, done, len, offset + done as u64, c.user_data);
                 return Ok(());
             }
             Ok(_) => {}
         }
-        self.staging[i] = Staging { buf: st.buf, fill: 0, target: None, in_flight: false, written: 0 };
+        self.staging[i] = Staging { buf: st.buf, fill: 0, target: None, in_flight: false, written: 0, limit: 0 };
         let seg = self.segment_in(slot);
         seg.writes_in_flight -= 1;
         let done = seg.writes_in_flight == 0;
