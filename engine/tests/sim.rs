@@ -705,17 +705,7 @@ fn a_resume_after_the_source_was_written_starts_afresh() {
         std::fs::write(&source, &data).unwrap();
         let source = source.canonicalize().unwrap();
         let set = dir.path().join("set");
-        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
-            let mut o = CreateOptions::new(&source, &set);
-            o.lanes = Some(1);
-            o.chunk_size_bytes = CHUNK as u32;
-            o.chunk_size_given = !resume;
-            o.staging_bytes = Some(0);
-            o.used_only = tintype::pipeline::capture::UsedOnly::Off;
-            o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
-            o.resume = resume;
-            o
-        };
+        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| one_lane(&source, &set, sim, resume);
         let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
         assert!(create(&opts(Some(&sim), false), &Quiet).is_err() && sim.crashed());
         if written {
@@ -769,17 +759,7 @@ fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
     std::fs::write(&source, &data).unwrap();
     let source = source.canonicalize().unwrap();
     let set = dir.path().join("set");
-    let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
-        let mut o = CreateOptions::new(&source, &set);
-        o.lanes = Some(1);
-        o.chunk_size_bytes = CHUNK as u32;
-        o.chunk_size_given = !resume;
-        o.staging_bytes = Some(0);
-        o.used_only = tintype::pipeline::capture::UsedOnly::Off;
-        o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
-        o.resume = resume;
-        o
-    };
+    let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| one_lane(&source, &set, sim, resume);
     let full = create(&opts(None, false), &Quiet).unwrap();
     let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
     assert!(create(&opts(Some(&sim), false), &Quiet).is_err());
@@ -813,15 +793,10 @@ fn a_full_disk_keeps_every_frame_that_fits() {
         std::fs::write(&source, &data).unwrap();
         let source = source.canonicalize().unwrap();
         let set = dir.path().join("set");
-        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| {
-            let mut o = CreateOptions::new(&source, &set);
-            o.lanes = Some(1);
-            o.chunk_size_bytes = CHUNK as u32;
-            o.chunk_size_given = !resume;
-            o.used_only = tintype::pipeline::capture::UsedOnly::Off;
-            o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
-            o.resume = resume;
-            o
+        // The default staging: one large write holds many frames.
+        let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| CreateOptions {
+            staging_bytes: None,
+            ..one_lane(&source, &set, sim, resume)
         };
         let space = 1u64 << 20;
         let faults = Faults { space_bytes: Some(space), space_all_or_nothing: all_or_nothing, ..Faults::default() };
@@ -842,4 +817,24 @@ fn a_full_disk_keeps_every_frame_that_fits() {
         restore(&ro, &Quiet).unwrap();
         assert!(std::fs::read(&target).unwrap() == data);
     }
+}
+
+/// A create of `source` into `set` on one lane with 64 KiB chunks, every
+/// frame written at once (no staging), the whole source read (no used-space
+/// map), through `sim` or the portable backend; `resume` carries a run on.
+fn one_lane(
+    source: &std::path::Path,
+    set: &std::path::Path,
+    sim: Option<&std::sync::Arc<Sim>>,
+    resume: bool,
+) -> CreateOptions {
+    let mut o = CreateOptions::new(source, set);
+    o.lanes = Some(1);
+    o.chunk_size_bytes = CHUNK as u32;
+    o.chunk_size_given = !resume;
+    o.staging_bytes = Some(0);
+    o.used_only = tintype::pipeline::capture::UsedOnly::Off;
+    o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
+    o.resume = resume;
+    o
 }
