@@ -154,6 +154,21 @@ fn block_writes(sys: &Path, out: &mut Vec<String>, seen: &mut Vec<PathBuf>, dept
     }
     seen.push(sys.to_path_buf());
     let name = sys.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Writes still in the device's page cache reach the counter only when
+    // written back: write them back first (fsync on a read-only descriptor),
+    // so a write made just before is counted now, not during the run.
+    if let Ok(dev) = std::fs::read_to_string(sys.join("dev")) {
+        let dev = dev.trim();
+        for node in [format!("/dev/block/{dev}"), format!("/dev/{name}")] {
+            let is_it = std::fs::metadata(&node).is_ok_and(|m| {
+                m.file_type().is_block_device() && format!("{}:{}", libc::major(m.rdev()), libc::minor(m.rdev())) == dev
+            });
+            if let (true, Ok(f)) = (is_it, std::fs::File::open(&node)) {
+                let _ = f.sync_all();
+                break;
+            }
+        }
+    }
     // Field 7 of the stat file: sectors written (Documentation/block/stat.rst).
     if let Some(w) =
         std::fs::read_to_string(sys.join("stat")).ok().and_then(|s| s.split_whitespace().nth(6).map(str::to_string))
