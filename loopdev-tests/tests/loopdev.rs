@@ -301,6 +301,18 @@ fn restored_ext4_filesystem_is_clean() {
     let t = LoopDev::attach(&t_file, 4096);
     let out = restore(&[set.to_str().unwrap(), t.as_str(), "--verify-after"]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    // The target is free the moment restore returns (`restore && mount`):
+    // an exclusive open succeeds at once, on either I/O backend.
+    let exclusive = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(t.as_str())
+    };
+    assert!(exclusive().is_ok(), "the target is still held after restore: {:?}", exclusive().err());
+    for io in ["uring", "portable"] {
+        let out = restore(&[set.to_str().unwrap(), t.as_str(), "--force", "--io", io]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        assert!(exclusive().is_ok(), "--io {io}: the target is still held after restore: {:?}", exclusive().err());
+    }
     assert!(std::fs::read(&t_file).unwrap() == std::fs::read(&src_file).unwrap());
     sh("e2fsck", &["-fn", t.as_str()]);
 }

@@ -280,6 +280,16 @@ impl Drop for UringIo {
                 }
             }
         }
+        // The ring's own references to our files go now, not in the
+        // kernel's deferred ring teardown after the process has exited: a
+        // restore target opened O_EXCL is free (to mount, to fsck) the moment
+        // tintype returns.
+        if self.files_registered {
+            let _ = self.ring.submitter().unregister_files();
+        }
+        if self.bufs_registered {
+            let _ = self.ring.submitter().unregister_buffers();
+        }
     }
 }
 
