@@ -317,6 +317,41 @@ fn restored_ext4_filesystem_is_clean() {
     sh("e2fsck", &["-fn", t.as_str()]);
 }
 
+/// --allow-shrink with used-space imaging: a filesystem's free tail is
+/// recorded unused, so the data check alone would pass; a filesystem that
+/// ends past the smaller target is refused (it would not mount), one that
+/// ends before it restores and checks clean.
+#[test]
+fn allow_shrink_never_cuts_a_filesystem() {
+    if !require_loop_devices("allow_shrink_never_cuts_a_filesystem") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("data.bin"), mixed(3 << 20, 4)).unwrap();
+    let target_file = dir.path().join("t.img");
+    std::fs::File::create(&target_file).unwrap().set_len(48 << 20).unwrap();
+    let target = LoopDev::attach(&target_file, 512);
+    for (fs_mib, fits) in [(64u64, false), (40, true)] {
+        let src = dir.path().join(format!("src{fs_mib}.img"));
+        std::fs::File::create(&src).unwrap().set_len(64 << 20).unwrap();
+        let size = format!("{}M", fs_mib);
+        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", "-d", tree.to_str().unwrap(), src.to_str().unwrap(), &size]);
+        let set = dir.path().join(format!("set{fs_mib}"));
+        let out = tintype(&["create", src.to_str().unwrap(), set.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        let out = restore(&[set.to_str().unwrap(), target.as_str(), "--allow-shrink", "--force"]);
+        if fits {
+            assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+            sh("e2fsck", &["-fn", target.as_str()]);
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+            assert!(out_text(&out).contains("filesystem ends at byte"), "{}", out_text(&out));
+        }
+    }
+}
+
 /// Images of files whose size is not a multiple of the target device's
 /// sector, ending in zeros: the kernel zeroes whole sectors only, so the
 /// unaligned end is written as explicit zeros and the restore completes.
@@ -1191,11 +1226,16 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("mounted read-write") && err.contains("snapshot") && err.contains("--freeze"), "{err}");
-    // The file behind the loop device is the same live filesystem.
-    let out = tintype(&["create", backing.to_str().unwrap(), set.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("mounted read-write") && err.contains(&*mnt.to_string_lossy()), "{err}");
+    // The file behind the loop device is the same live filesystem, and so
+    // is a second loop device over that file.
+    let second = LoopDev::attach(&backing, 512);
+    for source in [backing.to_str().unwrap(), second.as_str()] {
+        let out = tintype(&["create", source, set.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{source}: {err}");
+        assert!(err.contains("mounted read-write") && err.contains(&*mnt.to_string_lossy()), "{source}: {err}");
+    }
+    drop(second);
     let out = tintype(&["create", dev.as_str(), set.to_str().unwrap(), "--freeze"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");

@@ -166,6 +166,10 @@ pub struct Partition {
     pub filesystem: String,
     /// Bytes the filesystem uses, when its map could be read.
     pub used_bytes: Option<u64>,
+    /// The filesystem's own size (its block count), when its map could be
+    /// read: where it ends matters to a restore onto a smaller target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_bytes: Option<u64>,
     /// Why the partition is imaged whole, when it is.
     pub note: Option<String>,
 }
@@ -207,6 +211,7 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                 }
                 let fs_bytes = fs.blocks * fs.block_bytes;
                 p.used_bytes = Some(fs_bytes.saturating_sub(map.free_bytes()));
+                p.fs_bytes = Some(fs_bytes);
                 free.extend(&map.shifted(p.start_bytes));
             }
             Err(why) => {
@@ -222,6 +227,7 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                         p.name = fs.label.clone();
                     }
                     p.used_bytes = Some((fs.blocks * fs.block_bytes).saturating_sub(map.free_bytes()));
+                    p.fs_bytes = Some(fs.blocks * fs.block_bytes);
                     free.extend(&map.shifted(p.start_bytes));
                 }
                 Err(why) => p.note = Some(format!("xfs filesystem imaged whole: {why}")),
@@ -262,6 +268,7 @@ pub fn analyze(r: &(impl MetaRead + ?Sized), file: &File, size: u64, sector: u32
                 name: String::new(),
                 filesystem: String::new(),
                 used_bytes: None,
+                fs_bytes: None,
                 note: None,
             };
             let p = examine(r, whole, &mut layout.free);

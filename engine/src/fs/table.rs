@@ -24,6 +24,7 @@ fn partition(number: u32, start: u64, size: u64, kind: String, name: String) -> 
         name,
         filesystem: String::new(),
         used_bytes: None,
+        fs_bytes: None,
         note: None,
     }
 }

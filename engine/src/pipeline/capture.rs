@@ -1021,13 +1021,21 @@ fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Fro
     let mut frozen = Frozen(Vec::new());
     // The device, or for a file every loop device it backs: a filesystem
     // mounted from a loop device over the file changes the file too.
+    // A loop device source: also every other loop device over its backing
+    // file (the filesystem may be mounted through any of them).
     let devices: Vec<(u32, u32)> = match source
         .identity
         .get("device_number")
         .and_then(|d| d.split_once(':'))
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
     {
-        Some(d) => vec![d],
+        Some(d) => {
+            let mut v = vec![d];
+            if let Some(backing) = source.identity.get("loop_backing_file") {
+                v.extend(loops_backed_by(Path::new(backing)).into_iter().filter(|l| *l != d));
+            }
+            v
+        }
         None => loops_backed_by(&source.path),
     };
     let mut rw: Vec<String> = Vec::new();

@@ -376,6 +376,25 @@ fn check_segments(opts: &RestoreOptions, segments: &[SegmentRef]) -> Result<Vec<
 
 /// With --allow-shrink: every chunk past the target's end must hold only zeros.
 fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Result<()> {
+    // A filesystem whose free tail was recorded unused fits the data check
+    // below, but past the target's end it would describe blocks that are
+    // not there (unmountable): refused.
+    for p in img.manifest.layout.iter().flat_map(|l| &l.partitions).filter(|p| p.used_bytes.is_some()) {
+        let end = p.start_bytes.saturating_add(p.fs_bytes.unwrap_or(p.size_bytes));
+        if end > limit {
+            let what = if p.number == 0 { "the source's".to_string() } else { format!("partition {}'s", p.number) };
+            return Err(Error::Unusable {
+                path: img.dir.clone(),
+                why: format!(
+                    "--allow-shrink: {what} {} filesystem ends at byte {end}, past the target's end at {limit}; \
+                     restored, it would describe blocks the target does not have. Shrink the filesystem first \
+                     (resize2fs; XFS cannot shrink) and image it again, or restore to a target of at least {end} \
+                     bytes",
+                    p.filesystem
+                ),
+            });
+        }
+    }
     let entries = &resolved.entries;
     let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", &img.dir, e))?;
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
