@@ -188,7 +188,18 @@ impl ImageSet {
                         let why = if partial.iter().any(|i| i.to_string().starts_with(prefix)) {
                             format!("image {prefix} has data files but no manifest: its run did not finish")
                         } else {
-                            format!("no image whose ID starts with {prefix}")
+                            // An image a merge replaced and removed: name what stands for it.
+                            let (images, _) = self.images_lenient()?;
+                            let by = images.iter().find(|i| i.manifest.replaces.iter().any(|r| r.starts_with(prefix)));
+                            match by {
+                                Some(r) => format!(
+                                    "image {prefix} was consolidated by a merge into image {} (the same point in \
+                                     time): use @{}",
+                                    r.id(),
+                                    r.id()
+                                ),
+                                None => format!("no image whose ID starts with {prefix}"),
+                            }
                         };
                         Err(Error::NotCommitted { path: self.dir.clone(), why })
                     }

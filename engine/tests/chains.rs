@@ -630,6 +630,9 @@ fn odd_requests_get_clear_answers() {
     assert!(now.contains(full) && now.contains(&merged) && !now.contains(inc2), "{now:?}");
     assert!(!now.contains(inc1), "inc1 was folded by the merge: {now:?}");
     assert!(restore_bytes(&sb, &merged) == *inc2_bytes);
+    // Its old ID says where its point in time went.
+    let out = sb.expect(&["verify", &format!("set@{inc2}")], 4);
+    assert!(stderr(&out).contains(&format!("into image {merged}")), "{}", stderr(&out));
 
     let out = sb.expect(&["create", "src.img", "other@2c98"], 2);
     assert!(stderr(&out).contains("@2c98") && !sb.path("other@2c98").exists(), "{}", stderr(&out));
