@@ -116,7 +116,16 @@ impl ImageSet {
                 Err(e) => bad.push((id, e)),
             }
         }
-        good.sort_by_key(|i: &Image| (i.manifest.point_in_time(), i.committed_nanos));
+        // Oldest first, but never before an image's own parent: a child
+        // dated earlier than its parent (the clock was wrong for one of
+        // them) is still newer than it, so "the newest image", the parent
+        // of the next incremental and --keep-last follow the chain, not a
+        // wrong clock.
+        let mut when: std::collections::HashMap<ImageId, u128> = std::collections::HashMap::new();
+        for i in &good {
+            effective_time(i, &good, &mut when, 0);
+        }
+        good.sort_by_key(|i: &Image| (when.get(&i.id()).copied().unwrap_or(0), i.committed_nanos));
         Ok((good, bad))
     }
 
@@ -217,6 +226,26 @@ impl ImageSet {
 /// The image `img` depends on among `all`: an image that replaces its
 /// parent (written by `merge`, same point in time) if there is one, else the
 /// parent itself. None when it has no parent or the parent is not in `all`.
+/// An image's point in time, raised to just after its parent's when the
+/// clock put it earlier (memoised in `when`; a loop of parents stops).
+fn effective_time(
+    img: &Image,
+    all: &[Image],
+    when: &mut std::collections::HashMap<ImageId, u128>,
+    depth: usize,
+) -> u128 {
+    if let Some(&t) = when.get(&img.id()) {
+        return t;
+    }
+    let own = img.manifest.point_in_time();
+    let t = match find_parent(img, all).filter(|p| p.id() != img.id() && depth < all.len()) {
+        Some(p) => own.max(effective_time(p, all, when, depth + 1) + 1),
+        None => own,
+    };
+    when.insert(img.id(), t);
+    t
+}
+
 pub fn find_parent<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
     standing_for(img.manifest.parent_id()?, all)
 }

@@ -638,3 +638,36 @@ fn odd_requests_get_clear_answers() {
     assert!(stderr(&out).contains("@2c98") && !sb.path("other@2c98").exists(), "{}", stderr(&out));
     sb.expect(&["create", "src.img", "other", "--read-retries", "101"], 2);
 }
+
+/// The clock was wrong (years ahead) for one image: the images taken after
+/// it still chain onto it, are the newest (the default for restore), and
+/// are what --keep-last keeps; the create says the clock looks wrong.
+#[test]
+fn a_wrong_clock_once_does_not_reorder_the_set() {
+    let sb = Sandbox::new();
+    let mut data = mixed_bytes(4 << 20, 3);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    new_image(&sb, &[]);
+    change_chunks(&mut data, 3, 1);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let ahead = new_image(&sb, &["--incremental"]);
+    // As if the clock said 2030 when `ahead` was taken.
+    let secs = 1_906_934_400u64;
+    edit_manifest(&sb, &ahead, "created_unix_seconds", serde_json::json!(secs));
+    edit_manifest(&sb, &ahead, "created_unix_nanos", serde_json::json!(secs * 1_000_000_000));
+    edit_manifest(&sb, &ahead, "created", serde_json::json!("2030-06-07T00:00:00Z"));
+    change_chunks(&mut data, 3, 2);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let out = sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0);
+    assert!(stderr(&out).contains("the clock"), "{}", stderr(&out));
+    let last = json(&out)["manifest"]["image_id"].as_str().unwrap().to_string();
+    assert_eq!(json(&out)["manifest"]["parent"], ahead.as_str(), "it chains onto the image dated ahead");
+    assert_eq!(committed(&sb).last(), Some(&last), "the last image taken is the newest");
+    let t = sb.path("restored.img");
+    sb.expect(&["restore", "set", "restored.img"], 0);
+    assert!(std::fs::read(&t).unwrap() == data, "restore's default is the last image taken");
+    sb.expect(&["prune", "set", "--keep-last", "1"], 0);
+    let left = committed(&sb);
+    assert_eq!(left.len(), 1);
+    assert!(restore_bytes(&sb, &left[0]) == data, "--keep-last 1 kept the last point in time");
+}

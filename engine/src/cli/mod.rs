@@ -313,7 +313,14 @@ pub fn main() -> ExitCode {
     // a second one ends the process at once.
     // With --freeze a frozen filesystem must always be thawed, so a second
     // signal does not end the process there (the run stops at its next check).
-    let freezing = std::env::args().any(|a| a == "--freeze");
+    let freezing = std::env::args_os().any(|a| a == "--freeze");
+    // A file-size limit (`ulimit -f`) would kill the process with SIGXFSZ,
+    // silently; ignored, the write fails with EFBIG and the error names the
+    // file, like any other write error.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let flag = &tintype::pipeline::INTERRUPTED;
         if !freezing {

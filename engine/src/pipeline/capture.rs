@@ -620,6 +620,18 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let src = source_info(&source);
     let _frozen = check_mounts(&source, opts.freeze, obs)?;
     let st = start(opts, &set, &src, obs)?;
+    if let Some(p) = &st.parent {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        if now < p.manifest.point_in_time() {
+            obs.note(&format!(
+                "the clock ({}) is earlier than the parent image {}'s time ({}): one of them is wrong; the new image \
+                 still counts as newer than its parent",
+                rfc3339_utc((now / 1_000_000_000) as u64),
+                p.id(),
+                p.manifest.created
+            ));
+        }
+    }
     let mut o = opts.clone();
     o.chunk_size_bytes = st.chunk_bytes;
     o.level = st.level;

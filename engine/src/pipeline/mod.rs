@@ -36,29 +36,58 @@ pub(crate) fn run_lanes<T: Send>(
     // panic included); the channel then disconnects and `watch` returns at
     // once, instead of polling.
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    // Lanes start work only once every lane exists (they may wait for each
+    // other): if one cannot be started (RLIMIT_NPROC, memory), the others
+    // return at once instead of waiting for it forever.
+    let gate = (std::sync::Mutex::new(None::<bool>), std::sync::Condvar::new());
     std::thread::scope(|scope| {
         let body = &body;
-        let handles: Vec<_> = (0..lanes)
-            .map(|lane| {
-                let core = cores.get(lane as usize % cores.len().max(1)).copied();
-                let done = tx.clone();
-                std::thread::Builder::new()
-                    .name(format!("{name}-{lane}"))
-                    .spawn_scoped(scope, move || {
-                        let _done = done;
-                        if let Some(core) = core {
-                            pin_to_core(core);
-                        }
-                        let r = body(lane);
-                        if r.is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        r
-                    })
-                    .expect("spawn lane thread")
-            })
-            .collect();
+        let gate = &gate;
+        let mut handles = Vec::new();
+        let mut failed = None;
+        for lane in 0..lanes {
+            let core = cores.get(lane as usize % cores.len().max(1)).copied();
+            let done = tx.clone();
+            let spawned = std::thread::Builder::new().name(format!("{name}-{lane}")).spawn_scoped(scope, move || {
+                let _done = done;
+                let mut open = gate.0.lock().unwrap_or_else(|p| p.into_inner());
+                while open.is_none() {
+                    open = gate.1.wait(open).unwrap_or_else(|p| p.into_inner());
+                }
+                if *open == Some(false) {
+                    return Err(crate::Error::Interrupted("another lane could not be started".into()));
+                }
+                drop(open);
+                if let Some(core) = core {
+                    pin_to_core(core);
+                }
+                let r = body(lane);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed.is_none());
+        gate.1.notify_all();
         drop(tx);
+        if let Some(e) = failed {
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(crate::Error::io(
+                "start a lane thread (RLIMIT_NPROC, `ulimit -u`, or memory may be too low; fewer --lanes need fewer)",
+                name,
+                e,
+            ));
+        }
         watch(rx, progress);
         let mut out = Vec::new();
         let mut first: Option<crate::Error> = None;
