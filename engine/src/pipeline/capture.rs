@@ -915,11 +915,14 @@ fn used_space(
         // SAFETY: BLKFLSBUF takes no argument; `meta` is an open descriptor.
         let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&meta), 0x1261 as _, 0) };
         if r != 0 {
-            return Err(Error::io(
-                "flush the buffer cache (BLKFLSBUF) of",
-                &source.path,
-                std::io::Error::last_os_error(),
-            ));
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
+                return Err(Error::io("flush the buffer cache (BLKFLSBUF) of", &source.path, e));
+            }
+            // Unprivileged (BLKFLSBUF needs CAP_SYS_ADMIN): such a user
+            // cannot mount or freeze the device either, so what is cached
+            // is what is on it.
+            obs.note("the device's buffer cache was not flushed (BLKFLSBUF needs CAP_SYS_ADMIN); imaging on");
         }
     }
     let layout = crate::fs::analyze(&meta, &meta, source.size_bytes, source.logical_sector_bytes);

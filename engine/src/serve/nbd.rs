@@ -212,6 +212,19 @@ where
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 continue;
             }
+            // Out of descriptors or memory for one more client: it waits in
+            // the listen queue until a client leaves; the others are served on.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                turned_away += 1;
+                if turned_away.is_power_of_two() {
+                    obs.note(&format!(
+                        "a new client cannot be accepted yet ({e}); it waits until another leaves ({turned_away} \
+                         tries so far)"
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
             Err(e) => return Err(Error::io("accept", "listening socket", e)),
         };
         if started - done.load(Ordering::Relaxed) >= MAX_CLIENTS {
@@ -225,15 +238,22 @@ where
             continue;
         }
         started += 1;
-        let (export, done) = (export.clone(), done.clone());
-        std::thread::Builder::new()
-            .name(format!("tintype-nbd-{started}"))
-            .spawn(move || {
-                // Whatever the client does, it ends its own connection only.
-                let _ = session(stream, &export);
-                done.fetch_add(1, Ordering::Relaxed);
-            })
-            .map_err(|e| Error::io("start client thread", "serve", e))?;
+        let (export, ended) = (export.clone(), done.clone());
+        let spawned = std::thread::Builder::new().name(format!("tintype-nbd-{started}")).spawn(move || {
+            // Whatever the client does, it ends its own connection only.
+            let _ = session(stream, &export);
+            ended.fetch_add(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            // No thread for this client (RLIMIT_NPROC, memory): it goes (its
+            // stream was moved into the closure, dropped with it), the
+            // others are served on.
+            done.fetch_add(1, Ordering::Relaxed);
+            turned_away += 1;
+            if turned_away.is_power_of_two() {
+                obs.note(&format!("no thread for a new client ({e}); turned away ({turned_away} so far)"));
+            }
+        }
     }
 }
 
