@@ -248,7 +248,26 @@ pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
 /// file slots, honouring `choice`.
 pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<Box<dyn Io>> {
     Ok(match choice {
-        Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth)?),
+        Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth).map_err(|e| {
+            match e.raw_os_error() {
+                // Rings are locked memory, counted per user: name the limit.
+                Some(libc::ENOMEM) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}: io_uring rings count against RLIMIT_MEMLOCK (`ulimit -l`, per user); raise it, use \
+                         fewer --lanes, or --io portable"
+                    ),
+                ),
+                // The kernel's io_uring workers are threads of this user.
+                Some(libc::EAGAIN) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}: io_uring needs threads; RLIMIT_NPROC (`ulimit -u`) may be too low, or use --io portable"
+                    ),
+                ),
+                _ => e,
+            }
+        })?),
         Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
         Backend::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), buffer_sizes, slots)),
     })
@@ -291,9 +310,17 @@ pub fn is_transient(e: &io::Error) -> bool {
 /// An error of a write to `what` ("destination", "target"), with ENOSPC
 /// said in words a user looking at a full disk recognises.
 pub fn name_enospc(e: std::io::Error, what: &str) -> std::io::Error {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        std::io::Error::new(e.kind(), format!("no space left on the {what} (ENOSPC)"))
-    } else {
-        e
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => std::io::Error::new(e.kind(), format!("no space left on the {what} (ENOSPC)")),
+        // io_uring cancels a request its kernel worker thread could not be
+        // started for (RLIMIT_NPROC counts those threads too).
+        Some(libc::ECANCELED) => std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}: the kernel cancelled the I/O, likely unable to start an io_uring worker thread (RLIMIT_NPROC, \
+                 `ulimit -u`); raise it or use --io portable"
+            ),
+        ),
+        _ => e,
     }
 }

@@ -276,6 +276,19 @@ fn incomplete(e: Error, target: &std::path::Path) -> Error {
                 target.display()
             ),
         },
+        Error::Io { op, path, offset, cause } => Error::Io {
+            op,
+            path,
+            offset,
+            cause: std::io::Error::new(
+                cause.kind(),
+                format!(
+                    "{cause}; {} is incomplete: once the cause is fixed, restore again (with --force, since the \
+                     target now holds data)",
+                    target.display()
+                ),
+            ),
+        },
         other => other,
     }
 }
