@@ -187,7 +187,23 @@ impl ImageSet {
                     };
                     return Err(Error::NotCommitted { path: self.dir.clone(), why });
                 }
-                Ok(self.images()?.pop().expect("at least one image"))
+                let (good, bad) = self.images_lenient()?;
+                match bad.into_iter().next() {
+                    // Which image is the newest cannot be told while one does
+                    // not load: say so, and how to pick one that does.
+                    Some((id, e)) if !good.is_empty() => Err(Error::BrokenChain {
+                        path: self.dir.clone(),
+                        image: id.to_string(),
+                        why: format!(
+                            "its manifest does not load ({e}), so which image is the newest cannot be told; pick one \
+                             with SET@ID ({} other image(s) load: `tintype list {}`)",
+                            good.len(),
+                            self.dir.display()
+                        ),
+                    }),
+                    Some((_, e)) => Err(e),
+                    None => Ok(good.into_iter().next_back().expect("at least one image")),
+                }
             }
             Some(prefix) => {
                 let hits: Vec<ImageId> = ids.iter().copied().filter(|i| i.to_string().starts_with(prefix)).collect();

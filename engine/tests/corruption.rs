@@ -238,6 +238,17 @@ fn hand_damage_and_bad_arguments_get_their_exit_codes() {
     let out = sb.expect(&["verify", "set"], 3);
     assert!(stderr(&out).contains("format_version is \"1\""), "{}", stderr(&out));
 
+    // A foreign file named like a manifest beside a good image: the newest
+    // cannot be told (3, saying how to pick one); the good image still works.
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let good = only_file(&sb.path("set"), ".manifest.json");
+    let good_id = good.file_name().unwrap().to_string_lossy()[..16].to_string();
+    std::fs::write(sb.path("set/0123456789abcdef.manifest.json"), b"garbage").unwrap();
+    let out = sb.expect(&["verify", "set"], 3);
+    assert!(stderr(&out).contains("0123456789abcdef") && stderr(&out).contains("SET@ID"), "{}", stderr(&out));
+    sb.expect(&["verify", &format!("set@{good_id}")], 0);
+
     // A selector that is not hex, and out-of-range flags: usage (2).
     let sb = Sandbox::new();
     image(&sb, "portable");

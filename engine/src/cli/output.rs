@@ -639,9 +639,10 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
         let bytes = human(u["bytes_on_disk"].as_u64().unwrap_or(0));
         let what = match (u["operation"].as_str(), u["source"].as_str()) {
             (Some("create"), Some(src)) => format!(
-                "unfinished {} create of {src} ({bytes} written): `tintype create {src} {} --resume` carries it on",
+                "unfinished {} create of {src} ({bytes} written): `tintype create {} {} --resume` carries it on",
                 u["kind"].as_str().unwrap_or("full"),
-                set.dir.display()
+                shell_quote(src),
+                shell_quote(&set.dir.to_string_lossy())
             ),
             (Some("merge"), _) => format!("unfinished merge ({bytes}): the next merge or prune removes it"),
             _ if tintype::format::ImageId::parse(id)
@@ -708,5 +709,26 @@ pub fn print_prune(r: &tintype::merge::PruneReport, json: bool) {
     }
     if r.dry_run {
         println!("(dry run: nothing was changed)");
+    }
+}
+
+/// `s` as one shell word: as it is when that is safe, else single-quoted.
+fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./-:@+=,%".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_words() {
+        assert_eq!(super::shell_quote("/dev/sda"), "/dev/sda");
+        assert_eq!(super::shell_quote("my set"), "'my set'");
+        assert_eq!(super::shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(super::shell_quote(""), "''");
     }
 }

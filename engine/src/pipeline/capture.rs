@@ -598,7 +598,7 @@ fn salvage(
 /// Image `opts.source` into the set `opts.set`.
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
     validate(opts)?;
-    let (backend, why) = io::select(&opts.io).map_err(Error::InvalidSetting)?;
+    let (backend, why) = io::select(&opts.io).map_err(|why| Error::Unusable { path: "io_uring".into(), why })?;
     if let Some(why) = why {
         obs.note(&why);
     }
