@@ -239,9 +239,6 @@ impl ImageSet {
     }
 }
 
-/// The image `img` depends on among `all`: an image that replaces its
-/// parent (written by `merge`, same point in time) if there is one, else the
-/// parent itself. None when it has no parent or the parent is not in `all`.
 /// An image's point in time, raised to just after its parent's when the
 /// clock put it earlier (memoised in `when`; a loop of parents stops).
 fn effective_time(
@@ -262,6 +259,9 @@ fn effective_time(
     t
 }
 
+/// The image `img` depends on among `all`: an image that replaces its
+/// parent (written by `merge`, same point in time) if there is one, else the
+/// parent itself. None when it has no parent or the parent is not in `all`.
 pub fn find_parent<'a>(img: &Image, all: &'a [Image]) -> Option<&'a Image> {
     standing_for(img.manifest.parent_id()?, all)
 }
@@ -405,23 +405,11 @@ impl Image {
     /// Reads every segment whole: what must hold before the only other copy
     /// of this image's point in time is removed on its behalf.
     pub fn check_segment_hashes(&self) -> std::result::Result<(), String> {
-        use std::io::Read;
         for (n, s) in self.manifest.segments.iter().enumerate() {
             let path = self.segment_path(n);
-            let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut h = Xxh3Default::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => h.update(&buf[..k]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("{}: {e}", path.display())),
-                }
-            }
-            let got = format!("{:016x}", h.digest());
-            if got != s.xxh3_64 {
-                return Err(format!("{}: its xxh3-64 is {got}, its manifest says {}", path.display(), s.xxh3_64));
+            let got = crate::pipeline::capture::stream_file(&path, |_| Ok(())).map_err(|e| e.to_string())?.digest();
+            if format!("{got:016x}") != s.xxh3_64 {
+                return Err(format!("{}: its xxh3-64 is {got:016x}, its manifest says {}", path.display(), s.xxh3_64));
             }
         }
         Ok(())

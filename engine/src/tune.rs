@@ -126,7 +126,7 @@ fn read_rate(
 
 /// Measure `opts.device` and choose settings.
 pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
-    let (backend, why) = io::select(&opts.io).map_err(|why| Error::Unusable { path: "io_uring".into(), why })?;
+    let (backend, why) = io::select(&opts.io)?;
     if let Some(why) = why {
         obs.note(&why);
     }

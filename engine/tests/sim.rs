@@ -104,14 +104,10 @@ fn scratch() -> tempfile::TempDir {
 impl World {
     fn new(seed: u64) -> World {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let dir = scratch();
         // 1.5 to 4 MiB, not always a whole number of chunks or sectors' worth of chunks.
         let size = (24 + rng.below(40)) * CHUNK + if rng.chance(30) { rng.below(CHUNK / SECTOR) * SECTOR } else { 0 };
         let data = mixed_bytes(size as usize, seed);
-        let source = dir.path().join("source.img");
-        std::fs::write(&source, &data).unwrap();
-        let source = source.canonicalize().unwrap();
-        let set = dir.path().join("set");
+        let (dir, source, set) = source_and_set(&data);
         World {
             seed,
             rng,
@@ -633,12 +629,8 @@ fn seeded_faults_never_lose_a_committed_image() {
 /// reports exactly the bad sectors.
 #[test]
 fn an_interrupted_runs_unreadable_journal_is_honoured() {
-    let dir = scratch();
     let data = mixed_bytes(3 << 20, 99);
-    let source = dir.path().join("source.img");
-    std::fs::write(&source, &data).unwrap();
-    let source = source.canonicalize().unwrap();
-    let set = dir.path().join("set");
+    let (dir, source, set) = source_and_set(&data);
     let bad = BadRange { path: source.clone(), start: 2 * CHUNK + 4096, len: 1024, times: u32::MAX };
     let opts = |sim: &std::sync::Arc<Sim>, skip: bool, resume: bool| {
         let mut o = CreateOptions::new(&source, &set);
@@ -699,12 +691,8 @@ fn an_interrupted_runs_unreadable_journal_is_honoured() {
 #[test]
 fn a_resume_after_the_source_was_written_starts_afresh() {
     for written in [false, true] {
-        let dir = scratch();
         let mut data = mixed_bytes(2 << 20, 7);
-        let source = dir.path().join("source.img");
-        std::fs::write(&source, &data).unwrap();
-        let source = source.canonicalize().unwrap();
-        let set = dir.path().join("set");
+        let (dir, source, set) = source_and_set(&data);
         let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| one_lane(&source, &set, sim, resume);
         let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
         assert!(create(&opts(Some(&sim), false), &Quiet).is_err() && sim.crashed());
@@ -753,12 +741,8 @@ impl tintype::pipeline::Observer for Notes<'_> {
 /// the images it replaces: prune leaves the run alone, and it resumes.
 #[test]
 fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
-    let dir = scratch();
     let data = mixed_bytes(2 << 20, 8);
-    let source = dir.path().join("source.img");
-    std::fs::write(&source, &data).unwrap();
-    let source = source.canonicalize().unwrap();
-    let set = dir.path().join("set");
+    let (_dir, source, set) = source_and_set(&data);
     let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| one_lane(&source, &set, sim, resume);
     let full = create(&opts(None, false), &Quiet).unwrap();
     let sim = Sim::new(1, Faults { crash_at_write: Some(6), ..Faults::default() });
@@ -787,12 +771,8 @@ fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
 #[test]
 fn a_full_disk_keeps_every_frame_that_fits() {
     for all_or_nothing in [false, true] {
-        let dir = scratch();
         let data = tintype::sample::random_bytes(4 << 20, 12);
-        let source = dir.path().join("source.img");
-        std::fs::write(&source, &data).unwrap();
-        let source = source.canonicalize().unwrap();
-        let set = dir.path().join("set");
+        let (dir, source, set) = source_and_set(&data);
         // The default staging: one large write holds many frames.
         let opts = |sim: Option<&std::sync::Arc<Sim>>, resume: bool| CreateOptions {
             staging_bytes: None,
@@ -837,4 +817,15 @@ fn one_lane(
     o.io = sim.map_or(IoChoice::Portable, |s| s.choice());
     o.resume = resume;
     o
+}
+
+/// A scratch directory holding `data` as `source.img` (its canonical path)
+/// and the path of a set beside it.
+fn source_and_set(data: &[u8]) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch();
+    let source = dir.path().join("source.img");
+    std::fs::write(&source, data).unwrap();
+    let source = source.canonicalize().unwrap();
+    let set = dir.path().join("set");
+    (dir, source, set)
 }

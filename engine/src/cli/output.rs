@@ -97,9 +97,7 @@ pub fn print_create(r: &CreateReport, json: bool) {
             m.unreadable.len(),
             m.image_id
         );
-        for r in m.unreadable.iter().take(20) {
-            println!("    bytes {}..{} ({} bytes)", r.offset, r.offset + r.length, r.length);
-        }
+        print_ranges(&m.unreadable, "    ");
     }
     if s.chunks_resumed > 0 {
         println!("  resumed  {} chunk(s) kept from the interrupted run(s), not read again", s.chunks_resumed);
@@ -273,12 +271,7 @@ pub fn print_info(img: &Image, all: &[Image], json: bool) {
             m.image_id,
             if s.chunks_unreadable > 0 { format!("; {} chunk(s) wholly", s.chunks_unreadable) } else { String::new() }
         );
-        for r in m.unreadable.iter().take(20) {
-            println!("           bytes {}..{} ({} bytes)", r.offset, r.offset + r.length, r.length);
-        }
-        if m.unreadable.len() > 20 {
-            println!("           … {} more in the map and `info --json`", m.unreadable.len() - 20);
-        }
+        print_ranges(&m.unreadable, "           ");
     }
     println!(
         "stored     {} in {} segment(s) + index {}; codec {} level {}",
@@ -408,9 +401,7 @@ pub fn print_restore(r: &RestoreReport, json: bool) {
             "  note     the source had {} unreadable range(s) when imaged; they were restored as zeros:",
             r.source_unreadable.len()
         );
-        for u in r.source_unreadable.iter().take(20) {
-            println!("           bytes {}..{} ({} bytes)", u.offset, u.offset + u.length, u.length);
-        }
+        print_ranges(&r.source_unreadable, "           ");
     }
     if let Some(rb) = &r.read_back {
         if rb.mismatched_chunks.is_empty() {
@@ -709,6 +700,17 @@ pub fn print_prune(r: &tintype::merge::PruneReport, json: bool) {
     }
     if r.dry_run {
         println!("(dry run: nothing was changed)");
+    }
+}
+
+/// Source byte ranges (unreadable ones), one a line, the first 20; how
+/// many more there are, and where they are all listed.
+fn print_ranges(ranges: &[tintype::format::manifest::ByteRange], indent: &str) {
+    for r in ranges.iter().take(20) {
+        println!("{indent}bytes {}..{} ({} bytes)", r.offset, r.offset + r.length, r.length);
+    }
+    if ranges.len() > 20 {
+        println!("{indent}… {} more in the image's .badmap and `info --json`", ranges.len() - 20);
     }
 }
 

@@ -245,20 +245,8 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
                 return Err(format!("group {g}: block bitmap checksum mismatch"));
             }
         }
-        // Without metadata_csum nothing vouches for a bitmap's bytes: its
-        // free count must at least be the one the descriptor keeps (the two
-        // are updated together), or the bitmap is not trusted.
-        let marked_free = (start..end)
-            .filter(|blk| bm[((blk - start) / 8) as usize] & (1 << ((blk - start) % 8)) == 0)
-            .count() as u64;
-        if marked_free != grp.free {
-            return Err(format!(
-                "group {g}: its block bitmap marks {marked_free} blocks free, its descriptor counts {}: the bitmap is \
-                 not trusted",
-                grp.free
-            ));
-        }
         let mut run: Option<u64> = None;
+        let mut marked_free = 0;
         for blk in start..end {
             let bit = (blk - start) as usize;
             let used = bm[bit / 8] & (1 << (bit % 8)) != 0;
@@ -266,6 +254,7 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
                 (false, None) => run = Some(blk),
                 (true, Some(s)) => {
                     free.push(s * bs, (blk - s) * bs);
+                    marked_free += blk - s;
                     run = None;
                 }
                 _ => {}
@@ -273,6 +262,17 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
         }
         if let Some(s) = run {
             free.push(s * bs, (end - s) * bs);
+            marked_free += end - s;
+        }
+        // Without metadata_csum nothing vouches for a bitmap's bytes: its
+        // free count must at least be the one the descriptor keeps (the two
+        // are updated together), or the bitmap is not trusted.
+        if marked_free != grp.free {
+            return Err(format!(
+                "group {g}: its block bitmap marks {marked_free} blocks free, its descriptor counts {}: the bitmap is \
+                 not trusted",
+                grp.free
+            ));
         }
     }
     // Metadata is used whatever a bitmap says.

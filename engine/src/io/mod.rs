@@ -285,13 +285,16 @@ pub fn open_sync(choice: &IoChoice, slots: usize) -> Box<dyn Io> {
 
 /// Decide the backend for a run: returns it and, when the choice was not the
 /// one asked for or io_uring is off, the reason to tell the user.
-pub fn select(choice: &IoChoice) -> Result<(Backend, Option<String>), String> {
+/// `--io uring` where io_uring cannot be used is the environment's doing
+/// (exit 1), not a bad command line.
+pub fn select(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
     match choice {
         IoChoice::Portable => Ok((Backend::Portable, None)),
         IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),
-        IoChoice::Uring => uring::probe()
-            .map(|()| (Backend::Uring, None))
-            .map_err(|why| format!("--io uring was asked for, but io_uring cannot be used: {why}")),
+        IoChoice::Uring => uring::probe().map(|()| (Backend::Uring, None)).map_err(|why| crate::Error::Unusable {
+            path: "io_uring".into(),
+            why: format!("--io uring was asked for, but io_uring cannot be used: {why}"),
+        }),
         IoChoice::Auto => match uring::probe() {
             Ok(()) => Ok((Backend::Uring, None)),
             Err(why) => Ok((

@@ -598,7 +598,7 @@ fn salvage(
 /// Image `opts.source` into the set `opts.set`.
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
     validate(opts)?;
-    let (backend, why) = io::select(&opts.io).map_err(|why| Error::Unusable { path: "io_uring".into(), why })?;
+    let (backend, why) = io::select(&opts.io)?;
     if let Some(why) = why {
         obs.note(&why);
     }
@@ -827,7 +827,6 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         .and_then(|()| index.sync_all())
         .map_err(|e| Error::io("write index", &index_path, e))
         .map_err(keep)?;
-    let index_hash = hash_file(&index_path).map_err(keep)?;
 
     let now_nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let now = (now_nanos / 1_000_000_000) as u64;
@@ -836,7 +835,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
     // The counts by state come from the index, so the frames and entries a
     // resumed run kept are counted as well as this run's.
-    count_states(&index_path, &mut mstats).map_err(keep)?;
+    let index_hash = index_hash_and_counts(&index_path, &mut mstats).map_err(keep)?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         format_version: u32::from(FORMAT_VERSION),
@@ -1009,8 +1008,6 @@ impl Drop for Frozen {
     }
 }
 
-/// A filesystem of the source mounted read-write changes while it is read:
-/// refuse, or with `freeze` freeze it for the run. Read-only mounts are fine.
 /// The loop devices whose backing file is `path` (same device and inode).
 fn loops_backed_by(path: &Path) -> Vec<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
@@ -1032,12 +1029,13 @@ fn loops_backed_by(path: &Path) -> Vec<(u32, u32)> {
     out
 }
 
+/// A filesystem of the source mounted read-write changes while it is read:
+/// refuse, or with `freeze` freeze it for the run. Read-only mounts are fine.
 fn check_mounts(source: &Source, freeze: bool, obs: &dyn Observer) -> Result<Frozen> {
     let mut frozen = Frozen(Vec::new());
-    // The device, or for a file every loop device it backs: a filesystem
-    // mounted from a loop device over the file changes the file too.
-    // A loop device source: also every other loop device over its backing
-    // file (the filesystem may be mounted through any of them).
+    // Where such a filesystem may be mounted from: the device (and, for a
+    // loop device, every other loop device over its backing file), or for
+    // a file every loop device over it.
     let devices: Vec<(u32, u32)> = match source
         .identity
         .get("device_number")
@@ -1330,13 +1328,15 @@ fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogr
     }
 }
 
-/// Set the per-state chunk counts of `stats` from the index at `path`.
-fn count_states(path: &Path, stats: &mut crate::format::manifest::Stats) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read index", path, e))?;
+/// The xxh3-128 of the index at `path`, and the per-state chunk counts of
+/// `stats` taken from it, in one streaming pass (an index grows with the
+/// source: it is never held whole).
+fn index_hash_and_counts(path: &Path, stats: &mut crate::format::manifest::Stats) -> Result<u128> {
+    use crate::format::index::INDEX_ENTRY_BYTES;
     let (mut zero, mut unused, mut inherited, mut unreadable) = (0, 0, 0, 0);
     let (mut raw, mut raw_bytes, mut payload) = (0, 0, 0);
-    for (n, b) in bytes[INDEX_HEADER_BYTES..].chunks_exact(crate::format::index::INDEX_ENTRY_BYTES).enumerate() {
-        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n as u64), why))?;
+    let mut tally = |n: u64, b: &[u8]| -> Result<()> {
+        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n), why))?;
         match e.state {
             ChunkState::Stored => {
                 payload += u64::from(e.stored_len);
@@ -1351,7 +1351,33 @@ fn count_states(path: &Path, stats: &mut crate::format::manifest::Stats) -> Resu
             ChunkState::Unreadable => unreadable += 1,
             ChunkState::Unset => {}
         }
-    }
+        Ok(())
+    };
+    // Reads end anywhere: an entry split between two is completed in `carry`.
+    let (mut header_left, mut entry, mut carry) = (INDEX_HEADER_BYTES, 0u64, Vec::with_capacity(INDEX_ENTRY_BYTES));
+    let hash = stream_file(path, |mut b| {
+        let skip = header_left.min(b.len());
+        header_left -= skip;
+        b = &b[skip..];
+        if !carry.is_empty() {
+            let take = (INDEX_ENTRY_BYTES - carry.len()).min(b.len());
+            carry.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if carry.len() == INDEX_ENTRY_BYTES {
+                tally(entry, &carry)?;
+                entry += 1;
+                carry.clear();
+            }
+        }
+        let mut whole = b.chunks_exact(INDEX_ENTRY_BYTES);
+        for e in &mut whole {
+            tally(entry, e)?;
+            entry += 1;
+        }
+        carry.extend_from_slice(whole.remainder());
+        Ok(())
+    })?
+    .digest128();
     stats.chunks_zero = zero;
     stats.chunks_unused = unused;
     stats.chunks_inherited = inherited;
@@ -1359,21 +1385,65 @@ fn count_states(path: &Path, stats: &mut crate::format::manifest::Stats) -> Resu
     stats.chunks_stored_raw = raw;
     stats.bytes_stored_raw = raw_bytes;
     stats.bytes_stored_payload = payload;
-    Ok(())
+    Ok(hash)
 }
 
-/// xxh3-128 of a whole file.
-pub(crate) fn hash_file(path: &Path) -> Result<u128> {
+/// Read the file at `path` from start to end in 1 MiB pieces, handing each
+/// to `each` and hashing it (xxh3) on the way.
+pub(crate) fn stream_file(path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<Xxh3Default> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = Xxh3Default::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
         h.update(&buf[..n]);
+        each(&buf[..n])?;
     }
-    Ok(h.digest128())
+    Ok(h)
+}
+
+/// xxh3-128 of a whole file.
+pub(crate) fn hash_file(path: &Path) -> Result<u128> {
+    Ok(stream_file(path, |_| Ok(()))?.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries split across the 1 MiB reads are counted once each, and the
+    /// hash is the whole file's.
+    #[test]
+    fn index_counts_and_hash_in_one_pass_across_read_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.index");
+        let n = 50_000u64; // about 2.3 MiB of entries: reads end inside entries
+        let mut bytes = vec![0u8; entry_offset(n) as usize];
+        let states = [ChunkState::Stored, ChunkState::Zero, ChunkState::Unused, ChunkState::Inherited];
+        let id = ImageId::parse("00000000000000aa").unwrap();
+        for c in 0..n {
+            let state = if c == n - 1 { ChunkState::Unreadable } else { states[(c % 4) as usize] };
+            let stored_len = if c % 8 == 0 { 4096 } else { 1000 };
+            let e = IndexEntry { state, segment: 0, offset: 0, stored_len, raw_len: 4096, raw_hash: 0, image_id: id };
+            e.encode(&mut bytes[entry_offset(c) as usize..]);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut stats = crate::format::manifest::Stats::default();
+        let hash = index_hash_and_counts(&path, &mut stats).unwrap();
+        assert_eq!(hash, xxhash_rust::xxh3::xxh3_128(&bytes));
+        let stored = (0..n - 1).filter(|c| c % 4 == 0).count() as u64;
+        assert_eq!(stats.chunks_zero, (0..n - 1).filter(|c| c % 4 == 1).count() as u64);
+        assert_eq!(stats.chunks_unused, (0..n - 1).filter(|c| c % 4 == 2).count() as u64);
+        assert_eq!(stats.chunks_inherited, (0..n - 1).filter(|c| c % 4 == 3).count() as u64);
+        assert_eq!(stats.chunks_unreadable, 1);
+        let raw = (0..n - 1).filter(|c| c % 8 == 0).count() as u64;
+        assert_eq!(stats.chunks_stored_raw, raw);
+        assert_eq!(stats.bytes_stored_payload, raw * 4096 + (stored - raw) * 1000);
+    }
 }

@@ -120,7 +120,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     if !(1..=1024).contains(&opts.queue_depth) {
         return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }
-    let (backend, why) = io::select(&opts.io).map_err(|why| Error::Unusable { path: "io_uring".into(), why })?;
+    let (backend, why) = io::select(&opts.io)?;
     if let Some(why) = why {
         obs.note(&why);
     }

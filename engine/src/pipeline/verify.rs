@@ -122,7 +122,7 @@ struct Findings {
 /// Verify an image.
 pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> {
     let started = Instant::now();
-    let (backend, why) = io::select(&opts.io).map_err(|why| Error::Unusable { path: "io_uring".into(), why })?;
+    let (backend, why) = io::select(&opts.io)?;
     if let Some(why) = why {
         obs.note(&why);
     }

@@ -96,7 +96,6 @@ pub fn serve(opts: &ServeOptions, obs: &dyn Observer) -> Result<()> {
 }
 
 fn listen(opts: &ServeOptions, export: &Arc<Export>, done: &Arc<AtomicU64>, obs: &dyn Observer) -> Result<()> {
-    let (export, done) = (export.clone(), done.clone());
     match &opts.listen {
         Listen::Unix(path) => {
             if let Ok(m) = std::fs::symlink_metadata(path) {
@@ -128,7 +127,7 @@ fn listen(opts: &ServeOptions, export: &Arc<Export>, done: &Arc<AtomicU64>, obs:
                 path.display()
             ));
             l.set_nonblocking(true).map_err(|e| Error::io("listen on", path, e))?;
-            let r = accept_loop(opts, &export, &done, obs, || {
+            let r = accept_loop(opts, export, done, obs, || {
                 l.accept().and_then(|(s, _)| {
                     s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                     s.set_nonblocking(false).map(|()| s)
@@ -155,7 +154,7 @@ fn listen(opts: &ServeOptions, export: &Arc<Export>, done: &Arc<AtomicU64>, obs:
                 export.size()
             ));
             l.set_nonblocking(true).map_err(|e| Error::io("listen on", addr, e))?;
-            accept_loop(opts, &export, &done, obs, || {
+            accept_loop(opts, export, done, obs, || {
                 l.accept().and_then(|(s, _)| {
                     let _ = s.set_nodelay(true);
                     s.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -173,8 +172,6 @@ pub fn session<S: Read + Write>(stream: S, export: &Export) -> Result<()> {
     Connection::new(stream, export)?.run()
 }
 
-/// Accept clients (the listener is non-blocking, so a signal is noticed
-/// within 50 ms) and give each its own thread.
 /// At most this many clients are served at once (a thread each); more are
 /// disconnected at once, with a note.
 pub const MAX_CLIENTS: u64 = 64;
@@ -183,6 +180,8 @@ pub const MAX_CLIENTS: u64 = 64;
 /// share of the request budget is needed by the others).
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Accept clients (the listener is non-blocking, so a signal is noticed
+/// within 50 ms) and give each its own thread.
 fn accept_loop<S>(
     opts: &ServeOptions,
     export: &Arc<Export>,
