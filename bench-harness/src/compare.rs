@@ -1,7 +1,10 @@
 //! The regression gate: compare the same-run ratios of two reports. A ratio
 //! has regressed when it moved the wrong way by more than the allowed
 //! percentage, widened to the noise the runs themselves showed (capped at
-//! twice the allowed percentage, so noise cannot hide everything).
+//! twice the allowed percentage, so noise cannot hide everything). Given
+//! several current reports (re-measurements of the same build), a ratio has
+//! regressed only when every one of them shows it: a real slowdown repeats,
+//! a noisy draw on a shared machine seldom does twice.
 
 use crate::report::Report;
 
@@ -64,6 +67,29 @@ pub fn compare(baseline: &Report, current: &Report, max_regression_pct: f64) -> 
         });
     }
     out
+}
+
+/// Compare `baseline` with each of several reports of the same build and
+/// keep, per gated ratio, the most favourable verdict: a ratio regressed
+/// only when it regressed in every report.
+pub fn compare_all(baseline: &Report, currents: &[Report], max_regression_pct: f64) -> Vec<Verdict> {
+    let mut best: Vec<Verdict> = Vec::new();
+    for current in currents {
+        for v in compare(baseline, current, max_regression_pct) {
+            match best.iter_mut().find(|b| b.key == v.key) {
+                None => best.push(v),
+                Some(b) => {
+                    // Not regressed beats regressed; then the smaller excess
+                    // over the tolerance.
+                    let rank = |v: &Verdict| (v.regressed, v.worse_by - v.tolerance);
+                    if rank(&v) < rank(b) {
+                        *b = v;
+                    }
+                }
+            }
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -135,5 +161,30 @@ mod tests {
         assert!(compare(&base, &cur, 25.0).iter().any(|v| v.key == "speed" && v.regressed));
         assert!(check_baseline(&report(&[("speed", 0.0, &[], true)])).is_err());
         assert!(check_baseline(&base).is_ok());
+    }
+
+    #[test]
+    fn a_regression_counts_only_when_every_remeasurement_shows_it() {
+        let base = report(&[("speed", 2.0, &[2.0], true), ("size", 1.0, &[1.0], false)]);
+        let slow = report(&[("speed", 1.0, &[1.0], true), ("size", 1.0, &[1.0], false)]);
+        let fine = report(&[("speed", 1.9, &[1.9], true), ("size", 1.0, &[1.0], false)]);
+        let missing = report(&[("size", 1.0, &[1.0], false)]);
+        let speed = |v: Vec<Verdict>| v.into_iter().find(|v| v.key == "speed").unwrap();
+        // One noisy draw, then a good one: not a regression, and the verdict
+        // shown is the good one.
+        let v = speed(compare_all(&base, &[slow.clone(), fine.clone()], 25.0));
+        assert!(!v.regressed);
+        assert_eq!(v.current, 1.9);
+        let v = speed(compare_all(&base, &[fine.clone(), slow.clone()], 25.0));
+        assert!(!v.regressed);
+        // Slow every time: a regression.
+        assert!(speed(compare_all(&base, &[slow.clone(), slow.clone()], 25.0)).regressed);
+        // Missing once, measured fine once: fine; missing every time: regressed.
+        assert!(!speed(compare_all(&base, &[missing.clone(), fine.clone()], 25.0)).regressed);
+        assert!(speed(compare_all(&base, &[missing.clone(), missing], 25.0)).regressed);
+        // One report behaves as `compare`.
+        assert_eq!(compare_all(&base, std::slice::from_ref(&slow), 25.0), compare(&base, &slow, 25.0));
+        // The other ratio's verdict is kept alongside.
+        assert_eq!(compare_all(&base, &[slow, fine], 25.0).len(), 2);
     }
 }

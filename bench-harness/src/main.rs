@@ -97,11 +97,14 @@ enum Cmd {
         #[arg(long, default_value = "/dev/shm")]
         dir: PathBuf,
     },
-    /// Compare the gated same-run ratios of two reports; exit 1 on a
-    /// regression beyond --max-regression (widened to the measured noise).
+    /// Compare the gated same-run ratios of a baseline with one or more
+    /// reports of the same build; exit 1 on a regression beyond
+    /// --max-regression (widened to the measured noise) that every report
+    /// shows.
     Compare {
         baseline: PathBuf,
-        current: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        current: Vec<PathBuf>,
         #[arg(long, default_value_t = 25.0)]
         max_regression: f64,
     },
@@ -172,11 +175,11 @@ fn main() -> Result<()> {
                 input_error(anyhow::anyhow!("--max-regression {max_regression}: must be a positive percentage"));
             }
             let b = load(&baseline).unwrap_or_else(|e| input_error(e));
-            let c = load(&current).unwrap_or_else(|e| input_error(e));
+            let c: Vec<Report> = current.iter().map(|p| load(p).unwrap_or_else(|e| input_error(e))).collect();
             if let Err(why) = compare::check_baseline(&b) {
                 input_error(anyhow::anyhow!("{}: {why}", baseline.display()));
             }
-            let verdicts = compare::compare(&b, &c, max_regression);
+            let verdicts = compare::compare_all(&b, &c, max_regression);
             println!(
                 "| ratio | baseline | current | worse by | allowed | verdict |\n| --- | --- | --- | --- | --- | --- |"
             );
