@@ -595,14 +595,13 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
         return Ok(());
     }
     // The tree's indent widens the first column: size it to the deepest row.
-    let name_of = |depth: usize, id: &str| {
-        format!("{}{id}", if depth == 0 { String::new() } else { format!("{}└─ ", "   ".repeat(depth - 1)) })
-    };
-    let w = order.iter().map(|(d, i)| name_of(*d, &i.manifest.image_id).chars().count()).max().unwrap_or(0).max(24);
+    let prefixes = tree_prefixes(&order.iter().map(|(d, _)| *d).collect::<Vec<_>>());
+    let names: Vec<String> =
+        order.iter().zip(&prefixes).map(|((_, i), p)| format!("{p}{}", i.manifest.image_id)).collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(24);
     println!("{:<w$}  {:<12}  {:<20}  {:>10}  {:>10}  state", "image", "kind", "created", "size", "stored");
-    for (depth, i) in &order {
+    for ((_, i), name) in order.iter().zip(&names) {
         let m = &i.manifest;
-        let name = name_of(*depth, &m.image_id);
         println!(
             "{:<w$}  {:<12}  {:<20}  {:>10}  {:>10}  {}",
             name,
@@ -714,6 +713,35 @@ fn print_ranges(ranges: &[tintype::format::manifest::ByteRange], indent: &str) {
     }
 }
 
+/// The tree drawing before each row of a depth-first listing given each
+/// row's depth: `├─ ` for a child with siblings after it, `└─ ` for the
+/// last one, and `│  ` under an ancestor whose siblings continue below.
+fn tree_prefixes(depths: &[usize]) -> Vec<String> {
+    // Whether the row at `i` (depth d) has a sibling later: a later row of
+    // depth d comes before any row shallower than d.
+    let has_next_sibling = |i: usize| {
+        let d = depths[i];
+        depths[i + 1..].iter().find(|&&e| e <= d).is_some_and(|&e| e == d)
+    };
+    let mut out = Vec::with_capacity(depths.len());
+    // For each level above the current row: does that ancestor continue?
+    let mut open: Vec<bool> = Vec::new();
+    for (i, &d) in depths.iter().enumerate() {
+        open.truncate(d);
+        let mut p = String::new();
+        if d > 0 {
+            for &cont in open.iter().skip(1) {
+                p.push_str(if cont { "│  " } else { "   " });
+            }
+            p.push_str(if has_next_sibling(i) { "├─ " } else { "└─ " });
+        }
+        open.resize(d, false);
+        open.push(has_next_sibling(i));
+        out.push(p);
+    }
+    out
+}
+
 /// `s` as one shell word: as it is when that is safe, else single-quoted.
 fn shell_quote(s: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "_./-:@+=,%".contains(c);
@@ -726,6 +754,17 @@ fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tree_drawing() {
+        // F ─ I1 ─ I2, F ─ D ─ I3, and a second root R ─ X.
+        let got = super::tree_prefixes(&[0, 1, 2, 1, 2, 0, 1]);
+        assert_eq!(got, ["", "├─ ", "│  └─ ", "└─ ", "   └─ ", "", "└─ "]);
+        // Three levels with siblings at each.
+        let got = super::tree_prefixes(&[0, 1, 2, 3, 2, 1]);
+        assert_eq!(got, ["", "├─ ", "│  ├─ ", "│  │  └─ ", "│  └─ ", "└─ "]);
+        assert!(super::tree_prefixes(&[]).is_empty());
+    }
+
     #[test]
     fn shell_words() {
         assert_eq!(super::shell_quote("/dev/sda"), "/dev/sda");
