@@ -261,6 +261,55 @@ fn hand_damage_and_bad_arguments_get_their_exit_codes() {
     assert!(!sb.path("out.img").exists());
 }
 
+/// A command asked for `--json` answers a failure on stdout too: one JSON
+/// object naming the exit code, its kind, the message and where (file,
+/// offset, errno) — what a script needs without parsing stderr.
+#[test]
+fn json_commands_answer_failures_on_stdout() {
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let set = sb.path("set");
+    let chunk = stored_chunks(&set)[2];
+    let (seg, e) = frame_of(&set, chunk);
+    flip(&seg, e.offset + 64 + u64::from(e.stored_len) / 2);
+    let error = |out: &std::process::Output| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("stdout is JSON ({err}): {:?}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(v["error"]["exit_code"].as_i64(), out.status.code().map(i64::from), "{v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+        v["error"].clone()
+    };
+
+    // A damaged chunk met by restore (no --skip-bad): damaged, the segment
+    // file and the frame's offset.
+    let out = sb.expect(&["restore", "set", "out.img", "--json"], 3);
+    let v = error(&out);
+    assert_eq!(v["kind"], "damaged", "{v}");
+    let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(v["path"].as_str().unwrap().ends_with(&name), "{v}");
+    assert!(v["message"].as_str().unwrap().contains(&format!("chunk {chunk} ")), "{v}");
+    assert!(v["offset"].as_u64().is_some(), "{v}");
+    assert!(stderr(&out).contains("tintype: error:"), "stderr still has the message: {}", stderr(&out));
+
+    // A set that does not exist: failure, with the path and errno.
+    let out = sb.expect(&["verify", "nothing-here", "--json"], 1);
+    let v = error(&out);
+    assert_eq!(v["kind"], "failure", "{v}");
+    assert_eq!(v["errno"], 2, "ENOENT: {v}");
+    assert!(v["path"].as_str().unwrap().ends_with("nothing-here"), "{v}");
+
+    // A bad flag value and an unknown flag: usage, naming the flag.
+    let v = error(&sb.expect(&["verify", "set", "--lanes", "0", "--json"], 2));
+    assert_eq!(v["kind"], "usage", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("--lanes"), "{v}");
+    let v = error(&sb.expect(&["list", "set", "--json", "--bogus"], 2));
+    assert!(v["message"].as_str().unwrap().contains("--bogus"), "{v}");
+
+    // Without --json, stdout stays empty on failure.
+    let out = sb.expect(&["restore", "set", "out2.img"], 3);
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 fn new_incremental(sb: &Sandbox) -> String {
     let out = sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -332,16 +332,104 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            // A script that asked for JSON gets its answer on stdout even
+            // when the command line itself was wrong.
+            if code != exit::OK && std::env::args_os().any(|a| a == "--json") {
+                let text = e.to_string();
+                let msg = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+                println!("{}", error_json(code, "usage", msg, None));
+            }
+            return ExitCode::from(code);
         }
     };
+    let json = cli.command.wants_json();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tintype: error: {e:#}");
-            ExitCode::from(code_for(&e))
+            let code = code_for(&e);
+            if json {
+                println!("{}", error_json(code, kind_of(code), &format!("{e:#}"), e.downcast_ref::<Error>()));
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+impl Command {
+    /// Whether the user asked for machine-readable output.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Create { json, .. }
+            | Command::Merge { json, .. }
+            | Command::Prune { json, .. }
+            | Command::Verify { json, .. }
+            | Command::Restore { json, .. }
+            | Command::List { json, .. }
+            | Command::Tune { json, .. }
+            | Command::Info { json, .. } => *json,
+            Command::Serve { .. } | Command::Demo { .. } => false,
+        }
+    }
+}
+
+/// The exit code's meaning as one word, for `--json` errors.
+fn kind_of(code: u8) -> &'static str {
+    match code {
+        exit::USAGE => "usage",
+        exit::DAMAGED => "damaged",
+        exit::NOT_AN_IMAGE => "not_an_image",
+        exit::BUSY => "busy",
+        exit::INTERRUPTED => "interrupted",
+        _ => "failure",
+    }
+}
+
+/// A failed `--json` command's stdout: `{"error": {...}}` with the exit
+/// code, its kind, the whole message, and what the library error says of
+/// where (file, byte offset, errno, image) when it knows.
+fn error_json(code: u8, kind: &str, message: &str, e: Option<&Error>) -> String {
+    let mut v = serde_json::json!({ "exit_code": code, "kind": kind, "message": message });
+    let mut put = |k: &str, x: serde_json::Value| {
+        v[k] = x;
+    };
+    match e {
+        Some(Error::Io { op, path, offset, cause }) => {
+            put("path", path.to_string_lossy().into());
+            put("operation", (*op).into());
+            if let Some(o) = offset {
+                put("offset", (*o).into());
+            }
+            if let Some(n) = cause.raw_os_error() {
+                put("errno", n.into());
+            }
+            put("cause", cause.to_string().into());
+        }
+        Some(Error::Corrupt { path, offset, what }) => {
+            put("path", path.to_string_lossy().into());
+            put("offset", (*offset).into());
+            put("cause", what.as_str().into());
+        }
+        Some(Error::UnsupportedVersion { path, found, supported, .. }) => {
+            put("path", path.to_string_lossy().into());
+            put("format_version", (*found).into());
+            put("supported_version", (*supported).into());
+        }
+        Some(Error::NotCommitted { path, why })
+        | Some(Error::Unusable { path, why })
+        | Some(Error::Busy { path, why }) => {
+            put("path", path.to_string_lossy().into());
+            put("cause", why.as_str().into());
+        }
+        Some(Error::BrokenChain { path, image, why }) => {
+            put("path", path.to_string_lossy().into());
+            put("image_id", image.as_str().into());
+            put("cause", why.as_str().into());
+        }
+        Some(Error::InvalidSetting(_)) | Some(Error::Interrupted(_)) | None => {}
+    }
+    serde_json::json!({ "error": v }).to_string()
 }
 
 fn code_for(e: &anyhow::Error) -> u8 {
