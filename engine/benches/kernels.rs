@@ -122,7 +122,7 @@ fn ring_driver(c: &mut Criterion) {
     g.sample_size(20);
     let mut backends = vec![Backend::Portable];
     if io::uring::probe().is_ok() {
-        backends.insert(0, Backend::Uring);
+        backends.insert(0, Backend::uring(false));
     }
     for backend in backends {
         for qd in [1u32, 8, 32] {

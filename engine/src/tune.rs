@@ -219,11 +219,14 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
         level: Some(chosen_level),
         lanes: None,
         segment_size: None,
-        io: Some(match backend {
-            Backend::Uring => "uring".into(),
-            Backend::Portable | Backend::Sim(_) => "portable".into(),
+        io: Some(match backend.name() {
+            "io_uring" => "uring".into(),
+            _ => "portable".into(),
         }),
     };
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
     Ok(TuneReport {
         device: src.path.display().to_string(),
         size_bytes: src.size_bytes,

@@ -91,7 +91,14 @@ fn damaged_frames_are_never_written_as_good() {
 
         let out = sb.expect(&["restore", "set", "a.img", "--io", backend], 3);
         assert!(stderr(&out).contains(&format!("chunk {bad} (source offset {})", bad * 65536)), "{}", stderr(&out));
-        assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+        // Incomplete (kept), unless the lanes stopped before any chunk was
+        // restored (removed; its own test below).
+        let err = stderr(&out);
+        assert!(
+            (err.contains("a.img is incomplete") && sb.path("a.img").exists())
+                || (err.contains("nothing was restored") && !sb.path("a.img").exists()),
+            "{err}"
+        );
 
         let out = sb.expect(&["restore", "set", "b.img", "--io", backend, "--skip-bad", "--json"], 3);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -111,6 +118,35 @@ fn damaged_frames_are_never_written_as_good() {
         let out = sb.expect(&["restore", "set", "d.img", "--io", backend, "--verify-first"], 3);
         assert!(!sb.path("d.img").exists(), "{}", stderr(&out));
     }
+}
+
+/// A restore into a new file that fails before any chunk is restored (the
+/// first chunk damaged, one lane, one read at a time) removes the file it created, so a new
+/// attempt needs no --force; one that fails later keeps it and says it is
+/// incomplete.
+#[test]
+fn a_restore_that_restored_nothing_removes_the_file_it_created() {
+    let sb = Sandbox::new();
+    image(&sb, 1 << 20, 52, "portable");
+    let (_, entries) = load(&sb.path("set"));
+    assert_eq!(entries[0].state, ChunkState::Stored, "the test needs chunk 0 stored");
+    let last = (0..entries.len()).rev().find(|&c| entries[c].state == ChunkState::Stored).unwrap() as u64;
+    let flip = |chunk: u64| {
+        let (seg, e) = frame_of(&sb.path("set"), chunk);
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+        let at = e.offset + 64 + u64::from(e.stored_len) / 3;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
+    };
+    flip(last);
+    let out = sb.expect(&["restore", "set", "late.img", "--lanes", "1"], 3);
+    assert!(stderr(&out).contains("late.img is incomplete"), "{}", stderr(&out));
+    assert!(sb.path("late.img").exists());
+    flip(0);
+    let out = sb.expect(&["restore", "set", "early.img", "--lanes", "1", "--queue-depth", "1"], 3);
+    assert!(stderr(&out).contains("nothing was restored; the new file early.img was removed"), "{}", stderr(&out));
+    assert!(!sb.path("early.img").exists());
 }
 
 /// SET@ID restores an older image; a missing image or bad flags are clear errors.
@@ -258,4 +294,91 @@ fn a_file_of_the_set_itself_is_never_a_target() {
     assert!(before == after, "the set's files are untouched");
     sb.expect(&["verify", "set"], 0);
     assert_round_trip(&set, &data);
+}
+
+/// Under a small RLIMIT_MEMLOCK (an unprivileged user on an older
+/// distribution: 64 KiB), the start-up probe's small ring fits but the
+/// lanes' rings do not. `--io auto` goes on lane by lane with pread/pwrite
+/// and says so; `--io uring` fails naming the limit. As root the test runs
+/// the commands as `nobody` (root's CAP_IPC_LOCK ignores the limit).
+#[test]
+fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if let Err(why) = tintype::io::uring::probe() {
+        eprintln!("NOTE: io_uring unavailable ({why}); nothing to fall back from, fallback not exercised");
+        return;
+    }
+    let sb = Sandbox::new();
+    let src = image(&sb, 8 << 20, 41, "portable");
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        // `nobody` must reach the sandbox: open it up (it is removed after).
+        for e in std::fs::read_dir(sb.dir.path().join("set")).unwrap().flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        for d in [sb.dir.path().to_path_buf(), sb.path("set")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
+        c.args(args).current_dir(sb.dir.path());
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (setrlimit, setgroups, setgid, setuid) on values owned by the
+        // closure.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
+                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if root
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(65534) != 0
+                        || libc::setuid(65534) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.output().expect("run tintype")
+    };
+    let heavy = ["--lanes", "8", "--queue-depth", "32"];
+    let forced = run(&[&["restore", "set", "forced.img", "--io", "uring"][..], &heavy].concat());
+    if forced.status.success() {
+        eprintln!(
+            "NOTE: this kernel does not count io_uring rings against RLIMIT_MEMLOCK; the fallback is not exercised"
+        );
+    } else {
+        assert_eq!(forced.status.code(), Some(1), "{}", stderr(&forced));
+        assert!(stderr(&forced).contains("RLIMIT_MEMLOCK"), "{}", stderr(&forced));
+        // The lanes whose rings fit may have restored chunks before another
+        // lane's ring failed: then the file is incomplete and kept, and
+        // says so; if nothing was restored the file it created is gone.
+        let err = stderr(&forced);
+        if err.contains("nothing was restored") {
+            assert!(!sb.path("forced.img").exists(), "{err}");
+        } else {
+            assert!(err.contains("forced.img is incomplete") && sb.path("forced.img").exists(), "{err}");
+        }
+        // Under --io auto the same restore works, says what it did, and the
+        // bytes are the source's.
+        let out = run(&[&["restore", "set", "auto.img", "--json"][..], &heavy].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains("io_uring ring(s) could not be set up"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("RLIMIT_MEMLOCK"), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let used = v["io_backend"].as_str().unwrap().to_string();
+        assert!(used == "portable" || used == "io_uring+portable", "{used}");
+        assert!(std::fs::read(sb.path("auto.img")).unwrap() == src, "restored bytes equal the source");
+        // create and verify too.
+        let out = run(&[&["create", "src.img", "set2", "--json"][..], &heavy].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stderr(&out).contains("io_uring ring(s) could not be set up"), "{}", stderr(&out));
+        let out = run(&[&["verify", "set2"][..], &heavy].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_image_holds(&sb.path("set2"), None, &src);
+    }
 }

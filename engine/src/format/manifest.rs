@@ -61,7 +61,7 @@ pub struct Settings {
     pub queue_depth: u32,
     pub segment_size_bytes: u64,
     pub batch_chunks: u32,
-    /// "io_uring" or "portable".
+    /// "io_uring", "portable", or "io_uring+portable" (some lanes fell back).
     pub io_backend: String,
     /// Whether the source was read with O_DIRECT.
     pub source_direct_io: bool,

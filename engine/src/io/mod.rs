@@ -37,18 +37,70 @@ pub enum IoChoice {
 /// The backend a run ended up with.
 #[derive(Clone, Debug)]
 pub enum Backend {
-    Uring,
+    /// io_uring; what each lane's ring set-up did is counted in the shared
+    /// state (one per run, shared by its lanes' clones).
+    Uring(Arc<UringLanes>),
     Portable,
     Sim(Arc<sim::Sim>),
 }
 
+/// How a run's lanes fared setting up their io_uring rings. Under `--io
+/// auto` a lane whose ring cannot be set up for want of a per-user resource
+/// (RLIMIT_MEMLOCK on kernels that count rings against it, RLIMIT_NPROC)
+/// uses the portable backend instead; under `--io uring` it fails.
+#[derive(Debug, Default)]
+pub struct UringLanes {
+    /// Whether a lane may fall back to the portable backend.
+    pub fallback: bool,
+    uring: std::sync::atomic::AtomicU32,
+    portable: std::sync::atomic::AtomicU32,
+    why: std::sync::Mutex<Option<String>>,
+}
+
 impl Backend {
+    /// io_uring, for a run that asked for it (`fallback` false) or took it
+    /// by default (`fallback` true).
+    pub fn uring(fallback: bool) -> Backend {
+        Backend::Uring(Arc::new(UringLanes { fallback, ..UringLanes::default() }))
+    }
+
+    /// What the run used: "io_uring", "portable" (every lane fell back), or
+    /// "io_uring+portable" (some did).
     pub fn name(&self) -> &'static str {
         match self {
-            Backend::Uring => "io_uring",
+            Backend::Uring(l) => {
+                let (u, p) = l.counts();
+                match (u, p) {
+                    (_, 0) => "io_uring",
+                    (0, _) => "portable",
+                    _ => "io_uring+portable",
+                }
+            }
             Backend::Portable => "portable",
             Backend::Sim(_) => "sim",
         }
+    }
+
+    /// A note for the user when lanes fell back to the portable backend.
+    pub fn fallback_note(&self) -> Option<String> {
+        let Backend::Uring(l) = self else { return None };
+        let (u, p) = l.counts();
+        if p == 0 {
+            return None;
+        }
+        let why = l.why.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+        Some(format!(
+            "{p} of {} io_uring ring(s) could not be set up ({why}); those lanes used the portable pread/pwrite \
+             backend (raise the limit, or use fewer --lanes or a lower --queue-depth, for io_uring throughout)",
+            u + p
+        ))
+    }
+}
+
+impl UringLanes {
+    fn counts(&self) -> (u32, u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.uring.load(Relaxed), self.portable.load(Relaxed))
     }
 }
 
@@ -247,27 +299,46 @@ pub(crate) fn check_range(buf: &AlignedBuf, buf_offset: usize, len: usize) {
 /// Open a backend for one lane with buffers of the given sizes and `slots`
 /// file slots, honouring `choice`.
 pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<Box<dyn Io>> {
+    use std::sync::atomic::Ordering::Relaxed;
     Ok(match choice {
-        Backend::Uring => Box::new(uring::UringIo::new(buffer_sizes, slots, queue_depth).map_err(|e| {
-            match e.raw_os_error() {
-                // Rings are locked memory, counted per user: name the limit.
-                Some(libc::ENOMEM) => io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{e}: io_uring rings count against RLIMIT_MEMLOCK (`ulimit -l`, per user); raise it, use \
+        Backend::Uring(lanes) => Box::new(match uring::UringIo::new(buffer_sizes, slots, queue_depth) {
+            Ok(ring) => {
+                lanes.uring.fetch_add(1, Relaxed);
+                ring
+            }
+            // A per-user resource ran out (the start-up probe's small ring
+            // fitted; this lane's ring, or the n-th, does not): under --io
+            // auto this lane goes on with pread/pwrite.
+            Err(e) if lanes.fallback && matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EAGAIN)) => {
+                lanes.portable.fetch_add(1, Relaxed);
+                let why = match e.raw_os_error() {
+                    Some(libc::ENOMEM) => "out of locked memory: RLIMIT_MEMLOCK, `ulimit -l`, per user",
+                    _ => "out of threads: RLIMIT_NPROC, `ulimit -u`",
+                };
+                *lanes.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.into());
+                return Ok(Box::new(portable::PortableIo::new(buffer_sizes, slots)));
+            }
+            Err(e) => {
+                return Err(match e.raw_os_error() {
+                    // Rings are locked memory, counted per user: name the limit.
+                    Some(libc::ENOMEM) => io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}: io_uring rings count against RLIMIT_MEMLOCK (`ulimit -l`, per user); raise it, use \
                          fewer --lanes, or --io portable"
+                        ),
                     ),
-                ),
-                // The kernel's io_uring workers are threads of this user.
-                Some(libc::EAGAIN) => io::Error::new(
-                    e.kind(),
-                    format!(
+                    // The kernel's io_uring workers are threads of this user.
+                    Some(libc::EAGAIN) => io::Error::new(
+                        e.kind(),
+                        format!(
                         "{e}: io_uring needs threads; RLIMIT_NPROC (`ulimit -u`) may be too low, or use --io portable"
                     ),
-                ),
-                _ => e,
+                    ),
+                    _ => e,
+                })
             }
-        })?),
+        }),
         Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
         Backend::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), buffer_sizes, slots)),
     })
@@ -291,12 +362,14 @@ pub fn select(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
     match choice {
         IoChoice::Portable => Ok((Backend::Portable, None)),
         IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),
-        IoChoice::Uring => uring::probe().map(|()| (Backend::Uring, None)).map_err(|why| crate::Error::Unusable {
-            path: "io_uring".into(),
-            why: format!("--io uring was asked for, but io_uring cannot be used: {why}"),
-        }),
+        IoChoice::Uring => {
+            uring::probe().map(|()| (Backend::uring(false), None)).map_err(|why| crate::Error::Unusable {
+                path: "io_uring".into(),
+                why: format!("--io uring was asked for, but io_uring cannot be used: {why}"),
+            })
+        }
         IoChoice::Auto => match uring::probe() {
-            Ok(()) => Ok((Backend::Uring, None)),
+            Ok(()) => Ok((Backend::uring(true), None)),
             Err(why) => Ok((
                 Backend::Portable,
                 Some(format!("io_uring unavailable ({why}); using the portable pread/pwrite backend")),

@@ -158,7 +158,7 @@ impl UringIo {
 
 impl Io for UringIo {
     fn backend(&self) -> Backend {
-        Backend::Uring
+        Backend::uring(false)
     }
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {

@@ -812,6 +812,9 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     if !reports.iter().all(|r| r.segments_direct) {
         obs.note("the destination filesystem refuses O_DIRECT; segments were written through the page cache");
     }
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
 
     let mut head = [0u8; INDEX_HEADER_BYTES];
     IndexHeader {

@@ -226,6 +226,15 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
                 "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to finish it",
                 target.path.display()
             )),
+            // A file this run created, failed before any chunk was
+            // restored (a lane's ring could not be set up, the first chunk
+            // damaged): removed, so a new attempt needs no --force.
+            e if target.kind == TargetKind::NewFile
+                && sh.bytes_done.load(Ordering::Relaxed) == 0
+                && std::fs::remove_file(&target.path).is_ok() =>
+            {
+                with_remark(e, &format!("nothing was restored; the new file {} was removed", target.path.display()))
+            }
             e => incomplete(e, &target.path),
         },
     )?;
@@ -240,6 +249,9 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     };
     let mut bad = totals.bad;
     bad.sort_by_key(|b| b.chunk);
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
     Ok(RestoreReport {
         image_id: m.image_id.clone(),
         target: target.path.display().to_string(),
@@ -267,28 +279,33 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
 
 fn incomplete(e: Error, target: &std::path::Path) -> Error {
     match e {
-        Error::Corrupt { path, offset, what } => Error::Corrupt {
-            path,
-            offset,
-            what: format!(
-                "{what}; {} is incomplete (--skip-bad restores everything else; --verify-first checks an image \
-                 before writing; a new attempt needs --force, since the target now holds data)",
+        Error::Corrupt { .. } => with_remark(
+            e,
+            &format!(
+                "{} is incomplete (--skip-bad restores everything else; --verify-first checks an image before \
+                 writing; a new attempt needs --force, since the target now holds data)",
                 target.display()
             ),
-        },
-        Error::Io { op, path, offset, cause } => Error::Io {
-            op,
-            path,
-            offset,
-            cause: std::io::Error::new(
-                cause.kind(),
-                format!(
-                    "{cause}; {} is incomplete: once the cause is fixed, restore again (with --force, since the \
-                     target now holds data)",
-                    target.display()
-                ),
+        ),
+        e => with_remark(
+            e,
+            &format!(
+                "{} is incomplete: once the cause is fixed, restore again (with --force, since the target now \
+                 holds data)",
+                target.display()
             ),
-        },
+        ),
+    }
+}
+
+/// `e` with `remark` appended to what it says went wrong (its cause or
+/// description), keeping its kind, file and offset.
+fn with_remark(e: Error, remark: &str) -> Error {
+    match e {
+        Error::Corrupt { path, offset, what } => Error::Corrupt { path, offset, what: format!("{what}; {remark}") },
+        Error::Io { op, path, offset, cause } => {
+            Error::Io { op, path, offset, cause: std::io::Error::new(cause.kind(), format!("{cause}; {remark}")) }
+        }
         other => other,
     }
 }

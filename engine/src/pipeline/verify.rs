@@ -151,6 +151,9 @@ pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> 
         problems.append(&mut p);
     }
     let me = &checks[0];
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
     Ok(VerifyReport {
         image_id: img.manifest.image_id.clone(),
         chunk_count: img.manifest.chunk_count,
