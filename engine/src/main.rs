@@ -26,5 +26,14 @@ macro_rules! eprintln {
 mod cli;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    // The main thread's stack is whatever `ulimit -s` allows (a small limit
+    // overflowed it while parsing a manifest); the command runs on a thread
+    // whose stack is fixed here instead. If even that thread cannot start,
+    // run on the main thread as it is.
+    let work = std::thread::Builder::new().name("tintype".into()).stack_size(16 << 20).spawn(cli::main);
+    match work {
+        // A panic has printed its message; 101 is Rust's code for it.
+        Ok(h) => h.join().unwrap_or(std::process::ExitCode::from(101)),
+        Err(_) => cli::main(),
+    }
 }

@@ -333,3 +333,32 @@ fn a_closed_stdout_pipe_is_not_a_failure() {
     }
     sb.expect(&["verify", "set"], 0);
 }
+
+/// A small stack limit (`ulimit -s 64`) does not abort a run: the command
+/// works on a thread whose stack size it sets itself (the main thread's
+/// overflowed, exit 134).
+#[test]
+fn a_small_stack_limit_does_not_abort() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let data = mixed_bytes(4 << 20, 77);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    for args in [&["create", "src.img", "set", "--json"][..], &["verify", "set", "--json"], &["list", "set", "--json"]]
+    {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
+        c.args(args).current_dir(sb.dir.path());
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: libc::RLIM_INFINITY };
+                match libc::setrlimit(libc::RLIMIT_STACK, &lim) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    assert_round_trip(&sb.path("set"), &data);
+}

@@ -336,7 +336,7 @@ pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth:
                     ),
                     ),
                     _ => e,
-                })
+                });
             }
         }),
         Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
