@@ -362,3 +362,43 @@ fn a_small_stack_limit_does_not_abort() {
     }
     assert_round_trip(&sb.path("set"), &data);
 }
+
+/// Buffers that would take more than half of the address space RLIMIT_AS
+/// allows are refused before anything is written (exit 2, naming the
+/// limit and the flags to lower); under a limit they fit, the run works.
+#[test]
+fn buffers_beyond_the_address_space_limit_are_refused_up_front() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let data = mixed_bytes(4 << 20, 78);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
+        c.args(args).current_dir(sb.dir.path());
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit { rlim_cur: 2 << 30, rlim_max: libc::RLIM_INFINITY };
+                match libc::setrlimit(libc::RLIMIT_AS, &lim) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        c.output().unwrap()
+    };
+    // 2 lanes x 1024 reads x 1 MiB: 2 GiB of buffers under a 2 GiB limit.
+    let out = run(&["create", "src.img", "set", "--lanes", "2", "--queue-depth", "1024"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("RLIMIT_AS") && stderr(&out).contains("--queue-depth"), "{}", stderr(&out));
+    assert!(!sb.path("set").exists() || std::fs::read_dir(sb.path("set")).unwrap().next().is_none());
+    let out = run(&["restore", "set", "out.img", "--lanes", "2", "--queue-depth", "1024"]);
+    assert_ne!(out.status.code(), Some(0));
+    let out = run(&["create", "src.img", "set", "--lanes", "2", "--queue-depth", "8"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(&["restore", "set", "out.img", "--lanes", "2", "--queue-depth", "1024"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("RLIMIT_AS"), "{}", stderr(&out));
+    assert!(!sb.path("out.img").exists(), "refused before the target was created");
+    assert_round_trip(&sb.path("set"), &data);
+}

@@ -24,20 +24,38 @@ impl AlignedBuf {
     /// memory is an anonymous mapping: page-aligned and zero-filled by the
     /// kernel as it is first touched, with no memset of the whole buffer up
     /// front (what a zeroed heap allocation with this alignment costs).
+    /// Aborts if the memory cannot be had, like any allocation; the lanes'
+    /// buffers use [`AlignedBuf::try_new`].
     pub fn new(len: usize) -> AlignedBuf {
+        AlignedBuf::try_new(len).unwrap_or_else(|_| {
+            let len = len.max(1).next_multiple_of(BUFFER_ALIGN_BYTES);
+            alloc::handle_alloc_error(Layout::from_size_align(len, BUFFER_ALIGN_BYTES).expect("buffer layout"))
+        })
+    }
+
+    /// As [`AlignedBuf::new`], but a mapping the kernel refuses (memory
+    /// short, or the address-space limit RLIMIT_AS reached) is an error
+    /// saying so rather than an abort.
+    pub fn try_new(len: usize) -> std::io::Result<AlignedBuf> {
         use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
         let len = len.max(1).next_multiple_of(BUFFER_ALIGN_BYTES);
         // SAFETY: a new private anonymous mapping with no address hint
         // aliases no existing memory; we own it until Drop unmaps it.
         let raw =
             unsafe { mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE) };
-        let ptr = match raw {
-            Ok(p) => NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success"),
-            Err(_) => {
-                alloc::handle_alloc_error(Layout::from_size_align(len, BUFFER_ALIGN_BYTES).expect("buffer layout"))
+        match raw {
+            Ok(p) => {
+                Ok(AlignedBuf { ptr: NonNull::new(p.cast::<u8>()).expect("mmap never returns null on success"), len })
             }
-        };
-        AlignedBuf { ptr, len }
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!(
+                    "could not map {} MiB for an I/O buffer ({e}): memory is short, or the address-space limit \
+                     (RLIMIT_AS, `ulimit -v`) is too low; lower --queue-depth, --lanes or --chunk-size",
+                    len.div_ceil(1 << 20)
+                ),
+            )),
+        }
     }
 
     pub fn len(&self) -> usize {

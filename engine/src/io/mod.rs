@@ -217,12 +217,19 @@ pub(crate) struct Resources {
 }
 
 impl Resources {
-    pub(crate) fn new(buffer_sizes: &[usize], slots: usize) -> Resources {
-        Resources {
-            bufs: buffer_sizes.iter().map(|&n| AlignedBuf::new(n)).collect(),
+    /// Buffers of the given sizes (failing, not aborting, when they cannot
+    /// be mapped) and `slots` empty file slots.
+    pub(crate) fn new(buffer_sizes: &[usize], slots: usize) -> io::Result<Resources> {
+        Ok(Resources {
+            bufs: buffer_sizes.iter().map(|&n| AlignedBuf::try_new(n)).collect::<io::Result<_>>()?,
             files: (0..slots).map(|_| None).collect(),
             own: Ownership::new(buffer_sizes.len(), slots),
-        }
+        })
+    }
+
+    /// File slots only, for synchronous calls: allocates no buffer.
+    pub(crate) fn unbuffered(slots: usize) -> Resources {
+        Resources { bufs: Vec::new(), files: (0..slots).map(|_| None).collect(), own: Ownership::new(0, slots) }
     }
 
     /// Fails while an operation on the slot is in flight.
@@ -316,7 +323,7 @@ pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth:
                     _ => "out of threads: RLIMIT_NPROC, `ulimit -u`",
                 };
                 *lanes.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.into());
-                return Ok(Box::new(portable::PortableIo::new(buffer_sizes, slots)));
+                return Ok(Box::new(portable::PortableIo::new(buffer_sizes, slots)?));
             }
             Err(e) => {
                 return Err(match e.raw_os_error() {
@@ -339,8 +346,8 @@ pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth:
                 });
             }
         }),
-        Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)),
-        Backend::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), buffer_sizes, slots)),
+        Backend::Portable => Box::new(portable::PortableIo::new(buffer_sizes, slots)?),
+        Backend::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), buffer_sizes, slots)?),
     })
 }
 
@@ -349,8 +356,8 @@ pub fn open(choice: &Backend, buffer_sizes: &[usize], slots: usize, queue_depth:
 /// positioned I/O, or the simulation's faults under [`IoChoice::Sim`].
 pub fn open_sync(choice: &IoChoice, slots: usize) -> Box<dyn Io> {
     match choice {
-        IoChoice::Sim(sim) => Box::new(sim::SimIo::new(sim.clone(), &[], slots)),
-        _ => Box::new(portable::PortableIo::new(&[], slots)),
+        IoChoice::Sim(sim) => Box::new(sim::SimIo::unbuffered(sim.clone(), slots)),
+        _ => Box::new(portable::PortableIo::unbuffered(slots)),
     }
 }
 

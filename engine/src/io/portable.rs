@@ -34,8 +34,13 @@ pub struct PortableIo {
 }
 
 impl PortableIo {
-    pub fn new(buffer_sizes: &[usize], slots: usize) -> PortableIo {
-        PortableIo { res: Resources::new(buffer_sizes, slots), pending: VecDeque::new(), ready: VecDeque::new() }
+    pub fn new(buffer_sizes: &[usize], slots: usize) -> io::Result<PortableIo> {
+        Ok(PortableIo { res: Resources::new(buffer_sizes, slots)?, pending: VecDeque::new(), ready: VecDeque::new() })
+    }
+
+    /// File slots only, for synchronous calls.
+    pub fn unbuffered(slots: usize) -> PortableIo {
+        PortableIo { res: Resources::unbuffered(slots), pending: VecDeque::new(), ready: VecDeque::new() }
     }
 
     fn run(&mut self, p: Pending) {

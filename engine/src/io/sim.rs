@@ -276,14 +276,17 @@ pub struct SimIo {
 }
 
 impl SimIo {
-    pub fn new(sim: Arc<Sim>, buffer_sizes: &[usize], slots: usize) -> SimIo {
-        SimIo {
-            sim,
-            res: Resources::new(buffer_sizes, slots),
-            paths: vec![PathBuf::new(); slots],
-            pending: VecDeque::new(),
-            ready: VecDeque::new(),
-        }
+    pub fn new(sim: Arc<Sim>, buffer_sizes: &[usize], slots: usize) -> std::io::Result<SimIo> {
+        Ok(SimIo::with(sim, Resources::new(buffer_sizes, slots)?, slots))
+    }
+
+    /// File slots only, for synchronous calls.
+    pub fn unbuffered(sim: Arc<Sim>, slots: usize) -> SimIo {
+        SimIo::with(sim, Resources::unbuffered(slots), slots)
+    }
+
+    fn with(sim: Arc<Sim>, res: Resources, slots: usize) -> SimIo {
+        SimIo { sim, res, paths: vec![PathBuf::new(); slots], pending: VecDeque::new(), ready: VecDeque::new() }
     }
 
     fn file_and_path(&self, slot: usize) -> (&File, &Path) {
@@ -426,7 +429,7 @@ mod tests {
             ..Faults::default()
         };
         let sim = Sim::new(1, faults);
-        let mut io = SimIo::new(sim.clone(), &[4096], 1);
+        let mut io = SimIo::new(sim.clone(), &[4096], 1).unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         io.set_file(0, Some(f)).unwrap();
         let mut b = [0u8; 1024];
@@ -450,7 +453,7 @@ mod tests {
         let path = dir.path().join("seg");
         File::create(&path).unwrap();
         let sim = Sim::new(3, Faults { crash_at_write: Some(2), ..Faults::default() });
-        let mut io = SimIo::new(sim.clone(), &[], 1);
+        let mut io = SimIo::unbuffered(sim.clone(), 1);
         io.set_file(0, Some(std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap())).unwrap();
         io.write_from(0, &[1u8; 4096], 0).unwrap();
         io.sync(0).unwrap();

@@ -51,7 +51,7 @@ impl UringIo {
     pub fn new(buffer_sizes: &[usize], slots: usize, queue_depth: u32) -> io::Result<UringIo> {
         let entries = (queue_depth + 4).next_power_of_two().max(8);
         let ring = IoUring::builder().setup_single_issuer().build(entries).or_else(|_| IoUring::new(entries))?;
-        let mut res = Resources::new(buffer_sizes, slots);
+        let mut res = Resources::new(buffer_sizes, slots)?;
         let iovecs: Vec<libc::iovec> =
             res.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
         // SAFETY: every iovec points at an AlignedBuf owned by `res.bufs`, which

@@ -139,6 +139,14 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
 
     let missing_segments = check_segments(opts, segments)?;
     let write_limit = preflight(opts, &img, &resolved)?;
+    // Before the target is created or opened: settings refused here leave
+    // nothing behind.
+    let lanes = opts.lanes.unwrap_or_else(super::capture::available_cores).clamp(1, 256);
+    super::check_buffer_memory(
+        u64::from(lanes)
+            * u64::from(opts.queue_depth)
+            * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes)),
+    )?;
     if opts.verify_first {
         obs.note("--verify-first: checking the whole image before touching the target");
         let mut v = super::verify::VerifyOptions::new(&opts.set);
@@ -184,12 +192,6 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     let tail_file =
         OpenOptions::new().write(true).open(&target.path).map_err(|e| Error::io("open target", &target.path, e))?;
 
-    let lanes = opts.lanes.unwrap_or_else(super::capture::available_cores).clamp(1, 256);
-    super::check_buffer_memory(
-        u64::from(lanes)
-            * u64::from(opts.queue_depth)
-            * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes)),
-    )?;
     let chunk_count = m.chunk_count;
     let batch_chunks =
         (chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
