@@ -114,7 +114,21 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
     })?;
     let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
     let fresh = [ImageId::parse(&merged.image_id).expect("an ID this run made")];
-    let removed = remove_unneeded(&set, &folded, &fresh, obs)?;
+    crate::pipeline::test_pause("merge-removals");
+    if crate::pipeline::interrupted() {
+        return Err(Error::Interrupted(format!(
+            "merge stopped by a signal after committing image {} (it stands in for {}); the images it replaces were \
+             not removed: the next merge or prune removes them",
+            merged.image_id, merged.replaces
+        )));
+    }
+    let removed = remove_unneeded(&set, &folded, &fresh, obs).map_err(|e| match e {
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "merge committed image {} (it stands in for {}), then {m}; the next merge or prune removes the rest",
+            merged.image_id, merged.replaces
+        )),
+        e => e,
+    })?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
     Ok(MergeReport { merged, removed: removed.iter().map(|i| i.to_string()).collect(), kept })
 }
@@ -139,7 +153,12 @@ fn refuse_unreadable(set: &ImageSet) -> Result<()> {
 /// Finish what an interrupted merge or prune left: images already replaced
 /// that nothing needs, and the files of merge runs that never committed.
 fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
-    let removed = remove_unneeded(set, &[], &[], obs)?;
+    let removed = remove_unneeded(set, &[], &[], obs).map_err(|e| match e {
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "finishing an earlier merge's removals {m}; nothing else was changed: run the command again"
+        )),
+        e => e,
+    })?;
     if !removed.is_empty() {
         obs.note(&format!("removed {} image(s) an earlier merge had replaced", removed.len()));
     }
@@ -235,6 +254,17 @@ fn remove_unneeded(
     // parent is gone while the child itself is still listed.
     for i in images.iter().rev() {
         if (candidates.contains(&i.id()) || obsolete(i)) && !needed.contains(&i.id()) {
+            if !removed.is_empty() {
+                crate::pipeline::test_pause("between-removals");
+            }
+            if crate::pipeline::interrupted() {
+                return Err(Error::Interrupted(format!(
+                    "was stopped by a signal while removing the images no longer needed, after removing {} [{}]; \
+                     every image that stays is intact",
+                    removed.len(),
+                    removed.iter().map(|i: &ImageId| i.to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
             obs.note(&format!("removing image {} ({}, {})", i.id(), i.manifest.kind.name(), i.manifest.created));
             remove_image(&set.dir, i.id())?;
             removed.push(i.id());
@@ -533,6 +563,15 @@ fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &dyn Observer
         )?;
     }
     crate::set::sync_dir(&set.dir)?;
+    // The last moment a signal can still leave the set as it was: the
+    // guard removes the new image's files.
+    crate::pipeline::test_pause("merge-commit");
+    if crate::pipeline::interrupted() {
+        return Err(Error::Interrupted(
+            "stopped by a signal before the new image was committed; nothing was changed (its files are removed)"
+                .into(),
+        ));
+    }
     guard.commit(&manifest)?;
     let _ = std::fs::remove_file(set.dir.join(run_file_name(id)));
     Ok(Consolidated {
@@ -818,10 +857,24 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
         }
         report.consolidated.push(c);
     }
+    if crate::pipeline::interrupted() {
+        return Err(Error::Interrupted(format!(
+            "prune stopped by a signal after rewriting {} of {} image(s) (each rewritten one stands in for the image \
+             it replaces); nothing was removed: run the same prune again to finish",
+            report.consolidated.len(),
+            plans.len()
+        )));
+    }
     let mut candidates = doomed.clone();
     candidates.extend(plans.iter().map(|s| s[0].id()));
     let fresh: Vec<ImageId> = report.consolidated.iter().filter_map(|c| ImageId::parse(&c.image_id)).collect();
-    let removed = remove_unneeded(&set, &candidates, &fresh, obs)?;
+    let removed = remove_unneeded(&set, &candidates, &fresh, obs).map_err(|e| match e {
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "prune rewrote {} image(s), then {m}: run the same prune again to finish",
+            report.consolidated.len()
+        )),
+        e => e,
+    })?;
     report.removed = removed.iter().filter(|id| doomed.contains(id)).map(|i| i.to_string()).collect();
     if let Some(left) = doomed.iter().find(|d| !removed.contains(d)) {
         obs.note(&format!(

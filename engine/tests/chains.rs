@@ -9,7 +9,7 @@ use crate::util::*;
 
 /// Flip `n` random 64 KiB chunks of `data` to fresh random bytes; returns
 /// the distinct chunks changed.
-fn change_chunks(data: &mut [u8], n: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn change_chunks(data: &mut [u8], n: usize, seed: u64) -> Vec<usize> {
     let chunks = data.len() / (64 << 10);
     let mut next = tintype::sample::xorshift(seed);
     let mut changed = Vec::new();

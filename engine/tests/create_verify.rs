@@ -402,3 +402,27 @@ fn buffers_beyond_the_address_space_limit_are_refused_up_front() {
     assert!(!sb.path("out.img").exists(), "refused before the target was created");
     assert_round_trip(&sb.path("set"), &data);
 }
+
+/// `demo --dir` uses only a directory without its own file names in it: an
+/// existing sample-set (a user's image set) or sample.img is refused and
+/// left as it was (the demo used to image into the set, then delete it).
+#[test]
+fn demo_never_takes_over_existing_files() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(2 << 20, 79);
+    std::fs::write(sb.path("s.img"), &data).unwrap();
+    std::fs::create_dir(sb.path("d")).unwrap();
+    sb.expect(&["create", "s.img", "d/sample-set"], 0);
+    std::fs::write(sb.path("d/sample.img"), b"my precious data").unwrap();
+    let out = sb.expect(&["demo", "--size", "1M", "--dir", "d"], 2);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(sb.path("d/sample.img")).unwrap(), b"my precious data");
+    assert_round_trip(&sb.path("d/sample-set"), &data);
+    std::fs::remove_file(sb.path("d/sample.img")).unwrap();
+    sb.expect(&["demo", "--size", "1M", "--dir", "d"], 2);
+    assert_round_trip(&sb.path("d/sample-set"), &data);
+
+    // A directory of its own: the demo runs and cleans up after itself.
+    sb.expect(&["demo", "--size", "1M", "--dir", "e"], 0);
+    assert_eq!(std::fs::read_dir(sb.path("e")).unwrap().count(), 0);
+}

@@ -71,6 +71,45 @@ fn existing_files_are_refused_then_overwritten_with_force() {
     }
 }
 
+/// An existing file counts as holding data wherever its data is, not only
+/// in its first and last MiB (data in the middle was overwritten without
+/// --force); a sparse file with nothing written is free to use; a file
+/// another program holds a lock on (another restore writing it) is refused,
+/// so two restores never interleave their chunks in one file.
+#[test]
+fn file_targets_are_checked_whole_and_locked() {
+    use std::os::unix::io::AsRawFd;
+    let sb = Sandbox::new();
+    let data = image(&sb, 4 << 20, 43, "portable");
+    // 20 MiB, all holes but 14 bytes at 10 MiB.
+    let f = std::fs::File::create(sb.path("mid.img")).unwrap();
+    f.set_len(20 << 20).unwrap();
+    f.write_all_at(b"IMPORTANT DATA", 10 << 20).unwrap();
+    drop(f);
+    let out = sb.expect(&["restore", "set", "mid.img"], 1);
+    let err = stderr(&out);
+    assert!(err.contains(&format!("non-zero data (at byte {})", 10 << 20)) && err.contains("--force"), "{err}");
+    let mut want = vec![0u8; 20 << 20];
+    want[(10 << 20)..(10 << 20) + 14].copy_from_slice(b"IMPORTANT DATA");
+    assert!(std::fs::read(sb.path("mid.img")).unwrap() == want, "refused: untouched");
+
+    // Sparse and empty: restored without --force.
+    std::fs::File::create(sb.path("sparse.img")).unwrap().set_len(8 << 20).unwrap();
+    sb.expect(&["restore", "set", "sparse.img"], 0);
+    assert!(std::fs::read(sb.path("sparse.img")).unwrap()[..data.len()] == data[..]);
+
+    // Locked by another program: refused, untouched.
+    std::fs::File::create(sb.path("busy.img")).unwrap().set_len(8 << 20).unwrap();
+    let holder = std::fs::File::open(sb.path("busy.img")).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let out = sb.expect(&["restore", "set", "busy.img"], 1);
+    assert!(stderr(&out).contains("holds a lock"), "{}", stderr(&out));
+    assert!(std::fs::read(sb.path("busy.img")).unwrap().iter().all(|&b| b == 0), "untouched");
+    drop(holder);
+    sb.expect(&["restore", "set", "busy.img"], 0);
+}
+
 /// A flipped byte in one frame: the default stops naming the chunk;
 /// --skip-bad restores everything else, writes zeros there, lists it and
 /// exits 3; --verify-first refuses before touching the target.

@@ -26,6 +26,18 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
     let size = size + 12_345;
     let sample = base.join("sample.img");
     let set = base.join("sample-set");
+    let restored = base.join("sample-restored.img");
+    // The demo writes these and removes them afterwards: it never takes
+    // over (and then deletes) files a user already has there.
+    if let Some(p) = [&sample, &set, &restored].into_iter().find(|p| p.symlink_metadata().is_ok()) {
+        bail!(tintype::Error::InvalidSetting(format!(
+            "--dir {}: {} already exists; the demo writes its own sample.img, sample-set and sample-restored.img \
+             there and removes them afterwards, so it uses only a directory without them (choose another --dir, \
+             or leave it out for a temporary one)",
+            base.display(),
+            p.display()
+        )));
+    }
     println!(
         "demo: writing a {} sample with zeros, text, random and repetitive binary data to {}",
         human(size),
@@ -54,7 +66,6 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
         bail!("the demo image failed verification");
     }
 
-    let restored = base.join("sample-restored.img");
     println!("demo: tintype restore {} {} --verify-after", set.display(), restored.display());
     let mut r = RestoreOptions::new(&set, &restored);
     r.verify_after = true;

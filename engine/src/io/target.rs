@@ -132,6 +132,23 @@ impl Target {
             }
             Err(e) => return Err(open_error(path, e, &holders(rdev))),
         };
+        // A file has no O_EXCL for writers: two restores to one file would
+        // interleave their chunks. The first holds an exclusive lock on it
+        // for its whole run; another is refused.
+        if kind != TargetKind::BlockDevice {
+            use rustix::fs::{flock, FlockOperation};
+            if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                return Err(Error::Unusable {
+                    path: path.into(),
+                    why: match e {
+                        rustix::io::Errno::WOULDBLOCK => "another program (another tintype restore?) holds a lock \
+                                                          on this file and may be writing it; wait for it to finish"
+                            .into(),
+                        e => format!("cannot lock it for the restore: {e}"),
+                    },
+                });
+            }
+        }
         if kind != TargetKind::BlockDevice && size < source_bytes {
             file.set_len(source_bytes).map_err(|e| Error::io("size", path, e))?;
             size = source_bytes;
@@ -297,7 +314,8 @@ fn unescape_mount(s: &str) -> String {
 /// What a device or file of `size` bytes says it holds: a filesystem or
 /// partition table signature in its first MiB, or non-zero data in its first
 /// or last MiB (where partition tables, boot code, superblocks and backup
-/// GPTs live). None when both look empty.
+/// GPTs live), and for a regular file non-zero data anywhere (its data
+/// regions are read, holes skipped). None when it all looks empty.
 pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     let mut f = File::open(path).map_err(|e| Error::io("read target", path, e))?;
     let mut read_at = |offset: u64| -> Result<Vec<u8>> {
@@ -320,6 +338,49 @@ pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     }
     if size > 1 << 20 && read_at(size - (1 << 20))?.iter().any(|&b| b != 0) {
         return Ok(Some("non-zero data in its last MiB".into()));
+    }
+    drop(read_at);
+    if f.metadata().is_ok_and(|m| m.is_file()) {
+        if let Some(at) = first_nonzero(&mut f, path, size)? {
+            return Ok(Some(format!("non-zero data (at byte {at})")));
+        }
+    }
+    Ok(None)
+}
+
+/// The offset of the first non-zero byte of a regular file, reading only
+/// its data regions (SEEK_DATA/SEEK_HOLE; the whole file where the
+/// filesystem cannot tell).
+fn first_nonzero(f: &mut File, path: &Path, size: u64) -> Result<Option<u64>> {
+    use rustix::fs::{seek, SeekFrom as Whence};
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(&*f, Whence::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(_) => pos,
+        };
+        let end = match seek(&*f, Whence::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(_) => size,
+        };
+        let mut at = start;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            f.seek(SeekFrom::Start(at)).map_err(|e| Error::io_at("read target", path, at, e))?;
+            let n = match f.read(&mut buf[..want]) {
+                Ok(0) => return Ok(None),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io_at("read target", path, at, e)),
+            };
+            if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            at += n as u64;
+        }
+        pos = end.max(start + 1);
     }
     Ok(None)
 }

@@ -879,6 +879,16 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
             .collect(),
     };
     crate::set::sync_dir(&set.dir).map_err(keep)?;
+    // A signal that came while the index and segments were made durable
+    // is still honoured: no commit, the frames kept for --resume.
+    super::test_pause("create-commit");
+    if super::interrupted() {
+        return Err(Error::Interrupted(format!(
+            "no image was committed (the signal came while it was being made durable); the unfinished image {id}'s \
+             files are kept in {}: run the same command with --resume to commit it",
+            set.dir.display()
+        )));
+    }
     // (Only the directory's fsync failing leaves the manifest named: then
     // the image exists, and the error alone says what failed.)
     let manifest_path = unfinished.commit(&manifest).map_err(|e| {

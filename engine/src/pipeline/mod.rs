@@ -19,6 +19,23 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
+/// A test seam, in debug builds only: when `TINTYPE_TEST_PAUSE` names this
+/// point, create the file `TINTYPE_TEST_PAUSE_MARK` names and wait (up to
+/// 10 s, less if a signal comes), so a test can deliver a signal exactly
+/// here. Release builds compile this to nothing.
+pub(crate) fn test_pause(point: &str) {
+    if !cfg!(debug_assertions) || std::env::var("TINTYPE_TEST_PAUSE").ok().as_deref() != Some(point) {
+        return;
+    }
+    if let Some(mark) = std::env::var_os("TINTYPE_TEST_PAUSE_MARK") {
+        let _ = std::fs::write(mark, point);
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !interrupted() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Run `lanes` threads of `body` (given the lane number), each pinned to a
 /// core of this process's affinity set when `pin`, reporting progress until
 /// they finish. A lane that fails sets `stop`, so the others stop claiming
