@@ -339,7 +339,6 @@ pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     if size > 1 << 20 && read_at(size - (1 << 20))?.iter().any(|&b| b != 0) {
         return Ok(Some("non-zero data in its last MiB".into()));
     }
-    drop(read_at);
     if f.metadata().is_ok_and(|m| m.is_file()) {
         if let Some(at) = first_nonzero(&mut f, path, size)? {
             return Ok(Some(format!("non-zero data (at byte {at})")));
