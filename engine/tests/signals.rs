@@ -143,7 +143,7 @@ fn a_signal_at_the_commit_is_honoured() {
     };
     let mut data = mixed_bytes(4 << 20, 91);
     let mut points: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut image = |data: &[u8], extra: &[&str]| {
+    let image = |data: &[u8], extra: &[&str]| {
         std::fs::write(sb.path("src.img"), data).unwrap();
         let out = sb.expect(&[&["create", "src.img", "set", "--chunk-size", "64K", "--json"][..], extra].concat(), 0);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
