@@ -138,8 +138,16 @@ pub fn lock_set(dir: &Path, access: Access, what: &str) -> Result<SetLock> {
     let path = dir.join(READ_LOCK);
     let f = match open_lock(&path) {
         Ok(f) => f,
-        // A read-only set (a mounted archive): nobody can delete from it.
-        Err(e) if access == Access::Read && read_only(&e) => return Ok(lock),
+        // A reader that may not write the set (another user's set, a
+        // read-only mount): a shared lock needs only a read-only descriptor
+        // on the lock file, which keeps merge and prune of the set's owner
+        // out while it reads.
+        Err(e) if access == Access::Read && read_only(&e) => match File::open(&path) {
+            Ok(f) => f,
+            // No lock file and none can be made: a read-only set (a mounted
+            // archive), which nobody can delete from either.
+            Err(_) => return Ok(lock),
+        },
         Err(e) => return Err(Error::io("open lock file", &path, e)),
     };
     let op = if access == Access::Delete {

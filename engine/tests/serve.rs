@@ -420,3 +420,56 @@ fn clients_beyond_the_limit_are_turned_away() {
     drop(held);
     srv.stop();
 }
+
+/// A reader that may not write the set (here: `nobody` serving root's set)
+/// still holds the readers' lock through a read-only descriptor, so the
+/// owner's merge cannot delete what it serves (exit 5; it used to go ahead
+/// and the client's reads failed).
+#[test]
+fn a_reader_without_write_access_still_keeps_merge_out() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("NOTE: not root: cannot run a reader as another user; the read-only lock path is not exercised");
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut data = mixed_bytes(4 << 20, 93);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(&["create", "src.img", "set"], 0);
+    data[100_000] ^= 1;
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(&["create", "src.img", "set", "--incremental"], 0);
+    // The set stays root's (0755 / 0644, lock files included); nobody may
+    // only traverse to it and write its socket elsewhere.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(sb.path("out")).unwrap();
+    std::fs::set_permissions(sb.path("out"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = sb.path("out/s.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tintype"));
+    cmd.args(["serve", "set", "--listen", &format!("unix:{}", sock.display())])
+        .current_dir(sb.dir.path())
+        .stderr(Stdio::piped());
+    // SAFETY: only setgroups/setgid/setuid, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Killed with the test if it fails (it holds the test's stdout).
+    let server = Server { child: cmd.stdout(Stdio::null()).spawn().unwrap(), sock: sock.clone() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let newest = tintype::set::ImageSet::open(&sb.path("set")).unwrap().resolve(None).unwrap().manifest.image_id;
+    let out = sb.expect(&["merge", &format!("set@{newest}")], 5);
+    assert!(stderr(&out).contains("reading images"), "{}", stderr(&out));
+    server.stop();
+    sb.expect(&["merge", &format!("set@{newest}")], 0);
+    assert_image_holds(&sb.path("set"), None, &data);
+}
