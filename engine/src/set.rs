@@ -77,7 +77,9 @@ impl ImageSet {
             let ent = ent.map_err(|e| Error::io("list", &self.dir, e))?;
             let name = ent.file_name();
             let name = name.to_string_lossy();
-            let Some(id) = name.get(..16).and_then(ImageId::parse) else {
+            // Only names tintype writes: a user's `cafebabecafebabe.jpg`
+            // beside the images is neither an unfinished run nor garbage.
+            let Some(id) = image_file_id(&name) else {
                 continue;
             };
             if name.get(16..) == Some(".manifest.json") {
@@ -782,6 +784,20 @@ pub fn remove_image(dir: &Path, id: ImageId) -> Result<()> {
     remove_leftovers(dir, id)
 }
 
+/// The image a file belongs to, when its name is one tintype writes for an
+/// image (the table in FORMAT §1): `ID.manifest.json`, `ID.index`,
+/// `ID.NNNNNN.seg`, `ID.run.json`, `ID.removed.json`, `ID.badmap`,
+/// `ID.unreadable`, and each of those with `.tmp` while being written.
+/// Nothing else is ever listed as part of a run or removed with an image.
+pub fn image_file_id(name: &str) -> Option<ImageId> {
+    let id = name.get(..16).and_then(ImageId::parse)?;
+    let rest = name.get(16..)?.strip_prefix('.')?;
+    let rest = rest.strip_suffix(".tmp").unwrap_or(rest);
+    let known = matches!(rest, "manifest.json" | "index" | "run.json" | "removed.json" | "badmap" | "unreadable")
+        || rest.strip_suffix(".seg").is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()));
+    known.then_some(id)
+}
+
 /// The marker a removal leaves while it deletes an image's data files.
 pub fn removed_file_name(id: ImageId) -> String {
     format!("{id}.removed.json")
@@ -790,17 +806,12 @@ pub fn removed_file_name(id: ImageId) -> String {
 /// Remove every file of `id` that is not a manifest (an unfinished run's
 /// leftovers, or a removed image's data), the removal marker last.
 pub fn remove_leftovers(dir: &Path, id: ImageId) -> Result<()> {
-    let prefix = id.to_string();
     let marker = removed_file_name(id);
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
     for e in rd.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix)
-            && name.as_bytes().get(16) == Some(&b'.')
-            && !name.ends_with(".manifest.json")
-            && name != marker.as_str()
-        {
+        if image_file_id(&name) == Some(id) && !name.ends_with(".manifest.json") && name != marker.as_str() {
             std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
         }
     }

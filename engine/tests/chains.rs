@@ -677,3 +677,42 @@ fn a_wrong_clock_once_does_not_reorder_the_set() {
     assert_eq!(left.len(), 1);
     assert!(restore_bytes(&sb, &left[0]) == data, "--keep-last 1 kept the last point in time");
 }
+
+/// Files in the set that tintype did not write — a user's notes named
+/// after an image, a backup copy of a segment, a file that merely starts
+/// with 16 hex digits — are not an unfinished run, and neither merge,
+/// prune nor `--discard-unfinished` removes them (they used to be deleted
+/// with the image whose ID they started with).
+#[test]
+fn files_tintype_did_not_write_are_never_removed() {
+    let sb = Sandbox::new();
+    let points = chain_of_five(&sb, 2 << 20);
+    let set = sb.path("set");
+    let full = &points[0].0;
+    let seg = std::fs::read_dir(&set)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".000000.seg") && p.to_string_lossy().contains(full.as_str()))
+        .unwrap();
+    let foreign = [
+        "cafebabecafebabe.jpg".to_string(),
+        format!("{full}.notes.txt"),
+        format!("{}.000000.seg.bak", points[1].0),
+        format!("{}.README", points[2].0),
+    ];
+    for f in &foreign {
+        std::fs::write(set.join(f), b"mine").unwrap();
+    }
+    std::fs::copy(&seg, set.join(format!("{full}.000000.seg.bak"))).unwrap();
+    let v = json(&sb.expect(&["list", "set", "--json"], 0));
+    assert_eq!(v["unfinished"].as_array().unwrap().len(), 0, "{v}");
+    sb.expect(&["prune", "set", "--discard-unfinished"], 0);
+    sb.expect(&["merge", &format!("set@{}", points[4].0), "--full"], 0);
+    sb.expect(&["prune", "set", "--keep-last", "1", "--discard-unfinished"], 0);
+    for f in &foreign {
+        assert_eq!(std::fs::read(set.join(f)).unwrap(), b"mine", "{f} is still there");
+    }
+    assert!(set.join(format!("{full}.000000.seg.bak")).exists());
+    assert_image_holds(&set, None, &points[4].1);
+}

@@ -544,7 +544,7 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
             let bytes: u64 = std::fs::read_dir(&set.dir)
                 .map(|rd| {
                     rd.flatten()
-                        .filter(|e| e.file_name().to_string_lossy().starts_with(&id.to_string()))
+                        .filter(|e| tintype::set::image_file_id(&e.file_name().to_string_lossy()) == Some(*id))
                         .filter_map(|e| e.metadata().ok())
                         .map(|m| m.len())
                         .sum()
