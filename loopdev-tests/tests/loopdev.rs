@@ -264,10 +264,35 @@ fn refuses_unsafe_targets_and_leaves_them_untouched() {
     {
         let _m = Mount::new(&fsdev, &dir.path().join("mnt"));
         check_refused(&fsdev, &fs_file, &["--force"], "mounted at");
+        // The file under that mounted loop device: refused too, --force or
+        // not (it was overwritten under the mounted filesystem).
+        let before = std::fs::read(&fs_file).unwrap();
+        let out = restore(&[set, fs_file.to_str().unwrap(), "--force"]);
+        assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+        assert!(out_text(&out).contains("whose filesystem is mounted at"), "{}", out_text(&out));
+        assert!(std::fs::read(&fs_file).unwrap() == before, "the file under the mount is unchanged");
     }
     let out = restore(&[set, fsdev.as_str(), "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
     assert!(std::fs::read(&fs_file).unwrap() == content);
+
+    // A loop device over a segment of the set itself: refused, --force or
+    // not; the image still verifies (it was destroyed before).
+    let seg = std::fs::read_dir(set)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".000000.seg"))
+        .unwrap();
+    let over_seg = LoopDev::attach(&seg, 512);
+    let before = std::fs::read(&seg).unwrap();
+    let out = restore(&[set, over_seg.as_str(), "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(out_text(&out).contains("a file of the image set being restored"), "{}", out_text(&out));
+    drop(over_seg);
+    assert!(std::fs::read(&seg).unwrap() == before);
+    let out = tintype(&["verify", set]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
 }
 
 /// An ext4 filesystem imaged and restored to another device: identical

@@ -1022,7 +1022,7 @@ impl Drop for Frozen {
 }
 
 /// The loop devices whose backing file is `path` (same device and inode).
-fn loops_backed_by(path: &Path) -> Vec<(u32, u32)> {
+pub(crate) fn loops_backed_by(path: &Path) -> Vec<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     let Ok(me) = std::fs::metadata(path) else { return Vec::new() };
     let Ok(rd) = std::fs::read_dir("/sys/block") else { return Vec::new() };

@@ -985,8 +985,40 @@ fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
 /// any name) would be overwritten with the image read from it: refused,
 /// `--force` or not.
 fn refuse_own_file(set: &ImageSet, target: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(t) = std::fs::metadata(target) else { return Ok(()) };
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(mut t) = std::fs::metadata(target) else { return Ok(()) };
+    let mut through = String::new();
+    if t.file_type().is_block_device() {
+        // A loop device (or a partition of one) over a file of the set is
+        // that file too.
+        let rdev = t.rdev();
+        let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
+        let backing = [sys.join("loop/backing_file"), sys.join("../loop/backing_file")]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .map(|s| PathBuf::from(s.trim()));
+        match backing.and_then(|b| std::fs::metadata(&b).ok().map(|m| (b, m))) {
+            Some((b, m)) => {
+                through = format!(" (through the loop device over {})", b.display());
+                t = m;
+            }
+            None => return Ok(()),
+        }
+    } else if t.is_file() {
+        // A file a mounted filesystem lives in, through a loop device:
+        // refused like the mounted device itself, --force or not.
+        for d in super::capture::loops_backed_by(target) {
+            if let Some((at, _)) = crate::io::target::mounts_of(d).into_iter().next() {
+                return Err(Error::Unusable {
+                    path: target.into(),
+                    why: format!(
+                        "it backs loop device {}:{}, whose filesystem is mounted at {at}; unmount it first",
+                        d.0, d.1
+                    ),
+                });
+            }
+        }
+    }
     if !t.is_file() {
         return Ok(());
     }
@@ -997,7 +1029,8 @@ fn refuse_own_file(set: &ImageSet, target: &Path) -> Result<()> {
                 return Err(Error::Unusable {
                     path: target.into(),
                     why: format!(
-                        "this is {}, a file of the image set being restored; restore to another file or device",
+                        "this is {}{through}, a file of the image set being restored; restore to another file or \
+                         device",
                         e.path().display()
                     ),
                 });
