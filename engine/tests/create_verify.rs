@@ -426,3 +426,38 @@ fn demo_never_takes_over_existing_files() {
     sb.expect(&["demo", "--size", "1M", "--dir", "e"], 0);
     assert_eq!(std::fs::read_dir(sb.path("e")).unwrap().count(), 0);
 }
+
+/// A source written while it is imaged (by a program writing the file
+/// directly; a mounted read-write filesystem is refused) is committed with
+/// a note saying so; it used to be committed silently.
+#[test]
+fn a_source_written_during_the_run_is_noted() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(2 << 20, 80);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let mark = sb.path("paused");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"))
+        .args(["create", "src.img", "set"])
+        .current_dir(sb.dir.path())
+        .env("TINTYPE_TEST_PAUSE", "create-read-all")
+        .env("TINTYPE_TEST_PAUSE_MARK", &mark)
+        .env("TINTYPE_TEST_PAUSE_MS", "1500")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !mark.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(mark.exists(), "create never reached its pause");
+    let f = std::fs::OpenOptions::new().write(true).open(sb.path("src.img")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 4096).unwrap();
+    drop(f);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the source was written while it was being imaged"), "{}", stderr(&out));
+    // Unchanged during the run: no such note.
+    let out = sb.expect(&["create", "src.img", "set", "--incremental"], 0);
+    assert!(!stderr(&out).contains("was written while"), "{}", stderr(&out));
+}

@@ -745,6 +745,10 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         journal: &journal,
     };
     let started = Instant::now();
+    // Whether the source is written while it is read (it is refused when
+    // a filesystem on it is mounted read-write, but a program can write a
+    // file or a device directly): told from the same stamps --resume uses.
+    let stamp_at_start = crate::io::device::write_stamp(&source.path);
     let reports = match run_lanes(&sh, lanes, obs) {
         Ok(r) => r,
         Err(e) => {
@@ -772,6 +776,17 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         }
     };
     let wall = started.elapsed();
+    super::test_pause("create-read-all");
+    if let (Some(was), Some(now)) = (&stamp_at_start, crate::io::device::write_stamp(&source.path)) {
+        if was.boot == now.boot && was.stamp != now.stamp {
+            obs.note(&format!(
+                "the source was written while it was being imaged ({} then, {} now): the image may mix older and \
+                 newer contents; for one consistent point in time image it unmounted, frozen (--freeze), or from a \
+                 snapshot",
+                was.stamp, now.stamp
+            ));
+        }
+    }
     // Every chunk is in the segments now: whatever fails before the commit
     // (a full disk under the index, map or manifest) keeps them for --resume.
     unfinished.armed = false;

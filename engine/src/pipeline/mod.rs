@@ -20,9 +20,9 @@ pub fn interrupted() -> bool {
 }
 
 /// A test seam, in debug builds only: when `TINTYPE_TEST_PAUSE` names this
-/// point, create the file `TINTYPE_TEST_PAUSE_MARK` names and wait (up to
-/// 10 s, less if a signal comes), so a test can deliver a signal exactly
-/// here. Release builds compile this to nothing.
+/// point, create the file `TINTYPE_TEST_PAUSE_MARK` names and wait
+/// (`TINTYPE_TEST_PAUSE_MS`, default 10 s; less if a signal comes), so a
+/// test can act exactly here. Release builds compile this to nothing.
 pub(crate) fn test_pause(point: &str) {
     if !cfg!(debug_assertions) || std::env::var("TINTYPE_TEST_PAUSE").ok().as_deref() != Some(point) {
         return;
@@ -30,7 +30,8 @@ pub(crate) fn test_pause(point: &str) {
     if let Some(mark) = std::env::var_os("TINTYPE_TEST_PAUSE_MARK") {
         let _ = std::fs::write(mark, point);
     }
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ms = std::env::var("TINTYPE_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
     while !interrupted() && std::time::Instant::now() < until {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
