@@ -63,7 +63,13 @@ impl ImageSet {
 
     /// Open the set directory, creating it (and its parents) if absent.
     pub fn create_or_open(dir: &Path) -> Result<ImageSet> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create image set directory", dir, e))?;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            // A file where the set should be: said as `open` says it.
+            if dir.exists() && !dir.is_dir() {
+                return ImageSet::open(dir);
+            }
+            return Err(Error::io("create image set directory", dir, e));
+        }
         ImageSet::open(dir)
     }
 
@@ -231,9 +237,11 @@ impl ImageSet {
                         Err(Error::NotCommitted { path: self.dir.clone(), why })
                     }
                     _ => Err(Error::InvalidSetting(format!(
-                        "{}: image ID prefix {prefix} is ambiguous ({} images match)",
+                        "{}: image ID prefix {prefix} is ambiguous ({} images match: {}{}); give more digits",
                         self.dir.display(),
-                        hits.len()
+                        hits.len(),
+                        hits.iter().take(10).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+                        if hits.len() > 10 { ", …" } else { "" }
                     ))),
                 }
             }

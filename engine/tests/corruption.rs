@@ -259,6 +259,21 @@ fn hand_damage_and_bad_arguments_get_their_exit_codes() {
     sb.expect(&["verify", "set", "--lanes", "0"], 2);
     sb.expect(&["restore", "set", "out.img", "--queue-depth", "0"], 2);
     assert!(!sb.path("out.img").exists());
+    // An empty unix socket path, a file where a set should be, and an
+    // ambiguous prefix (its matches listed).
+    let out = sb.expect(&["serve", "set", "--listen", "unix:"], 2);
+    assert!(stderr(&out).contains("needs a socket path"), "{}", stderr(&out));
+    std::fs::write(sb.path("afile"), b"x").unwrap();
+    let out = sb.expect(&["create", "src.img", "afile"], 1);
+    assert!(stderr(&out).contains("an image set is a directory"), "{}", stderr(&out));
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("src.img"), mixed_bytes(1 << 20, 5)).unwrap();
+    sb.expect(&["create", "src.img", "set", "--image-id", "aaaa000000000001"], 0);
+    sb.expect(&["create", "src.img", "set", "--image-id", "aaaa000000000002", "--incremental"], 0);
+    let out = sb.expect(&["verify", "set@aaaa"], 2);
+    let err = stderr(&out);
+    assert!(err.contains("ambiguous") && err.contains("aaaa000000000001") && err.contains("aaaa000000000002"), "{err}");
+    sb.expect(&["verify", "set@aaaa000000000002"], 0);
 }
 
 /// A command asked for `--json` answers a failure on stdout too: one JSON

@@ -142,7 +142,8 @@ pub fn print_create(r: &CreateReport, json: bool) {
             human(changed * u64::from(m.chunk_size_bytes))
         );
     } else {
-        println!("  stored   {} in {} segment(s), ratio {:.2}x", human(s.bytes_segments), m.segments.len(), ratio);
+        let ratio = if ratio.is_finite() { format!("{ratio:.2}x") } else { "n/a (nothing stored)".into() };
+        println!("  stored   {} in {} segment(s), ratio {ratio}", human(s.bytes_segments), m.segments.len());
     }
     let st = &s.stage_seconds;
     let g = |k: &str| st.get(k).copied().unwrap_or(0.0);
@@ -620,7 +621,9 @@ pub fn print_list(set: &tintype::set::ImageSet, json: bool) -> anyhow::Result<()
         println!("{:<w$}  DAMAGED: {e}", id.to_string());
     }
     if let Some(who) = &in_use {
-        if !unfinished.is_empty() {
+        if unfinished.is_empty() {
+            println!("(the set is being written now by {who})");
+        } else {
             println!("(the set is being written now by {who}: an unfinished run below may be that run, in progress)");
         }
     }

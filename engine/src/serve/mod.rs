@@ -26,6 +26,10 @@ impl Listen {
     /// `unix:PATH` or `tcp:HOST:PORT`.
     pub fn parse(s: &str) -> Result<Listen> {
         if let Some(p) = s.strip_prefix("unix:") {
+            // An empty path would bind an abstract socket no client can name.
+            if p.is_empty() {
+                return Err(Error::InvalidSetting(format!("--listen {s:?}: unix: needs a socket path")));
+            }
             return Ok(Listen::Unix(PathBuf::from(p)));
         }
         if let Some(a) = s.strip_prefix("tcp:") {
