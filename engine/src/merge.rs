@@ -172,7 +172,21 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
         let from_create = record.as_ref().is_some_and(|r| r.operation == "create");
         let replaced = !from_create && images.iter().any(|i| i.manifest.replaces_id(id));
         let removing = set.dir.join(crate::set::removed_file_name(id)).exists();
-        if from_merge || replaced || removing {
+        // A run killed while writing its run record (before any data file):
+        // the record does not parse and is all there is; nothing to resume.
+        // (No create runs now: this holds the set's writers' lock.)
+        let stillborn = record.is_none() && {
+            let names: Vec<String> = std::fs::read_dir(&set.dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| crate::set::image_file_id(n) == Some(id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            !names.is_empty() && names.iter().all(|n| n.contains(".run.json"))
+        };
+        if from_merge || replaced || removing || stillborn {
             obs.note(&format!(
                 "removing the leftovers of {id} (an interrupted merge, or a removal that did not finish)"
             ));
