@@ -291,7 +291,9 @@ enum Command {
         /// Size of the sample source, plus 12,345 bytes so its size is odd (a last chunk that is partial, a tail that is not sector-aligned).
         #[arg(long, value_parser = parse_size, default_value = "256M")]
         size: u64,
-        /// Where to put the sample and its image set (a new temporary directory by default).
+        /// Where to put the sample and its image set (a new temporary directory by default). The demo
+        /// writes sample.img, sample-set and sample-restored.img there and removes them afterwards, so a
+        /// directory already holding any of them is refused.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Keep the sample and the image set afterwards.
