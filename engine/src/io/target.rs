@@ -137,7 +137,13 @@ impl Target {
         // for its whole run; another is refused.
         if kind != TargetKind::BlockDevice {
             use rustix::fs::{flock, FlockOperation};
-            if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            let locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
+            // A filesystem without locks (NFSv3 without lockd, some FUSE
+            // filesystems) cannot take it: restore as before, unlocked.
+            let no_locks = |e: &rustix::io::Errno| {
+                matches!(*e, rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS)
+            };
+            if let Err(e) = locked.or_else(|e| if no_locks(&e) { Ok(()) } else { Err(e) }) {
                 return Err(Error::Unusable {
                     path: path.into(),
                     why: match e {
