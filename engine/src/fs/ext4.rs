@@ -32,6 +32,18 @@ const INCOMPAT_KNOWN: u32 = 0x2
     | 0x8000
     | 0x10000
     | 0x20000;
+/// ext4's names for incompat feature bits, and the bits it has no name for.
+fn incompat_names(bits: u32) -> String {
+    const NAMES: [(u32, &str); 4] =
+        [(0x1, "compression"), (0x8, "journal_dev"), (0x10, "meta_bg"), (0x1000, "dirdata")];
+    let mut out: Vec<String> = NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| n.to_string()).collect();
+    let rest = bits & !NAMES.iter().fold(0, |a, (b, _)| a | b);
+    if rest != 0 {
+        out.push(format!("{rest:#x}"));
+    }
+    out.join(", ")
+}
+
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
@@ -86,14 +98,19 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
         return Err(format!("block size 1024 << {log} is out of range"));
     }
     let bs = 1024u64 << log;
-    if incompat & !INCOMPAT_KNOWN != 0 {
-        return Err(format!("unknown incompatible features {:#x}", incompat & !INCOMPAT_KNOWN));
-    }
+    // The features said by name first; then any other this parser does not
+    // read, named where ext4 names it.
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return Err("an external journal device, not a filesystem".into());
     }
     if incompat & INCOMPAT_META_BG != 0 {
         return Err("meta_bg layout is not read by this build".into());
+    }
+    if incompat & !INCOMPAT_KNOWN != 0 {
+        return Err(format!(
+            "incompatible features this build does not read: {}",
+            incompat_names(incompat & !INCOMPAT_KNOWN)
+        ));
     }
     if ro_compat & RO_COMPAT_BIGALLOC != 0 {
         return Err("bigalloc (cluster bitmaps) is not read by this build".into());
@@ -286,4 +303,13 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     };
     let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
     Ok((Ext4 { name, block_bytes: bs, blocks, free_blocks, label }, free))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unread_features_are_named() {
+        assert_eq!(super::incompat_names(0x1 | 0x1000), "compression, dirdata");
+        assert_eq!(super::incompat_names(0x10 | 0x20 | 0x100000), "meta_bg, 0x100020");
+    }
 }
