@@ -412,14 +412,12 @@ fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
         let used = v["io_backend"].as_str().unwrap().to_string();
         assert!(used == "portable" || used == "io_uring+portable", "{used}");
         assert!(std::fs::read(sb.path("auto.img")).unwrap() == src, "restored bytes equal the source");
-        // create and verify too.
-        // (The user's locked memory is counted over all its processes: while
-        // the kernel still tears down the last run's rings even the probe's
-        // small ring may not fit, and the whole run is portable, noted so.)
+        // create and verify work under the same limit too. (Their rings are
+        // smaller, and the user's locked memory is counted over all its
+        // processes, so whether they fall back depends on what the kernel
+        // still holds for the runs before: only success is asserted.)
         let out = run(&[&["create", "src.img", "set2", "--json"][..], &heavy].concat());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        let err = stderr(&out);
-        assert!(err.contains("io_uring ring(s) could not be set up") || err.contains("io_uring unavailable"), "{err}");
         let out = run(&[&["verify", "set2"][..], &heavy].concat());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert_image_holds(&sb.path("set2"), None, &src);
