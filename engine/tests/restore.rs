@@ -406,8 +406,11 @@ fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
         // bytes are the source's.
         let out = run(&[&["restore", "set", "auto.img", "--json"][..], &heavy].concat());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        assert!(stderr(&out).contains("io_uring ring(s) could not be set up"), "{}", stderr(&out));
-        assert!(stderr(&out).contains("RLIMIT_MEMLOCK"), "{}", stderr(&out));
+        // Lane by lane, or (while the kernel still holds the last run's
+        // rings, even the probe's does not fit) the whole run: said either way.
+        let err = stderr(&out);
+        assert!(err.contains("io_uring ring(s) could not be set up") || err.contains("io_uring unavailable"), "{err}");
+        assert!(err.contains("RLIMIT_MEMLOCK"), "{err}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let used = v["io_backend"].as_str().unwrap().to_string();
         assert!(used == "portable" || used == "io_uring+portable", "{used}");
