@@ -246,6 +246,17 @@ fn refuses_unsafe_targets_and_leaves_them_untouched() {
     let tiny = LoopDev::attach(&tiny_file, 512);
     check_refused(&tiny, &tiny_file, &["--allow-shrink"], "holds data past the target's end");
 
+    // Data only in the middle of a device (none in its first or last MiB,
+    // no signature): found by the samples, refused without --force.
+    let mid_file = dir.path().join("mid.img");
+    let mut mid = vec![0u8; size];
+    mid[(3 << 20)..(5 << 20)].copy_from_slice(&content[..2 << 20]);
+    mid[(3 << 20)..(5 << 20)].iter_mut().for_each(|b| *b |= 1);
+    std::fs::write(&mid_file, &mid).unwrap();
+    let middev = LoopDev::attach(&mid_file, 512);
+    check_refused(&middev, &mid_file, &[], "non-zero data (at byte");
+    drop(middev);
+
     // Another logical sector size: refused unless --force.
     let s4k_file = dir.path().join("s4k.img");
     std::fs::File::create(&s4k_file).unwrap().set_len(size as u64).unwrap();
