@@ -164,6 +164,14 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
     }
     let (images, _) = set.images_lenient()?;
     let (_, partial) = set.scan()?;
+    let names: Vec<String> = match partial.is_empty() {
+        true => Vec::new(),
+        false => std::fs::read_dir(&set.dir)
+            .map_err(|e| Error::io("list", &set.dir, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    };
     for id in partial {
         let record = RunRecord::load(&set.dir, id);
         let from_merge = record.as_ref().is_some_and(|r| r.operation == "merge");
@@ -176,15 +184,8 @@ fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
         // the record does not parse and is all there is; nothing to resume.
         // (No create runs now: this holds the set's writers' lock.)
         let stillborn = record.is_none() && {
-            let names: Vec<String> = std::fs::read_dir(&set.dir)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| crate::set::image_file_id(n) == Some(id))
-                        .collect()
-                })
-                .unwrap_or_default();
-            !names.is_empty() && names.iter().all(|n| n.contains(".run.json"))
+            let mut mine = names.iter().filter(|n| crate::set::image_file_id(n) == Some(id)).peekable();
+            mine.peek().is_some() && mine.all(|n| n.contains(".run.json"))
         };
         if from_merge || replaced || removing || stillborn {
             obs.note(&format!(

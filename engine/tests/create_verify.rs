@@ -339,25 +339,12 @@ fn a_closed_stdout_pipe_is_not_a_failure() {
 /// overflowed, exit 134).
 #[test]
 fn a_small_stack_limit_does_not_abort() {
-    use std::os::unix::process::CommandExt;
     let sb = Sandbox::new();
     let data = mixed_bytes(4 << 20, 77);
     std::fs::write(sb.path("src.img"), &data).unwrap();
     for args in [&["create", "src.img", "set", "--json"][..], &["verify", "set", "--json"], &["list", "set", "--json"]]
     {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
-        c.args(args).current_dir(sb.dir.path());
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: libc::RLIM_INFINITY };
-                match libc::setrlimit(libc::RLIMIT_STACK, &lim) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                }
-            });
-        }
-        let out = c.output().unwrap();
+        let out = sb.command_with(args, &[(libc::RLIMIT_STACK, 64 << 10)], false).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
     }
     assert_round_trip(&sb.path("set"), &data);
@@ -368,25 +355,10 @@ fn a_small_stack_limit_does_not_abort() {
 /// limit and the flags to lower); under a limit they fit, the run works.
 #[test]
 fn buffers_beyond_the_address_space_limit_are_refused_up_front() {
-    use std::os::unix::process::CommandExt;
     let sb = Sandbox::new();
     let data = mixed_bytes(4 << 20, 78);
     std::fs::write(sb.path("src.img"), &data).unwrap();
-    let run = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
-        c.args(args).current_dir(sb.dir.path());
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit { rlim_cur: 2 << 30, rlim_max: libc::RLIM_INFINITY };
-                match libc::setrlimit(libc::RLIMIT_AS, &lim) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                }
-            });
-        }
-        c.output().unwrap()
-    };
+    let run = |args: &[&str]| sb.command_with(args, &[(libc::RLIMIT_AS, 2 << 30)], false).output().unwrap();
     // 2 lanes x 1024 reads x 1 MiB: 2 GiB of buffers under a 2 GiB limit.
     let out = run(&["create", "src.img", "set", "--lanes", "2", "--queue-depth", "1024"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -16,6 +16,16 @@ fn image(sb: &Sandbox, size: usize, seed: u64, backend: &str) -> Vec<u8> {
     data
 }
 
+/// Flip a bit in the payload of `chunk`'s frame.
+fn damage_frame(set: &Path, chunk: u64) {
+    let (seg, e) = frame_of(set, chunk);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+    let at = e.offset + 64 + u64::from(e.stored_len) / 3;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
+}
+
 /// Is `offset` inside a hole of the file?
 fn is_hole(path: &Path, offset: u64) -> bool {
     let f = std::fs::File::open(path).unwrap();
@@ -121,12 +131,7 @@ fn damaged_frames_are_never_written_as_good() {
         let (_, entries) = load(&sb.path("set"));
         let bad = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64 + 2;
         let bad = (bad..entries.len() as u64).find(|&c| entries[c as usize].state == ChunkState::Stored).unwrap();
-        let (seg, e) = frame_of(&sb.path("set"), bad);
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
-        let at = e.offset + 64 + u64::from(e.stored_len) / 3;
-        let mut b = [0u8];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
+        damage_frame(&sb.path("set"), bad);
 
         let out = sb.expect(&["restore", "set", "a.img", "--io", backend], 3);
         assert!(stderr(&out).contains(&format!("chunk {bad} (source offset {})", bad * 65536)), "{}", stderr(&out));
@@ -170,14 +175,7 @@ fn a_restore_that_restored_nothing_removes_the_file_it_created() {
     let (_, entries) = load(&sb.path("set"));
     assert_eq!(entries[0].state, ChunkState::Stored, "the test needs chunk 0 stored");
     let last = (0..entries.len()).rev().find(|&c| entries[c].state == ChunkState::Stored).unwrap() as u64;
-    let flip = |chunk: u64| {
-        let (seg, e) = frame_of(&sb.path("set"), chunk);
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
-        let at = e.offset + 64 + u64::from(e.stored_len) / 3;
-        let mut b = [0u8];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[b[0] ^ 0x08], at).unwrap();
-    };
+    let flip = |chunk: u64| damage_frame(&sb.path("set"), chunk);
     flip(last);
     let out = sb.expect(&["restore", "set", "late.img", "--lanes", "1"], 3);
     assert!(stderr(&out).contains("late.img is incomplete"), "{}", stderr(&out));
@@ -343,7 +341,6 @@ fn a_file_of_the_set_itself_is_never_a_target() {
 #[test]
 fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if let Err(why) = tintype::io::uring::probe() {
         eprintln!("NOTE: io_uring unavailable ({why}); nothing to fall back from, fallback not exercised");
         return;
@@ -360,30 +357,8 @@ fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
     }
-    let run = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tintype"));
-        c.args(args).current_dir(sb.dir.path());
-        // SAFETY: between fork and exec only async-signal-safe calls
-        // (setrlimit, setgroups, setgid, setuid) on values owned by the
-        // closure.
-        unsafe {
-            c.pre_exec(move || {
-                let lim = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
-                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if root
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(65534) != 0
-                        || libc::setuid(65534) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        c.output().expect("run tintype")
-    };
+    let run =
+        |args: &[&str]| sb.command_with(args, &[(libc::RLIMIT_MEMLOCK, 64 << 10)], root).output().expect("run tintype");
     let heavy = ["--lanes", "8", "--queue-depth", "32"];
     let forced = run(&[&["restore", "set", "forced.img", "--io", "uring"][..], &heavy].concat());
     if forced.status.success() {

@@ -428,7 +428,6 @@ fn clients_beyond_the_limit_are_turned_away() {
 #[test]
 fn a_reader_without_write_access_still_keeps_merge_out() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     if !rustix::process::geteuid().is_root() {
         eprintln!("NOTE: not root: cannot run a reader as another user; the read-only lock path is not exercised");
         return;
@@ -446,19 +445,9 @@ fn a_reader_without_write_access_still_keeps_merge_out() {
     std::fs::create_dir(sb.path("out")).unwrap();
     std::fs::set_permissions(sb.path("out"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let sock = sb.path("out/s.sock");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tintype"));
-    cmd.args(["serve", "set", "--listen", &format!("unix:{}", sock.display())])
-        .current_dir(sb.dir.path())
-        .stderr(Stdio::piped());
-    // SAFETY: only setgroups/setgid/setuid, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let listen = format!("unix:{}", sock.display());
+    let mut cmd = sb.command_with(&["serve", "set", "--listen", &listen], &[], true);
+    cmd.stderr(Stdio::piped());
     // Killed with the test if it fails (it holds the test's stdout).
     let server = Server { child: cmd.stdout(Stdio::null()).spawn().unwrap(), sock: sock.clone() };
     let deadline = Instant::now() + Duration::from_secs(20);

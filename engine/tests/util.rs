@@ -42,6 +42,37 @@ impl Sandbox {
             .expect("run tintype")
     }
 
+    /// `tintype args` in the sandbox, to be run with each `(resource, bytes)`
+    /// limit set (soft and hard) and, with `nobody`, as user and group 65534
+    /// (root's capabilities would ignore some limits).
+    pub fn command_with(&self, args: &[&str], limits: &[(libc::__rlimit_resource_t, u64)], nobody: bool) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tintype"));
+        c.args(args).current_dir(self.dir.path());
+        let limits = limits.to_vec();
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (setrlimit, setgroups, setgid, setuid) on values the closure owns.
+        unsafe {
+            c.pre_exec(move || {
+                for &(resource, bytes) in &limits {
+                    let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                    if libc::setrlimit(resource, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if nobody
+                    && (libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(65534) != 0
+                        || libc::setuid(65534) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+
     /// Run and require exit code `code`, returning stdout.
     pub fn expect(&self, args: &[&str], code: i32) -> Output {
         let out = self.run(args);

@@ -732,14 +732,15 @@ fn tree_prefixes(depths: &[usize]) -> Vec<String> {
     for (i, &d) in depths.iter().enumerate() {
         open.truncate(d);
         let mut p = String::new();
+        let next = has_next_sibling(i);
         if d > 0 {
             for &cont in open.iter().skip(1) {
                 p.push_str(if cont { "│  " } else { "   " });
             }
-            p.push_str(if has_next_sibling(i) { "├─ " } else { "└─ " });
+            p.push_str(if next { "├─ " } else { "└─ " });
         }
         open.resize(d, false);
-        open.push(has_next_sibling(i));
+        open.push(next);
         out.push(p);
     }
     out

@@ -326,16 +326,7 @@ pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     let mut f = File::open(path).map_err(|e| Error::io("read target", path, e))?;
     let mut read_at = |offset: u64| -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 1 << 20];
-        f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io_at("read target", path, offset, e))?;
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io_at("read target", path, offset + n as u64, e)),
-            }
-        }
+        let n = read_full_at(&mut f, &mut buf, offset).map_err(|e| Error::io_at("read target", path, offset, e))?;
         buf.truncate(n);
         Ok(buf)
     };
@@ -358,8 +349,7 @@ pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
         let span = size - (2 << 20) - buf.len() as u64;
         for i in 0..64u64 {
             let at = ((1 << 20) + span / 63 * i) / 4096 * 4096;
-            f.seek(SeekFrom::Start(at)).map_err(|e| Error::io_at("read target", path, at, e))?;
-            let n = read_full(&mut f, &mut buf).map_err(|e| Error::io_at("read target", path, at, e))?;
+            let n = read_full_at(&mut f, &mut buf, at).map_err(|e| Error::io_at("read target", path, at, e))?;
             if let Some(j) = buf[..n].iter().position(|&b| b != 0) {
                 return Ok(Some(format!("non-zero data (at byte {})", at + j as u64)));
             }
@@ -368,8 +358,9 @@ pub fn describe_contents(path: &Path, size: u64) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Read until `buf` is full or the end; how much was read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Read from `offset` until `buf` is full or the end; how much was read.
+fn read_full_at(f: &mut File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    f.seek(SeekFrom::Start(offset))?;
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -402,13 +393,10 @@ fn first_nonzero(f: &mut File, path: &Path, size: u64) -> Result<Option<u64>> {
         let mut at = start;
         while at < end {
             let want = ((end - at) as usize).min(buf.len());
-            f.seek(SeekFrom::Start(at)).map_err(|e| Error::io_at("read target", path, at, e))?;
-            let n = match f.read(&mut buf[..want]) {
-                Ok(0) => return Ok(None),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io_at("read target", path, at, e)),
-            };
+            let n = read_full_at(f, &mut buf[..want], at).map_err(|e| Error::io_at("read target", path, at, e))?;
+            if n == 0 {
+                return Ok(None);
+            }
             if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
                 return Ok(Some(at + i as u64));
             }
