@@ -664,6 +664,11 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let badmap = set.dir.join(format!("{id}.badmap"));
     let journal = set.dir.join(format!("{id}.unreadable"));
     let mut unreadable_kept: Vec<(u64, u64)> = Vec::new();
+    // Whether the source is written while it is read (it is refused when a
+    // filesystem on it is mounted read-write, but a program can write a file
+    // or a device directly) is told from the same stamps --resume uses,
+    // taken once before the reads (a new run records it) and once after.
+    let stamp_at_start = crate::io::device::write_stamp(&source.path);
     let mut salvaged = match &st.resumed {
         Some(_) => {
             let mut s =
@@ -690,7 +695,7 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
                 chunk_size_bytes: st.chunk_bytes,
                 level: st.level,
                 started_unix_seconds: unix_now(),
-                source_written: crate::io::device::write_stamp(&source.path),
+                source_written: stamp_at_start.clone(),
             }
             .write_new(&set.dir)?;
             None
@@ -745,10 +750,6 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
         journal: &journal,
     };
     let started = Instant::now();
-    // Whether the source is written while it is read (it is refused when
-    // a filesystem on it is mounted read-write, but a program can write a
-    // file or a device directly): told from the same stamps --resume uses.
-    let stamp_at_start = crate::io::device::write_stamp(&source.path);
     let reports = match run_lanes(&sh, lanes, obs) {
         Ok(r) => r,
         Err(e) => {
