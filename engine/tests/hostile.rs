@@ -67,6 +67,9 @@ fn file_with(sb: &Sandbox, name: &str, bytes: &[u8]) -> std::fs::File {
 
 #[test]
 fn mutated_ext4_metadata_never_panics_and_never_frees_past_the_end() {
+    if !require("mutated_ext4_metadata_never_panics_and_never_frees_past_the_end", &[Need::Tool("mkfs.ext4")]) {
+        return;
+    }
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.path("tree")).unwrap();
     std::fs::write(sb.path("tree/a"), mixed_bytes(200 << 10, 4)).unwrap();
@@ -74,7 +77,7 @@ fn mutated_ext4_metadata_never_panics_and_never_frees_past_the_end() {
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d", sb.path("tree").to_str().unwrap(), img.to_str().unwrap(), "16M"])
         .output()
-        .expect("mkfs.ext4 (e2fsprogs) is needed");
+        .expect("run mkfs.ext4");
     assert!(out.status.success());
     let base = std::fs::read(&img).unwrap();
     // The superblock, descriptors and the first groups' bitmaps.
@@ -97,11 +100,14 @@ fn mutated_ext4_metadata_never_panics_and_never_frees_past_the_end() {
 
 #[test]
 fn mutated_xfs_metadata_never_panics() {
+    if !require("mutated_xfs_metadata_never_panics", &[Need::Tool("mkfs.xfs")]) {
+        return;
+    }
     let sb = Sandbox::new();
     let img = sb.path("x.img");
     std::fs::File::create(&img).unwrap().set_len(300 << 20).unwrap();
     let out = Command::new("mkfs.xfs").args(["-q", "-f", img.to_str().unwrap()]).output();
-    let Ok(out) = out else { panic!("mkfs.xfs (xfsprogs) is needed: .ci/run installs it") };
+    let out = out.expect("run mkfs.xfs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Only the first AG's headers and btree blocks matter; keep 1 MiB of it.
     let full = std::fs::read(&img).unwrap();
@@ -135,6 +141,9 @@ fn mutated_xfs_metadata_never_panics() {
 
 #[test]
 fn mutated_partition_tables_never_panic() {
+    if !require("mutated_partition_tables_never_panic", &[Need::Tool("sfdisk")]) {
+        return;
+    }
     let sb = Sandbox::new();
     let img = sb.path("d.img");
     std::fs::File::create(&img).unwrap().set_len(8 << 20).unwrap();
@@ -144,7 +153,7 @@ fn mutated_partition_tables_never_panic() {
             .args(["-q", img.to_str().unwrap()])
             .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("sfdisk (fdisk) is needed: .ci/run installs it");
+            .expect("run sfdisk");
         use std::io::Write;
         c.stdin.take().unwrap().write_all(table.as_bytes()).unwrap();
         assert!(c.wait().unwrap().success());
@@ -191,6 +200,9 @@ fn mutated_manifests_indexes_and_frames_never_panic() {
 /// re-sealed the same way still parses (so mutated ones get past the check).
 #[test]
 fn resealed_superblocks_parse() {
+    if !require("resealed_superblocks_parse", &[Need::Tool("mkfs.ext4")]) {
+        return;
+    }
     let sb = Sandbox::new();
     let img = sb.path("e.img");
     let out = Command::new("mkfs.ext4").args(["-q", "-F", img.to_str().unwrap(), "8M"]).output().unwrap();
@@ -270,6 +282,9 @@ fn fuzz_regressions_and_fixtures_replay_cleanly() {
 /// superblock at that log and makes it one AG — the layout run-all's seeds use.
 #[test]
 fn fuzz_harness_seeds_parse() {
+    if !require("fuzz_harness_seeds_parse", &[Need::Tool("mkfs.ext4"), Need::Tool("mkfs.xfs")]) {
+        return;
+    }
     let sb = Sandbox::new();
     let e = sb.path("e.img");
     let out = Command::new("mkfs.ext4").args(["-q", "-F", e.to_str().unwrap(), "16M"]).output().unwrap();

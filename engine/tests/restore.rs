@@ -341,8 +341,7 @@ fn a_file_of_the_set_itself_is_never_a_target() {
 #[test]
 fn a_low_memlock_limit_makes_lanes_fall_back_under_io_auto() {
     use std::os::unix::fs::PermissionsExt;
-    if let Err(why) = tintype::io::uring::probe() {
-        eprintln!("NOTE: io_uring unavailable ({why}); nothing to fall back from, fallback not exercised");
+    if !require("a_low_memlock_limit_makes_lanes_fall_back_under_io_auto", &[Need::IoUring]) {
         return;
     }
     let sb = Sandbox::new();

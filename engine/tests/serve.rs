@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
-
 /// A running `tintype serve`; interrupted (SIGINT) on drop.
 struct Server {
     child: Child,
@@ -75,8 +71,9 @@ fn source(sb: &Sandbox) -> Vec<u8> {
 /// nbdinfo, nbdcopy, qemu-img compare and nbdinfo --map against the export.
 #[test]
 fn real_nbd_clients_read_the_image() {
-    if !have("nbdinfo") || !have("qemu-img") {
-        panic!("nbdinfo and qemu-img are needed: .ci/run installs libnbd-bin and qemu-utils");
+    let needs = [Need::Tool("nbdinfo"), Need::Tool("nbdcopy"), Need::Tool("qemu-img")];
+    if !require("real_nbd_clients_read_the_image", &needs) {
+        return;
     }
     let sb = Sandbox::new();
     let data = source(&sb);
@@ -277,7 +274,7 @@ fn writes_go_to_the_overlay_never_to_the_image() {
     assert!(err == 0 && d == data[900..1200], "read back across the written bytes");
     assert_eq!(request(&mut c, 3, 0, 0).0, 0, "flush");
     // Another client (nbdcopy, several connections) sees the writes.
-    if have("nbdcopy") {
+    if require("writes_go_to_the_overlay_never_to_the_image (its nbdcopy part)", &[Need::Tool("nbdcopy")]) {
         let out = Command::new("nbdcopy").args([&srv.uri(), sb.path("copy.img").to_str().unwrap()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(std::fs::read(sb.path("copy.img")).unwrap() == data, "the export with the overlay's writes");
@@ -299,8 +296,8 @@ fn tcp_listens_on_loopback_and_refuses_other_addresses_without_public() {
     let out = sb.expect(&["serve", "set", "--listen", "tcp:0.0.0.0:0"], 2);
     assert!(stderr(&out).contains("--public") && stderr(&out).contains("authentication"), "{}", stderr(&out));
     sb.expect(&["serve", "set", "--listen", "carrier-pigeon"], 2);
-    if !have("nbdcopy") {
-        panic!("nbdcopy is needed: .ci/run installs libnbd-bin");
+    if !require("tcp_listens_on_loopback_and_refuses_other_addresses_without_public", &[Need::Tool("nbdcopy")]) {
+        return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tintype"))
@@ -428,8 +425,7 @@ fn clients_beyond_the_limit_are_turned_away() {
 #[test]
 fn a_reader_without_write_access_still_keeps_merge_out() {
     use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("NOTE: not root: cannot run a reader as another user; the read-only lock path is not exercised");
+    if !require("a_reader_without_write_access_still_keeps_merge_out", &[Need::Root]) {
         return;
     }
     let sb = Sandbox::new();

@@ -6,6 +6,9 @@ mod create_verify;
 mod golden;
 mod hostile;
 mod kill9;
+// What a test needs from the machine; shared with the loop-device tests.
+#[path = "../../loopdev-tests/src/needs.rs"]
+mod needs;
 mod profiles;
 mod restore;
 mod serve;

@@ -7,10 +7,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-V").output().is_ok()
-}
-
 /// Free block ranges as `dumpe2fs` lists them, merged.
 fn dumpe2fs_free(img: &Path) -> (u64, Vec<(u64, u64)>) {
     let out = Command::new("dumpe2fs").arg(img).output().expect("run dumpe2fs");
@@ -54,8 +50,8 @@ fn populate(dir: &Path) {
 /// dumpe2fs's exactly.
 #[test]
 fn ext_free_space_equals_dumpe2fs() {
-    if !have("mkfs.ext4") || !have("dumpe2fs") {
-        panic!("mkfs.ext4 and dumpe2fs are needed: .ci/run installs e2fsprogs");
+    if !require("ext_free_space_equals_dumpe2fs", &[Need::Tool("mkfs.ext4"), Need::Tool("dumpe2fs")]) {
+        return;
     }
     let sb = Sandbox::new();
     populate(&sb.path("tree"));
@@ -92,6 +88,9 @@ fn ext_free_space_equals_dumpe2fs() {
 /// filesystem whole), never read as "free".
 #[test]
 fn damaged_ext_metadata_is_refused() {
+    if !require("damaged_ext_metadata_is_refused", &[Need::Tool("mkfs.ext4"), Need::Tool("mkfs.ext3")]) {
+        return;
+    }
     let sb = Sandbox::new();
     populate(&sb.path("tree"));
     let img = sb.path("a.img");
@@ -141,6 +140,9 @@ fn damaged_ext_metadata_is_refused() {
 /// reads everything; the default skips the free space.
 #[test]
 fn used_only_modes_on_an_image_file() {
+    if !require("used_only_modes_on_an_image_file", &[Need::Tool("mkfs.ext4"), Need::Tool("e2fsck")]) {
+        return;
+    }
     let sb = Sandbox::new();
     std::fs::write(sb.path("noise.img"), tintype::sample::random_bytes(4 << 20, 2)).unwrap();
     let out = sb.expect(&["create", "noise.img", "set1", "--used-only", "on"], 1);
@@ -181,11 +183,14 @@ fn used_only_modes_on_an_image_file() {
 /// trees, and trusting a damaged by-block tree would drop used blocks.
 #[test]
 fn xfs_free_space_trees_must_agree() {
+    if !require("xfs_free_space_trees_must_agree", &[Need::Tool("mkfs.xfs")]) {
+        return;
+    }
     let sb = Sandbox::new();
     let img = sb.path("x4.img");
     std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
     let out = Command::new("mkfs.xfs").args(["-q", "-f", "-m", "crc=0", img.to_str().unwrap()]).output();
-    let out = out.expect("mkfs.xfs (xfsprogs) is needed: .ci/run installs it");
+    let out = out.expect("run mkfs.xfs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let check = |bytes: &[u8]| {
         std::fs::write(&img, bytes).unwrap();

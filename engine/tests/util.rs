@@ -7,15 +7,15 @@ use tintype::codec::Decoder;
 use tintype::format::index::IndexEntry;
 use tintype::set::{Image, ImageSet};
 
+pub use crate::needs::{require, Need};
+
 /// The backends every test body runs on. io_uring is left out only where
 /// the kernel refuses it, and then the test says so.
+/// (Under CI io_uring must work: see `needs`.)
 pub fn backends() -> Vec<&'static str> {
-    match tintype::io::uring::probe() {
-        Ok(()) => vec!["uring", "portable"],
-        Err(why) => {
-            eprintln!("NOTE: io_uring unavailable ({why}); running on the portable backend only");
-            vec!["portable"]
-        }
+    match require("the io_uring half of a test on both backends", &[Need::IoUring]) {
+        true => vec!["uring", "portable"],
+        false => vec!["portable"],
     }
 }
 

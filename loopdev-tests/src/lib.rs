@@ -1,49 +1,17 @@
 //! Helpers for root-only tests on real loop devices: RAII guards that detach
 //! loop devices and unmount filesystems on every path (panics included), a
-//! check that says why the tests cannot run, and the path of the CLI.
+//! check of what a test needs (`needs`), and the path of the CLI.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Why loop-device tests cannot run here, or None when they can.
-pub fn unavailable() -> Option<String> {
-    if !rustix_is_root() {
-        return Some("not running as root (loop devices need CAP_SYS_ADMIN)".into());
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return Some("no /dev/loop-control: this kernel or container has no loop devices".into());
-    }
-    if which("losetup").is_none() {
-        return Some("losetup (util-linux) is not installed".into());
-    }
-    None
-}
+pub mod needs;
+pub use needs::{require, which, Need};
 
-/// Run at the top of a loop-device test: returns false (after printing the
-/// reason) when the test cannot run here.
+/// Run at the top of a loop-device test: true when it can run here (see
+/// [`needs::require`]: skipped with the reason outside CI, a failure under CI).
 pub fn require_loop_devices(test: &str) -> bool {
-    match unavailable() {
-        None => true,
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
-}
-
-fn rustix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The absolute path of `tool` on PATH.
-pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
+    require(test, &[Need::LoopDevices])
 }
 
 /// The `tintype` binary built alongside these tests (cargo builds every
@@ -63,7 +31,10 @@ pub fn tintype(args: &[&str]) -> Output {
 
 /// Run a command, panicking with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => panic!("{cmd} is not installed: .ci/install-deps installs it (as root)"),
+        _ => panic!("{cmd}: {e}"),
+    });
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",

@@ -92,11 +92,8 @@ fn images_loop_devices_with_512_and_4096_byte_sectors_and_odd_sizes() {
 
 #[test]
 fn images_a_real_ext4_filesystem() {
-    if !require_loop_devices("images_a_real_ext4_filesystem") {
+    if !require("images_a_real_ext4_filesystem", &[Need::LoopDevices, Need::Tool("mkfs.ext4")]) {
         return;
-    }
-    if which("mkfs.ext4").is_none() {
-        panic!("mkfs.ext4 is missing: .ci/run installs e2fsprogs");
     }
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("ext4.img");
@@ -1123,11 +1120,8 @@ fn used_space_imaging_of_ext4_with_deleted_files() {
 /// damaged superblock makes create image that partition whole and say so.
 #[test]
 fn a_gpt_disk_with_several_partitions() {
-    if !require_loop_devices("a_gpt_disk_with_several_partitions") {
+    if !require("a_gpt_disk_with_several_partitions", &[Need::LoopDevices, Need::Tool("sfdisk")]) {
         return;
-    }
-    if which("sfdisk").is_none() {
-        panic!("sfdisk is missing: .ci/run installs fdisk");
     }
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("disk.img");
@@ -1346,11 +1340,8 @@ fn a_mounted_read_write_source_is_refused_or_frozen() {
 /// the filesystem whole and say so.
 #[test]
 fn used_space_imaging_of_xfs() {
-    if !require_loop_devices("used_space_imaging_of_xfs") {
+    if !require("used_space_imaging_of_xfs", &[Need::LoopDevices, Need::Tool("mkfs.xfs")]) {
         return;
-    }
-    if which("mkfs.xfs").is_none() {
-        panic!("mkfs.xfs is missing: .ci/run installs xfsprogs");
     }
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("xfs.img");
@@ -1452,11 +1443,8 @@ fn used_space_imaging_of_xfs() {
 /// table and a clean, equal filesystem.
 #[test]
 fn an_mbr_disk_with_logical_partitions() {
-    if !require_loop_devices("an_mbr_disk_with_logical_partitions") {
+    if !require("an_mbr_disk_with_logical_partitions", &[Need::LoopDevices, Need::Tool("sfdisk")]) {
         return;
-    }
-    if which("sfdisk").is_none() {
-        panic!("sfdisk is missing: .ci/run installs fdisk");
     }
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("mbr.img");
@@ -1532,14 +1520,7 @@ fn an_mbr_disk_with_logical_partitions() {
 /// and compare every file with the source filesystem.
 #[test]
 fn browse_an_image_through_nbd() {
-    if !require_loop_devices("browse_an_image_through_nbd") {
-        return;
-    }
-    if which("nbdfuse").is_none() {
-        panic!("nbdfuse is missing: .ci/run installs libnbd-bin");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("browse_an_image_through_nbd: SKIPPED, /dev/fuse does not exist on this machine");
+    if !require("browse_an_image_through_nbd", &[Need::LoopDevices, Need::Tool("nbdfuse"), Need::Fuse]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -1583,16 +1564,10 @@ fn browse_an_image_through_nbd() {
 /// image, and everything else restores identical (the bad ranges as zeros).
 #[test]
 fn a_source_with_unreadable_sectors() {
-    if !require_loop_devices("a_source_with_unreadable_sectors") {
-        return;
-    }
-    for tool in ["nbdkit", "nbdfuse"] {
-        if which(tool).is_none() {
-            panic!("{tool} is missing: .ci/run installs nbdkit and libnbd-bin");
-        }
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("a_source_with_unreadable_sectors: SKIPPED, /dev/fuse does not exist on this machine");
+    if !require(
+        "a_source_with_unreadable_sectors",
+        &[Need::LoopDevices, Need::Tool("nbdkit"), Need::Tool("nbdfuse"), Need::Fuse],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
