@@ -6,8 +6,10 @@ mod create_verify;
 mod golden;
 mod hostile;
 mod kill9;
-// What a test needs from the machine; shared with the loop-device tests.
+// What a test needs from the machine; shared with the loop-device tests
+// (which use the variants these tests do not).
 #[path = "../../loopdev-tests/src/needs.rs"]
+#[allow(dead_code)]
 mod needs;
 mod profiles;
 mod restore;
