@@ -236,11 +236,11 @@ fn cores() -> usize {
 /// per-read latency histogram.
 fn raw_read(dev: &Path, read_bytes: usize, qd: u32, latency: bool) -> Result<(f64, BTreeMap<String, u64>)> {
     use tintype::io::{self, device::Source, Backend};
-    let src = Source::open(dev, true)?;
+    let src = Source::open(dev, tintype::io::device::OpenMode::Direct)?;
     if read_bytes == 0 || read_bytes % src.dio_align_bytes as usize != 0 {
         bail!("read size {read_bytes} must be a positive multiple of {} bytes", src.dio_align_bytes);
     }
-    let backend = if io::uring::probe().is_ok() { Backend::uring(false) } else { Backend::Portable };
+    let backend = if io::uring::probe().is_ok() { Backend::uring(io::OnRingFailure::Fail) } else { Backend::Portable };
     let mut ring = io::open(&backend, &vec![read_bytes; qd as usize], 1, qd)?;
     ring.set_file(0, Some(src.reopen()?))?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;

@@ -11,8 +11,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tintype::codec::{Decoder, Encoder};
 use tintype::format::frame::{check_frame, frame_len, Codec, FrameHeader, FRAME_HEADER_BYTES};
 use tintype::format::ImageId;
-use tintype::io::{self, Backend};
-use tintype::pipeline::lane::is_zero;
+use tintype::io::{self, Backend, OnRingFailure};
+use tintype::pipeline::capture::lane::is_zero;
 use tintype::sample::xorshift;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
@@ -122,12 +122,12 @@ fn ring_driver(c: &mut Criterion) {
     g.sample_size(20);
     let mut backends = vec![Backend::Portable];
     if io::uring::probe().is_ok() {
-        backends.insert(0, Backend::uring(false));
+        backends.insert(0, Backend::uring(OnRingFailure::Fail));
     }
     for backend in backends {
         for qd in [1u32, 8, 32] {
             let mut ring = io::open(&backend, &vec![CHUNK; qd as usize], 1, qd).unwrap();
-            let (file, _) = tintype::io::device::open_read_only(&path, true).unwrap();
+            let (file, _) = tintype::io::device::open_read_only(&path, tintype::io::device::OpenMode::Direct).unwrap();
             ring.set_file(0, Some(file)).unwrap();
             g.bench_function(BenchmarkId::new(format!("read_1MiB/{}", backend.name()), qd), |b| {
                 b.iter(|| {

@@ -13,17 +13,16 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod io;
-pub mod lock;
 pub mod merge;
+pub mod observe;
 pub mod pipeline;
 pub mod profile;
 pub mod sample;
 pub mod serve;
 pub mod set;
-pub mod tune;
 
 pub use error::{Error, Result};
+pub use observe::{Observer, Quiet};
 pub use pipeline::capture::{create, CreateOptions, CreateReport};
 pub use pipeline::restore::{restore, RestoreOptions, RestoreReport};
 pub use pipeline::verify::{verify, VerifyOptions, VerifyReport};
-pub use pipeline::{Observer, Quiet};

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use tintype::format::manifest::ImageKind;
 use tintype::io::sim::{BadRange, Faults, Sim};
 use tintype::io::IoChoice;
-use tintype::merge::{merge, prune, MergeOptions, PruneOptions};
+use tintype::merge::{merge, prune, MergeOptions, MergeSpan, PruneOptions, Retention};
+use tintype::pipeline::capture::OnReadError;
 use tintype::set::ImageSet;
 use tintype::{create, restore, verify, CreateOptions, Quiet, RestoreOptions, VerifyOptions};
 
@@ -199,7 +200,8 @@ impl World {
         o.resume = resume;
         o.used_only = tintype::pipeline::capture::UsedOnly::Off;
         // With bad sectors, a first attempt may use the default (fail).
-        o.skip_unreadable = if self.bad.is_empty() { self.rng.chance(50) } else { resume || self.rng.chance(70) };
+        let skip = if self.bad.is_empty() { self.rng.chance(50) } else { resume || self.rng.chance(70) };
+        o.on_read_error = if skip { OnReadError::Skip } else { OnReadError::Fail };
         o.read_retries = self.rng.below(3) as u32;
         o
     }
@@ -331,7 +333,7 @@ impl World {
             }
             let sim = Sim::new(self.rng.next(), faults);
             let opts = self.create_options(kind, sim.choice(), resume);
-            let skip = opts.skip_unreadable;
+            let skip = opts.on_read_error == OnReadError::Skip;
             let r = unbusy(|| create(&opts, &Quiet));
             self.injected(&format!("create {} attempt {attempt}", kind.name()), &sim);
             match r {
@@ -419,7 +421,12 @@ impl World {
             }
             let sim = Sim::new(self.rng.next(), faults);
             let before = self.committed();
-            let opts = MergeOptions { set: self.set.clone(), image: newest.to_string(), full: false, io: sim.choice() };
+            let opts = MergeOptions {
+                set: self.set.clone(),
+                image: newest.to_string(),
+                span: MergeSpan::Parent,
+                io: sim.choice(),
+            };
             let r = unbusy(|| merge(&opts, &Quiet));
             self.injected(&format!("merge attempt {attempt}"), &sim);
             match r {
@@ -464,8 +471,12 @@ impl World {
             let faults = if attempt == 0 { self.faults(false) } else { Faults::default() };
             let sim = Sim::new(self.rng.next(), faults);
             let before = self.committed();
-            let opts =
-                PruneOptions { set: self.set.clone(), keep_last: Some(1), io: sim.choice(), ..Default::default() };
+            let opts = PruneOptions {
+                set: self.set.clone(),
+                retention: Retention { keep_last: Some(1), ..Default::default() },
+                io: sim.choice(),
+                ..Default::default()
+            };
             let r = unbusy(|| prune(&opts, &Quiet));
             self.injected(&format!("prune attempt {attempt}"), &sim);
             match r {
@@ -641,7 +652,7 @@ fn an_interrupted_runs_unreadable_journal_is_honoured() {
         o.segment_size_bytes = 512 << 10;
         o.used_only = tintype::pipeline::capture::UsedOnly::Off;
         o.io = sim.choice();
-        o.skip_unreadable = skip;
+        o.on_read_error = if skip { OnReadError::Skip } else { OnReadError::Fail };
         o.resume = resume;
         o
     };
@@ -730,7 +741,7 @@ fn a_resume_after_the_source_was_written_starts_afresh() {
 /// An observer that keeps the notes.
 struct Notes<'a>(&'a std::sync::Mutex<Vec<String>>);
 
-impl tintype::pipeline::Observer for Notes<'_> {
+impl tintype::Observer for Notes<'_> {
     fn note(&self, msg: &str) {
         self.0.lock().unwrap().push(msg.to_string());
     }
@@ -757,7 +768,12 @@ fn a_false_claim_on_an_unfinished_run_leaves_it_resumable() {
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     m["replaces"] = serde_json::json!([run]);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let p = PruneOptions { set: set.clone(), keep_last: Some(10), io: IoChoice::Portable, ..Default::default() };
+    let p = PruneOptions {
+        set: set.clone(),
+        retention: Retention { keep_last: Some(10), ..Default::default() },
+        io: IoChoice::Portable,
+        ..Default::default()
+    };
     prune(&p, &Quiet).unwrap();
     assert!(set.join(format!("{run}.run.json")).exists(), "the unfinished run is kept");
     let r = create(&opts(None, true), &Quiet).unwrap();

@@ -8,9 +8,12 @@ use anyhow::{bail, Context};
 use tintype::io::IoChoice;
 use tintype::{CreateOptions, RestoreOptions, VerifyOptions};
 
-use super::output::{human, print_create, print_restore, print_verify, Console};
+use super::args::DemoArgs;
+use super::output::{human, Console, Format};
 
-pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice) -> anyhow::Result<u8> {
+pub fn run(a: DemoArgs) -> anyhow::Result<u8> {
+    let DemoArgs { size, dir, keep, level, io } = a;
+    let io: IoChoice = io.into();
     if size == 0 {
         bail!(tintype::Error::InvalidSetting("--size must be more than 0".into()));
     }
@@ -50,18 +53,18 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
     let mut o = CreateOptions::new(&sample, &set);
     o.level = level;
     o.io = io.clone();
-    let obs = Console::new("imaging", false);
+    let obs = Console::new("imaging", Format::Human);
     let report = tintype::create(&o, &obs)?;
     obs.finish();
-    print_create(&report, false);
+    super::output::create::print(&report, Format::Human);
 
     println!("demo: tintype verify {}", set.display());
     let mut v = VerifyOptions::new(&set);
     v.io = io.clone();
-    let obs = Console::new("verifying", false);
+    let obs = Console::new("verifying", Format::Human);
     let vr = tintype::verify(&v, &obs)?;
     obs.finish();
-    print_verify(&vr, false);
+    super::output::verify::print(&vr, Format::Human);
     if !vr.is_clean() {
         bail!("the demo image failed verification");
     }
@@ -70,10 +73,10 @@ pub fn run(size: u64, dir: Option<PathBuf>, keep: bool, level: i32, io: IoChoice
     let mut r = RestoreOptions::new(&set, &restored);
     r.verify_after = true;
     r.io = io;
-    let obs = Console::new("restoring", false);
+    let obs = Console::new("restoring", Format::Human);
     let rr = tintype::restore(&r, &obs)?;
     obs.finish();
-    print_restore(&rr, false);
+    super::output::restore::print(&rr, Format::Human);
     if !rr.is_clean() {
         bail!("the demo restore did not read back intact");
     }

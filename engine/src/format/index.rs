@@ -226,11 +226,6 @@ pub const fn entry_offset(chunk: u64) -> u64 {
     INDEX_HEADER_BYTES as u64 + chunk * INDEX_ENTRY_BYTES as u64
 }
 
-/// The file name of the index of image `id`.
-pub fn index_file_name(id: ImageId) -> String {
-    format!("{id}.index")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,11 +296,11 @@ impl Manifest {
         // File names are derived, never free: a manifest cannot point at
         // another image's files or outside the set directory.
         for (i, s) in self.segments.iter().enumerate() {
-            if s.seq as usize != i || s.file != super::segment::segment_file_name(id, s.seq) {
+            if s.seq as usize != i || s.file != super::names::segment_file_name(id, s.seq) {
                 return bad(format!("segment {i} is listed as {:?} (number {})", s.file, s.seq));
             }
         }
-        if self.index.file != super::index::index_file_name(id) {
+        if self.index.file != super::names::index_file_name(id) {
             return bad(format!("index file name {:?} is not {id}.index", self.index.file));
         }
         // Unreadable ranges: non-empty, inside the source, in order, apart.
@@ -326,11 +326,6 @@ impl Manifest {
         v.push(b'\n');
         v
     }
-}
-
-/// The file name of the manifest of image `id`.
-pub fn manifest_file_name(id: ImageId) -> String {
-    format!("{id}.manifest.json")
 }
 
 /// Format seconds since the epoch as an RFC 3339 UTC time.

@@ -7,6 +7,7 @@
 pub mod frame;
 pub mod index;
 pub mod manifest;
+pub mod names;
 pub mod segment;
 
 /// The format version this build writes and the newest it reads.

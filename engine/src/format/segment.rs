@@ -24,6 +24,9 @@ use super::{ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
 
 /// The eight bytes every segment starts with.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TTsegmnt";
+/// The default limit at which segments roll over: 1 GiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+
 /// Size of the segment header; the first frame starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 4096;
 
@@ -84,14 +87,10 @@ impl SegmentHeader {
     }
 }
 
-/// The file name of segment number `seq` of image `id`.
-pub fn segment_file_name(id: ImageId, seq: u32) -> String {
-    format!("{id}.{seq:06}.seg")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::names::segment_file_name;
 
     #[test]
     fn segment_header_round_trips_and_checks_itself() {

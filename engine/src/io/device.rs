@@ -25,6 +25,15 @@ impl SourceKind {
     }
 }
 
+/// How to open a file for reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// O_DIRECT where the filesystem allows it, else through the page cache.
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
 /// A source opened read-only, with what the kernel told us about it.
 #[derive(Debug)]
 pub struct Source {
@@ -42,8 +51,8 @@ pub struct Source {
 }
 
 impl Source {
-    /// Open `path` read-only (O_DIRECT when `direct` and the kernel allows it).
-    pub fn open(path: &Path, direct: bool) -> Result<Source> {
+    /// Open `path` read-only (O_DIRECT when `mode` asks and the kernel allows it).
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Source> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("open source", path, e))?;
         let kind = if meta.file_type().is_block_device() {
             SourceKind::BlockDevice
@@ -52,7 +61,7 @@ impl Source {
         } else {
             return Err(Error::Unusable { path: path.into(), why: "not a block device or regular file".into() });
         };
-        let (mut file, direct) = open_read_only(path, direct)?;
+        let (mut file, direct) = open_read_only(path, mode)?;
         let (size_bytes, logical, physical) = match kind {
             SourceKind::BlockDevice => {
                 let size = file.seek(SeekFrom::End(0)).map_err(|e| Error::io("size of", path, e))?;
@@ -86,8 +95,8 @@ impl Source {
 
 /// Open read-only; with O_DIRECT when asked, falling back to buffered reads
 /// when the filesystem refuses O_DIRECT (EINVAL). Returns whether it is direct.
-pub fn open_read_only(path: &Path, direct: bool) -> Result<(File, bool)> {
-    if direct {
+pub fn open_read_only(path: &Path, mode: OpenMode) -> Result<(File, bool)> {
+    if mode == OpenMode::Direct {
         match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
             Ok(f) => return Ok((f, true)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}

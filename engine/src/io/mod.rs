@@ -9,8 +9,10 @@
 //! raw pointers to the kernel sound.
 
 pub mod buffers;
+pub mod checksum;
 pub mod device;
 pub mod portable;
+pub mod quiesce;
 pub mod sim;
 pub mod target;
 pub mod uring;
@@ -44,6 +46,16 @@ pub enum Backend {
     Sim(Arc<sim::Sim>),
 }
 
+/// What a lane does when its io_uring ring cannot be set up for want of a
+/// per-user resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRingFailure {
+    /// Go on with the portable backend (`--io auto`).
+    UsePortable,
+    /// Fail the run, naming the limit (`--io uring`).
+    Fail,
+}
+
 /// How a run's lanes fared setting up their io_uring rings. Under `--io
 /// auto` a lane whose ring cannot be set up for want of a per-user resource
 /// (RLIMIT_MEMLOCK on kernels that count rings against it, RLIMIT_NPROC)
@@ -58,9 +70,10 @@ pub struct UringLanes {
 }
 
 impl Backend {
-    /// io_uring, for a run that asked for it (`fallback` false) or took it
-    /// by default (`fallback` true).
-    pub fn uring(fallback: bool) -> Backend {
+    /// io_uring: asked for (`--io uring`: a lane whose ring cannot be set up
+    /// fails the run), or taken by default (such a lane goes portable).
+    pub fn uring(on_failure: OnRingFailure) -> Backend {
+        let fallback = on_failure == OnRingFailure::UsePortable;
         Backend::Uring(Arc::new(UringLanes { fallback, ..UringLanes::default() }))
     }
 
@@ -370,13 +383,13 @@ pub fn select(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
         IoChoice::Portable => Ok((Backend::Portable, None)),
         IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),
         IoChoice::Uring => {
-            uring::probe().map(|()| (Backend::uring(false), None)).map_err(|why| crate::Error::Unusable {
+            uring::probe().map(|()| (Backend::uring(OnRingFailure::Fail), None)).map_err(|why| crate::Error::Unusable {
                 path: "io_uring".into(),
                 why: format!("--io uring was asked for, but io_uring cannot be used: {why}"),
             })
         }
         IoChoice::Auto => match uring::probe() {
-            Ok(()) => Ok((Backend::uring(true), None)),
+            Ok(()) => Ok((Backend::uring(OnRingFailure::UsePortable), None)),
             Err(why) => Ok((
                 Backend::Portable,
                 Some(format!("io_uring unavailable ({why}); using the portable pread/pwrite backend")),

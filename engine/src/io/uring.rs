@@ -158,7 +158,7 @@ impl UringIo {
 
 impl Io for UringIo {
     fn backend(&self) -> Backend {
-        Backend::uring(false)
+        Backend::uring(super::OnRingFailure::Fail)
     }
 
     fn set_file(&mut self, slot: usize, file: Option<File>) -> io::Result<Option<File>> {

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
-use crate::set::{Image, ImageSet, Resolved};
+use crate::set::chain::Resolved;
+use crate::set::image::Image;
+use crate::set::ImageSet;
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +167,7 @@ pub struct Export {
     pub overlay: Option<Mutex<Overlay>>,
     /// The set's readers' lock, shared, for as long as the export lives:
     /// merge and prune cannot remove what is being served.
-    _lock: crate::lock::SetLock,
+    _lock: crate::set::lock::SetLock,
     /// Bytes of requests in service at once, over every client.
     pub budget: Budget,
 }
@@ -241,7 +243,7 @@ pub enum ChunkData {
 impl Export {
     pub fn open(opts: &ServeOptions) -> Result<Export> {
         let set = ImageSet::open(&opts.set)?;
-        let lock = crate::lock::lock_set(&set.dir, crate::lock::Access::Read, "serve")?;
+        let lock = crate::set::lock::lock_set(&set.dir, crate::set::lock::Access::Read, "serve")?;
         let img = set.resolve(opts.image.as_deref())?;
         let chain = set.chain(&img)?;
         let resolved = Resolved::load(&chain)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{ChunkData, Export, Listen, ServeOptions};
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
-use crate::pipeline::Observer;
+use crate::observe::Observer;
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
@@ -195,7 +195,7 @@ where
     let mut started = 0u64;
     let mut turned_away = 0u64;
     loop {
-        if crate::pipeline::interrupted() {
+        if crate::observe::interrupted() {
             return Ok(());
         }
         if opts.max_connections.is_some_and(|m| started >= m) {

@@ -11,10 +11,11 @@ use serde::Serialize;
 
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
+use crate::io::device::OpenMode;
 use crate::io::{self, device::Source, Backend, IoChoice};
-use crate::pipeline::capture::available_cores;
-use crate::pipeline::lane::is_zero;
-use crate::pipeline::Observer;
+use crate::observe::Observer;
+use crate::pipeline::capture::lane::is_zero;
+use crate::pipeline::lanes::available_cores;
 use crate::profile::{format_size, Profile};
 
 /// How to run `tune`.
@@ -101,7 +102,7 @@ fn read_rate(
     let (mut done, started) = (0u64, Instant::now());
     loop {
         // A signal stops the step; what is in flight drains below.
-        let stop = started.elapsed() >= time || done >= bytes || crate::pipeline::interrupted();
+        let stop = started.elapsed() >= time || done >= bytes || crate::observe::interrupted();
         if !stop {
             while let Some(b) = free.pop() {
                 if next + read_bytes > end {
@@ -130,7 +131,7 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
     if let Some(why) = why {
         obs.note(&why);
     }
-    let src = Source::open(&opts.device, true)?;
+    let src = Source::open(&opts.device, OpenMode::Direct)?;
     if !src.direct {
         obs.note(&format!("{}: O_DIRECT refused; rates include the page cache", src.path.display()));
     }
@@ -148,7 +149,7 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
             obs.progress(k, steps);
             let start = src.size_bytes / steps * k;
             let rate = read_rate(&src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
-            if crate::pipeline::interrupted() {
+            if crate::observe::interrupted() {
                 return Err(Error::Interrupted(
                     "tune stopped by a signal; it only reads the device, and no profile was written".into(),
                 ));

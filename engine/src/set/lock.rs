@@ -43,8 +43,8 @@ pub enum Access {
 /// A held lock; released when dropped.
 #[derive(Debug)]
 pub struct SetLock {
-    write: Option<(File, PathBuf)>,
-    _read: Option<File>,
+    pub write: Option<(File, PathBuf)>,
+    pub _read: Option<File>,
     /// A stale lock was taken over: who held it.
     pub stale: Option<String>,
 }
@@ -59,12 +59,12 @@ impl Drop for SetLock {
     }
 }
 
-fn open_lock(path: &Path) -> std::io::Result<File> {
+pub(crate) fn open_lock(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
 }
 
 /// Would a lock file we cannot create only mean a read-only set?
-fn read_only(e: &std::io::Error) -> bool {
+pub(crate) fn read_only(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM))
 }
 

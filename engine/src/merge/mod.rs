@@ -1,0 +1,143 @@
+//! `merge` and `prune`: consolidate images without reading the source, and
+//! keep a retention window.
+//!
+//! Committed files are never modified, so consolidating writes a **new**
+//! image: the same point in time as the image it consolidates, its frames
+//! copied (headers rewritten to the new Image ID, payloads byte for byte,
+//! each payload's hash checked on the way) from the images it folds, its
+//! manifest listing the image it `replaces`. Children of the replaced image
+//! resolve their parent to the new one (`set::find_parent`). Only once the
+//! new image is committed are images that nothing needs any more removed,
+//! manifest first. A crash at any moment leaves the old chain, or the new
+//! one, or both (with the obsolete images removed by the next merge or
+//! prune), and every committed image restorable.
+
+mod cleanup;
+mod consolidate;
+pub mod prune;
+pub mod retention;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use self::cleanup::{finish_pending, refuse_unreadable, remove_unneeded, Removal};
+use self::consolidate::consolidate;
+pub use self::prune::{prune, Kept, PruneOptions, PruneReport};
+pub use self::retention::Retention;
+use crate::error::{Error, Result};
+use crate::format::ImageId;
+use crate::io::IoChoice;
+use crate::observe::{interrupted, test_pause, Observer};
+use crate::set::lineage::Lineage;
+use crate::set::lock::{lock_set, Access};
+use crate::set::ImageSet;
+
+/// How to run `merge`.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    pub set: PathBuf,
+    /// A unique prefix of the Image ID of the image to consolidate.
+    pub image: String,
+    /// How much of the chain to fold.
+    pub span: MergeSpan,
+    /// Only [`IoChoice::Sim`] changes anything: merge reads and writes
+    /// with plain positioned I/O (O_DIRECT where it can).
+    pub io: IoChoice,
+}
+
+/// What a merge folds into the new image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergeSpan {
+    /// The image and its parent: the new image stands on the parent's parent.
+    #[default]
+    Parent,
+    /// The whole chain: the new image is a synthetic full image.
+    WholeChain,
+}
+
+/// One image written by consolidation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Consolidated {
+    /// The new image.
+    pub image_id: String,
+    /// The image it stands in for (same point in time).
+    pub replaces: String,
+    /// The images whose frames it took.
+    pub folded: Vec<String>,
+    pub kind: String,
+    pub parent: Option<String>,
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+    pub wall_seconds: f64,
+}
+
+/// What `merge` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub merged: Consolidated,
+    /// Images removed (no remaining image needs them).
+    pub removed: Vec<String>,
+    /// Images folded but kept, because other images still depend on them.
+    pub kept: Vec<String>,
+}
+
+/// Consolidate an image into its parent (or, with `full`, its whole chain
+/// into a synthetic full image).
+pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
+    let set = ImageSet::open(&opts.set)?;
+    let _lock = lock_set(&set.dir, Access::Delete, &format!("merge {}", opts.image))?;
+    refuse_unreadable(&set)?;
+    {
+        // An image a merge already replaced is on its way out: say which
+        // image stands for it, before finishing its removal.
+        let images = set.load_all()?.images;
+        let img = set.resolve(Some(&opts.image))?;
+        if let Some(r) = Lineage::new(&images).replacement(img.id()) {
+            return Err(Error::InvalidSetting(format!(
+                "image {} was replaced by image {} (an earlier merge; same point in time): merge {} instead",
+                img.id(),
+                r.id(),
+                r.id()
+            )));
+        }
+    }
+    finish_pending(&set, obs)?;
+    let img = set.resolve(Some(&opts.image))?;
+    let chain = set.chain(&img)?;
+    if chain.len() == 1 {
+        return Err(Error::InvalidSetting(format!(
+            "image {} is a full image: it has no parent to merge into",
+            img.id()
+        )));
+    }
+    let span = match opts.span {
+        MergeSpan::Parent => 2,
+        MergeSpan::WholeChain => chain.len(),
+    };
+    let merged = consolidate(&set, &chain[..span], &opts.io, obs).inspect_err(|e| {
+        if !matches!(e, Error::Interrupted(_)) {
+            obs.note("the merge stopped before its commit: the set is as it was (its partial files are removed)");
+        }
+    })?;
+    let folded: Vec<ImageId> = chain[..span].iter().map(|i| i.id()).collect();
+    let fresh = [ImageId::parse(&merged.image_id).expect("an ID this run made")];
+    test_pause("merge-removals");
+    if interrupted() {
+        return Err(Error::Interrupted(format!(
+            "merge stopped by a signal after committing image {} (it stands in for {}); the images it replaces were \
+             not removed: the next merge or prune removes them",
+            merged.image_id, merged.replaces
+        )));
+    }
+    let removal = Removal { candidates: &folded, written_now: &fresh };
+    let removed = remove_unneeded(&set, removal, obs).map_err(|e| match e {
+        Error::Interrupted(m) => Error::Interrupted(format!(
+            "merge committed image {} (it stands in for {}), then {m}; the next merge or prune removes the rest",
+            merged.image_id, merged.replaces
+        )),
+        e => e,
+    })?;
+    let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();
+    Ok(MergeReport { merged, removed: removed.iter().map(|i| i.to_string()).collect(), kept })
+}

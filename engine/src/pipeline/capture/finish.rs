@@ -1,0 +1,314 @@
+//! The last step of `create`: the index header, the statistics, the
+//! manifest, and the commit.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::lane::shared::{latency_histogram, LaneStats};
+use super::options::CreateReport;
+use super::run::{Imaged, Prepared, Run};
+use crate::error::{Error, Result};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
+use crate::format::manifest::{rfc3339_utc, ByteRange, IndexInfo, Manifest, Settings, Stats, MANIFEST_FORMAT};
+use crate::format::names::manifest_file_name;
+use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
+use crate::format::FORMAT_VERSION;
+use crate::io::checksum::stream_file;
+use crate::observe::{interrupted, test_pause, Observer};
+use crate::set::commit::{sync_dir, Leftovers};
+use crate::set::unreadable::write_badmap;
+
+/// Write the badmap and the index header, build the manifest and commit
+/// it. Every chunk is in the segments by now: whatever fails before the
+/// commit (a full disk under the index, map or manifest) keeps them for
+/// `--resume`.
+pub(super) fn commit(
+    run: &Run<'_>,
+    prepared: Prepared,
+    imaged: Imaged,
+    unfinished: &mut Leftovers<'_>,
+    obs: &dyn Observer,
+) -> Result<CreateReport> {
+    unfinished.armed = false;
+    let (id, dir) = (run.id, &run.set.dir);
+    let keep = |e: Error| {
+        obs.note(&format!(
+            "every chunk was imaged but the image could not be committed; the unfinished image {id}'s files are \
+             kept in {}: once the cause is fixed, run the same command with --resume to commit it",
+            dir.display()
+        ));
+        e
+    };
+    if !imaged.unreadable.is_empty() {
+        write_badmap(&dir.join(badmap_file_name(id)), &imaged.unreadable, run.source.size_bytes).map_err(keep)?;
+    }
+    note_fallbacks(run, &imaged, obs);
+    write_index_header(run, &prepared.index).map_err(keep)?;
+    let manifest = build_manifest(run, prepared, imaged).map_err(keep)?;
+    sync_dir(dir).map_err(keep)?;
+    // A signal that came while the index and segments were made durable
+    // is still honoured: no commit, the frames kept for --resume.
+    test_pause("create-commit");
+    if interrupted() {
+        return Err(Error::Interrupted(format!(
+            "no image was committed (the signal came while it was being made durable); the unfinished image {id}'s \
+             files are kept in {}: run the same command with --resume to commit it",
+            dir.display()
+        )));
+    }
+    // (Only the directory's fsync failing leaves the manifest named: then
+    // the image exists, and the error alone says what failed.)
+    let manifest_path =
+        unfinished
+            .commit(&manifest)
+            .map_err(|e| if dir.join(manifest_file_name(id)).exists() { e } else { keep(e) })?;
+    // The run record has done its job; a leftover one is harmless.
+    let _ = std::fs::remove_file(dir.join(run_file_name(id)));
+    let _ = std::fs::remove_file(&run.journal);
+    Ok(CreateReport { manifest, manifest_path })
+}
+
+/// Segments written through the page cache, lanes that fell back to the
+/// portable backend: said once, at the end.
+pub(crate) fn note_fallbacks(run: &Run<'_>, imaged: &Imaged, obs: &dyn Observer) {
+    if !imaged.reports.iter().all(|r| r.segments_direct) {
+        obs.note("the destination filesystem refuses O_DIRECT; segments were written through the page cache");
+    }
+    if let Some(n) = run.backend.fallback_note() {
+        obs.note(&n);
+    }
+}
+
+/// The index header, written once every entry is, then the index synced.
+pub(crate) fn write_index_header(run: &Run<'_>, index: &std::fs::File) -> Result<()> {
+    let mut head = [0u8; INDEX_HEADER_BYTES];
+    IndexHeader {
+        chunk_bytes: run.st.chunk_bytes,
+        image_id: run.id,
+        chunk_count: run.chunk_count,
+        source_bytes: run.source.size_bytes,
+        parent: run.st.parent.as_ref().map(|p| p.id()),
+    }
+    .encode(&mut head);
+    index
+        .write_all_at(&head, 0)
+        .and_then(|()| index.sync_all())
+        .map_err(|e| Error::io("write index", &run.index_path, e))
+}
+
+/// The manifest of the finished run: every segment (kept and new), the
+/// statistics (counts by state taken from the index, so a resumed run's
+/// kept frames count too) and the settings used.
+pub(crate) fn build_manifest(run: &Run<'_>, prepared: Prepared, imaged: Imaged) -> Result<Manifest> {
+    let (id, opts) = (run.id, run.opts);
+    let mut segments = prepared.kept_segments;
+    segments.extend(imaged.reports.iter().flat_map(|r| r.segments.iter().cloned()));
+    segments.sort_by_key(|s| s.seq);
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s.seq as usize, i, "segment numbers are dense");
+    }
+    let stats = sum_stats(imaged.reports.iter().map(|r| &r.stats));
+    assert_eq!(stats.chunks, run.chunk_count, "every chunk was processed exactly once");
+    let mut latency = latency_histogram();
+    for r in &imaged.reports {
+        let _ = latency.add(&r.read_latency_us);
+    }
+    let mut mstats = manifest_stats(&stats, imaged.wall, &latency);
+    mstats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
+    mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
+    let index_hash = index_hash_and_counts(&run.index_path, &mut mstats)?;
+    let now_nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let now = (now_nanos / 1_000_000_000) as u64;
+    Ok(Manifest {
+        format: MANIFEST_FORMAT.into(),
+        format_version: u32::from(FORMAT_VERSION),
+        image_id: id.to_string(),
+        kind: run.st.kind,
+        parent: run.st.parent.as_ref().map(|p| p.id().to_string()),
+        created_unix_seconds: now,
+        created_unix_nanos: Some(now_nanos as u64),
+        created: rfc3339_utc(now),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        source: run.src.clone(),
+        chunk_size_bytes: run.st.chunk_bytes,
+        chunk_count: run.chunk_count,
+        codec: "zstd".into(),
+        level: run.st.level,
+        frame_align_bytes: crate::format::FRAME_ALIGN_BYTES as u32,
+        settings: Settings {
+            lanes: run.lanes,
+            queue_depth: opts.queue_depth,
+            segment_size_bytes: opts.segment_size_bytes,
+            batch_chunks: imaged.batch_chunks as u32,
+            io_backend: run.backend.name().into(),
+            source_direct_io: run.source.direct,
+            profile: opts.profile.clone(),
+        },
+        stats: mstats,
+        segments,
+        index: IndexInfo {
+            file: index_file_name(id),
+            size_bytes: entry_offset(run.chunk_count),
+            xxh3_128: format!("{index_hash:032x}"),
+        },
+        replaces: Vec::new(),
+        layout: prepared.layout,
+        unreadable: imaged.unreadable.iter().map(|&(offset, length)| ByteRange { offset, length }).collect(),
+    })
+}
+
+pub(crate) fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {
+    let mut t = LaneStats::default();
+    for s in all {
+        t.chunks += s.chunks;
+        t.bytes_read += s.bytes_read;
+        t.chunks_stored += s.chunks_stored;
+        t.chunks_zero += s.chunks_zero;
+        t.chunks_stored_raw += s.chunks_stored_raw;
+        t.bytes_stored_payload += s.bytes_stored_payload;
+        t.bytes_stored_raw += s.bytes_stored_raw;
+        t.bytes_segments += s.bytes_segments;
+        t.nanos_io_wait += s.nanos_io_wait;
+        t.nanos_zero_check += s.nanos_zero_check;
+        t.nanos_hash += s.nanos_hash;
+        t.nanos_compress += s.nanos_compress;
+        t.nanos_cpu += s.nanos_cpu;
+        t.chunks_inherited += s.chunks_inherited;
+        t.chunks_resumed += s.chunks_resumed;
+        t.chunks_unused += s.chunks_unused;
+    }
+    t
+}
+
+pub(crate) fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogram::Histogram<u64>) -> Stats {
+    let mut read_latency_us = BTreeMap::new();
+    if !latency.is_empty() {
+        for (name, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)] {
+            read_latency_us.insert(name.to_string(), latency.value_at_quantile(q));
+        }
+        read_latency_us.insert("max".to_string(), latency.max());
+        read_latency_us.insert("count".to_string(), latency.len());
+    }
+    let secs = |n: u64| n as f64 / 1e9;
+    let mut stage = BTreeMap::new();
+    stage.insert("io_wait".to_string(), secs(s.nanos_io_wait));
+    stage.insert("zero_check".to_string(), secs(s.nanos_zero_check));
+    stage.insert("hash".to_string(), secs(s.nanos_hash));
+    stage.insert("compress".to_string(), secs(s.nanos_compress));
+    Stats {
+        bytes_read: s.bytes_read,
+        chunks_stored: s.chunks_stored,
+        chunks_zero: s.chunks_zero,
+        chunks_stored_raw: s.chunks_stored_raw,
+        bytes_stored_raw: s.bytes_stored_raw,
+        bytes_stored_payload: s.bytes_stored_payload,
+        bytes_segments: s.bytes_segments,
+        wall_seconds: wall.as_secs_f64(),
+        cpu_seconds: secs(s.nanos_cpu),
+        stage_seconds: stage,
+        read_latency_us,
+        chunks_inherited: s.chunks_inherited,
+        chunks_resumed: s.chunks_resumed,
+        chunks_copied: 0,
+        chunks_unused: s.chunks_unused,
+        chunks_unreadable: 0,
+    }
+}
+
+/// The xxh3-128 of the index at `path`, and the per-state chunk counts of
+/// `stats` taken from it, in one streaming pass (an index grows with the
+/// source: it is never held whole).
+pub(crate) fn index_hash_and_counts(path: &Path, stats: &mut crate::format::manifest::Stats) -> Result<u128> {
+    use crate::format::index::INDEX_ENTRY_BYTES;
+    let (mut zero, mut unused, mut inherited, mut unreadable) = (0, 0, 0, 0);
+    let (mut raw, mut raw_bytes, mut payload) = (0, 0, 0);
+    let mut tally = |n: u64, b: &[u8]| -> Result<()> {
+        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n), why))?;
+        match e.state {
+            ChunkState::Stored => {
+                payload += u64::from(e.stored_len);
+                if e.stored_len == e.raw_len {
+                    raw += 1;
+                    raw_bytes += u64::from(e.stored_len);
+                }
+            }
+            ChunkState::Zero => zero += 1,
+            ChunkState::Unused => unused += 1,
+            ChunkState::Inherited => inherited += 1,
+            ChunkState::Unreadable => unreadable += 1,
+            ChunkState::Unset => {}
+        }
+        Ok(())
+    };
+    // Reads end anywhere: an entry split between two is completed in `carry`.
+    let (mut header_left, mut entry, mut carry) = (INDEX_HEADER_BYTES, 0u64, Vec::with_capacity(INDEX_ENTRY_BYTES));
+    let hash = stream_file(path, |mut b| {
+        let skip = header_left.min(b.len());
+        header_left -= skip;
+        b = &b[skip..];
+        if !carry.is_empty() {
+            let take = (INDEX_ENTRY_BYTES - carry.len()).min(b.len());
+            carry.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if carry.len() == INDEX_ENTRY_BYTES {
+                tally(entry, &carry)?;
+                entry += 1;
+                carry.clear();
+            }
+        }
+        let mut whole = b.chunks_exact(INDEX_ENTRY_BYTES);
+        for e in &mut whole {
+            tally(entry, e)?;
+            entry += 1;
+        }
+        carry.extend_from_slice(whole.remainder());
+        Ok(())
+    })?
+    .digest128();
+    stats.chunks_zero = zero;
+    stats.chunks_unused = unused;
+    stats.chunks_inherited = inherited;
+    stats.chunks_unreadable = unreadable;
+    stats.chunks_stored_raw = raw;
+    stats.bytes_stored_raw = raw_bytes;
+    stats.bytes_stored_payload = payload;
+    Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::ImageId;
+
+    /// Entries split across the 1 MiB reads are counted once each, and the
+    /// hash is the whole file's.
+    #[test]
+    fn index_counts_and_hash_in_one_pass_across_read_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.index");
+        let n = 50_000u64; // about 2.3 MiB of entries: reads end inside entries
+        let mut bytes = vec![0u8; entry_offset(n) as usize];
+        let states = [ChunkState::Stored, ChunkState::Zero, ChunkState::Unused, ChunkState::Inherited];
+        let id = ImageId::parse("00000000000000aa").unwrap();
+        for c in 0..n {
+            let state = if c == n - 1 { ChunkState::Unreadable } else { states[(c % 4) as usize] };
+            let stored_len = if c % 8 == 0 { 4096 } else { 1000 };
+            let e = IndexEntry { state, segment: 0, offset: 0, stored_len, raw_len: 4096, raw_hash: 0, image_id: id };
+            e.encode(&mut bytes[entry_offset(c) as usize..]);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut stats = crate::format::manifest::Stats::default();
+        let hash = index_hash_and_counts(&path, &mut stats).unwrap();
+        assert_eq!(hash, xxhash_rust::xxh3::xxh3_128(&bytes));
+        let stored = (0..n - 1).filter(|c| c % 4 == 0).count() as u64;
+        assert_eq!(stats.chunks_zero, (0..n - 1).filter(|c| c % 4 == 1).count() as u64);
+        assert_eq!(stats.chunks_unused, (0..n - 1).filter(|c| c % 4 == 2).count() as u64);
+        assert_eq!(stats.chunks_inherited, (0..n - 1).filter(|c| c % 4 == 3).count() as u64);
+        assert_eq!(stats.chunks_unreadable, 1);
+        let raw = (0..n - 1).filter(|c| c % 8 == 0).count() as u64;
+        assert_eq!(stats.chunks_stored_raw, raw);
+        assert_eq!(stats.bytes_stored_payload, raw * 4096 + (stored - raw) * 1000);
+    }
+}

@@ -1,0 +1,253 @@
+//! `--resume`: what an interrupted run left that this one keeps — every
+//! complete, hash-valid frame of its segments, the index entries that need
+//! no frame, and the unreadable ranges of the chunks it keeps.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use xxhash_rust::xxh3::Xxh3Default;
+
+use super::options::OnReadError;
+use crate::error::{Error, Result};
+use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
+use crate::format::manifest::SegmentInfo;
+use crate::format::names::{index_file_name, segment_file_name};
+use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::ImageId;
+use crate::observe::Observer;
+use crate::set::unreadable::read_journal;
+use crate::set::unreadable::rewrite_journal;
+
+/// What an interrupted run left that a resumed one keeps.
+pub(crate) struct Salvage {
+    pub segments: Vec<SegmentInfo>,
+    /// Per chunk: the entry it already has (a kept frame, or a zero or
+    /// inherited entry from the old index).
+    pub preset: Vec<Option<IndexEntry>>,
+    pub kept: u64,
+}
+
+/// Scan the segments of the unfinished image `id`: keep every complete,
+/// hash-valid frame (a torn or damaged one ends its segment, which is
+/// truncated there), and the old index's zero and inherited entries that
+/// are exactly what this run would write.
+pub(crate) fn salvage(
+    dir: &Path,
+    id: ImageId,
+    chunk_bytes: u32,
+    size: u64,
+    parent: Option<(&[u128], ImageId)>,
+) -> Result<Salvage> {
+    let chunk_count = size.div_ceil(u64::from(chunk_bytes));
+    let extent = |c: u64| (u64::from(chunk_bytes)).min(size - c * u64::from(chunk_bytes)) as u32;
+    let mut preset: Vec<Option<IndexEntry>> = vec![None; chunk_count as usize];
+    let mut segments = Vec::new();
+    let mut kept = 0;
+    // Segment numbers are handed out densely; keep the dense prefix.
+    let mut seq = 0u32;
+    loop {
+        let path = dir.join(segment_file_name(id, seq));
+        let f = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(Error::io("open segment", &path, e)),
+        };
+        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+        let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+        let head_ok = f.read_exact_at(&mut head, 0).is_ok()
+            && SegmentHeader::decode(&head)
+                .is_ok_and(|h| h.image_id == id && h.seq == seq && h.chunk_bytes == chunk_bytes);
+        let lane = if head_ok { SegmentHeader::decode(&head).map_or(0, |h| h.lane) } else { 0 };
+        if !head_ok {
+            SegmentHeader { image_id: id, lane: 0, seq, chunk_bytes }.encode(&mut head);
+            f.set_len(0)
+                .and_then(|()| f.write_all_at(&head, 0))
+                .map_err(|e| Error::io("rewrite segment header", &path, e))?;
+        }
+        let mut hasher = Xxh3Default::new();
+        hasher.update(&head);
+        let mut at = SEGMENT_HEADER_BYTES as u64;
+        let mut frames = 0;
+        let mut buf = Vec::new();
+        let mut fh = [0u8; FRAME_HEADER_BYTES];
+        while head_ok && at + FRAME_HEADER_BYTES as u64 <= len {
+            if f.read_exact_at(&mut fh, at).is_err() {
+                break;
+            }
+            let Ok(h) = FrameHeader::decode(&fh) else { break };
+            let flen = frame_len(h.stored_len);
+            if h.image_id != id
+                || h.chunk >= chunk_count
+                || h.raw_len != extent(h.chunk)
+                || preset[h.chunk as usize].is_some()
+                || at + flen > len
+            {
+                break;
+            }
+            buf.resize(flen as usize, 0);
+            if f.read_exact_at(&mut buf, at).is_err() {
+                break;
+            }
+            let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
+            if xxhash_rust::xxh3::xxh3_64(payload) != h.stored_hash
+                || buf[FRAME_HEADER_BYTES + h.stored_len as usize..].iter().any(|&b| b != 0)
+            {
+                break;
+            }
+            hasher.update(&buf);
+            preset[h.chunk as usize] = Some(IndexEntry {
+                state: ChunkState::Stored,
+                segment: seq,
+                offset: at,
+                stored_len: h.stored_len,
+                raw_len: h.raw_len,
+                raw_hash: h.raw_hash,
+                image_id: id,
+            });
+            frames += 1;
+            at += flen;
+        }
+        if at < len || !head_ok {
+            f.set_len(at).map_err(|e| Error::io("truncate segment", &path, e))?;
+        }
+        f.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
+        kept += frames;
+        segments.push(SegmentInfo {
+            file: segment_file_name(id, seq),
+            lane,
+            seq,
+            size_bytes: at,
+            frames,
+            xxh3_64: format!("{:016x}", hasher.digest()),
+        });
+        seq += 1;
+    }
+    // Segments past a gap in the numbers cannot be listed densely: drop them.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let prefix = format!("{id}.");
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok());
+            if n.is_some_and(|n| n >= seq) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+            }
+        }
+    }
+    // Zero and inherited entries have no frame to find; the old index's are
+    // kept when they are exactly what this run would have written.
+    let index_path = dir.join(index_file_name(id));
+    if let Ok(old) = std::fs::read(&index_path) {
+        let mut zero_hashes = ZeroHashes::default();
+        for (chunk, slot) in preset.iter_mut().enumerate() {
+            let at = entry_offset(chunk as u64) as usize;
+            let (Some(b), None) = (old.get(at..at + INDEX_ENTRY_BYTES), &slot) else { continue };
+            let Ok(e) = IndexEntry::decode(b) else { continue };
+            let raw_len = extent(chunk as u64);
+            let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
+            let ok = match e.state {
+                ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
+                ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
+                    plain && e.image_id == pid && e.raw_hash != 0 && hashes[chunk] == e.raw_hash
+                }),
+                _ => false,
+            };
+            if ok {
+                *slot = Some(e);
+            }
+        }
+    }
+    Ok(Salvage { segments, preset, kept })
+}
+
+/// Resuming: the unreadable ranges an interrupted run found in the chunks
+/// whose entries it keeps (their frames hold zeros there). The journal is
+/// synced before any such chunk's frame or entry is written, so a chunk
+/// missing from it read whole. The journal is rewritten with only the
+/// ranges of kept chunks. Without `--on-read-error skip` those chunks are
+/// then read again instead (so the run fails as asked). A journal that
+/// cannot be read is refused: the kept frames cannot be told apart.
+pub(super) fn keep_unreadable(
+    journal: &Path,
+    preset: &mut [Option<IndexEntry>],
+    chunk_bytes: u32,
+    size: u64,
+    on_read_error: OnReadError,
+    obs: &dyn Observer,
+) -> Result<Vec<(u64, u64)>> {
+    let all = read_journal(journal).map_err(|why| Error::Unusable {
+        path: journal.to_path_buf(),
+        why: format!(
+            "{why}: the unfinished run's kept frames may hold unreadable sectors as zeros, and which cannot be \
+             told; remove the run's files (tintype prune SET --keep-last N --discard-unfinished) and image again"
+        ),
+    })?;
+    if all.is_empty() && !journal.exists() {
+        return Ok(Vec::new());
+    }
+    let cb = u64::from(chunk_bytes);
+    let mut kept = pieces_in_kept_chunks(&all, preset, cb, size);
+    rewrite_journal(journal, &kept)?;
+    // The journal keeps them either way: those frames stay in the segments,
+    // and a later resume may keep them again.
+    if on_read_error == OnReadError::Fail && !kept.is_empty() {
+        obs.note(&format!(
+            "the unfinished run skipped unreadable sectors in {} kept chunk(s); without --on-read-error skip they are \
+             read again",
+            kept.iter().map(|r| r.0 / cb).collect::<std::collections::BTreeSet<_>>().len()
+        ));
+        for &(o, _) in &kept {
+            preset[(o / cb) as usize] = None;
+        }
+        kept.clear();
+    }
+    Ok(kept)
+}
+
+/// The journalled ranges cut at chunk boundaries, keeping the pieces in
+/// chunks that keep their entries; sorted, without duplicates.
+pub(crate) fn pieces_in_kept_chunks(
+    all: &[(u64, u64)],
+    preset: &[Option<IndexEntry>],
+    cb: u64,
+    size: u64,
+) -> Vec<(u64, u64)> {
+    let mut kept: Vec<(u64, u64)> = Vec::new();
+    for &(o, l) in all {
+        let end = o.saturating_add(l).min(size);
+        let mut at = o;
+        while at < end {
+            let piece_end = end.min((at / cb + 1) * cb);
+            if preset.get((at / cb) as usize).is_some_and(|e| e.is_some()) {
+                kept.push((at, piece_end - at));
+            }
+            at = piece_end;
+        }
+    }
+    kept.sort_unstable();
+    kept.dedup();
+    kept
+}
+
+/// Write the entries a resumed run already has, in runs of consecutive chunks.
+pub(crate) fn write_preset(index: &std::fs::File, path: &Path, preset: &[Option<IndexEntry>]) -> Result<()> {
+    let mut chunk = 0;
+    while chunk < preset.len() {
+        if preset[chunk].is_none() {
+            chunk += 1;
+            continue;
+        }
+        let first = chunk;
+        let mut bytes = Vec::new();
+        while let Some(Some(e)) = preset.get(chunk) {
+            let at = bytes.len();
+            bytes.resize(at + INDEX_ENTRY_BYTES, 0);
+            e.encode(&mut bytes[at..]);
+            chunk += 1;
+        }
+        let at = entry_offset(first as u64);
+        index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", path, at, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Used-space imaging: the partition table and filesystems read, and every
+//! chunk no filesystem uses recorded "unused" without being read.
+
+use super::options::UsedOnly;
+use crate::error::{Error, Result};
+use crate::format::index::{ChunkState, IndexEntry};
+use crate::format::ImageId;
+use crate::io::device::Source;
+use crate::observe::Observer;
+
+/// Used-space imaging: read the partition table and the filesystems, and
+/// mark every chunk no filesystem uses as unused in `preset` (where a
+/// resumed run does not already know the chunk). Says per partition what
+/// was found and what is imaged whole.
+pub(crate) fn used_space(
+    mode: UsedOnly,
+    source: &Source,
+    chunk_bytes: u32,
+    preset: &mut Vec<Option<IndexEntry>>,
+    obs: &dyn Observer,
+) -> Result<Option<crate::format::manifest::LayoutInfo>> {
+    if mode == UsedOnly::Off {
+        return Ok(None);
+    }
+    let meta = std::fs::File::open(&source.path).map_err(|e| Error::io("open for metadata", &source.path, e))?;
+    if source.kind == crate::io::device::SourceKind::BlockDevice {
+        crate::io::quiesce::flush_buffer_cache(&meta, &source.path, obs)?;
+    }
+    let layout = crate::fs::analyze(&meta, &meta, source.size_bytes, source.logical_sector_bytes);
+    for n in &layout.notes {
+        obs.note(n);
+    }
+    let mapped = layout.partitions.iter().filter(|p| p.used_bytes.is_some()).count();
+    for p in &layout.partitions {
+        let whole = match source.kind {
+            crate::io::device::SourceKind::File => "the source",
+            _ => "the device",
+        };
+        let what = if p.number == 0 { whole.to_string() } else { format!("partition {}", p.number) };
+        match (&p.used_bytes, &p.note) {
+            (Some(u), _) => obs.note(&format!(
+                "{what}: {} uses {} of {}; only chunks holding used blocks are read",
+                p.filesystem,
+                crate::sample::human_bytes(*u),
+                crate::sample::human_bytes(p.size_bytes)
+            )),
+            (None, Some(why)) => obs.note(&format!("{what} ({}): {why}", crate::sample::human_bytes(p.size_bytes))),
+            (None, None) => {}
+        }
+    }
+    if mode == UsedOnly::On && mapped == 0 {
+        return Err(Error::Unusable {
+            path: source.path.clone(),
+            why: "--used-only on: no filesystem on the source could be mapped (see the notes above); use --used-only \
+                  auto or off to image it whole"
+                .into(),
+        });
+    }
+    let unused = layout.free.unused_chunks(source.size_bytes, u64::from(chunk_bytes));
+    let chunk_count = unused.len();
+    preset.resize(chunk_count, None);
+    let mut bytes_unused = 0;
+    for (c, slot) in preset.iter_mut().enumerate() {
+        if unused[c] && slot.is_none() {
+            let raw_len = u64::from(chunk_bytes).min(source.size_bytes - c as u64 * u64::from(chunk_bytes)) as u32;
+            bytes_unused += u64::from(raw_len);
+            *slot = Some(IndexEntry {
+                state: ChunkState::Unused,
+                segment: 0,
+                offset: 0,
+                stored_len: 0,
+                raw_len,
+                raw_hash: 0,
+                image_id: ImageId(0),
+            });
+        }
+    }
+    Ok(Some(crate::format::manifest::LayoutInfo {
+        table: layout.table,
+        used_only: if mode == UsedOnly::On { "on" } else { "auto" }.into(),
+        partitions: layout.partitions,
+        bytes_unused,
+        notes: layout.notes,
+    }))
+}

@@ -1,0 +1,234 @@
+//! `restore`: write an image back to a block device or file. The capture
+//! pipeline in reverse: lanes claim ranges of the index, read frames with
+//! O_DIRECT through their ring, check the stored hash, decompress into an
+//! aligned buffer, check the raw hash, and write with O_DIRECT at the chunk's
+//! offset. Zero and unused chunks are never written byte by byte: zero-out
+//! or discard on a block device, holes in a file.
+//!
+//! Every refusal (target too small, sector size mismatch, mounted, holding
+//! data) happens before the first byte is written.
+
+mod lane;
+pub mod options;
+mod preflight;
+mod read_back;
+
+use self::lane::{RestoreLane, RestoreShared, Totals};
+pub use self::options::{ReadBack, RestoreOptions, RestoreReport};
+use self::preflight::{check_segments, preflight, refuse_own_file};
+use self::read_back::read_back;
+use crate::error::{Error, Result};
+use crate::format::frame::frame_len_max;
+use crate::io;
+use crate::io::target::Target;
+use crate::io::target::TargetKind;
+use crate::observe::Observer;
+use crate::pipeline::plan::Plan;
+use crate::set::chain::Resolved;
+use crate::set::lock::lock_set;
+use crate::set::lock::Access;
+use crate::set::ImageSet;
+use std::fs::OpenOptions;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Restore an image.
+pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreReport> {
+    let started = Instant::now();
+    if !(1..=1024).contains(&opts.queue_depth) {
+        return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
+    }
+    let (backend, why) = io::select(&opts.io)?;
+    if let Some(why) = why {
+        obs.note(&why);
+    }
+    let set = ImageSet::open(&opts.set)?;
+    let _lock = lock_set(&set.dir, Access::Read, "restore")?;
+    refuse_own_file(&set, &opts.target)?;
+    let img = set.resolve(opts.image.as_deref())?;
+    // An incremental or differential image is read through its chain: every
+    // chunk is resolved to the image whose segment holds it.
+    let chain = set.chain(&img)?;
+    let resolved = Resolved::load(&chain)?;
+    let entries = &resolved.entries;
+    let segments = &resolved.segments;
+    let m = &img.manifest;
+    let source_bytes = m.source.size_bytes;
+
+    let missing_segments = check_segments(opts, segments)?;
+    let write_limit = preflight(opts, &img, &resolved)?;
+    // Before the target is created or opened: settings refused here leave
+    // nothing behind.
+    let lanes = opts.lanes.unwrap_or_else(crate::pipeline::lanes::available_cores).clamp(1, 256);
+    crate::pipeline::memory::check_buffer_memory(
+        u64::from(lanes)
+            * u64::from(opts.queue_depth)
+            * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes)),
+    )?;
+    if opts.verify_first {
+        obs.note("--verify-first: checking the whole image before touching the target");
+        let mut v = crate::pipeline::verify::VerifyOptions::new(&opts.set);
+        v.image = Some(m.image_id.clone());
+        v.lanes = opts.lanes;
+        v.io = opts.io.clone();
+        let r = crate::pipeline::verify::verify(&v, obs)?;
+        if !r.is_clean() {
+            let list: Vec<String> = r
+                .bad_chunks
+                .iter()
+                .take(10)
+                .map(|b| format!("chunk {} (source offset {}): {}", b.chunk, b.source_offset, b.reason))
+                .chain(r.problems.iter().take(5).map(|p| format!("{}: {}", p.file, p.what)))
+                .collect();
+            return Err(Error::corrupt(
+                &img.manifest_path,
+                0,
+                format!(
+                    "--verify-first found {} bad chunk(s) and {} damaged file(s); the target was not touched: {}",
+                    r.bad_chunks.len(),
+                    r.problems.len(),
+                    list.join("; ")
+                ),
+            ));
+        }
+    }
+
+    let target = Target::open(&opts.target, source_bytes)?;
+    if !target.direct {
+        obs.note(&format!(
+            "{}: the filesystem refuses O_DIRECT; writing through the page cache",
+            target.path.display()
+        ));
+    }
+    if target.kind == TargetKind::ExistingFile && target.size_bytes > source_bytes {
+        obs.note(&format!(
+            "{} is larger than the image's source; the {} bytes past {source_bytes} are left as they are",
+            target.path.display(),
+            target.size_bytes - source_bytes
+        ));
+    }
+    let tail_file =
+        OpenOptions::new().write(true).open(&target.path).map_err(|e| Error::io("open target", &target.path, e))?;
+
+    let chunk_count = m.chunk_count;
+    let batch_chunks =
+        (chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
+    let stop = AtomicBool::new(false);
+    let sh = RestoreShared {
+        img: &img,
+        entries,
+        segments,
+        target: &target,
+        tail_file: &tail_file,
+        write_limit,
+        queue_depth: opts.queue_depth,
+        backend: backend.clone(),
+        skip_bad: opts.skip_bad,
+        discard: opts.discard,
+        missing_segments: &missing_segments,
+        plan: Plan::new(chunk_count, batch_chunks),
+        stop: &stop,
+        bytes_done: AtomicU64::new(0),
+        totals: Mutex::new(Totals::default()),
+    };
+    let total = source_bytes.min(write_limit);
+    crate::pipeline::lanes::run_lanes(
+        lanes,
+        "tintype-restore",
+        crate::pipeline::lanes::Pinning::Unpinned,
+        &stop,
+        || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total),
+        |_| RestoreLane::new(&sh)?.run(),
+    )
+    .map_err(
+        |e| match e {
+            Error::Interrupted(_) if crate::observe::interrupted() => Error::Interrupted(format!(
+                "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to finish it",
+                target.path.display()
+            )),
+            // A file this run created, failed before any chunk was
+            // restored (a lane's ring could not be set up, the first chunk
+            // damaged): removed, so a new attempt needs no --force.
+            e if target.kind == TargetKind::NewFile
+                && sh.bytes_done.load(Ordering::Relaxed) == 0
+                && std::fs::remove_file(&target.path).is_ok() =>
+            {
+                with_remark(e, &format!("nothing was restored; the new file {} was removed", target.path.display()))
+            }
+            e => incomplete(e, &target.path),
+        },
+    )?;
+    target.file.sync_all().map_err(|e| Error::io("fsync target", &target.path, e))?;
+    let totals = sh.totals.into_inner().expect("totals lock");
+
+    let read_back = if opts.verify_after {
+        obs.note("--verify-after: reading the target back and comparing with the index");
+        Some(read_back(&target, &img, entries, write_limit, lanes, opts.queue_depth, backend.clone(), obs)?)
+    } else {
+        None
+    };
+    let mut bad = totals.bad;
+    bad.sort_by_key(|b| b.chunk);
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
+    Ok(RestoreReport {
+        image_id: m.image_id.clone(),
+        target: target.path.display().to_string(),
+        target_kind: match target.kind {
+            TargetKind::BlockDevice => "block-device",
+            TargetKind::ExistingFile => "existing-file",
+            TargetKind::NewFile => "new-file",
+        }
+        .into(),
+        source_bytes,
+        target_bytes: target.size_bytes,
+        bytes_written: totals.bytes_written,
+        bytes_zeroed: totals.bytes_zeroed,
+        chunks_written: totals.chunks_written,
+        chunks_zeroed: totals.chunks_zeroed,
+        zero_method: totals.zero_method.unwrap_or("none").into(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        io_backend: backend.name().into(),
+        target_direct_io: target.direct,
+        bad_chunks: bad,
+        read_back,
+        source_unreadable: m.unreadable.clone(),
+    })
+}
+
+pub(crate) fn incomplete(e: Error, target: &std::path::Path) -> Error {
+    match e {
+        Error::Corrupt { .. } => with_remark(
+            e,
+            &format!(
+                "{} is incomplete (--skip-bad restores everything else; --verify-first checks an image before \
+                 writing; a new attempt needs --force, since the target now holds data)",
+                target.display()
+            ),
+        ),
+        e => with_remark(
+            e,
+            &format!(
+                "{} is incomplete: once the cause is fixed, restore again (with --force, since the target now \
+                 holds data)",
+                target.display()
+            ),
+        ),
+    }
+}
+
+/// `e` with `remark` appended to what it says went wrong (its cause or
+/// description), keeping its kind, file and offset.
+pub(crate) fn with_remark(e: Error, remark: &str) -> Error {
+    match e {
+        Error::Corrupt { path, offset, what } => Error::Corrupt { path, offset, what: format!("{what}; {remark}") },
+        Error::Io { op, path, offset, cause } => {
+            Error::Io { op, path, offset, cause: std::io::Error::new(cause.kind(), format!("{cause}; {remark}")) }
+        }
+        other => other,
+    }
+}

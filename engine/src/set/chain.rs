@@ -1,0 +1,179 @@
+//! Chains: an image with every image it depends on, down to a full image,
+//! and its index resolved through them so every chunk names the image and
+//! segment that hold it.
+
+use std::path::PathBuf;
+
+use super::image::{read_frame, read_unstored, Image};
+use super::lineage::Lineage;
+use super::{ImageSet, Loaded};
+use crate::codec::Decoder;
+use crate::error::{Error, Result};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry};
+use crate::format::ImageId;
+
+/// A segment of some image of a chain.
+#[derive(Debug, Clone)]
+pub struct SegmentRef {
+    /// The image that wrote it (and whose ID its frames carry).
+    pub image: ImageId,
+    pub path: PathBuf,
+    pub file: String,
+    pub size_bytes: u64,
+}
+
+/// An image's index with every inherited chunk followed down its chain to
+/// the image that holds it. Stored entries name a segment of [`Self::segments`]
+/// (all segments of the chain, numbered together) and carry the holder's ID.
+#[derive(Debug)]
+pub struct Resolved {
+    pub segments: Vec<SegmentRef>,
+    pub entries: Vec<IndexEntry>,
+    /// Chunks of the image itself that were inherited.
+    pub inherited: u64,
+}
+
+impl Resolved {
+    /// Read and check the indexes of `chain` (an image, then its ancestors,
+    /// as [`ImageSet::chain`] returns, or the first part of that) and
+    /// resolve every chunk. Any index
+    /// that is damaged, or an ancestor that does not hold what a child says
+    /// it inherited, is an error naming the file and entry.
+    pub fn load(chain: &[Image]) -> Result<Resolved> {
+        let mut segments = Vec::new();
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut pending: Vec<u64> = Vec::new();
+        let mut inherited = 0;
+        for (depth, img) in chain.iter().enumerate() {
+            let base = segments.len() as u32;
+            segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
+                image: img.id(),
+                path: img.segment_path(i),
+                file: s.file.clone(),
+                size_bytes: s.size_bytes,
+            }));
+            let idx = img.read_index()?;
+            if !idx.hash_matches {
+                return Err(Error::corrupt(
+                    img.index_path(),
+                    0,
+                    "index checksum does not match the manifest; nothing was read from this image (run `tintype verify`)",
+                ));
+            }
+            let take = |chunk: u64| -> Result<IndexEntry> {
+                let at = entry_offset(chunk);
+                let e = idx.entries[chunk as usize].clone().map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                img.check_entry(chunk, &e).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                let mut e = e;
+                if e.state == ChunkState::Stored {
+                    e.segment += base;
+                }
+                Ok(e)
+            };
+            if depth == 0 {
+                entries.reserve(img.manifest.chunk_count as usize);
+                for chunk in 0..img.manifest.chunk_count {
+                    let e = take(chunk)?;
+                    if e.state == ChunkState::Inherited {
+                        pending.push(chunk);
+                    }
+                    entries.push(e);
+                }
+                inherited = pending.len() as u64;
+                if pending.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let child = &chain[depth - 1];
+            let mut still = Vec::new();
+            for &chunk in &pending {
+                let e = take(chunk)?;
+                if e.raw_hash != entries[chunk as usize].raw_hash {
+                    return Err(Error::corrupt(
+                        child.index_path(),
+                        entry_offset(chunk),
+                        format!(
+                            "chunk {chunk} is inherited from image {}, which holds a different chunk there                              (the raw hashes differ): the chain is inconsistent",
+                            img.id()
+                        ),
+                    ));
+                }
+                if e.state == ChunkState::Inherited {
+                    still.push(chunk);
+                }
+                entries[chunk as usize] = e;
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        // A chain that ends at an image with a parent (a merge folds part of
+        // a chain) leaves those chunks inherited from that parent.
+        let last = chain.last().expect("non-empty chain");
+        if let Some(&chunk) = pending.first().filter(|_| last.manifest.parent.is_none()) {
+            return Err(Error::corrupt(
+                last.index_path(),
+                entry_offset(chunk),
+                format!("chunk {chunk} is inherited, but image {} has no parent", last.id()),
+            ));
+        }
+        Ok(Resolved { segments, entries, inherited })
+    }
+
+    /// Read chunk `chunk` of `img` (the first image of the chain this was
+    /// resolved from) into `out`, checked against its hashes.
+    pub fn read_chunk(&self, img: &Image, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
+        let e = &self.entries[chunk as usize];
+        if e.state == ChunkState::Stored {
+            let s = &self.segments[e.segment as usize];
+            return read_frame(&s.path, s.image, e, chunk, img.chunk_extent(chunk), out, dec);
+        }
+        read_unstored(&img.index_path(), e, chunk, img.chunk_extent(chunk).1, out)
+    }
+}
+
+impl ImageSet {
+    /// The chain `img` depends on: itself, its parent, the parent's parent,
+    /// …, down to a full image. Every image must be there, load, and
+    /// describe the same source geometry; otherwise the chain is broken and
+    /// the error names the ancestor.
+    pub fn chain(&self, img: &Image) -> Result<Vec<Image>> {
+        let Loaded { images: all, unloadable: bad } = self.load_all()?;
+        let lineage = Lineage::new(&all);
+        let mut chain = vec![img.clone()];
+        loop {
+            let cur = chain.last().expect("chain starts with the image");
+            let Some(pid) = cur.manifest.parent_id() else { break };
+            let broken = |why: String| Error::BrokenChain { path: self.dir.clone(), image: img.id().to_string(), why };
+            let Some(p) = lineage.parent(cur) else {
+                let why = match bad.iter().find(|u| u.id == pid).map(|u| &u.error) {
+                    Some(e) => format!("it depends on image {pid} (the parent of {}), which is damaged: {e}", cur.id()),
+                    None => format!(
+                        "it depends on image {pid} (the parent of {}), which is not in the set (deleted, or never committed)",
+                        cur.id()
+                    ),
+                };
+                return Err(broken(why));
+            };
+            let (a, b) = (&cur.manifest, &p.manifest);
+            if a.chunk_size_bytes != b.chunk_size_bytes || a.source.size_bytes != b.source.size_bytes {
+                return Err(broken(format!(
+                    "image {} and its parent {} describe different sources (size {} vs {}, chunk size {} vs {})",
+                    cur.id(),
+                    p.id(),
+                    a.source.size_bytes,
+                    b.source.size_bytes,
+                    a.chunk_size_bytes,
+                    b.chunk_size_bytes
+                )));
+            }
+            if chain.iter().any(|c| c.id() == p.id()) || chain.len() > all.len() {
+                return Err(broken(format!("its chain of parents loops back to image {}", p.id())));
+            }
+            chain.push(p.clone());
+        }
+        Ok(chain)
+    }
+}

@@ -1,0 +1,325 @@
+//! A committed image: its manifest loaded and checked against its file
+//! name, where its files are, the checks of its files and index entries,
+//! and reading its index or one chunk.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::codec::Decoder;
+use crate::error::{Error, Result};
+use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::format::manifest::{Manifest, ManifestError};
+use crate::format::names::manifest_file_name;
+use crate::format::{ImageId, FORMAT_VERSION};
+
+/// A committed image: its manifest and where its files are.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+    pub committed_nanos: i128,
+}
+
+/// An image's index as read from disk.
+#[derive(Debug)]
+pub struct IndexData {
+    pub header: IndexHeader,
+    /// One per chunk; an entry that does not decode carries why.
+    pub entries: Vec<Result<IndexEntry, String>>,
+    /// Whether the file's xxh3-128 equals the manifest's.
+    pub hash_matches: bool,
+}
+
+impl Image {
+    /// Load and validate the manifest of image `id` in `dir`.
+    pub fn load(dir: &Path, id: ImageId) -> Result<Image> {
+        let manifest_path = dir.join(manifest_file_name(id));
+        let bytes = match std::fs::read(&manifest_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotCommitted { path: manifest_path, why: "the manifest is missing".into() })
+            }
+            Err(e) => return Err(Error::io("read manifest", manifest_path, e)),
+        };
+        let manifest = Manifest::from_json(&bytes).map_err(|e| match e {
+            ManifestError::Foreign(why) => Error::corrupt(&manifest_path, 0, why),
+            ManifestError::Version(v) => Error::UnsupportedVersion {
+                path: manifest_path.clone(),
+                what: "manifest",
+                found: v,
+                supported: u32::from(FORMAT_VERSION),
+            },
+            ManifestError::Invalid(why) => Error::corrupt(&manifest_path, 0, format!("invalid manifest: {why}")),
+        })?;
+        if manifest.id() != id {
+            return Err(Error::corrupt(
+                &manifest_path,
+                0,
+                format!("manifest names image {} but its file name says {id}", manifest.image_id),
+            ));
+        }
+        let committed_nanos = std::fs::metadata(&manifest_path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        Ok(Image { dir: dir.into(), manifest, manifest_path, committed_nanos })
+    }
+
+    pub fn id(&self) -> ImageId {
+        self.manifest.id()
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.index.file)
+    }
+
+    pub fn segment_path(&self, n: usize) -> PathBuf {
+        self.dir.join(&self.manifest.segments[n].file)
+    }
+
+    /// Are the image's files there as its manifest lists them: the index and
+    /// every segment, each a regular file of the recorded size, and with
+    /// `hash_index` the index's xxh3-128 the recorded one? A cheap check
+    /// (metadata, and the index), not a verify: it is what must hold before
+    /// an image this one replaced is removed, and what `list` shows.
+    pub fn check_files(&self, hash_index: bool) -> std::result::Result<(), String> {
+        let size_of = |path: &Path, want: u64| -> std::result::Result<(), String> {
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() && m.len() == want => Ok(()),
+                Ok(m) if m.is_file() => {
+                    Err(format!("{} is {} bytes, its manifest says {want}", path.display(), m.len()))
+                }
+                Ok(_) => Err(format!("{} is not a regular file", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{} is missing", path.display())),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        };
+        size_of(&self.index_path(), self.manifest.index.size_bytes)?;
+        for (n, s) in self.manifest.segments.iter().enumerate() {
+            size_of(&self.segment_path(n), s.size_bytes)?;
+        }
+        if hash_index {
+            let got = crate::io::checksum::hash_file(&self.index_path()).map_err(|e| e.to_string())?;
+            if format!("{got:032x}") != self.manifest.index.xxh3_128 {
+                return Err(format!(
+                    "{}: its xxh3-128 is {got:032x}, its manifest says {}",
+                    self.index_path().display(),
+                    self.manifest.index.xxh3_128
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Does every segment's xxh3-64 equal the one its manifest records?
+    /// Reads every segment whole: what must hold before the only other copy
+    /// of this image's point in time is removed on its behalf.
+    pub fn check_segment_hashes(&self) -> std::result::Result<(), String> {
+        for (n, s) in self.manifest.segments.iter().enumerate() {
+            let path = self.segment_path(n);
+            let got = crate::io::checksum::stream_file(&path, |_| Ok(())).map_err(|e| e.to_string())?.digest();
+            if format!("{got:016x}") != s.xxh3_64 {
+                return Err(format!("{}: its xxh3-64 is {got:016x}, its manifest says {}", path.display(), s.xxh3_64));
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte offset of `chunk` in the source, and its raw length.
+    pub fn chunk_extent(&self, chunk: u64) -> (u64, u32) {
+        let cs = u64::from(self.manifest.chunk_size_bytes);
+        let start = chunk * cs;
+        let len = cs.min(self.manifest.source.size_bytes - start);
+        (start, len as u32)
+    }
+
+    /// Does a stored entry point at a whole frame inside one of the image's
+    /// segments (past the segment header, aligned, within its size)?
+    pub fn check_stored_location(&self, e: &IndexEntry) -> Result<(), String> {
+        let Some(seg) = self.manifest.segments.get(e.segment as usize) else {
+            return Err(format!(
+                "index names segment {}, but the image has {}",
+                e.segment,
+                self.manifest.segments.len()
+            ));
+        };
+        if e.stored_len > e.raw_len {
+            return Err(format!("index stored length {} exceeds the raw length {}", e.stored_len, e.raw_len));
+        }
+        if e.offset < crate::format::segment::SEGMENT_HEADER_BYTES as u64
+            || e.offset % crate::format::FRAME_ALIGN_BYTES != 0
+            || e.offset.checked_add(frame_len(e.stored_len)).is_none_or(|end| end > seg.size_bytes)
+        {
+            return Err(format!(
+                "index points at offset {} (+{} bytes), outside the frames of {} ({} bytes)",
+                e.offset,
+                frame_len(e.stored_len),
+                seg.file,
+                seg.size_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Is entry `chunk` of this image's index consistent with the image:
+    /// a state a committed image may hold, the chunk's length, a stored frame
+    /// inside the image's segments, an inherited chunk naming the parent?
+    pub fn check_entry(&self, chunk: u64, e: &IndexEntry) -> Result<(), String> {
+        let (_, extent) = self.chunk_extent(chunk);
+        match e.state {
+            ChunkState::Unset => return Err(format!("chunk {chunk}: the entry was never written")),
+            _ if e.raw_len != extent => {
+                return Err(format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", e.raw_len))
+            }
+            ChunkState::Stored => {
+                self.check_stored_location(e)
+                    .map_err(|why| format!("chunk {chunk}: the index points outside the image's segments: {why}"))?;
+                if e.image_id != self.id() {
+                    return Err(format!("chunk {chunk}: a stored entry names image {}, not this one", e.image_id));
+                }
+            }
+            ChunkState::Inherited => match self.manifest.parent_id() {
+                None => return Err(format!("chunk {chunk} is inherited, but image {} has no parent", self.id())),
+                Some(p) if p != e.image_id => {
+                    return Err(format!(
+                        "chunk {chunk} is inherited from image {}, but the image's parent is {p}",
+                        e.image_id
+                    ))
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Read the index: its size and header must agree with the manifest
+    /// (otherwise nothing in it can be trusted and this fails); entries that
+    /// do not decode and a hash mismatch are reported, not fatal.
+    pub fn read_index(&self) -> Result<IndexData> {
+        let path = self.index_path();
+        let m = &self.manifest;
+        let mut f = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::corrupt(&path, 0, "the image's index file is missing"),
+            _ => Error::io("open index", &path, e),
+        })?;
+        let expected = entry_offset(m.chunk_count);
+        let len = f.metadata().map_err(|e| Error::io("stat index", &path, e))?.len();
+        if len != expected || len != m.index.size_bytes {
+            return Err(Error::corrupt(
+                &path,
+                len.min(expected),
+                format!("index is {len} bytes; {} chunks need {expected}", m.chunk_count),
+            ));
+        }
+        let mut hasher = Xxh3Default::new();
+        let mut head = [0u8; INDEX_HEADER_BYTES];
+        f.read_exact(&mut head).map_err(|e| Error::io_at("read index", &path, 0, e))?;
+        hasher.update(&head);
+        let header = IndexHeader::decode(&head).map_err(|e| match e {
+            crate::format::index::IndexHeaderError::Version(v) => Error::UnsupportedVersion {
+                path: path.clone(),
+                what: "index",
+                found: u32::from(v),
+                supported: u32::from(FORMAT_VERSION),
+            },
+            other => Error::corrupt(&path, 0, other.to_string()),
+        })?;
+        if header.image_id != self.id()
+            || header.chunk_count != m.chunk_count
+            || header.chunk_bytes != m.chunk_size_bytes
+            || header.source_bytes != m.source.size_bytes
+            || header.parent.map(|p| p.to_string()) != m.parent
+        {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                "index header does not match the manifest (image, chunk size or count)",
+            ));
+        }
+        let mut entries = Vec::with_capacity(m.chunk_count as usize);
+        let mut buf = vec![0u8; INDEX_ENTRY_BYTES * 4096];
+        let mut left = m.chunk_count;
+        let mut at = INDEX_HEADER_BYTES as u64;
+        while left > 0 {
+            let n = left.min(4096) as usize;
+            let b = &mut buf[..n * INDEX_ENTRY_BYTES];
+            f.read_exact(b).map_err(|e| Error::io_at("read index", &path, at, e))?;
+            hasher.update(b);
+            entries.extend(b.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode));
+            left -= n as u64;
+            at += b.len() as u64;
+        }
+        let hash_matches = format!("{:032x}", hasher.digest128()) == m.index.xxh3_128;
+        Ok(IndexData { header, entries, hash_matches })
+    }
+
+    /// Read one chunk's raw bytes into `out` (at least a chunk long), checked
+    /// against its hashes. A simple positioned read, for tests, tools and
+    /// single-chunk access; the pipelines use lanes. An inherited chunk needs
+    /// the chain: use [`Resolved::read_chunk`].
+    pub fn read_chunk(&self, entry: &IndexEntry, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
+        if entry.state == ChunkState::Stored {
+            let seg = entry.segment as usize;
+            if seg >= self.manifest.segments.len() {
+                return Err(Error::corrupt(
+                    self.index_path(),
+                    entry_offset(chunk),
+                    format!("chunk {chunk} names segment {seg}, which does not exist"),
+                ));
+            }
+            return read_frame(&self.segment_path(seg), self.id(), entry, chunk, self.chunk_extent(chunk), out, dec);
+        }
+        read_unstored(&self.index_path(), entry, chunk, self.chunk_extent(chunk).1, out)
+    }
+}
+
+/// A chunk that has no frame: zeros, or an error for states without data.
+pub(super) fn read_unstored(
+    index: &Path,
+    entry: &IndexEntry,
+    chunk: u64,
+    raw_len: u32,
+    out: &mut [u8],
+) -> Result<usize> {
+    let raw_len = raw_len as usize;
+    match entry.state {
+        ChunkState::Zero | ChunkState::Unused | ChunkState::Unreadable => {
+            out[..raw_len].fill(0);
+            Ok(raw_len)
+        }
+        _ => Err(Error::corrupt(
+            index,
+            entry_offset(chunk),
+            format!("chunk {chunk} is {:?}, which cannot be read here", entry.state),
+        )),
+    }
+}
+
+/// Read and check the frame `entry` points at in `path`, written by `image`.
+pub(super) fn read_frame(
+    path: &Path,
+    image: ImageId,
+    entry: &IndexEntry,
+    chunk: u64,
+    (start, raw_len): (u64, u32),
+    out: &mut [u8],
+    dec: &mut Decoder,
+) -> Result<usize> {
+    let f = File::open(path).map_err(|e| Error::io("open segment", path, e))?;
+    let mut frame = vec![0u8; frame_len(entry.stored_len) as usize];
+    f.read_exact_at(&mut frame, entry.offset).map_err(|e| Error::io_at("read frame", path, entry.offset, e))?;
+    let h = check_frame(&frame, out, &mut |s, o| dec.decode(s, o))
+        .map_err(|e| Error::corrupt(path, entry.offset, format!("chunk {chunk} (source offset {start}): {e}")))?;
+    h.check_matches(chunk, image, entry)
+        .map_err(|why| Error::corrupt(path, entry.offset, format!("chunk {chunk}: {why}")))?;
+    debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
+    Ok(raw_len as usize)
+}
