@@ -12,7 +12,7 @@ use tintype::codec::{Decoder, Encoder};
 use tintype::format::frame::{check_frame, frame_len, Codec, FrameHeader, FRAME_HEADER_BYTES};
 use tintype::format::ImageId;
 use tintype::io::{self, Backend, OnRingFailure};
-use tintype::pipeline::capture::lane::is_zero;
+use tintype::codec::is_zero;
 use tintype::sample::xorshift;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 

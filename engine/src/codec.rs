@@ -1,6 +1,26 @@
-//! Chunk compression: one reused zstd context per lane.
+//! Chunk compression: the codecs a frame can use, and one reused zstd
+//! context per lane.
 
-use crate::format::frame::Codec;
+/// How a frame's payload is encoded (its byte in the frame header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// The payload is the raw chunk.
+    None = 0,
+    /// The payload is one zstd frame.
+    Zstd = 1,
+}
+
+impl Codec {
+    /// The codec a frame header's byte names, if it is one this build knows.
+    pub fn from_u8(v: u8) -> Option<Codec> {
+        match v {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
 
 /// Compresses chunks at one level, keeping the result only when it pays.
 pub struct Encoder {
@@ -68,6 +88,17 @@ impl Decoder {
     }
 }
 
+/// True when every byte is zero. Reads 16 bytes at a time; stops at the
+/// first non-zero word, so data chunks cost almost nothing.
+pub fn is_zero(b: &[u8]) -> bool {
+    let (head, body, tail) = {
+        // SAFETY: u128 has no invalid bit patterns; align_to only yields
+        // correctly aligned, in-bounds middle elements.
+        unsafe { b.align_to::<u128>() }
+    };
+    head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +120,17 @@ mod tests {
         assert_eq!(enc.encode(&random, &mut out), (Codec::None, 65536));
         assert_eq!(out, random);
         assert_eq!(Encoder::new(0).unwrap().encode(&text, &mut out), (Codec::None, 65536));
+    }
+
+    #[test]
+    fn zero_check_finds_any_non_zero_byte() {
+        let mut v = vec![0u8; 4099];
+        assert!(is_zero(&v[1..]));
+        for i in [0, 1, 15, 16, 17, 4000, 4098] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i}");
+            assert!(i == 0 || !is_zero(&v[1..]), "byte {i} unaligned");
+            v[i] = 0;
+        }
     }
 }

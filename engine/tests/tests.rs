@@ -1,5 +1,6 @@
 //! Integration tests: the real `tintype` binary in fresh directories.
 
+mod architecture;
 mod chains;
 mod corruption;
 mod create_verify;

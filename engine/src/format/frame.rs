@@ -21,6 +21,8 @@
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::index::IndexEntry;
+pub use crate::codec::Codec;
+
 use super::le::*;
 use super::{align_up, ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
 
@@ -30,26 +32,6 @@ pub const FRAME_MAGIC: [u8; 4] = *b"TTfr";
 pub const FRAME_HEADER_BYTES: usize = 64;
 /// The largest chunk the format allows (64 MiB).
 pub const CHUNK_BYTES_MAX: u32 = 64 << 20;
-
-/// How a frame's payload is encoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Codec {
-    /// The payload is the raw chunk.
-    None = 0,
-    /// The payload is one zstd frame.
-    Zstd = 1,
-}
-
-impl Codec {
-    fn from_u8(v: u8) -> Option<Codec> {
-        match v {
-            0 => Some(Codec::None),
-            1 => Some(Codec::Zstd),
-            _ => None,
-        }
-    }
-}
 
 /// The decoded header of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

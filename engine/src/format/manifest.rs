@@ -184,16 +184,82 @@ pub struct ByteRange {
 /// What `create` found on the source (see `engine/src/fs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayoutInfo {
-    /// "gpt", "mbr", "none", or "damaged".
-    pub table: String,
-    /// The `--used-only` mode: "auto" or "on" (a map was used where one could be made).
-    pub used_only: String,
-    pub partitions: Vec<crate::fs::Partition>,
+    pub table: PartitionTable,
+    /// The `--used-only` mode: a map was used where one could be made.
+    pub used_only: UsedOnlyMode,
+    pub partitions: Vec<PartitionInfo>,
     /// Source bytes in chunks recorded as unused (not read, not stored).
     pub bytes_unused: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
+
+/// The partition table the source had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionTable {
+    Gpt,
+    Mbr,
+    /// None: a filesystem (or nothing known) on the whole device.
+    None,
+    /// One that could not be read: the whole device was imaged.
+    Damaged,
+}
+
+/// The `--used-only` mode an image was taken with (`off` records no layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsedOnlyMode {
+    Auto,
+    On,
+}
+
+/// A filesystem as the manifest names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    Ext2,
+    Ext3,
+    Ext4,
+    /// An ext superblock whose map could not be read.
+    Ext,
+    Xfs,
+    Unknown,
+}
+
+/// One partition of the source (or the whole source, number 0) and what
+/// was found on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// 1-based number in the table; 0 for a filesystem on the whole device.
+    pub number: u32,
+    pub start_bytes: u64,
+    pub size_bytes: u64,
+    /// The partition type: a GPT type name or GUID, or the MBR type byte.
+    pub kind: String,
+    /// GPT partition name, or the filesystem label.
+    pub name: String,
+    pub filesystem: Filesystem,
+    /// Bytes the filesystem uses, when its map could be read.
+    pub used_bytes: Option<u64>,
+    /// The filesystem's own size, when its map could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_bytes: Option<u64>,
+    /// Why the partition was imaged whole, when it was.
+    pub note: Option<String>,
+}
+
+macro_rules! lowercase_display {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(v.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+lowercase_display!(PartitionTable, UsedOnlyMode, Filesystem);
 
 /// Why a manifest could not be used.
 #[derive(Debug, PartialEq, Eq)]

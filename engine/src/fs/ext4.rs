@@ -66,8 +66,8 @@ fn ext4_crc(seed: u32, data: &[u8]) -> u32 {
 /// What the superblock says.
 #[derive(Debug, Clone)]
 pub struct Ext4 {
-    /// "ext2", "ext3" or "ext4" (by features: extents → ext4, a journal → ext3).
-    pub name: &'static str,
+    /// Ext2, Ext3 or Ext4 (by features: extents → ext4, a journal → ext3).
+    pub kind: super::FsKind,
     pub block_bytes: u64,
     pub blocks: u64,
     pub free_blocks: u64,
@@ -294,15 +294,15 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     }
     // Metadata is used whatever a bitmap says.
     free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * bs, n * bs)).collect::<Vec<_>>());
-    let name = if incompat & INCOMPAT_EXTENTS != 0 || is64 {
-        "ext4"
+    let kind = if incompat & INCOMPAT_EXTENTS != 0 || is64 {
+        super::FsKind::Ext4
     } else if compat & 0x4 != 0 {
-        "ext3"
+        super::FsKind::Ext3
     } else {
-        "ext2"
+        super::FsKind::Ext2
     };
     let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
-    Ok((Ext4 { name, block_bytes: bs, blocks, free_blocks, label }, free))
+    Ok((Ext4 { kind, block_bytes: bs, blocks, free_blocks, label }, free))
 }
 
 #[cfg(test)]

@@ -150,6 +150,63 @@ impl FreeMap {
     }
 }
 
+/// A filesystem as the analysers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    Ext2,
+    Ext3,
+    Ext4,
+    /// An ext2/3/4 superblock whose map could not be read.
+    Ext,
+    Xfs,
+    /// No filesystem this build reads (or two signatures that contradict).
+    Unknown,
+}
+
+impl FsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext2 => "ext2",
+            FsKind::Ext3 => "ext3",
+            FsKind::Ext4 => "ext4",
+            FsKind::Ext => "ext",
+            FsKind::Xfs => "xfs",
+            FsKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The partition table a source has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+    /// No table: a filesystem (or nothing known) on the whole device.
+    #[default]
+    None,
+    /// A table that could not be read: the whole device is imaged.
+    Damaged,
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TableKind::Gpt => "gpt",
+            TableKind::Mbr => "mbr",
+            TableKind::None => "none",
+            TableKind::Damaged => "damaged",
+        })
+    }
+}
+
 /// One partition (or the whole device when there is no table) and what was
 /// found on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,8 +219,7 @@ pub struct Partition {
     pub kind: String,
     /// GPT partition name, or the filesystem label.
     pub name: String,
-    /// "ext4", "ext3", "ext2", "xfs", or "unknown".
-    pub filesystem: String,
+    pub filesystem: FsKind,
     /// Bytes the filesystem uses, when its map could be read.
     pub used_bytes: Option<u64>,
     /// The filesystem's own size (its block count), when its map could be
@@ -177,8 +233,7 @@ pub struct Partition {
 /// The source's layout and the free space of the filesystems on it.
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
-    /// "gpt", "mbr" or "none".
-    pub table: String,
+    pub table: TableKind,
     pub partitions: Vec<Partition>,
     /// Free byte ranges of the whole source (absolute offsets).
     pub free: FreeMap,
@@ -205,7 +260,7 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
     match detect(r, p.start_bytes) {
         "ext" => match ext4::free_space(r, p.start_bytes, p.size_bytes) {
             Ok((fs, map)) => {
-                p.filesystem = fs.name.into();
+                p.filesystem = fs.kind;
                 if p.name.is_empty() {
                     p.name = fs.label.clone();
                 }
@@ -215,12 +270,12 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
                 free.extend(&map.shifted(p.start_bytes));
             }
             Err(why) => {
-                p.filesystem = "ext".into();
+                p.filesystem = FsKind::Ext;
                 p.note = Some(format!("ext filesystem imaged whole: {why}"));
             }
         },
         "xfs" => {
-            p.filesystem = "xfs".into();
+            p.filesystem = FsKind::Xfs;
             match xfs::free_space(r, p.start_bytes, p.size_bytes) {
                 Ok((fs, map)) => {
                     if p.name.is_empty() {
@@ -234,11 +289,11 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
             }
         }
         "ambiguous" => {
-            p.filesystem = "unknown".into();
+            p.filesystem = FsKind::Unknown;
             p.note = Some("both ext and XFS signatures (one is a leftover); imaged whole".into());
         }
         _ => {
-            p.filesystem = "unknown".into();
+            p.filesystem = FsKind::Unknown;
             p.note = Some("no filesystem this build reads; imaged whole".into());
         }
     }
@@ -249,10 +304,10 @@ fn examine(r: &dyn MetaRead, mut p: Partition, free: &mut FreeMap) -> Partition 
 /// with `sector`-byte logical sectors.
 pub fn analyze(r: &(impl MetaRead + ?Sized), file: &File, size: u64, sector: u32) -> Layout {
     let r: &dyn MetaRead = &ReadVia(r);
-    let mut layout = Layout { table: "none".into(), ..Default::default() };
+    let mut layout = Layout { table: TableKind::None, ..Default::default() };
     match table::read(file, size, sector) {
         Ok(Some(t)) => {
-            layout.table = t.kind.into();
+            layout.table = t.kind;
             layout.notes = t.notes;
             for p in t.partitions {
                 let p = examine(r, p, &mut layout.free);
@@ -266,7 +321,7 @@ pub fn analyze(r: &(impl MetaRead + ?Sized), file: &File, size: u64, sector: u32
                 size_bytes: size,
                 kind: "whole device".into(),
                 name: String::new(),
-                filesystem: String::new(),
+                filesystem: FsKind::Unknown,
                 used_bytes: None,
                 fs_bytes: None,
                 note: None,
@@ -275,7 +330,7 @@ pub fn analyze(r: &(impl MetaRead + ?Sized), file: &File, size: u64, sector: u32
             layout.partitions.push(p);
         }
         Err(why) => {
-            layout.table = "damaged".into();
+            layout.table = TableKind::Damaged;
             layout.notes.push(format!("partition table: {why}; the whole device is imaged"));
         }
     }

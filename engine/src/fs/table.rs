@@ -8,8 +8,8 @@ use super::Partition;
 /// A partition table as read from the source.
 #[derive(Debug)]
 pub struct Table {
-    /// "gpt" or "mbr".
-    pub kind: &'static str,
+    /// Gpt or Mbr.
+    pub kind: super::TableKind,
     pub partitions: Vec<Partition>,
     /// Damage found that did not stop the read (a bad GPT backup, …).
     pub notes: Vec<String>,
@@ -22,7 +22,7 @@ fn partition(number: u32, start: u64, size: u64, kind: String, name: String) -> 
         size_bytes: size,
         kind,
         name,
-        filesystem: String::new(),
+        filesystem: super::FsKind::Unknown,
         used_bytes: None,
         fs_bytes: None,
         note: None,
@@ -242,7 +242,7 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
                 ));
             }
             no_overlaps(&parts)?;
-            Ok(Some(Table { kind: "gpt", partitions: parts, notes }))
+            Ok(Some(Table { kind: super::TableKind::Gpt, partitions: parts, notes }))
         }
         Err(gptman::Error::InvalidSignature) => {
             match mbr_entries_sane(file).map(|()| mbrman::MBR::read_from(&mut f, sector))? {
@@ -260,7 +260,7 @@ fn read_table(file: &File, size: u64, sector: u32) -> Result<Option<Table>, Stri
                         return Ok(None);
                     }
                     no_overlaps(&parts)?;
-                    Ok(Some(Table { kind: "mbr", partitions: parts, notes: Vec::new() }))
+                    Ok(Some(Table { kind: super::TableKind::Mbr, partitions: parts, notes: Vec::new() }))
                 }
                 Err(e) => {
                     // No 0x55AA signature: no table at all. A signature with a

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::Consolidated;
+use super::options::Consolidated;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cleanup::{finish_pending, refuse_unreadable, remove_unneeded, Removal};
 use super::consolidate::consolidate;
 use super::retention::Retention;
-use super::Consolidated;
+use super::options::Consolidated;
 use crate::error::{Error, Result};
 use crate::format::ImageId;
 use crate::io::IoChoice;
@@ -30,7 +30,7 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Also remove the files of unfinished runs (which `create --resume` could carry on).
     pub discard_unfinished: bool,
-    /// As [`super::MergeOptions::io`].
+    /// As [`super::options::MergeOptions::io`].
     pub io: IoChoice,
 }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::io::device::OpenMode;
 use crate::io::{self, device::Source, Backend, IoChoice};
 use crate::observe::Observer;
-use crate::pipeline::capture::lane::is_zero;
+use crate::codec::is_zero;
 use crate::pipeline::lanes::available_cores;
 use crate::profile::{format_size, Profile};
 

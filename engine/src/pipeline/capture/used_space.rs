@@ -3,6 +3,8 @@
 
 use super::options::UsedOnly;
 use crate::error::{Error, Result};
+use crate::format::manifest::{Filesystem, LayoutInfo, PartitionInfo, PartitionTable, UsedOnlyMode};
+use crate::fs::{FsKind, Partition, TableKind};
 use crate::format::index::{ChunkState, IndexEntry};
 use crate::format::ImageId;
 use crate::io::device::Source;
@@ -75,11 +77,38 @@ pub(crate) fn used_space(
             });
         }
     }
-    Ok(Some(crate::format::manifest::LayoutInfo {
-        table: layout.table,
-        used_only: if mode == UsedOnly::On { "on" } else { "auto" }.into(),
-        partitions: layout.partitions,
+    Ok(Some(LayoutInfo {
+        table: match layout.table {
+            TableKind::Gpt => PartitionTable::Gpt,
+            TableKind::Mbr => PartitionTable::Mbr,
+            TableKind::None => PartitionTable::None,
+            TableKind::Damaged => PartitionTable::Damaged,
+        },
+        used_only: if mode == UsedOnly::On { UsedOnlyMode::On } else { UsedOnlyMode::Auto },
+        partitions: layout.partitions.iter().map(partition_info).collect(),
         bytes_unused,
         notes: layout.notes,
     }))
+}
+
+/// What the manifest records of a partition the analysers examined.
+fn partition_info(p: &Partition) -> PartitionInfo {
+    PartitionInfo {
+        number: p.number,
+        start_bytes: p.start_bytes,
+        size_bytes: p.size_bytes,
+        kind: p.kind.clone(),
+        name: p.name.clone(),
+        filesystem: match p.filesystem {
+            FsKind::Ext2 => Filesystem::Ext2,
+            FsKind::Ext3 => Filesystem::Ext3,
+            FsKind::Ext4 => Filesystem::Ext4,
+            FsKind::Ext => Filesystem::Ext,
+            FsKind::Xfs => Filesystem::Xfs,
+            FsKind::Unknown => Filesystem::Unknown,
+        },
+        used_bytes: p.used_bytes,
+        fs_bytes: p.fs_bytes,
+        note: p.note.clone(),
+    }
 }

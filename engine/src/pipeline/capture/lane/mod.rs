@@ -13,7 +13,6 @@ pub mod shared;
 mod stage;
 mod write;
 
-pub use stage::is_zero;
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -21,11 +20,11 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use self::shared::{latency_histogram, CaptureShared, LaneReport, LaneStats};
-use self::write::LaneSegment;
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
 use crate::io::{self, Io};
+use crate::set::segment_writer::OpenSegment;
 
 pub(crate) const SLOT_SOURCE: usize = 0;
 pub(crate) const WRITE_FLAG: u64 = 1 << 63;
@@ -210,4 +209,12 @@ impl<'a> CaptureLane<'a> {
 pub(crate) fn thread_cpu_nanos() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The lane's open segment, in file slot `slot`, with its writes in flight.
+#[derive(Debug)]
+pub(crate) struct LaneSegment {
+    pub slot: usize,
+    pub writes_in_flight: u32,
+    pub seg: OpenSegment,
 }

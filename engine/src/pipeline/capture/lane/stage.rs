@@ -8,6 +8,7 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::{CaptureLane, ReadOp};
+use crate::codec::is_zero;
 use crate::error::Result;
 use crate::format::frame::{frame_len, frame_len_max, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{ChunkState, IndexEntry};
@@ -164,17 +165,6 @@ impl CaptureLane<'_> {
     }
 }
 
-/// True when every byte is zero. Reads 16 bytes at a time; stops at the
-/// first non-zero word, so data chunks cost almost nothing.
-pub fn is_zero(b: &[u8]) -> bool {
-    let (head, body, tail) = {
-        // SAFETY: u128 has no invalid bit patterns; align_to only yields
-        // correctly aligned, in-bounds middle elements.
-        unsafe { b.align_to::<u128>() }
-    };
-    head.iter().all(|&x| x == 0) && body.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
-}
-
 /// Test builds only (feature `slowdown`): sleep as long as
 /// `TINTYPE_SLOWDOWN_US_PER_CHUNK` says, once per chunk.
 #[cfg(feature = "slowdown")]
@@ -184,22 +174,5 @@ pub(crate) fn slowdown() {
         .get_or_init(|| std::env::var("TINTYPE_SLOWDOWN_US_PER_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     if us > 0 {
         std::thread::sleep(std::time::Duration::from_micros(us));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    pub(super) fn zero_check_finds_any_non_zero_byte() {
-        let mut v = vec![0u8; 4099];
-        assert!(is_zero(&v[1..]));
-        for i in [0, 1, 15, 16, 17, 4000, 4098] {
-            v[i] = 1;
-            assert!(!is_zero(&v), "byte {i}");
-            assert!(i == 0 || !is_zero(&v[1..]), "byte {i} unaligned");
-            v[i] = 0;
-        }
     }
 }

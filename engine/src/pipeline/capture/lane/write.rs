@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::io::{self, Completion};
 use crate::set::segment_writer::{OpenSegment, SegmentOwner};
+use crate::pipeline::capture::lane::LaneSegment;
 
 impl CaptureLane<'_> {
     /// Point an idle staging buffer at the end of the current segment,
@@ -174,12 +175,4 @@ impl CaptureLane<'_> {
             self.staged_since = None;
         }
     }
-}
-
-/// The lane's open segment, in file slot `slot`, with its writes in flight.
-#[derive(Debug)]
-pub(crate) struct LaneSegment {
-    pub slot: usize,
-    pub writes_in_flight: u32,
-    pub seg: OpenSegment,
 }
