@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use tintype::io::Request;
 
 use corpus::CorpusKind;
 use measure::{bytes_under, measure, run_measured, summarize, Sample};
@@ -254,7 +255,7 @@ fn raw_read(dev: &Path, read_bytes: usize, qd: u32, latency: bool) -> Result<(f6
             let len = (read_bytes as u64).min(src.size_bytes - next) as usize;
             let len = len.next_multiple_of(src.dio_align_bytes as usize).min(read_bytes);
             started_at[b] = Instant::now();
-            ring.enqueue_read(0, b, 0, len, next, b as u64);
+            ring.enqueue_read(Request { slot: 0, buf: b, buf_offset: 0, len, file_offset: next, tag: b as u64 });
             next += read_bytes as u64;
         }
         if ring.in_flight() == 0 {

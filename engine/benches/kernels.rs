@@ -8,11 +8,11 @@ use std::hint::black_box;
 use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tintype::codec::is_zero;
 use tintype::codec::{Decoder, Encoder};
 use tintype::format::frame::{check_frame, frame_len, Codec, FrameHeader, FRAME_HEADER_BYTES};
 use tintype::format::ImageId;
-use tintype::io::{self, Backend, OnRingFailure};
-use tintype::codec::is_zero;
+use tintype::io::{self, Backend, OnRingFailure, Request};
 use tintype::sample::xorshift;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
@@ -136,7 +136,14 @@ fn ring_driver(c: &mut Criterion) {
                     loop {
                         while next < size {
                             let Some(buf) = free.pop() else { break };
-                            ring.enqueue_read(0, buf, 0, CHUNK, next, buf as u64);
+                            ring.enqueue_read(Request {
+                                slot: 0,
+                                buf,
+                                buf_offset: 0,
+                                len: CHUNK,
+                                file_offset: next,
+                                tag: buf as u64,
+                            });
                             next += CHUNK as u64;
                         }
                         if ring.in_flight() == 0 {

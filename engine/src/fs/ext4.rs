@@ -83,23 +83,146 @@ pub fn detect(r: &dyn MetaRead, base: u64) -> bool {
 /// free space (byte ranges relative to `base`).
 pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMap), String> {
     let sb = r.read(base + 1024, 1024).map_err(|e| format!("cannot read the superblock: {e}"))?;
-    if u16_at(&sb, 0x38) != EXT_MAGIC {
-        return Err("no ext superblock (bad magic)".into());
+    let s = Super::parse(&sb, len)?;
+    let groups = read_groups(r, base, &s)?;
+    let meta = metadata(&s, &groups)?;
+    let mut free = FreeMap::default();
+    for (g, grp) in groups.iter().enumerate() {
+        map_group(r, base, &s, g as u64, grp, &meta, &mut free)?;
     }
-    let incompat = u32_at(&sb, 0x60);
-    let ro_compat = u32_at(&sb, 0x64);
-    let compat = u32_at(&sb, 0x5C);
-    let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
-    if csum && ext4_crc(!0, &sb[..0x3FC]) != u32_at(&sb, 0x3FC) {
-        return Err("superblock checksum mismatch".into());
+    // Metadata is used whatever a bitmap says.
+    free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * s.bs, n * s.bs)).collect::<Vec<_>>());
+    let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
+    Ok((Ext4 { kind: s.kind, block_bytes: s.bs, blocks: s.blocks, free_blocks: s.free_blocks, label }, free))
+}
+
+/// What the superblock says, checked.
+struct Super {
+    kind: super::FsKind,
+    bs: u64,
+    blocks: u64,
+    free_blocks: u64,
+    /// The first data block (1 for 1 KiB blocks, else 0).
+    first: u64,
+    /// Blocks and inodes per group.
+    bpg: u64,
+    ipg: u64,
+    inode_size: u64,
+    /// Bytes of one group descriptor.
+    desc: u64,
+    is64: bool,
+    /// metadata_csum: superblock, descriptors and bitmaps carry checksums.
+    csum: bool,
+    ro_compat: u32,
+    reserved_gdt: u64,
+    /// The checksum seed.
+    seed: u32,
+    /// sparse_super2's two backup groups.
+    backups: Option<[u32; 2]>,
+}
+
+impl Super {
+    fn parse(sb: &[u8], len: u64) -> Result<Super, String> {
+        if u16_at(sb, 0x38) != EXT_MAGIC {
+            return Err("no ext superblock (bad magic)".into());
+        }
+        let (incompat, ro_compat, compat) = (u32_at(sb, 0x60), u32_at(sb, 0x64), u32_at(sb, 0x5C));
+        let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
+        if csum && ext4_crc(!0, &sb[..0x3FC]) != u32_at(sb, 0x3FC) {
+            return Err("superblock checksum mismatch".into());
+        }
+        let log = u32_at(sb, 0x18);
+        if log > 6 {
+            return Err(format!("block size 1024 << {log} is out of range"));
+        }
+        check_features(sb, incompat, ro_compat, compat)?;
+        let is64 = incompat & INCOMPAT_64BIT != 0;
+        let hi = |at: usize| if is64 { u64::from(u32_at(sb, at)) << 32 } else { 0 };
+        let s = Super {
+            kind: if incompat & INCOMPAT_EXTENTS != 0 || is64 {
+                super::FsKind::Ext4
+            } else if compat & 0x4 != 0 {
+                super::FsKind::Ext3
+            } else {
+                super::FsKind::Ext2
+            },
+            bs: 1024u64 << log,
+            blocks: u64::from(u32_at(sb, 0x4)) | hi(0x150),
+            free_blocks: u64::from(u32_at(sb, 0xC)) | hi(0x158),
+            first: u64::from(u32_at(sb, 0x14)),
+            bpg: u64::from(u32_at(sb, 0x20)),
+            ipg: u64::from(u32_at(sb, 0x28)),
+            inode_size: u64::from(u16_at(sb, 0x58)).max(128),
+            desc: if is64 { u64::from(u16_at(sb, 0xFE)) } else { 32 },
+            is64,
+            csum,
+            ro_compat,
+            reserved_gdt: u64::from(u16_at(sb, 0xCE)),
+            seed: if incompat & INCOMPAT_CSUM_SEED != 0 { u32_at(sb, 0x270) } else { ext4_crc(!0, &sb[0x68..0x78]) },
+            backups: (compat & COMPAT_SPARSE_SUPER2 != 0).then(|| [u32_at(sb, 0x24C), u32_at(sb, 0x250)]),
+        };
+        s.check_geometry(len)?;
+        Ok(s)
     }
-    let log = u32_at(&sb, 0x18);
-    if log > 6 {
-        return Err(format!("block size 1024 << {log} is out of range"));
+
+    fn check_geometry(&self, len: u64) -> Result<(), String> {
+        let (bs, blocks, first, bpg, desc) = (self.bs, self.blocks, self.first, self.bpg, self.desc);
+        if first != u64::from(bs == 1024) {
+            return Err(format!("first data block {first} does not fit {bs}-byte blocks"));
+        }
+        if bpg < 256
+            || bpg % 8 != 0
+            || bpg > bs * 8
+            || blocks <= first
+            || !(32..=1024).contains(&desc)
+            || !desc.is_power_of_two()
+        {
+            return Err(format!("implausible geometry: {blocks} blocks, {bpg} per group, descriptors of {desc} bytes"));
+        }
+        if blocks.checked_mul(bs).is_none_or(|b| b > len) {
+            return Err(format!(
+                "the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len}-byte partition"
+            ));
+        }
+        if self.gdt_blocks() * bs > 256 << 20 {
+            return Err(format!("{} groups: descriptor tables this large are not read by this build", self.groups()));
+        }
+        Ok(())
     }
-    let bs = 1024u64 << log;
-    // The features said by name first; then any other this parser does not
-    // read, named where ext4 names it.
+
+    fn groups(&self) -> u64 {
+        (self.blocks - self.first).div_ceil(self.bpg)
+    }
+
+    fn gdt_blocks(&self) -> u64 {
+        (self.groups() * self.desc).div_ceil(self.bs)
+    }
+
+    /// Does group `g` hold a copy of the superblock (and descriptors)?
+    fn has_super(&self, g: u64) -> bool {
+        if g == 0 {
+            return true;
+        }
+        if let Some(b) = self.backups {
+            return b.contains(&(g as u32));
+        }
+        if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g == 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&p| {
+            let mut x = p;
+            while x < g {
+                x *= p;
+            }
+            x == g
+        })
+    }
+}
+
+/// The features said by name first; then any other this parser does not
+/// read, named where ext4 names it; then the state: bitmaps are trusted
+/// only on a filesystem that was cleanly unmounted and has no errors.
+fn check_features(sb: &[u8], incompat: u32, ro_compat: u32, compat: u32) -> Result<(), String> {
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return Err("an external journal device, not a filesystem".into());
     }
@@ -118,83 +241,39 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     if incompat & INCOMPAT_RECOVER != 0 {
         return Err("the journal needs recovery (not cleanly unmounted): the bitmaps may be stale".into());
     }
-    let state = u16_at(&sb, 0x3A);
+    let state = u16_at(sb, 0x3A);
     if state & 0x2 != 0 {
         return Err("the filesystem is marked as having errors (run fsck): its bitmaps are not trusted".into());
     }
     if state & 0x1 == 0 && compat & 0x4 == 0 {
         return Err("not cleanly unmounted (no journal to make the bitmaps consistent)".into());
     }
-    let is64 = incompat & INCOMPAT_64BIT != 0;
-    let blocks = u64::from(u32_at(&sb, 0x4)) | if is64 { u64::from(u32_at(&sb, 0x150)) << 32 } else { 0 };
-    let free_blocks = u64::from(u32_at(&sb, 0xC)) | if is64 { u64::from(u32_at(&sb, 0x158)) << 32 } else { 0 };
-    let first = u64::from(u32_at(&sb, 0x14));
-    let bpg = u64::from(u32_at(&sb, 0x20));
-    let ipg = u64::from(u32_at(&sb, 0x28));
-    let inode_size = u64::from(u16_at(&sb, 0x58)).max(128);
-    let desc = if is64 { u64::from(u16_at(&sb, 0xFE)) } else { 32 };
-    if first != u64::from(bs == 1024) {
-        return Err(format!("first data block {first} does not fit {bs}-byte blocks"));
-    }
-    if bpg < 256
-        || bpg % 8 != 0
-        || bpg > bs * 8
-        || blocks <= first
-        || !(32..=1024).contains(&desc)
-        || !desc.is_power_of_two()
-    {
-        return Err(format!("implausible geometry: {blocks} blocks, {bpg} per group, descriptors of {desc} bytes"));
-    }
-    if blocks.checked_mul(bs).is_none_or(|b| b > len) {
-        return Err(format!(
-            "the filesystem says it is {blocks} blocks of {bs} bytes, more than its {len}-byte partition"
-        ));
-    }
-    let groups = (blocks - first).div_ceil(bpg);
-    let gdt_blocks = (groups * desc).div_ceil(bs);
-    if gdt_blocks * bs > 256 << 20 {
-        return Err(format!("{groups} groups: descriptor tables this large are not read by this build"));
-    }
-    let reserved_gdt = u64::from(u16_at(&sb, 0xCE));
-    let seed = if incompat & INCOMPAT_CSUM_SEED != 0 { u32_at(&sb, 0x270) } else { ext4_crc(!0, &sb[0x68..0x78]) };
+    Ok(())
+}
+
+/// One block group as its descriptor describes it.
+struct Group {
+    bitmap: u64,
+    inode_bitmap: u64,
+    inode_table: u64,
+    uninit: bool,
+    bitmap_csum: u32,
+    /// Free blocks, as the descriptor counts them.
+    free: u64,
+}
+
+/// Read and check every group descriptor.
+fn read_groups(r: &dyn MetaRead, base: u64, s: &Super) -> Result<Vec<Group>, String> {
     let gdt = r
-        .read(base + (first + 1) * bs, (gdt_blocks * bs) as usize)
+        .read(base + (s.first + 1) * s.bs, (s.gdt_blocks() * s.bs) as usize)
         .map_err(|e| format!("cannot read the group descriptors: {e}"))?;
-    let backups: Option<[u32; 2]> =
-        (compat & COMPAT_SPARSE_SUPER2 != 0).then(|| [u32_at(&sb, 0x24C), u32_at(&sb, 0x250)]);
-    let has_super = |g: u64| -> bool {
-        if g == 0 {
-            return true;
-        }
-        if let Some(b) = backups {
-            return b.contains(&(g as u32));
-        }
-        if ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g == 1 {
-            return true;
-        }
-        [3u64, 5, 7].iter().any(|&p| {
-            let mut x = p;
-            while x < g {
-                x *= p;
-            }
-            x == g
-        })
-    };
-    struct Group {
-        bitmap: u64,
-        inode_bitmap: u64,
-        inode_table: u64,
-        uninit: bool,
-        bitmap_csum: u32,
-        /// Free blocks, as the descriptor counts them.
-        free: u64,
-    }
-    let mut gs = Vec::with_capacity(groups as usize);
-    for g in 0..groups {
+    let (desc, is64) = (s.desc, s.is64);
+    let mut gs = Vec::with_capacity(s.groups() as usize);
+    for g in 0..s.groups() {
         let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
         let hi = |at: usize| if is64 && desc >= 64 { u64::from(u32_at(d, at)) << 32 } else { 0 };
-        if csum {
-            let mut c = ext4_crc(seed, &(g as u32).to_le_bytes());
+        if s.csum {
+            let mut c = ext4_crc(s.seed, &(g as u32).to_le_bytes());
             c = ext4_crc(c, &d[..0x1E]);
             c = ext4_crc(c, &[0, 0]);
             c = ext4_crc(c, &d[0x20..]);
@@ -207,102 +286,104 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
             inode_bitmap: u64::from(u32_at(d, 4)) | hi(0x24),
             inode_table: u64::from(u32_at(d, 8)) | hi(0x28),
             // The kernel honours BLOCK_UNINIT only with group checksums.
-            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
+            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
             bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
             free: u64::from(u16_at(d, 0x0C)) | if is64 && desc >= 64 { u64::from(u16_at(d, 0x2C)) << 16 } else { 0 },
         });
     }
-    let itable_blocks = (ipg * inode_size).div_ceil(bs);
-    // Every group's metadata, as block ranges: always used.
+    Ok(gs)
+}
+
+/// Every group's metadata as sorted block ranges: always used.
+fn metadata(s: &Super, groups: &[Group]) -> Result<Vec<(u64, u64)>, String> {
+    let itable_blocks = (s.ipg * s.inode_size).div_ceil(s.bs);
     let mut meta: Vec<(u64, u64)> = Vec::new();
-    for (g, grp) in gs.iter().enumerate() {
+    for (g, grp) in groups.iter().enumerate() {
         let g = g as u64;
-        let start = first + g * bpg;
-        if has_super(g) {
-            meta.push((start, 1 + gdt_blocks + reserved_gdt));
+        if s.has_super(g) {
+            meta.push((s.first + g * s.bpg, 1 + s.gdt_blocks() + s.reserved_gdt));
         }
         meta.push((grp.bitmap, 1));
         meta.push((grp.inode_bitmap, 1));
         meta.push((grp.inode_table, itable_blocks));
     }
     for &(b, n) in &meta {
-        if b.checked_add(n).is_none_or(|end| end > blocks) {
-            return Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {blocks} blocks"));
+        if b.checked_add(n).is_none_or(|end| end > s.blocks) {
+            return Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {} blocks", s.blocks));
         }
     }
     meta.sort_unstable();
-    let mut free = FreeMap::default();
-    let bitmap_bytes = (bpg / 8) as usize;
-    for (g, grp) in gs.iter().enumerate() {
-        let g = g as u64;
-        let start = first + g * bpg;
-        let end = (start + bpg).min(blocks);
-        if grp.uninit {
-            // Free but for metadata inside the group.
-            let mut at = start;
-            let from = meta.partition_point(|&(b, n)| b + n <= start);
-            for &(b, n) in meta[from..].iter().take_while(|(b, _)| *b < end) {
-                if b > at {
-                    free.push(at * bs, (b - at) * bs);
-                }
-                at = at.max(b + n);
+    Ok(meta)
+}
+
+/// Add group `g`'s free blocks to `free`: from its block bitmap (checked),
+/// or for a BLOCK_UNINIT group everything but its metadata.
+fn map_group(
+    r: &dyn MetaRead,
+    base: u64,
+    s: &Super,
+    g: u64,
+    grp: &Group,
+    meta: &[(u64, u64)],
+    free: &mut FreeMap,
+) -> Result<(), String> {
+    let bs = s.bs;
+    let start = s.first + g * s.bpg;
+    let end = (start + s.bpg).min(s.blocks);
+    if grp.uninit {
+        let mut at = start;
+        let from = meta.partition_point(|&(b, n)| b + n <= start);
+        for &(b, n) in meta[from..].iter().take_while(|(b, _)| *b < end) {
+            if b > at {
+                free.push(at * bs, (b - at) * bs);
             }
-            if end > at {
-                free.push(at * bs, (end - at) * bs);
-            }
-            continue;
+            at = at.max(b + n);
         }
-        let bm = r
-            .read(base + grp.bitmap * bs, bs as usize)
-            .map_err(|e| format!("cannot read the block bitmap of group {g}: {e}"))?;
-        if csum {
-            let c = ext4_crc(seed, &bm[..bitmap_bytes]);
-            let want = if desc >= 64 { c } else { c & 0xFFFF };
-            if want != grp.bitmap_csum {
-                return Err(format!("group {g}: block bitmap checksum mismatch"));
-            }
+        if end > at {
+            free.push(at * bs, (end - at) * bs);
         }
-        let mut run: Option<u64> = None;
-        let mut marked_free = 0;
-        for blk in start..end {
-            let bit = (blk - start) as usize;
-            let used = bm[bit / 8] & (1 << (bit % 8)) != 0;
-            match (used, run) {
-                (false, None) => run = Some(blk),
-                (true, Some(s)) => {
-                    free.push(s * bs, (blk - s) * bs);
-                    marked_free += blk - s;
-                    run = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = run {
-            free.push(s * bs, (end - s) * bs);
-            marked_free += end - s;
-        }
-        // Without metadata_csum nothing vouches for a bitmap's bytes: its
-        // free count must at least be the one the descriptor keeps (the two
-        // are updated together), or the bitmap is not trusted.
-        if marked_free != grp.free {
-            return Err(format!(
-                "group {g}: its block bitmap marks {marked_free} blocks free, its descriptor counts {}: the bitmap is \
-                 not trusted",
-                grp.free
-            ));
+        return Ok(());
+    }
+    let bm = r
+        .read(base + grp.bitmap * bs, bs as usize)
+        .map_err(|e| format!("cannot read the block bitmap of group {g}: {e}"))?;
+    if s.csum {
+        let c = ext4_crc(s.seed, &bm[..(s.bpg / 8) as usize]);
+        let want = if s.desc >= 64 { c } else { c & 0xFFFF };
+        if want != grp.bitmap_csum {
+            return Err(format!("group {g}: block bitmap checksum mismatch"));
         }
     }
-    // Metadata is used whatever a bitmap says.
-    free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * bs, n * bs)).collect::<Vec<_>>());
-    let kind = if incompat & INCOMPAT_EXTENTS != 0 || is64 {
-        super::FsKind::Ext4
-    } else if compat & 0x4 != 0 {
-        super::FsKind::Ext3
-    } else {
-        super::FsKind::Ext2
-    };
-    let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
-    Ok((Ext4 { kind, block_bytes: bs, blocks, free_blocks, label }, free))
+    let mut run: Option<u64> = None;
+    let mut marked_free = 0;
+    for blk in start..end {
+        let bit = (blk - start) as usize;
+        let used = bm[bit / 8] & (1 << (bit % 8)) != 0;
+        match (used, run) {
+            (false, None) => run = Some(blk),
+            (true, Some(s)) => {
+                free.push(s * bs, (blk - s) * bs);
+                marked_free += blk - s;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = run {
+        free.push(s * bs, (end - s) * bs);
+        marked_free += end - s;
+    }
+    // Without metadata_csum nothing vouches for a bitmap's bytes: its free
+    // count must at least be the one the descriptor keeps (the two are
+    // updated together), or the bitmap is not trusted.
+    if marked_free != grp.free {
+        return Err(format!(
+            "group {g}: its block bitmap marks {marked_free} blocks free, its descriptor counts {}: the bitmap is not \
+             trusted",
+            grp.free
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

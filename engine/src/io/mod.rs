@@ -117,6 +117,19 @@ impl UringLanes {
     }
 }
 
+/// One read or write: the file slot, the buffer and where in it, how many
+/// bytes, where in the file, and the caller's tag, which its completion
+/// carries back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub slot: usize,
+    pub buf: usize,
+    pub buf_offset: usize,
+    pub len: usize,
+    pub file_offset: u64,
+    pub tag: u64,
+}
+
 /// The outcome of one operation.
 #[derive(Debug)]
 pub struct Completion {
@@ -148,12 +161,13 @@ pub trait Io: Send {
     /// neither may be in use by an operation.
     fn buffer_pair(&mut self, src: usize, dst: usize) -> (&[u8], &mut [u8]);
 
-    /// Queue a read of `len` bytes at file `offset` into buffer `buf` at
-    /// `buf_offset`. Not submitted until [`Io::flush`].
-    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64);
+    /// Queue a read of `r.len` bytes at `r.file_offset` into buffer `r.buf`
+    /// at `r.buf_offset`. Not submitted until [`Io::flush`].
+    fn enqueue_read(&mut self, r: Request);
 
-    /// Queue a write of `len` bytes from buffer `buf` at `buf_offset` to file `offset`.
-    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64);
+    /// Queue a write of `r.len` bytes from buffer `r.buf` at `r.buf_offset`
+    /// to `r.file_offset`.
+    fn enqueue_write(&mut self, r: Request);
 
     /// Submit everything queued and wait until at least `wait_for`
     /// completions are ready to pop (fewer if fewer are in flight).
@@ -168,8 +182,7 @@ pub trait Io: Send {
     /// Read `len` bytes at `offset` into buffer `buf` at `buf_offset` now,
     /// synchronously (reading past the end of a file fails with
     /// `UnexpectedEof`). For the slow path: finding bad sectors.
-    fn read_exact_now(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64)
-        -> io::Result<()>;
+    fn read_exact_now(&mut self, r: Request) -> io::Result<()>;
 
     /// Read into a caller's buffer now, synchronously (`read_exact_at`).
     fn read_exact_into(&mut self, slot: usize, dst: &mut [u8], offset: u64) -> io::Result<()> {
@@ -273,14 +286,8 @@ impl Resources {
     }
 
     /// A synchronous `read_exact_at` of the slot's file into an idle buffer.
-    pub(crate) fn read_exact_now(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<()> {
+    pub(crate) fn read_exact_now(&mut self, r: Request) -> io::Result<()> {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, .. } = r;
         self.own.assert_idle(buf);
         check_range(&self.bufs[buf], buf_offset, len);
         let file = self.files[slot].as_ref().expect("read from an empty file slot");

@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use super::{check_range, Backend, Completion, Io, Resources};
+use crate::io::Request;
 
 #[derive(Debug)]
 enum Kind {
@@ -95,22 +96,17 @@ impl Io for PortableIo {
         self.res.buffer_pair(src, dst)
     }
 
-    fn read_exact_now(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<()> {
-        self.res.read_exact_now(slot, buf, buf_offset, len, offset)
+    fn read_exact_now(&mut self, r: Request) -> io::Result<()> {
+        self.res.read_exact_now(r)
     }
 
-    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_read(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         self.enqueue(Pending { kind: Kind::Read, slot, buf, buf_offset, len, offset, user_data });
     }
 
-    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_write(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         self.enqueue(Pending { kind: Kind::Write, slot, buf, buf_offset, len, offset, user_data });
     }
 

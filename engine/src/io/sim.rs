@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{check_range, Backend, Completion, Io, Resources};
+use crate::io::Request;
 
 /// Reads of `[start, start + len)` of `path` fail with EIO `times` times
 /// (`u32::MAX`: always).
@@ -359,14 +360,8 @@ impl Io for SimIo {
         self.res.buffer_pair(src, dst)
     }
 
-    fn read_exact_now(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<()> {
+    fn read_exact_now(&mut self, r: Request) -> io::Result<()> {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, .. } = r;
         self.res.own.assert_idle(buf);
         check_range(&self.res.bufs[buf], buf_offset, len);
         let (file, path) = (self.res.files[slot].as_ref().expect("read from an empty file slot"), &self.paths[slot]);
@@ -388,11 +383,13 @@ impl Io for SimIo {
         self.sim.sync(file, path)
     }
 
-    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_read(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         self.enqueue(Pending { kind: Kind::Read, slot, buf, buf_offset, len, offset, user_data });
     }
 
-    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_write(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         self.enqueue(Pending { kind: Kind::Write, slot, buf, buf_offset, len, offset, user_data });
     }
 

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::{check_range, Backend, Completion, Io, Resources};
+use crate::io::Request;
 
 /// What an operation in flight holds: the caller's tag, and the buffer and
 /// file slot it owns until its completion is reaped.
@@ -186,18 +187,12 @@ impl Io for UringIo {
         self.res.buffer_pair(src, dst)
     }
 
-    fn read_exact_now(
-        &mut self,
-        slot: usize,
-        buf: usize,
-        buf_offset: usize,
-        len: usize,
-        offset: u64,
-    ) -> io::Result<()> {
-        self.res.read_exact_now(slot, buf, buf_offset, len, offset)
+    fn read_exact_now(&mut self, r: Request) -> io::Result<()> {
+        self.res.read_exact_now(r)
     }
 
-    fn enqueue_read(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_read(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         check_range(&self.res.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
         let ptr = unsafe { self.res.bufs[buf].as_mut_ptr().add(buf_offset) };
@@ -213,7 +208,8 @@ impl Io for UringIo {
         self.push(entry, slot, buf, user_data);
     }
 
-    fn enqueue_write(&mut self, slot: usize, buf: usize, buf_offset: usize, len: usize, offset: u64, user_data: u64) {
+    fn enqueue_write(&mut self, r: Request) {
+        let Request { slot, buf, buf_offset, len, file_offset: offset, tag: user_data } = r;
         check_range(&self.res.bufs[buf], buf_offset, len);
         // SAFETY: in bounds of the buffer (checked above).
         let ptr = unsafe { self.res.bufs[buf].as_ptr().add(buf_offset) };
@@ -353,9 +349,9 @@ mod tests {
         drop(f);
         let mut io = UringIo::new(&[8192, 4096], 2, 4).unwrap();
         io.set_file(0, Some(std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap())).unwrap();
-        io.enqueue_read(0, 0, 0, 8192, 0, 11);
+        io.enqueue_read(Request { slot: 0, buf: 0, buf_offset: 0, len: 8192, file_offset: 0, tag: 11 });
         io.buffer_mut(1).fill(9);
-        io.enqueue_write(0, 1, 0, 4096, 8192, 12);
+        io.enqueue_write(Request { slot: 0, buf: 1, buf_offset: 0, len: 4096, file_offset: 8192, tag: 12 });
         io.flush(2).unwrap();
         let mut got: Vec<(u64, usize)> =
             std::iter::from_fn(|| io.pop_completion()).map(|c| (c.user_data, c.result.unwrap())).collect();

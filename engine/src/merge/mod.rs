@@ -18,11 +18,9 @@ pub mod options;
 pub mod prune;
 pub mod retention;
 
-
-
 use self::cleanup::{finish_pending, refuse_unreadable, remove_unneeded, Removal};
-pub use self::options::{Consolidated, MergeOptions, MergeReport, MergeSpan};
 use self::consolidate::consolidate;
+pub use self::options::{Consolidated, MergeOptions, MergeReport, MergeSpan};
 pub use self::prune::{prune, Kept, PruneOptions, PruneReport};
 pub use self::retention::Retention;
 use crate::error::{Error, Result};

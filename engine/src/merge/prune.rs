@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::cleanup::{finish_pending, refuse_unreadable, remove_unneeded, Removal};
 use super::consolidate::consolidate;
-use super::retention::Retention;
 use super::options::Consolidated;
+use super::retention::Retention;
 use crate::error::{Error, Result};
 use crate::format::ImageId;
 use crate::io::IoChoice;

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::codec::is_zero;
 use crate::codec::Encoder;
 use crate::error::{Error, Result};
 use crate::io::device::OpenMode;
+use crate::io::Request;
 use crate::io::{self, device::Source, Backend, IoChoice};
 use crate::observe::Observer;
-use crate::codec::is_zero;
 use crate::pipeline::lanes::available_cores;
 use crate::profile::{format_size, Profile};
 
@@ -108,7 +109,14 @@ fn read_rate(
                 if next + read_bytes > end {
                     next = 0; // wrap around: small devices are read again
                 }
-                ring.enqueue_read(0, b, 0, read_bytes as usize, next, b as u64);
+                ring.enqueue_read(Request {
+                    slot: 0,
+                    buf: b,
+                    buf_offset: 0,
+                    len: read_bytes as usize,
+                    file_offset: next,
+                    tag: b as u64,
+                });
                 next += read_bytes;
             }
         }
@@ -125,7 +133,8 @@ fn read_rate(
     Ok(done as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
-/// Measure `opts.device` and choose settings.
+/// Measure a device: read rates at every read size × queue depth, then
+/// zstd levels on a sample of its data; choose settings and a profile.
 pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
     let (backend, why) = io::select(&opts.io)?;
     if let Some(why) = why {
@@ -135,12 +144,53 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
     if !src.direct {
         obs.note(&format!("{}: O_DIRECT refused; rates include the page cache", src.path.display()));
     }
+    let reads = measure_reads(opts, &src, &backend, obs)?;
+    let peak = reads.iter().map(|r| r.mb_per_s).fold(0.0, f64::max);
+    // The cheapest setting within 95% of the peak: least memory in flight, then fewest reads in flight.
+    let chosen = reads
+        .iter()
+        .filter(|r| r.mb_per_s >= 0.95 * peak)
+        .min_by_key(|r| (r.read_bytes * u64::from(r.queue_depth), r.queue_depth))
+        .expect("the peak itself qualifies")
+        .clone();
+    // Compression: a sample of the device's own data, 32 chunks spread over it.
+    let chunk = chosen.read_bytes.max(64 << 10);
+    let sample = read_sample(&src, chunk, 32)?;
+    let cores = available_cores();
+    let levels = measure_levels(&sample, chunk, cores)?;
+    let (chosen_level, keeps_up) = choose_level(&levels, peak);
+    let profile = tuned_profile(
+        &src,
+        &backend,
+        Chosen { peak, chunk, level: chosen_level, keeps_up, cores, queue_depth: chosen.queue_depth },
+    );
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
+    Ok(TuneReport {
+        device: src.path.display().to_string(),
+        size_bytes: src.size_bytes,
+        io_backend: backend.name().into(),
+        reads,
+        peak_mb_per_s: peak,
+        chosen_read_bytes: chosen.read_bytes,
+        chosen_total_queue_depth: chosen.queue_depth,
+        cores,
+        sample_bytes: sample.len() as u64,
+        levels,
+        chosen_level,
+        keeps_up,
+        profile,
+    })
+}
+
+/// Every read size at every queue depth, each from a fresh offset so a
+/// device cache does not serve a step from the previous one.
+fn measure_reads(opts: &TuneOptions, src: &Source, backend: &Backend, obs: &dyn Observer) -> Result<Vec<ReadStep>> {
     let usable: Vec<u64> = READ_SIZES.iter().copied().filter(|&r| r <= src.size_bytes).collect();
     if usable.is_empty() {
         return Err(Error::Unusable { path: src.path.clone(), why: "too small to tune (under 256 KiB)".into() });
     }
-    // Reads: every read size at every queue depth, each from a fresh offset
-    // so a device cache does not serve a step from the previous one.
     let mut reads = Vec::new();
     let steps = (usable.len() * QUEUE_DEPTHS.len()) as u64;
     for (i, &rb) in usable.iter().enumerate() {
@@ -148,7 +198,7 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
             let k = (i * QUEUE_DEPTHS.len() + j) as u64;
             obs.progress(k, steps);
             let start = src.size_bytes / steps * k;
-            let rate = read_rate(&src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
+            let rate = read_rate(src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
             if crate::observe::interrupted() {
                 return Err(Error::Interrupted(
                     "tune stopped by a signal; it only reads the device, and no profile was written".into(),
@@ -158,19 +208,11 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
         }
     }
     obs.progress(steps, steps);
-    let peak = reads.iter().map(|r| r.mb_per_s).fold(0.0, f64::max);
-    // The cheapest setting within 95% of the peak: least memory in flight, then fewest reads in flight.
-    let chosen = reads
-        .iter()
-        .filter(|r| r.mb_per_s >= 0.95 * peak)
-        .min_by_key(|r| (r.read_bytes * u64::from(r.queue_depth), r.queue_depth))
-        .expect("the peak itself qualifies")
-        .clone();
+    Ok(reads)
+}
 
-    // Compression: a sample of the device's own data, 32 chunks spread over it.
-    let chunk = chosen.read_bytes.max(64 << 10);
-    let sample = read_sample(&src, chunk, 32)?;
-    let cores = available_cores();
+/// Each of [`LEVELS`] on the sample: rate per core, projected over `cores`, and ratio.
+fn measure_levels(sample: &[u8], chunk: u64, cores: u32) -> Result<Vec<LevelStep>> {
     let mut levels = Vec::new();
     let mut out = vec![0u8; chunk as usize];
     for level in LEVELS {
@@ -192,57 +234,58 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
             ratio: sample.len() as f64 / stored.max(1) as f64,
         });
     }
-    // The highest level that keeps up with the read rate; else the fastest.
-    // Among the levels that keep up with the read rate, the best ratio; a
-    // higher level that stores no less (within 1%: incompressible or
-    // all-zero data) is not worth its CPU, so ties go to the lowest level.
-    // If none keeps up, the fastest.
+    Ok(levels)
+}
+
+/// Among the levels that keep up with the read rate, the best ratio; a
+/// higher level that stores no less (within 1%: incompressible or all-zero
+/// data) is not worth its CPU, so ties go to the lowest level. If none
+/// keeps up, the fastest. Returns the level and whether it keeps up.
+fn choose_level(levels: &[LevelStep], peak: f64) -> (i32, bool) {
     let keeping: Vec<&LevelStep> = levels.iter().filter(|l| l.projected_mb_per_s >= peak).collect();
-    let keeps_up = !keeping.is_empty();
-    let chosen_level = if keeps_up {
-        let best = keeping.iter().map(|l| l.ratio).fold(0.0, f64::max);
-        keeping.iter().filter(|l| l.ratio >= best * 0.99).map(|l| l.level).min().expect("non-empty")
-    } else {
-        levels.iter().max_by(|a, b| a.projected_mb_per_s.total_cmp(&b.projected_mb_per_s)).expect("levels").level
-    };
-    let per_lane_qd = chosen.queue_depth.div_ceil(cores).max(1);
+    if keeping.is_empty() {
+        let fastest = levels.iter().max_by(|a, b| a.projected_mb_per_s.total_cmp(&b.projected_mb_per_s));
+        return (fastest.expect("levels").level, false);
+    }
+    let best = keeping.iter().map(|l| l.ratio).fold(0.0, f64::max);
+    (keeping.iter().filter(|l| l.ratio >= best * 0.99).map(|l| l.level).min().expect("non-empty"), true)
+}
+
+/// What the measurements chose.
+struct Chosen {
+    peak: f64,
+    chunk: u64,
+    level: i32,
+    keeps_up: bool,
+    cores: u32,
+    /// Reads in flight over all lanes.
+    queue_depth: u32,
+}
+
+/// The profile a tuned device gets.
+fn tuned_profile(src: &Source, backend: &Backend, c: Chosen) -> Profile {
     let name = src.path.file_name().map_or("device".into(), |n| n.to_string_lossy().into_owned());
-    let profile = Profile {
+    Profile {
         name: Some(format!("tuned-{name}")),
         description: Some(format!(
-            "measured by tintype tune on {}: peak read {peak:.0} MB/s; zstd {chosen_level} {} on {cores} cores",
+            "measured by tintype tune on {}: peak read {:.0} MB/s; zstd {} {} on {} cores",
             src.path.display(),
-            if keeps_up { "keeps up" } else { "is the fastest measured but does not keep up" }
+            c.peak,
+            c.level,
+            if c.keeps_up { "keeps up" } else { "is the fastest measured but does not keep up" },
+            c.cores
         )),
-        queue_depth: Some(per_lane_qd),
-        read_size: Some(format_size(chunk)),
-        chunk_size: Some(format_size(chunk)),
-        level: Some(chosen_level),
+        queue_depth: Some(c.queue_depth.div_ceil(c.cores).max(1)),
+        read_size: Some(format_size(c.chunk)),
+        chunk_size: Some(format_size(c.chunk)),
+        level: Some(c.level),
         lanes: None,
         segment_size: None,
         io: Some(match backend.name() {
             "io_uring" => "uring".into(),
             _ => "portable".into(),
         }),
-    };
-    if let Some(n) = backend.fallback_note() {
-        obs.note(&n);
     }
-    Ok(TuneReport {
-        device: src.path.display().to_string(),
-        size_bytes: src.size_bytes,
-        io_backend: backend.name().into(),
-        reads,
-        peak_mb_per_s: peak,
-        chosen_read_bytes: chosen.read_bytes,
-        chosen_total_queue_depth: chosen.queue_depth,
-        cores,
-        sample_bytes: sample.len() as u64,
-        levels,
-        chosen_level,
-        keeps_up,
-        profile,
-    })
 }
 
 /// `count` chunks read at evenly spread offsets.

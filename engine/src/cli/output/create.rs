@@ -11,7 +11,7 @@ pub fn print(r: &CreateReport, format: Format) {
     let s = &m.stats;
     let ratio = if s.bytes_segments > 0 { m.source.size_bytes as f64 / s.bytes_segments as f64 } else { f64::INFINITY };
     if format == Format::Json {
-        let v = json!({
+        return print_json(&json!({
             "image_id": m.image_id,
             "manifest_path": r.manifest_path,
             "source_bytes": m.source.size_bytes,
@@ -20,10 +20,17 @@ pub fn print(r: &CreateReport, format: Format) {
             "wall_seconds": s.wall_seconds,
             "throughput_mb_per_s": mb_per_s(s.bytes_read, s.wall_seconds),
             "manifest": m,
-        });
-        print_json(&v);
-        return;
+        }));
     }
+    print_what_was_kept(r);
+    print_work(m, ratio);
+}
+
+/// The commit, the parent, and what was kept without reading: unreadable
+/// ranges and resumed chunks.
+fn print_what_was_kept(r: &CreateReport) {
+    let m = &r.manifest;
+    let s = &m.stats;
     println!("image {} committed: {}", m.image_id, r.manifest_path.display());
     if let Some(p) = &m.parent {
         println!(
@@ -45,6 +52,11 @@ pub fn print(r: &CreateReport, format: Format) {
     if s.chunks_resumed > 0 {
         println!("  resumed  {} chunk(s) kept from the interrupted run(s), not read again", s.chunks_resumed);
     }
+}
+
+/// The source, what was read and stored, and how the time went.
+fn print_work(m: &tintype::format::manifest::Manifest, ratio: f64) {
+    let s = &m.stats;
     println!(
         "  source   {} ({}, {}, {}-byte logical / {}-byte physical sectors)",
         m.source.path,

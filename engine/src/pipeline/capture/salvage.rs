@@ -40,9 +40,8 @@ pub(crate) fn salvage(
     size: u64,
     parent: Option<(&[u128], ImageId)>,
 ) -> Result<Salvage> {
-    let chunk_count = size.div_ceil(u64::from(chunk_bytes));
-    let extent = |c: u64| (u64::from(chunk_bytes)).min(size - c * u64::from(chunk_bytes)) as u32;
-    let mut preset: Vec<Option<IndexEntry>> = vec![None; chunk_count as usize];
+    let geometry = Geometry { id, chunk_bytes, size };
+    let mut preset: Vec<Option<IndexEntry>> = vec![None; geometry.chunk_count() as usize];
     let mut segments = Vec::new();
     let mut kept = 0;
     // Segment numbers are handed out densely; keep the dense prefix.
@@ -54,111 +53,169 @@ pub(crate) fn salvage(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
             Err(e) => return Err(Error::io("open segment", &path, e)),
         };
-        let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
-        let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
-        let head_ok = f.read_exact_at(&mut head, 0).is_ok()
-            && SegmentHeader::decode(&head)
-                .is_ok_and(|h| h.image_id == id && h.seq == seq && h.chunk_bytes == chunk_bytes);
-        let lane = if head_ok { SegmentHeader::decode(&head).map_or(0, |h| h.lane) } else { 0 };
-        if !head_ok {
-            SegmentHeader { image_id: id, lane: 0, seq, chunk_bytes }.encode(&mut head);
-            f.set_len(0)
-                .and_then(|()| f.write_all_at(&head, 0))
-                .map_err(|e| Error::io("rewrite segment header", &path, e))?;
-        }
-        let mut hasher = Xxh3Default::new();
-        hasher.update(&head);
-        let mut at = SEGMENT_HEADER_BYTES as u64;
-        let mut frames = 0;
-        let mut buf = Vec::new();
-        let mut fh = [0u8; FRAME_HEADER_BYTES];
-        while head_ok && at + FRAME_HEADER_BYTES as u64 <= len {
-            if f.read_exact_at(&mut fh, at).is_err() {
-                break;
-            }
-            let Ok(h) = FrameHeader::decode(&fh) else { break };
-            let flen = frame_len(h.stored_len);
-            if h.image_id != id
-                || h.chunk >= chunk_count
-                || h.raw_len != extent(h.chunk)
-                || preset[h.chunk as usize].is_some()
-                || at + flen > len
-            {
-                break;
-            }
-            buf.resize(flen as usize, 0);
-            if f.read_exact_at(&mut buf, at).is_err() {
-                break;
-            }
-            let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
-            if xxhash_rust::xxh3::xxh3_64(payload) != h.stored_hash
-                || buf[FRAME_HEADER_BYTES + h.stored_len as usize..].iter().any(|&b| b != 0)
-            {
-                break;
-            }
-            hasher.update(&buf);
-            preset[h.chunk as usize] = Some(IndexEntry {
-                state: ChunkState::Stored,
-                segment: seq,
-                offset: at,
-                stored_len: h.stored_len,
-                raw_len: h.raw_len,
-                raw_hash: h.raw_hash,
-                image_id: id,
-            });
-            frames += 1;
-            at += flen;
-        }
-        if at < len || !head_ok {
-            f.set_len(at).map_err(|e| Error::io("truncate segment", &path, e))?;
-        }
-        f.sync_all().map_err(|e| Error::io("fsync segment", &path, e))?;
-        kept += frames;
-        segments.push(SegmentInfo {
-            file: segment_file_name(id, seq),
-            lane,
-            seq,
-            size_bytes: at,
-            frames,
-            xxh3_64: format!("{:016x}", hasher.digest()),
-        });
+        let info = scan_segment(&f, &path, seq, &geometry, &mut preset)?;
+        kept += info.frames;
+        segments.push(info);
         seq += 1;
     }
-    // Segments past a gap in the numbers cannot be listed densely: drop them.
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        let prefix = format!("{id}.");
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok());
-            if n.is_some_and(|n| n >= seq) {
-                std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
-            }
-        }
-    }
-    // Zero and inherited entries have no frame to find; the old index's are
-    // kept when they are exactly what this run would have written.
-    let index_path = dir.join(index_file_name(id));
-    if let Ok(old) = std::fs::read(&index_path) {
-        let mut zero_hashes = ZeroHashes::default();
-        for (chunk, slot) in preset.iter_mut().enumerate() {
-            let at = entry_offset(chunk as u64) as usize;
-            let (Some(b), None) = (old.get(at..at + INDEX_ENTRY_BYTES), &slot) else { continue };
-            let Ok(e) = IndexEntry::decode(b) else { continue };
-            let raw_len = extent(chunk as u64);
-            let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
-            let ok = match e.state {
-                ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
-                ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
-                    plain && e.image_id == pid && e.raw_hash != 0 && hashes[chunk] == e.raw_hash
-                }),
-                _ => false,
-            };
-            if ok {
-                *slot = Some(e);
-            }
-        }
-    }
+    drop_segments_after_gap(dir, id, seq)?;
+    keep_old_entries(&dir.join(index_file_name(id)), &geometry, parent, &mut preset);
     Ok(Salvage { segments, preset, kept })
+}
+
+/// What a resumed run's chunks are.
+struct Geometry {
+    id: ImageId,
+    chunk_bytes: u32,
+    size: u64,
+}
+
+impl Geometry {
+    fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk_bytes))
+    }
+
+    /// The raw length of `chunk` (the last one may be short).
+    fn extent(&self, chunk: u64) -> u32 {
+        u64::from(self.chunk_bytes).min(self.size - chunk * u64::from(self.chunk_bytes)) as u32
+    }
+}
+
+/// Keep the whole, hash-valid frames of one segment (recording them in
+/// `preset`), cut it after the last, make it durable, and describe it. A
+/// damaged header empties the segment (a fresh header, no frames).
+fn scan_segment(
+    f: &std::fs::File,
+    path: &Path,
+    seq: u32,
+    g: &Geometry,
+    preset: &mut [Option<IndexEntry>],
+) -> Result<SegmentInfo> {
+    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+    let header = f
+        .read_exact_at(&mut head, 0)
+        .ok()
+        .and_then(|()| SegmentHeader::decode(&head).ok())
+        .filter(|h| h.image_id == g.id && h.seq == seq && h.chunk_bytes == g.chunk_bytes);
+    let lane = header.map_or(0, |h| h.lane);
+    if header.is_none() {
+        SegmentHeader { image_id: g.id, lane: 0, seq, chunk_bytes: g.chunk_bytes }.encode(&mut head);
+        f.set_len(0)
+            .and_then(|()| f.write_all_at(&head, 0))
+            .map_err(|e| Error::io("rewrite segment header", path, e))?;
+    }
+    let mut hasher = Xxh3Default::new();
+    hasher.update(&head);
+    let mut at = SEGMENT_HEADER_BYTES as u64;
+    let mut frames = 0;
+    let mut buf = Vec::new();
+    while header.is_some() {
+        let Some((chunk, e)) = next_frame(f, at, len, seq, g, preset, &mut buf) else { break };
+        hasher.update(&buf);
+        preset[chunk as usize] = Some(e);
+        frames += 1;
+        at += buf.len() as u64;
+    }
+    if at < len || header.is_none() {
+        f.set_len(at).map_err(|e| Error::io("truncate segment", path, e))?;
+    }
+    f.sync_all().map_err(|e| Error::io("fsync segment", path, e))?;
+    Ok(SegmentInfo {
+        file: segment_file_name(g.id, seq),
+        lane,
+        seq,
+        size_bytes: at,
+        frames,
+        xxh3_64: format!("{:016x}", hasher.digest()),
+    })
+}
+
+/// The frame at `at`, read into `buf`, when it is whole, belongs here and
+/// its payload hash and padding check out; its chunk and entry.
+fn next_frame(
+    f: &std::fs::File,
+    at: u64,
+    len: u64,
+    seq: u32,
+    g: &Geometry,
+    preset: &[Option<IndexEntry>],
+    buf: &mut Vec<u8>,
+) -> Option<(u64, IndexEntry)> {
+    let mut fh = [0u8; FRAME_HEADER_BYTES];
+    if at + FRAME_HEADER_BYTES as u64 > len || f.read_exact_at(&mut fh, at).is_err() {
+        return None;
+    }
+    let h = FrameHeader::decode(&fh).ok()?;
+    let flen = frame_len(h.stored_len);
+    if h.image_id != g.id
+        || h.chunk >= g.chunk_count()
+        || h.raw_len != g.extent(h.chunk)
+        || preset[h.chunk as usize].is_some()
+        || at + flen > len
+    {
+        return None;
+    }
+    buf.resize(flen as usize, 0);
+    f.read_exact_at(buf, at).ok()?;
+    let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize];
+    let padding = &buf[FRAME_HEADER_BYTES + h.stored_len as usize..];
+    if xxhash_rust::xxh3::xxh3_64(payload) != h.stored_hash || padding.iter().any(|&b| b != 0) {
+        return None;
+    }
+    let entry = IndexEntry {
+        state: ChunkState::Stored,
+        segment: seq,
+        offset: at,
+        stored_len: h.stored_len,
+        raw_len: h.raw_len,
+        raw_hash: h.raw_hash,
+        image_id: g.id,
+    };
+    Some((h.chunk, entry))
+}
+
+/// Segments past a gap in the numbers cannot be listed densely: removed.
+fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    let prefix = format!("{id}.");
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let n = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok());
+        if n.is_some_and(|n| n >= first_missing) {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Zero and inherited entries have no frame to find; the old index's are
+/// kept when they are exactly what this run would have written.
+fn keep_old_entries(
+    index_path: &Path,
+    g: &Geometry,
+    parent: Option<(&[u128], ImageId)>,
+    preset: &mut [Option<IndexEntry>],
+) {
+    let Ok(old) = std::fs::read(index_path) else { return };
+    let mut zero_hashes = ZeroHashes::default();
+    for (chunk, slot) in preset.iter_mut().enumerate() {
+        let at = entry_offset(chunk as u64) as usize;
+        let (Some(b), None) = (old.get(at..at + INDEX_ENTRY_BYTES), &slot) else { continue };
+        let Ok(e) = IndexEntry::decode(b) else { continue };
+        let raw_len = g.extent(chunk as u64);
+        let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
+        let ok = match e.state {
+            ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
+            ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
+                plain && e.image_id == pid && e.raw_hash != 0 && hashes[chunk] == e.raw_hash
+            }),
+            _ => false,
+        };
+        if ok {
+            *slot = Some(e);
+        }
+    }
 }
 
 /// Resuming: the unreadable ranges an interrupted run found in the chunks

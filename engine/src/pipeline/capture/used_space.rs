@@ -3,10 +3,10 @@
 
 use super::options::UsedOnly;
 use crate::error::{Error, Result};
-use crate::format::manifest::{Filesystem, LayoutInfo, PartitionInfo, PartitionTable, UsedOnlyMode};
-use crate::fs::{FsKind, Partition, TableKind};
 use crate::format::index::{ChunkState, IndexEntry};
+use crate::format::manifest::{Filesystem, LayoutInfo, PartitionInfo, PartitionTable, UsedOnlyMode};
 use crate::format::ImageId;
+use crate::fs::{FsKind, Partition, TableKind};
 use crate::io::device::Source;
 use crate::observe::Observer;
 

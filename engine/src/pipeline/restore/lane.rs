@@ -21,6 +21,7 @@ use crate::io::target::TargetKind;
 use crate::io::Backend;
 use crate::io::Completion;
 use crate::io::Io;
+use crate::io::Request;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::verify::report::BadChunk;
 use crate::set::chain::SegmentRef;
@@ -274,7 +275,14 @@ impl<'a> RestoreLane<'a> {
             self.pair_chunk[pair] = chunk;
             self.slots[slot].ops += 1;
             let len = frame_len(e.stored_len) as usize;
-            self.io.enqueue_read(1 + slot, pair, 0, len, e.offset, pair as u64);
+            self.io.enqueue_read(Request {
+                slot: 1 + slot,
+                buf: pair,
+                buf_offset: 0,
+                len,
+                file_offset: e.offset,
+                tag: pair as u64,
+            });
         }
     }
 
@@ -289,14 +297,14 @@ impl<'a> RestoreLane<'a> {
             let done = self.pair_written[pair];
             match c.result {
                 Err(e) if io::is_transient(&e) => {
-                    self.io.enqueue_write(
-                        SLOT_TARGET,
-                        self.qd + pair,
-                        done,
-                        len - done,
-                        start + done as u64,
-                        c.user_data,
-                    );
+                    self.io.enqueue_write(Request {
+                        slot: SLOT_TARGET,
+                        buf: self.qd + pair,
+                        buf_offset: done,
+                        len: len - done,
+                        file_offset: start + done as u64,
+                        tag: c.user_data,
+                    });
                     return Ok(());
                 }
                 Err(e) => return Err(write_error(&self.sh.target.path, start + done as u64, e)),
@@ -316,14 +324,14 @@ impl<'a> RestoreLane<'a> {
                         ));
                     }
                     self.pair_written[pair] = next;
-                    self.io.enqueue_write(
-                        SLOT_TARGET,
-                        self.qd + pair,
-                        next,
-                        len - next,
-                        start + next as u64,
-                        c.user_data,
-                    );
+                    self.io.enqueue_write(Request {
+                        slot: SLOT_TARGET,
+                        buf: self.qd + pair,
+                        buf_offset: next,
+                        len: len - next,
+                        file_offset: start + next as u64,
+                        tag: c.user_data,
+                    });
                     return Ok(());
                 }
                 Ok(_) => {}
@@ -338,7 +346,14 @@ impl<'a> RestoreLane<'a> {
             Err(e) if io::is_transient(&e) => {
                 let en = self.sh.entries[chunk as usize];
                 self.slots[slot].ops += 1;
-                self.io.enqueue_read(1 + slot, pair, 0, frame_len(en.stored_len) as usize, en.offset, pair as u64);
+                self.io.enqueue_read(Request {
+                    slot: 1 + slot,
+                    buf: pair,
+                    buf_offset: 0,
+                    len: frame_len(en.stored_len) as usize,
+                    file_offset: en.offset,
+                    tag: pair as u64,
+                });
                 return Ok(());
             }
             Err(err) => Err(format!("cannot read the frame: {err}")),
@@ -425,7 +440,14 @@ impl<'a> RestoreLane<'a> {
         }
         debug_assert_eq!(align_up(direct_len as u64, 512), direct_len as u64);
         self.pair_written[pair] = 0;
-        self.io.enqueue_write(SLOT_TARGET, self.qd + pair, 0, direct_len, start, WRITE_FLAG | pair as u64);
+        self.io.enqueue_write(Request {
+            slot: SLOT_TARGET,
+            buf: self.qd + pair,
+            buf_offset: 0,
+            len: direct_len,
+            file_offset: start,
+            tag: WRITE_FLAG | pair as u64,
+        });
         Ok(())
     }
 }

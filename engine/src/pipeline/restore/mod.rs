@@ -22,9 +22,15 @@ use crate::format::frame::frame_len_max;
 use crate::io;
 use crate::io::target::Target;
 use crate::io::target::TargetKind;
+use crate::io::Backend;
+use crate::observe::interrupted;
 use crate::observe::Observer;
+use crate::pipeline::lanes::{available_cores, run_lanes, Pinning};
+use crate::pipeline::memory::check_buffer_memory;
 use crate::pipeline::plan::Plan;
+use crate::pipeline::verify::{verify, VerifyOptions};
 use crate::set::chain::Resolved;
+use crate::set::image::Image;
 use crate::set::lock::lock_set;
 use crate::set::lock::Access;
 use crate::set::ImageSet;
@@ -35,7 +41,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Restore an image.
+/// Restore an image: load it and its chain, run every check that can
+/// refuse before anything is written, open the target, write every chunk
+/// through the lanes, and optionally read the target back.
 pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreReport> {
     let started = Instant::now();
     if !(1..=1024).contains(&opts.queue_depth) {
@@ -51,52 +59,68 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     let img = set.resolve(opts.image.as_deref())?;
     // An incremental or differential image is read through its chain: every
     // chunk is resolved to the image whose segment holds it.
-    let chain = set.chain(&img)?;
-    let resolved = Resolved::load(&chain)?;
-    let entries = &resolved.entries;
-    let segments = &resolved.segments;
-    let m = &img.manifest;
-    let source_bytes = m.source.size_bytes;
-
-    let missing_segments = check_segments(opts, segments)?;
+    let resolved = Resolved::load(&set.chain(&img)?)?;
+    let missing_segments = check_segments(opts, &resolved.segments)?;
     let write_limit = preflight(opts, &img, &resolved)?;
     // Before the target is created or opened: settings refused here leave
     // nothing behind.
-    let lanes = opts.lanes.unwrap_or_else(crate::pipeline::lanes::available_cores).clamp(1, 256);
-    crate::pipeline::memory::check_buffer_memory(
-        u64::from(lanes)
-            * u64::from(opts.queue_depth)
-            * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes)),
-    )?;
+    let lanes = opts.lanes.unwrap_or_else(available_cores).clamp(1, 256);
+    let m = &img.manifest;
+    let per_lane = u64::from(opts.queue_depth) * (frame_len_max(m.chunk_size_bytes) + u64::from(m.chunk_size_bytes));
+    check_buffer_memory(u64::from(lanes) * per_lane)?;
     if opts.verify_first {
-        obs.note("--verify-first: checking the whole image before touching the target");
-        let mut v = crate::pipeline::verify::VerifyOptions::new(&opts.set);
-        v.image = Some(m.image_id.clone());
-        v.lanes = opts.lanes;
-        v.io = opts.io.clone();
-        let r = crate::pipeline::verify::verify(&v, obs)?;
-        if !r.is_clean() {
-            let list: Vec<String> = r
-                .bad_chunks
-                .iter()
-                .take(10)
-                .map(|b| format!("chunk {} (source offset {}): {}", b.chunk, b.source_offset, b.reason))
-                .chain(r.problems.iter().take(5).map(|p| format!("{}: {}", p.file, p.what)))
-                .collect();
-            return Err(Error::corrupt(
-                &img.manifest_path,
-                0,
-                format!(
-                    "--verify-first found {} bad chunk(s) and {} damaged file(s); the target was not touched: {}",
-                    r.bad_chunks.len(),
-                    r.problems.len(),
-                    list.join("; ")
-                ),
-            ));
-        }
+        verify_first(opts, &img, obs)?;
     }
+    let target = open_target(&opts.target, m.source.size_bytes, obs)?;
+    let run = Run { img: &img, resolved: &resolved, target: &target, write_limit, missing: &missing_segments };
+    let totals = write_all(opts, &run, lanes, backend.clone(), obs)?;
+    let read_back = match opts.verify_after {
+        true => {
+            obs.note("--verify-after: reading the target back and comparing with the index");
+            let (qd, entries) = (opts.queue_depth, &resolved.entries);
+            Some(read_back(&target, &img, entries, write_limit, lanes, qd, backend.clone(), obs)?)
+        }
+        false => None,
+    };
+    if let Some(n) = backend.fallback_note() {
+        obs.note(&n);
+    }
+    Ok(report(&img, &target, totals, read_back, &backend, started))
+}
 
-    let target = Target::open(&opts.target, source_bytes)?;
+/// `--verify-first`: the whole image is verified before the target is touched.
+fn verify_first(opts: &RestoreOptions, img: &Image, obs: &dyn Observer) -> Result<()> {
+    obs.note("--verify-first: checking the whole image before touching the target");
+    let mut v = VerifyOptions::new(&opts.set);
+    v.image = Some(img.manifest.image_id.clone());
+    v.lanes = opts.lanes;
+    v.io = opts.io.clone();
+    let r = verify(&v, obs)?;
+    if r.is_clean() {
+        return Ok(());
+    }
+    let list: Vec<String> = r
+        .bad_chunks
+        .iter()
+        .take(10)
+        .map(|b| format!("chunk {} (source offset {}): {}", b.chunk, b.source_offset, b.reason))
+        .chain(r.problems.iter().take(5).map(|p| format!("{}: {}", p.file, p.what)))
+        .collect();
+    Err(Error::corrupt(
+        &img.manifest_path,
+        0,
+        format!(
+            "--verify-first found {} bad chunk(s) and {} damaged file(s); the target was not touched: {}",
+            r.bad_chunks.len(),
+            r.problems.len(),
+            list.join("; ")
+        ),
+    ))
+}
+
+/// Open (or create) the target, saying how it will be written.
+fn open_target(path: &std::path::Path, source_bytes: u64, obs: &dyn Observer) -> Result<Target> {
+    let target = Target::open(path, source_bytes)?;
     if !target.direct {
         obs.note(&format!(
             "{}: the filesystem refuses O_DIRECT; writing through the page cache",
@@ -110,72 +134,90 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
             target.size_bytes - source_bytes
         ));
     }
+    Ok(target)
+}
+
+/// What the restore lanes work from.
+struct Run<'a> {
+    img: &'a Image,
+    resolved: &'a Resolved,
+    target: &'a Target,
+    /// How many bytes of the source go to the target.
+    write_limit: u64,
+    /// Segments that cannot be opened (only with --skip-bad).
+    missing: &'a [bool],
+}
+
+/// Write every chunk through the lanes, then make the target durable. A
+/// failure says what state the target is in.
+fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend, obs: &dyn Observer) -> Result<Totals> {
+    let (m, target) = (&run.img.manifest, run.target);
     let tail_file =
         OpenOptions::new().write(true).open(&target.path).map_err(|e| Error::io("open target", &target.path, e))?;
-
-    let chunk_count = m.chunk_count;
     let batch_chunks =
-        (chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
+        (m.chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
     let stop = AtomicBool::new(false);
     let sh = RestoreShared {
-        img: &img,
-        entries,
-        segments,
-        target: &target,
+        img: run.img,
+        entries: &run.resolved.entries,
+        segments: &run.resolved.segments,
+        target,
         tail_file: &tail_file,
-        write_limit,
+        write_limit: run.write_limit,
         queue_depth: opts.queue_depth,
-        backend: backend.clone(),
+        backend,
         skip_bad: opts.skip_bad,
         discard: opts.discard,
-        missing_segments: &missing_segments,
-        plan: Plan::new(chunk_count, batch_chunks),
+        missing_segments: run.missing,
+        plan: Plan::new(m.chunk_count, batch_chunks),
         stop: &stop,
         bytes_done: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),
     };
-    let total = source_bytes.min(write_limit);
-    crate::pipeline::lanes::run_lanes(
+    let total = m.source.size_bytes.min(run.write_limit);
+    run_lanes(
         lanes,
         "tintype-restore",
-        crate::pipeline::lanes::Pinning::Unpinned,
+        Pinning::Unpinned,
         &stop,
         || obs.progress(sh.bytes_done.load(Ordering::Relaxed), total),
         |_| RestoreLane::new(&sh)?.run(),
     )
-    .map_err(
-        |e| match e {
-            Error::Interrupted(_) if crate::observe::interrupted() => Error::Interrupted(format!(
-                "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to finish it",
-                target.path.display()
-            )),
-            // A file this run created, failed before any chunk was
-            // restored (a lane's ring could not be set up, the first chunk
-            // damaged): removed, so a new attempt needs no --force.
-            e if target.kind == TargetKind::NewFile
-                && sh.bytes_done.load(Ordering::Relaxed) == 0
-                && std::fs::remove_file(&target.path).is_ok() =>
-            {
-                with_remark(e, &format!("nothing was restored; the new file {} was removed", target.path.display()))
-            }
-            e => incomplete(e, &target.path),
-        },
-    )?;
+    .map_err(|e| failed(e, target, sh.bytes_done.load(Ordering::Relaxed)))?;
     target.file.sync_all().map_err(|e| Error::io("fsync target", &target.path, e))?;
-    let totals = sh.totals.into_inner().expect("totals lock");
+    Ok(sh.totals.into_inner().expect("totals lock"))
+}
 
-    let read_back = if opts.verify_after {
-        obs.note("--verify-after: reading the target back and comparing with the index");
-        Some(read_back(&target, &img, entries, write_limit, lanes, opts.queue_depth, backend.clone(), obs)?)
-    } else {
-        None
-    };
+/// A restore that failed after the target was opened: what state it left.
+fn failed(e: Error, target: &Target, bytes_done: u64) -> Error {
+    match e {
+        Error::Interrupted(_) if interrupted() => Error::Interrupted(format!(
+            "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to \
+             finish it",
+            target.path.display()
+        )),
+        // A file this run created, failed before any chunk was restored (a
+        // lane's ring could not be set up, the first chunk damaged):
+        // removed, so a new attempt needs no --force.
+        e if target.kind == TargetKind::NewFile && bytes_done == 0 && std::fs::remove_file(&target.path).is_ok() => {
+            with_remark(e, &format!("nothing was restored; the new file {} was removed", target.path.display()))
+        }
+        e => incomplete(e, &target.path),
+    }
+}
+
+fn report(
+    img: &Image,
+    target: &Target,
+    totals: Totals,
+    read_back: Option<ReadBack>,
+    backend: &Backend,
+    started: Instant,
+) -> RestoreReport {
+    let m = &img.manifest;
     let mut bad = totals.bad;
     bad.sort_by_key(|b| b.chunk);
-    if let Some(n) = backend.fallback_note() {
-        obs.note(&n);
-    }
-    Ok(RestoreReport {
+    RestoreReport {
         image_id: m.image_id.clone(),
         target: target.path.display().to_string(),
         target_kind: match target.kind {
@@ -184,7 +226,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
             TargetKind::NewFile => "new-file",
         }
         .into(),
-        source_bytes,
+        source_bytes: m.source.size_bytes,
         target_bytes: target.size_bytes,
         bytes_written: totals.bytes_written,
         bytes_zeroed: totals.bytes_zeroed,
@@ -197,7 +239,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
         bad_chunks: bad,
         read_back,
         source_unreadable: m.unreadable.clone(),
-    })
+    }
 }
 
 pub(crate) fn incomplete(e: Error, target: &std::path::Path) -> Error {

@@ -9,6 +9,7 @@ use crate::io::device::open_read_only;
 use crate::io::device::OpenMode;
 use crate::io::target::Target;
 use crate::io::Backend;
+use crate::io::Request;
 use crate::observe::Observer;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::restore::options::ReadBack;
@@ -100,7 +101,7 @@ pub(crate) fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
             free.pop();
             owner[b] = chunk;
             let len = (u64::from(len).min(sh.limit - start) as usize).next_multiple_of(align).min(cs);
-            io.enqueue_read(0, b, 0, len, start, b as u64);
+            io.enqueue_read(Request { slot: 0, buf: b, buf_offset: 0, len, file_offset: start, tag: b as u64 });
         }
         if io.in_flight() == 0 {
             if todo.is_empty() {

@@ -21,6 +21,7 @@ use crate::pipeline::lanes::{available_cores, run_lanes, Pinning};
 
 use crate::io::device::OpenMode;
 use crate::io::Io;
+use crate::io::Request;
 use crate::pipeline::verify::report::BadChunk;
 use crate::pipeline::verify::report::Problem;
 use crate::set::image::Image;
@@ -115,6 +116,8 @@ impl VerifyShared<'_> {
         }
     }
 
+    /// Check segment `seg`: its file, header, every indexed frame, how the
+    /// frames tile it, and its hash.
     pub(super) fn verify_segment(
         &self,
         io: &mut dyn Io,
@@ -126,165 +129,175 @@ impl VerifyShared<'_> {
         let info = &self.img.manifest.segments[seg];
         let path = self.img.segment_path(seg);
         let frames = &self.per_segment[seg];
-        let bad_all = |f: &mut Findings, why: &str| {
-            for r in frames {
-                f.bad.push(self.bad(r, info.file.clone(), why.to_string()));
-            }
+        let problem = |f: &mut Findings, offset: Option<u64>, what: String| {
+            f.problems.push(Problem { file: info.file.clone(), offset, what })
         };
-        let (file, _direct) = match open_read_only(&path, OpenMode::Direct) {
-            Ok(x) => x,
+        let file = match open_read_only(&path, OpenMode::Direct) {
+            Ok((file, _direct)) => file,
             Err(e) => {
-                f.problems.push(Problem { file: info.file.clone(), offset: None, what: format!("cannot open: {e}") });
-                bad_all(f, "its segment file cannot be opened");
+                problem(f, None, format!("cannot open: {e}"));
+                for r in frames {
+                    f.bad.push(self.bad(r, info.file.clone(), "its segment file cannot be opened".into()));
+                }
                 return Ok(());
             }
         };
         let len = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
         if len != info.size_bytes {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: Some(len.min(info.size_bytes)),
-                what: format!(
-                    "segment is {len} bytes, the manifest says {} ({})",
-                    info.size_bytes,
-                    if len < info.size_bytes { "truncated" } else { "extended" }
-                ),
-            });
+            let how = if len < info.size_bytes { "truncated" } else { "extended" };
+            let what = format!("segment is {len} bytes, the manifest says {} ({how})", info.size_bytes);
+            problem(f, Some(len.min(info.size_bytes)), what);
         }
         io.set_file(0, Some(file)).map_err(|e| Error::io("register", &path, e))?;
         let mut hasher = Xxh3Default::new();
-        // The segment header first, with one read.
-        io.enqueue_read(0, 0, 0, SEGMENT_HEADER_BYTES, 0, u64::MAX);
-        io.flush(1).map_err(|e| Error::io("read", &path, e))?;
-        let c = io.pop_completion().expect("header read completion");
-        let head_ok = match c.result {
-            Ok(n) => {
-                let b = &io.buffer(0)[..n];
-                hasher.update(b);
-                match SegmentHeader::decode(b) {
-                    Ok(h) if h.chunk_bytes != self.img.manifest.chunk_size_bytes => Err(format!(
-                        "segment header says chunk size {}, the manifest {}",
-                        h.chunk_bytes, self.img.manifest.chunk_size_bytes
-                    )),
-                    Ok(h) if h.image_id != self.img.id() || h.seq as usize != seg => Err(format!(
-                        "segment header names image {} segment {}, expected image {} segment {seg}",
-                        h.image_id,
-                        h.seq,
-                        self.img.id()
-                    )),
-                    Ok(_) => Ok(()),
-                    Err(why) => Err(why),
-                }
-            }
-            Err(e) => Err(format!("cannot read the segment header: {e}")),
-        };
-        if let Err(what) = head_ok {
-            f.problems.push(Problem { file: info.file.clone(), offset: Some(0), what });
+        if let Err(what) = self.check_header(io, seg, &path, &mut hasher)? {
+            problem(f, Some(0), what);
         }
-        self.bytes_done.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+        let mut tiling = Tiling { next_offset: SEGMENT_HEADER_BYTES as u64, contiguous: true, hasher };
+        self.check_frames(io, seg, &path, &mut tiling, dec, raw, f)?;
+        io.set_file(0, None).map_err(|e| Error::io("release", &path, e))?;
+        if !tiling.contiguous {
+            problem(f, None, "the index's frames overlap or leave gaps in this segment".into());
+        } else if tiling.next_offset != info.size_bytes {
+            let what = format!(
+                "the indexed frames end at offset {}, the manifest says the segment is {} bytes",
+                tiling.next_offset, info.size_bytes
+            );
+            problem(f, Some(tiling.next_offset), what);
+        } else if len == info.size_bytes && format!("{:016x}", tiling.hasher.digest()) != info.xxh3_64 {
+            problem(f, None, "segment checksum (xxh3-64) does not match the manifest".into());
+        }
+        if frames.len() as u64 != info.frames {
+            let what = format!("the index points at {} frames here, the manifest counts {}", frames.len(), info.frames);
+            problem(f, None, what);
+        }
+        Ok(())
+    }
 
+    /// Read and check the segment header (hashed into `hasher`); the inner
+    /// result says what is wrong with it.
+    fn check_header(
+        &self,
+        io: &mut dyn Io,
+        seg: usize,
+        path: &std::path::Path,
+        hasher: &mut Xxh3Default,
+    ) -> Result<std::result::Result<(), String>> {
+        let whole =
+            Request { slot: 0, buf: 0, buf_offset: 0, len: SEGMENT_HEADER_BYTES, file_offset: 0, tag: u64::MAX };
+        io.enqueue_read(whole);
+        io.flush(1).map_err(|e| Error::io("read", path, e))?;
+        let c = io.pop_completion().expect("header read completion");
+        self.bytes_done.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+        let n = match c.result {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(format!("cannot read the segment header: {e}"))),
+        };
+        let b = &io.buffer(0)[..n];
+        hasher.update(b);
+        let m = &self.img.manifest;
+        Ok(match SegmentHeader::decode(b) {
+            Ok(h) if h.chunk_bytes != m.chunk_size_bytes => {
+                Err(format!("segment header says chunk size {}, the manifest {}", h.chunk_bytes, m.chunk_size_bytes))
+            }
+            Ok(h) if h.image_id != self.img.id() || h.seq as usize != seg => Err(format!(
+                "segment header names image {} segment {}, expected image {} segment {seg}",
+                h.image_id,
+                h.seq,
+                self.img.id()
+            )),
+            Ok(_) => Ok(()),
+            Err(why) => Err(why),
+        })
+    }
+
+    /// Read the segment's indexed frames in offset order, `queue_depth` in
+    /// flight, and check them in order as they complete.
+    #[allow(clippy::too_many_arguments)]
+    fn check_frames(
+        &self,
+        io: &mut dyn Io,
+        seg: usize,
+        path: &std::path::Path,
+        tiling: &mut Tiling,
+        dec: &mut Decoder,
+        raw: &mut [u8],
+        f: &mut Findings,
+    ) -> Result<()> {
+        let frames = &self.per_segment[seg];
+        let read = |k: usize, buf: usize| {
+            let e = frames[k].entry;
+            let len = frame_len(e.stored_len) as usize;
+            Request { slot: 0, buf, buf_offset: 0, len, file_offset: e.offset, tag: buf as u64 }
+        };
         let mut free: Vec<usize> = (0..self.queue_depth as usize).rev().collect();
-        let mut window: VecDeque<(usize, usize, Option<std::io::Result<usize>>)> = VecDeque::new();
+        let mut window: VecDeque<InFlight> = VecDeque::new();
         let mut next = 0usize;
-        let mut expected_offset = SEGMENT_HEADER_BYTES as u64;
-        let mut contiguous = true;
         while next < frames.len() || !window.is_empty() {
             while next < frames.len() {
                 let Some(buf) = free.pop() else { break };
-                let e = frames[next].entry;
-                io.enqueue_read(0, buf, 0, frame_len(e.stored_len) as usize, e.offset, buf as u64);
-                window.push_back((next, buf, None));
+                io.enqueue_read(read(next, buf));
+                window.push_back(InFlight { frame: next, buf, result: None });
                 next += 1;
             }
-            io.flush(1).map_err(|e| Error::io("read", &path, e))?;
+            io.flush(1).map_err(|e| Error::io("read", path, e))?;
             while let Some(c) = io.pop_completion() {
-                let slot = window
+                let w = window
                     .iter_mut()
-                    .find(|w| w.1 == c.user_data as usize && w.2.is_none())
+                    .find(|w| w.buf == c.user_data as usize && w.result.is_none())
                     .expect("completion for a read in the window");
                 match c.result {
-                    Err(e) if io::is_transient(&e) => {
-                        let entry = frames[slot.0].entry;
-                        io.enqueue_read(
-                            0,
-                            slot.1,
-                            0,
-                            frame_len(entry.stored_len) as usize,
-                            entry.offset,
-                            slot.1 as u64,
-                        );
-                    }
-                    r => slot.2 = Some(r),
+                    Err(e) if io::is_transient(&e) => io.enqueue_read(read(w.frame, w.buf)),
+                    r => w.result = Some(r),
                 }
             }
             // Check frames in segment order, so the segment hash runs in order.
-            while window.front().is_some_and(|w| w.2.is_some()) {
-                let (k, buf, result) = window.pop_front().expect("front");
-                let r = frames[k];
-                let want = frame_len(r.entry.stored_len) as usize;
-                if r.entry.offset != expected_offset {
-                    contiguous = false;
-                }
-                expected_offset = r.entry.offset + want as u64;
-                match result.expect("completed") {
-                    Err(e) => f.bad.push(self.bad(&r, info.file.clone(), format!("read failed: {e}"))),
-                    Ok(n) => {
-                        let bytes = &io.buffer(buf)[..n];
-                        if contiguous {
-                            hasher.update(bytes);
-                        }
-                        self.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
-                        if n < want {
-                            f.bad.push(self.bad(
-                                &r,
-                                info.file.clone(),
-                                format!(
-                                    "frame truncated: the segment ends at offset {}, the frame needs {want} bytes",
-                                    r.entry.offset + n as u64
-                                ),
-                            ));
-                        } else {
-                            match self.check(&r, bytes, dec, raw) {
-                                Ok(()) => f.ok += 1,
-                                Err(why) => f.bad.push(self.bad(&r, info.file.clone(), why)),
-                            }
-                        }
-                    }
-                }
-                free.push(buf);
+            while window.front().is_some_and(|w| w.result.is_some()) {
+                let w = window.pop_front().expect("front");
+                let result = w.result.expect("completed").map(|n| &io.buffer(w.buf)[..n]);
+                self.check_read(seg, &frames[w.frame], result, tiling, dec, raw, f);
+                free.push(w.buf);
             }
         }
-        io.set_file(0, None).map_err(|e| Error::io("release", &path, e))?;
-        if !contiguous {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: None,
-                what: "the index's frames overlap or leave gaps in this segment".into(),
-            });
-        } else if expected_offset != info.size_bytes {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: Some(expected_offset),
-                what: format!(
-                    "the indexed frames end at offset {expected_offset}, the manifest says the segment is {} bytes",
-                    info.size_bytes
-                ),
-            });
-        } else if len == info.size_bytes && format!("{:016x}", hasher.digest()) != info.xxh3_64 {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: None,
-                what: "segment checksum (xxh3-64) does not match the manifest".into(),
-            });
-        }
-        if frames.len() as u64 != info.frames {
-            f.problems.push(Problem {
-                file: info.file.clone(),
-                offset: None,
-                what: format!("the index points at {} frames here, the manifest counts {}", frames.len(), info.frames),
-            });
-        }
         Ok(())
+    }
+
+    /// One frame's read came back: hash it into the segment's hash while
+    /// the frames tile the segment, and check it.
+    #[allow(clippy::too_many_arguments)]
+    fn check_read(
+        &self,
+        seg: usize,
+        r: &FrameRef,
+        result: std::io::Result<&[u8]>,
+        tiling: &mut Tiling,
+        dec: &mut Decoder,
+        raw: &mut [u8],
+        f: &mut Findings,
+    ) {
+        let file = &self.img.manifest.segments[seg].file;
+        let want = frame_len(r.entry.stored_len) as usize;
+        if r.entry.offset != tiling.next_offset {
+            tiling.contiguous = false;
+        }
+        tiling.next_offset = r.entry.offset + want as u64;
+        let bytes = match result {
+            Err(e) => return f.bad.push(self.bad(r, file.clone(), format!("read failed: {e}"))),
+            Ok(b) => b,
+        };
+        if tiling.contiguous {
+            tiling.hasher.update(bytes);
+        }
+        self.bytes_done.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if bytes.len() < want {
+            let end = r.entry.offset + bytes.len() as u64;
+            let why = format!("frame truncated: the segment ends at offset {end}, the frame needs {want} bytes");
+            return f.bad.push(self.bad(r, file.clone(), why));
+        }
+        match self.check(r, bytes, dec, raw) {
+            Ok(()) => f.ok += 1,
+            Err(why) => f.bad.push(self.bad(r, file.clone(), why)),
+        }
     }
 
     pub(super) fn check(
@@ -309,4 +322,19 @@ impl VerifyShared<'_> {
             reason,
         }
     }
+}
+
+/// How the frames read so far tile a segment: where the next one should
+/// start, whether every one did, and the hash of the bytes in file order.
+struct Tiling {
+    next_offset: u64,
+    contiguous: bool,
+    hasher: Xxh3Default,
+}
+
+/// A frame read in flight (or completed and waiting its turn).
+struct InFlight {
+    frame: usize,
+    buf: usize,
+    result: Option<std::io::Result<usize>>,
 }

@@ -13,7 +13,6 @@ pub mod shared;
 mod stage;
 mod write;
 
-
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;

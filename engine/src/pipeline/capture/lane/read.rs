@@ -9,6 +9,7 @@ use super::{Batch, CaptureLane, ReadOp, SLOT_SOURCE, WRITE_FLAG};
 use crate::error::{Error, Result};
 use crate::format::align_up;
 use crate::format::index::ChunkState;
+use crate::io::Request;
 use crate::io::{self, Completion};
 use crate::pipeline::capture::options::OnReadError;
 
@@ -34,7 +35,14 @@ impl CaptureLane<'_> {
                 unreadable: false,
             });
             let offset = chunk * u64::from(self.sh.chunk_bytes);
-            self.io.enqueue_read(SLOT_SOURCE, buf, 0, read_len as usize, offset, buf as u64);
+            self.io.enqueue_read(Request {
+                slot: SLOT_SOURCE,
+                buf,
+                buf_offset: 0,
+                len: read_len as usize,
+                file_offset: offset,
+                tag: buf as u64,
+            });
         }
         Ok(())
     }
@@ -106,14 +114,14 @@ impl CaptureLane<'_> {
         let offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
         match c.result {
             Err(e) if io::is_transient(&e) => {
-                self.io.enqueue_read(
-                    SLOT_SOURCE,
+                self.io.enqueue_read(Request {
+                    slot: SLOT_SOURCE,
                     buf,
-                    op.got as usize,
-                    (op.read_len - op.got) as usize,
-                    offset,
-                    buf as u64,
-                );
+                    buf_offset: op.got as usize,
+                    len: (op.read_len - op.got) as usize,
+                    file_offset: offset,
+                    tag: buf as u64,
+                });
                 Ok(())
             }
             Err(e) => self.recover_read(buf, op, e),
@@ -130,14 +138,14 @@ impl CaptureLane<'_> {
                 if op.got < op.raw_len {
                     // A short read before the end: ask for the rest.
                     let rest_offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
-                    self.io.enqueue_read(
-                        SLOT_SOURCE,
+                    self.io.enqueue_read(Request {
+                        slot: SLOT_SOURCE,
                         buf,
-                        op.got as usize,
-                        (op.read_len - op.got) as usize,
-                        rest_offset,
-                        buf as u64,
-                    );
+                        buf_offset: op.got as usize,
+                        len: (op.read_len - op.got) as usize,
+                        file_offset: rest_offset,
+                        tag: buf as u64,
+                    });
                 } else {
                     let us = op.submitted.elapsed().as_micros() as u64;
                     let _ = self.report.read_latency_us.record(us.max(1));
@@ -164,7 +172,14 @@ impl CaptureLane<'_> {
             if crate::observe::interrupted() {
                 return Err(std::io::Error::other("interrupted"));
             }
-            self.io.read_exact_now(SLOT_SOURCE, buf, at as usize, n as usize, start + at)
+            self.io.read_exact_now(Request {
+                slot: SLOT_SOURCE,
+                buf,
+                buf_offset: at as usize,
+                len: n as usize,
+                file_offset: start + at,
+                tag: 0,
+            })
         };
         bisect(&mut read, start, 0, len, sector, self.sh.read_retries, &mut bad);
         if crate::observe::interrupted() {

@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use super::{CaptureLane, Staging, STAGING_MAX_AGE, WRITE_FLAG};
 use crate::error::{Error, Result};
 use crate::format::segment::SEGMENT_HEADER_BYTES;
+use crate::io::Request;
 use crate::io::{self, Completion};
-use crate::set::segment_writer::{OpenSegment, SegmentOwner};
 use crate::pipeline::capture::lane::LaneSegment;
+use crate::set::segment_writer::{OpenSegment, SegmentOwner};
 
 impl CaptureLane<'_> {
     /// Point an idle staging buffer at the end of the current segment,
@@ -41,7 +42,14 @@ impl CaptureLane<'_> {
         let at = seg.seg.submit(bytes);
         assert_eq!(at, offset, "staging buffers are written in order");
         seg.writes_in_flight += 1;
-        self.io.enqueue_write(slot, st.buf, 0, st.fill, offset, WRITE_FLAG | i as u64);
+        self.io.enqueue_write(Request {
+            slot,
+            buf: st.buf,
+            buf_offset: 0,
+            len: st.fill,
+            file_offset: offset,
+            tag: WRITE_FLAG | i as u64,
+        });
         self.staging[i].in_flight = true;
     }
 
@@ -53,7 +61,14 @@ impl CaptureLane<'_> {
         let done = st.written;
         match c.result {
             Err(e) if io::is_transient(&e) => {
-                self.io.enqueue_write(slot, st.buf, done, st.fill - done, offset + done as u64, c.user_data);
+                self.io.enqueue_write(Request {
+                    slot,
+                    buf: st.buf,
+                    buf_offset: done,
+                    len: st.fill - done,
+                    file_offset: offset + done as u64,
+                    tag: c.user_data,
+                });
                 return Ok(());
             }
             // The disk is full for this write: write less at a time (down to
@@ -64,7 +79,14 @@ impl CaptureLane<'_> {
                 if limit >= SEGMENT_HEADER_BYTES {
                     self.staging[i].limit = limit;
                     let len = limit.min(st.fill - done);
-                    self.io.enqueue_write(slot, st.buf, done, len, offset + done as u64, c.user_data);
+                    self.io.enqueue_write(Request {
+                        slot,
+                        buf: st.buf,
+                        buf_offset: done,
+                        len,
+                        file_offset: offset + done as u64,
+                        tag: c.user_data,
+                    });
                     return Ok(());
                 }
                 return Err(Error::io_at(
@@ -103,7 +125,14 @@ impl CaptureLane<'_> {
                 let done = aligned;
                 self.staging[i].written = done;
                 let len = if st.limit == 0 { st.fill - done } else { st.limit.min(st.fill - done) };
-                self.io.enqueue_write(slot, st.buf, done, len, offset + done as u64, c.user_data);
+                self.io.enqueue_write(Request {
+                    slot,
+                    buf: st.buf,
+                    buf_offset: done,
+                    len,
+                    file_offset: offset + done as u64,
+                    tag: c.user_data,
+                });
                 return Ok(());
             }
             Ok(_) => {}
