@@ -21,23 +21,102 @@ pub enum Error {
     UnsupportedVersion { path: PathBuf, what: &'static str, found: u32, supported: u32 },
     /// The image has no committed manifest.
     #[error("{path}: not a committed image ({why})")]
-    NotCommitted { path: PathBuf, why: String },
+    NotCommitted { path: PathBuf, reason: Uncommitted, why: String },
     /// An argument or setting is out of range.
     #[error("{0}")]
     InvalidSetting(String),
     /// The source or target cannot be used as asked.
     #[error("{path}: {why}")]
-    Unusable { path: PathBuf, why: String },
+    Unusable { path: PathBuf, reason: Refusal, why: String },
     /// Another run holds the image set.
     #[error("{path}: the image set is in use: {why}")]
     Busy { path: PathBuf, why: String },
     /// An image cannot be read because an image it depends on is missing
     /// or does not fit: the chain from it to its full image is broken.
     #[error("{path}: image {image} cannot be used: {why}")]
-    BrokenChain { path: PathBuf, image: String, why: String },
+    BrokenChain { path: PathBuf, image: String, reason: ChainBreak, why: String },
     /// The run was stopped before it finished.
     #[error("interrupted: {0}")]
     Interrupted(String),
+}
+
+/// Why a source, target or other file is refused (the kind a caller can
+/// match; the error's message says it for a person).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// Neither a block device nor a regular file.
+    NotBlockDeviceOrFile,
+    /// An image set must be a directory.
+    NotADirectory,
+    /// The source has no bytes.
+    EmptySource,
+    /// The source ended before the size it had when the run started.
+    SourceShrank,
+    /// It (or a partition of it, or a filesystem on a loop device over it) is mounted.
+    Mounted,
+    /// An incremental or differential of something other than the parent's source.
+    NotTheParentsSource,
+    /// `--used-only on`, and no filesystem could be mapped.
+    NoFilesystemMapped,
+    /// An unfinished run's journal of unreadable ranges cannot be read.
+    JournalUnreadable,
+    /// Too small: a target smaller than the image, a device too small to tune.
+    TooSmall,
+    /// The target's filesystem has no room for the image's data.
+    NoSpace,
+    /// The target's logical sector size differs from the source's.
+    SectorSizeDiffers,
+    /// The target holds data (`--force` overwrites it).
+    HoldsData,
+    /// `--allow-shrink` would cut data or a filesystem.
+    ShrinkCutsData,
+    /// The target is a file of the image set being restored.
+    FileOfTheSet,
+    /// A file that must be new exists (an overlay, a socket path).
+    Exists,
+    /// `--io uring` was asked for and io_uring cannot be used.
+    IoUringUnavailable,
+    /// The device is held by the kernel or another program.
+    DeviceBusy,
+    /// Another program holds the target's lock.
+    Locked,
+}
+
+/// Why there is no committed image to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Uncommitted {
+    /// The image's manifest file is missing.
+    ManifestMissing,
+    /// The set holds no committed image (perhaps unfinished runs).
+    EmptySet,
+    /// No image's ID starts with the selector.
+    NoSuchImage,
+    /// The selected image has data files but no manifest: its run did not finish.
+    RunUnfinished,
+    /// A merge replaced the selected image (the message names the replacement).
+    Consolidated,
+    /// No image to take changes against (an incremental or differential of an empty set).
+    NoParent,
+}
+
+/// Why an image's chain cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainBreak {
+    /// An image it depends on is not in the set.
+    ParentMissing,
+    /// An image it depends on does not load.
+    ParentDamaged,
+    /// An image and its parent describe different sources.
+    DifferentSources,
+    /// Its chain of parents loops.
+    Loops,
+    /// A manifest in the set does not load, so what depends on what cannot be told.
+    ManifestUnreadable,
+    /// A file of the image is missing or cut.
+    FilesDamaged,
 }
 
 fn at_offset(offset: Option<u64>) -> String {

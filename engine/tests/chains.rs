@@ -386,12 +386,9 @@ fn wrong_sources_broken_chains_and_concurrent_runs_are_refused() {
     }
     // Another file of the same size: refused unless --force.
     std::fs::write(sb.path("other.img"), &data).unwrap();
-    let out = sb.expect(&["create", "other.img", "set", "--incremental"], 1);
-    assert!(
-        stderr(&out).contains("does not look like the source") && stderr(&out).contains("inode"),
-        "{}",
-        stderr(&out)
-    );
+    let out = sb.expect(&["create", "other.img", "set", "--incremental", "--json"], 1);
+    assert_eq!(error_reason(&out), "not_the_parents_source");
+    assert!(stderr(&out).contains("inode"), "the message names what differs: {}", stderr(&out));
     sb.expect(&["create", "other.img", "set", "--incremental", "--force"], 0);
     assert_eq!(committed(&sb).len(), 2);
     // A differential with no full image in the set is refused.
@@ -414,12 +411,13 @@ fn wrong_sources_broken_chains_and_concurrent_runs_are_refused() {
     // A missing parent: a clear error naming it, exit 3, for restore, verify and a new incremental.
     std::fs::remove_file(sb.path(&format!("set/{full}.manifest.json"))).unwrap();
     for args in [
-        vec!["restore".to_string(), format!("set@{inc}"), "t2.img".into()],
-        vec!["verify".into(), format!("set@{inc}")],
+        vec!["restore".to_string(), format!("set@{inc}"), "t2.img".into(), "--json".into()],
+        vec!["verify".into(), format!("set@{inc}"), "--json".into()],
     ] {
         let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let out = sb.expect(&a, 3);
-        assert!(stderr(&out).contains(&full) && stderr(&out).contains("not in the set"), "{}", stderr(&out));
+        assert_eq!(error_reason(&out), "parent_missing");
+        assert!(stderr(&out).contains(&full), "the message names the missing parent: {}", stderr(&out));
     }
     assert!(!sb.path("t2.img").exists());
     let out = sb.expect(&["create", "src.img", "set", "--incremental", "--force"], 3);
@@ -681,8 +679,8 @@ fn a_wrong_clock_once_does_not_reorder_the_set() {
 /// Files in the set that tintype did not write — a user's notes named
 /// after an image, a backup copy of a segment, a file that merely starts
 /// with 16 hex digits — are not an unfinished run, and neither merge,
-/// prune nor `--discard-unfinished` removes them (they used to be deleted
-/// with the image whose ID they started with).
+/// prune nor `--discard-unfinished` removes them with the image whose ID
+/// they start with.
 #[test]
 fn files_tintype_did_not_write_are_never_removed() {
     let sb = Sandbox::new();
@@ -718,9 +716,9 @@ fn files_tintype_did_not_write_are_never_removed() {
 }
 
 /// A run killed while it wrote its run record leaves only a record that does
-/// not parse: the next merge or prune removes it (it used to stay forever as
-/// an "interrupted run" that could be neither resumed nor cleaned; a kill -9
-/// test met it 1 time in ~3 at 5 ms).
+/// not parse: the next merge or prune removes it, rather than leave forever
+/// an "interrupted run" that can be neither resumed nor cleaned (a kill -9
+/// loop meets one about 1 time in 3 at 5 ms).
 #[test]
 fn a_run_record_cut_short_is_cleaned_by_the_next_merge_or_prune() {
     let sb = Sandbox::new();

@@ -264,8 +264,8 @@ fn hand_damage_and_bad_arguments_get_their_exit_codes() {
     let out = sb.expect(&["serve", "set", "--listen", "unix:"], 2);
     assert!(stderr(&out).contains("needs a socket path"), "{}", stderr(&out));
     std::fs::write(sb.path("afile"), b"x").unwrap();
-    let out = sb.expect(&["create", "src.img", "afile"], 1);
-    assert!(stderr(&out).contains("an image set is a directory"), "{}", stderr(&out));
+    let out = sb.expect(&["create", "src.img", "afile", "--json"], 1);
+    assert_eq!(error_reason(&out), "not_a_directory");
     let sb = Sandbox::new();
     std::fs::write(sb.path("src.img"), mixed_bytes(1 << 20, 5)).unwrap();
     sb.expect(&["create", "src.img", "set", "--image-id", "aaaa000000000001"], 0);

@@ -255,8 +255,8 @@ fn killed_create_commits_nothing_and_the_next_create_works() {
     child.wait().unwrap();
     let names = files_in(&sb.path("set"));
     assert!(!names.iter().any(|n| n.ends_with(".manifest.json")), "no committed image: {names:?}");
-    let out = sb.expect(&["verify", "set"], 4);
-    assert!(stderr(&out).contains("no committed image"), "{}", stderr(&out));
+    let out = sb.expect(&["verify", "set", "--json"], 4);
+    assert_eq!(error_reason(&out), "empty_set");
 
     std::fs::write(sb.path("small.img"), mixed_bytes(2 << 20, 5)).unwrap();
     sb.expect(&["create", "small.img", "set"], 0);
@@ -377,7 +377,7 @@ fn buffers_beyond_the_address_space_limit_are_refused_up_front() {
 
 /// `demo --dir` uses only a directory without its own file names in it: an
 /// existing sample-set (a user's image set) or sample.img is refused and
-/// left as it was (the demo used to image into the set, then delete it).
+/// left as it was: the demo never images into a user's set, then deletes it.
 #[test]
 fn demo_never_takes_over_existing_files() {
     let sb = Sandbox::new();
@@ -401,7 +401,7 @@ fn demo_never_takes_over_existing_files() {
 
 /// A source written while it is imaged (by a program writing the file
 /// directly; a mounted read-write filesystem is refused) is committed with
-/// a note saying so; it used to be committed silently.
+/// a note saying so, never silently.
 #[test]
 fn a_source_written_during_the_run_is_noted() {
     let sb = Sandbox::new();

@@ -62,6 +62,35 @@ fn restores_identical_bytes_to_a_new_sparse_file_on_every_backend() {
 
 /// An existing file with data is refused (named, untouched) unless --force;
 /// with --force, zero chunks are punched, and bytes past the image's end stay.
+/// A program using the library matches refusals by kind, with the target
+/// named: what the CLI's `--json` reports as `reason`.
+#[test]
+fn the_library_says_why_a_target_is_refused_as_a_kind() {
+    use tintype::error::{ChainBreak, Refusal, Uncommitted};
+    use tintype::{Error, Quiet, RestoreOptions};
+    let sb = Sandbox::new();
+    image(&sb, 2 << 20, 43, "portable");
+    std::fs::write(sb.path("t.img"), vec![7u8; 4 << 20]).unwrap();
+    let o = RestoreOptions::new(sb.path("set"), sb.path("t.img"));
+    match tintype::restore(&o, &Quiet) {
+        Err(Error::Unusable { path, reason: Refusal::HoldsData, .. }) => assert_eq!(path, sb.path("t.img")),
+        other => panic!("expected a HoldsData refusal, got {other:?}"),
+    }
+    let mut o = RestoreOptions::new(sb.path("set"), sb.path("new.img"));
+    o.image = Some("0123".into());
+    assert!(matches!(tintype::restore(&o, &Quiet), Err(Error::NotCommitted { reason: Uncommitted::NoSuchImage, .. })));
+    // An incremental whose parent is gone: a broken chain, named.
+    std::fs::write(sb.path("src.img"), mixed_bytes(2 << 20, 44)).unwrap();
+    sb.expect(&["create", "src.img", "set", "--incremental", "--force"], 0);
+    let full = tintype::set::ImageSet::open(&sb.path("set")).unwrap().images().unwrap()[0].id();
+    std::fs::remove_file(sb.path(&format!("set/{full}.manifest.json"))).unwrap();
+    match tintype::restore(&RestoreOptions::new(sb.path("set"), sb.path("new.img")), &Quiet) {
+        Err(Error::BrokenChain { reason: ChainBreak::ParentMissing, .. }) => {}
+        other => panic!("expected a missing parent, got {other:?}"),
+    }
+    assert!(!sb.path("new.img").exists(), "a refused restore creates nothing");
+}
+
 #[test]
 fn existing_files_are_refused_then_overwritten_with_force() {
     for backend in backends() {
@@ -69,8 +98,9 @@ fn existing_files_are_refused_then_overwritten_with_force() {
         let data = image(&sb, 3 << 20, 41, backend);
         let old: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8 | 1).collect();
         std::fs::write(sb.path("t.img"), &old).unwrap();
-        let out = sb.expect(&["restore", "set", "t.img", "--io", backend], 1);
-        assert!(stderr(&out).contains("holds non-zero data") && stderr(&out).contains("--force"), "{}", stderr(&out));
+        let out = sb.expect(&["restore", "set", "t.img", "--io", backend, "--json"], 1);
+        assert_eq!(error_reason(&out), "holds_data");
+        assert!(stderr(&out).contains("--force"), "the message says how to go on: {}", stderr(&out));
         assert_eq!(std::fs::read(sb.path("t.img")).unwrap(), old, "a refused restore leaves the target untouched");
 
         sb.expect(&["restore", "set", "t.img", "--io", backend, "--force", "--verify-after"], 0);
@@ -113,8 +143,8 @@ fn file_targets_are_checked_whole_and_locked() {
     let holder = std::fs::File::open(sb.path("busy.img")).unwrap();
     // SAFETY: flock on a descriptor we own.
     assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let out = sb.expect(&["restore", "set", "busy.img"], 1);
-    assert!(stderr(&out).contains("holds a lock"), "{}", stderr(&out));
+    let out = sb.expect(&["restore", "set", "busy.img", "--json"], 1);
+    assert_eq!(error_reason(&out), "locked");
     assert!(std::fs::read(sb.path("busy.img")).unwrap().iter().all(|&b| b == 0), "untouched");
     drop(holder);
     sb.expect(&["restore", "set", "busy.img"], 0);

@@ -420,8 +420,8 @@ fn clients_beyond_the_limit_are_turned_away() {
 
 /// A reader that may not write the set (here: `nobody` serving root's set)
 /// still holds the readers' lock through a read-only descriptor, so the
-/// owner's merge cannot delete what it serves (exit 5; it used to go ahead
-/// and the client's reads failed).
+/// owner's merge cannot delete what it serves (exit 5, and the client's
+/// reads go on).
 #[test]
 fn a_reader_without_write_access_still_keeps_merge_out() {
     use std::os::unix::fs::PermissionsExt;

@@ -107,8 +107,8 @@ fn sigterm_stops_tune_without_a_profile() {
 }
 
 /// A signal in the last moments before a commit, or between a commit and
-/// the removals it allows, is honoured (it used to be ignored: the command
-/// committed, removed the images it folded and exited 0). Each point is
+/// the removals it allows, is honoured: the command stops there (it does not
+/// commit, remove the images it folded and exit 0). Each point is
 /// reached through the debug build's test pause; after every stop each
 /// image restores to its own point in time, and running again finishes.
 #[test]

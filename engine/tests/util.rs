@@ -167,3 +167,11 @@ pub fn frame_of(set: &Path, chunk: u64) -> (PathBuf, IndexEntry) {
     let e = entries[chunk as usize];
     (img.segment_path(e.segment as usize), e)
 }
+
+/// The `reason` of a failed `--json` command's `{"error": …}` on stdout: the
+/// matchable kind of refusal or breakage (`holds_data`, `parent_missing`…).
+pub fn error_reason(o: &Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)));
+    v["error"]["reason"].as_str().unwrap_or_else(|| panic!("no error.reason in {v}")).to_string()
+}

@@ -273,7 +273,7 @@ fn refuses_unsafe_targets_and_leaves_them_untouched() {
         let _m = Mount::new(&fsdev, &dir.path().join("mnt"));
         check_refused(&fsdev, &fs_file, &["--force"], "mounted at");
         // The file under that mounted loop device: refused too, --force or
-        // not (it was overwritten under the mounted filesystem).
+        // not (it would be overwritten under the mounted filesystem).
         let before = std::fs::read(&fs_file).unwrap();
         let out = restore(&[set, fs_file.to_str().unwrap(), "--force"]);
         assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
@@ -285,7 +285,7 @@ fn refuses_unsafe_targets_and_leaves_them_untouched() {
     assert!(std::fs::read(&fs_file).unwrap() == content);
 
     // A loop device over a segment of the set itself: refused, --force or
-    // not; the image still verifies (it was destroyed before).
+    // not; the image still verifies.
     let seg = std::fs::read_dir(set)
         .unwrap()
         .flatten()

@@ -56,8 +56,9 @@ pub fn kind_of(code: u8) -> &'static str {
 }
 
 /// A failed `--json` command's stdout: `{"error": {...}}` with the exit
-/// code, its kind, the whole message, and what the library error says of
-/// where (file, byte offset, errno, image) when it knows.
+/// code, its kind, the whole message, what the library error says of where
+/// (file, byte offset, errno, image) when it knows, and why as one word a
+/// script can match (`reason`: `mounted`, `holds_data`, `parent_missing`…).
 pub fn error_json(code: u8, message: &str, e: Option<&Error>) -> String {
     let mut v = serde_json::json!({ "exit_code": code, "kind": kind_of(code), "message": message });
     let mut put = |k: &str, x: serde_json::Value| {
@@ -85,15 +86,24 @@ pub fn error_json(code: u8, message: &str, e: Option<&Error>) -> String {
             put("format_version", (*found).into());
             put("supported_version", (*supported).into());
         }
-        Some(Error::NotCommitted { path, why })
-        | Some(Error::Unusable { path, why })
-        | Some(Error::Busy { path, why }) => {
+        Some(Error::NotCommitted { path, reason, why }) => {
+            put("path", path.to_string_lossy().into());
+            put("reason", serde_json::to_value(reason).unwrap_or_default());
+            put("cause", why.as_str().into());
+        }
+        Some(Error::Unusable { path, reason, why }) => {
+            put("path", path.to_string_lossy().into());
+            put("reason", serde_json::to_value(reason).unwrap_or_default());
+            put("cause", why.as_str().into());
+        }
+        Some(Error::Busy { path, why }) => {
             put("path", path.to_string_lossy().into());
             put("cause", why.as_str().into());
         }
-        Some(Error::BrokenChain { path, image, why }) => {
+        Some(Error::BrokenChain { path, image, reason, why }) => {
             put("path", path.to_string_lossy().into());
             put("image_id", image.as_str().into());
+            put("reason", serde_json::to_value(reason).unwrap_or_default());
             put("cause", why.as_str().into());
         }
         Some(Error::InvalidSetting(_)) | Some(Error::Interrupted(_)) | None => {}

@@ -7,6 +7,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 
 /// What kind of thing a source is.
@@ -59,7 +60,11 @@ impl Source {
         } else if meta.file_type().is_file() {
             SourceKind::File
         } else {
-            return Err(Error::Unusable { path: path.into(), why: "not a block device or regular file".into() });
+            return Err(Error::Unusable {
+                path: path.into(),
+                reason: Refusal::NotBlockDeviceOrFile,
+                why: "not a block device or regular file".into(),
+            });
         };
         let (mut file, direct) = open_read_only(path, mode)?;
         let (size_bytes, logical, physical) = match kind {

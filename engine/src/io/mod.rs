@@ -391,6 +391,7 @@ pub fn select(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
         IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),
         IoChoice::Uring => {
             uring::probe().map(|()| (Backend::uring(OnRingFailure::Fail), None)).map_err(|why| crate::Error::Unusable {
+                reason: crate::error::Refusal::IoUringUnavailable,
                 path: "io_uring".into(),
                 why: format!("--io uring was asked for, but io_uring cannot be used: {why}"),
             })

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::io::device::Source;
 use crate::observe::Observer;
@@ -113,6 +114,7 @@ pub fn check_mounts<'a>(source: &Source, when: WhenMounted, obs: &'a dyn Observe
     }
     if when == WhenMounted::Refuse {
         return Err(Error::Unusable {
+            reason: Refusal::Mounted,
             path: source.path.clone(),
             why: format!(
                 "it (or a partition of it) is mounted read-write at {}. A filesystem in use changes while it is read, \

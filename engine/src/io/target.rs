@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 
 /// What a target is.
@@ -76,6 +77,7 @@ impl Target {
             }))
         } else {
             Err(Error::Unusable {
+                reason: Refusal::NotBlockDeviceOrFile,
                 path: path.into(),
                 why: "a restore target must be a block device or a regular file".into(),
             })
@@ -139,12 +141,13 @@ impl Target {
             use rustix::fs::{flock, FlockOperation};
             let locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
             // A filesystem without locks (NFSv3 without lockd, some FUSE
-            // filesystems) cannot take it: restore as before, unlocked.
+            // filesystems) cannot take it: restore unlocked.
             let no_locks = |e: &rustix::io::Errno| {
                 matches!(*e, rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS)
             };
             if let Err(e) = locked.or_else(|e| if no_locks(&e) { Ok(()) } else { Err(e) }) {
                 return Err(Error::Unusable {
+                    reason: Refusal::Locked,
                     path: path.into(),
                     why: match e {
                         rustix::io::Errno::WOULDBLOCK => "another program (another tintype restore?) holds a lock \
@@ -198,7 +201,7 @@ fn open_error(path: &Path, e: std::io::Error, holders: &[String]) -> Error {
                 holders.join(", ")
             )
         };
-        return Error::Unusable { path: path.into(), why };
+        return Error::Unusable { path: path.into(), reason: Refusal::DeviceBusy, why };
     }
     Error::io("open target", path, e)
 }

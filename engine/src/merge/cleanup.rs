@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::error::ChainBreak;
 use crate::error::{Error, Result};
 use crate::format::names::{image_file_id, removed_file_name};
 use crate::format::ImageId;
@@ -19,6 +20,7 @@ pub(super) fn refuse_unreadable(set: &ImageSet) -> Result<()> {
     match set.load_all()?.unloadable.first() {
         None => Ok(()),
         Some(u) => Err(Error::BrokenChain {
+            reason: ChainBreak::ManifestUnreadable,
             path: set.dir.clone(),
             image: u.id.to_string(),
             why: format!(

@@ -14,6 +14,7 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::options::Consolidated;
+use crate::error::ChainBreak;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
@@ -70,6 +71,7 @@ pub(super) fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &d
     // A missing or cut file is found before anything is written.
     for img in span {
         img.check_files(false).map_err(|why| Error::BrokenChain {
+            reason: ChainBreak::FilesDamaged,
             path: set.dir.clone(),
             image: img.id().to_string(),
             why: format!("{why}; the merge stopped and changed nothing"),
@@ -116,6 +118,7 @@ pub(crate) fn kind_after(set: &ImageSet, last: &Image) -> Result<ImageKind> {
     Ok(match (Lineage::new(&images).parent(last), &last.manifest.parent) {
         (None, Some(parent)) => {
             return Err(Error::BrokenChain {
+                reason: ChainBreak::ParentMissing,
                 path: set.dir.clone(),
                 image: last.id().to_string(),
                 why: format!("its parent {parent} is not in the set"),

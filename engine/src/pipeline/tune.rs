@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::codec::is_zero;
 use crate::codec::Encoder;
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::io::device::OpenMode;
 use crate::io::Request;
@@ -189,7 +190,11 @@ pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
 fn measure_reads(opts: &TuneOptions, src: &Source, backend: &Backend, obs: &dyn Observer) -> Result<Vec<ReadStep>> {
     let usable: Vec<u64> = READ_SIZES.iter().copied().filter(|&r| r <= src.size_bytes).collect();
     if usable.is_empty() {
-        return Err(Error::Unusable { path: src.path.clone(), why: "too small to tune (under 256 KiB)".into() });
+        return Err(Error::Unusable {
+            path: src.path.clone(),
+            reason: Refusal::TooSmall,
+            why: "too small to tune (under 256 KiB)".into(),
+        });
     }
     let mut reads = Vec::new();
     let steps = (usable.len() * QUEUE_DEPTHS.len()) as u64;

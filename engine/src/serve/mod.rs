@@ -84,6 +84,7 @@ impl Overlay {
             std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(|e| {
                 match e.kind() {
                     std::io::ErrorKind::AlreadyExists => Error::Unusable {
+                        reason: crate::error::Refusal::Exists,
                         path: path.into(),
                         why: "exists: an overlay is a new file for one run (a serve killed with -9 leaves its overlay \
                           behind, without the map of what was written: remove it)"

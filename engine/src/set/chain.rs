@@ -8,6 +8,7 @@ use super::image::{read_frame, read_unstored, Image};
 use super::lineage::Lineage;
 use super::{ImageSet, Loaded};
 use crate::codec::Decoder;
+use crate::error::ChainBreak;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry};
 use crate::format::ImageId;
@@ -146,31 +147,45 @@ impl ImageSet {
         loop {
             let cur = chain.last().expect("chain starts with the image");
             let Some(pid) = cur.manifest.parent_id() else { break };
-            let broken = |why: String| Error::BrokenChain { path: self.dir.clone(), image: img.id().to_string(), why };
+            let broken = |reason: ChainBreak, why: String| Error::BrokenChain {
+                path: self.dir.clone(),
+                image: img.id().to_string(),
+                reason,
+                why,
+            };
             let Some(p) = lineage.parent(cur) else {
-                let why = match bad.iter().find(|u| u.id == pid).map(|u| &u.error) {
-                    Some(e) => format!("it depends on image {pid} (the parent of {}), which is damaged: {e}", cur.id()),
-                    None => format!(
-                        "it depends on image {pid} (the parent of {}), which is not in the set (deleted, or never committed)",
-                        cur.id()
+                return Err(match bad.iter().find(|u| u.id == pid).map(|u| &u.error) {
+                    Some(e) => broken(
+                        ChainBreak::ParentDamaged,
+                        format!("it depends on image {pid} (the parent of {}), which is damaged: {e}", cur.id()),
                     ),
-                };
-                return Err(broken(why));
+                    None => broken(
+                        ChainBreak::ParentMissing,
+                        format!(
+                            "it depends on image {pid} (the parent of {}), which is not in the set (deleted, or never \
+                             committed)",
+                            cur.id()
+                        ),
+                    ),
+                });
             };
             let (a, b) = (&cur.manifest, &p.manifest);
             if a.chunk_size_bytes != b.chunk_size_bytes || a.source.size_bytes != b.source.size_bytes {
-                return Err(broken(format!(
-                    "image {} and its parent {} describe different sources (size {} vs {}, chunk size {} vs {})",
-                    cur.id(),
-                    p.id(),
-                    a.source.size_bytes,
-                    b.source.size_bytes,
-                    a.chunk_size_bytes,
-                    b.chunk_size_bytes
-                )));
+                return Err(broken(
+                    ChainBreak::DifferentSources,
+                    format!(
+                        "image {} and its parent {} describe different sources (size {} vs {}, chunk size {} vs {})",
+                        cur.id(),
+                        p.id(),
+                        a.source.size_bytes,
+                        b.source.size_bytes,
+                        a.chunk_size_bytes,
+                        b.chunk_size_bytes
+                    ),
+                ));
             }
             if chain.iter().any(|c| c.id() == p.id()) || chain.len() > all.len() {
-                return Err(broken(format!("its chain of parents loops back to image {}", p.id())));
+                return Err(broken(ChainBreak::Loops, format!("its chain of parents loops back to image {}", p.id())));
             }
             chain.push(p.clone());
         }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::codec::Decoder;
+use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
@@ -43,7 +44,8 @@ impl Image {
         let bytes = match std::fs::read(&manifest_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotCommitted { path: manifest_path, why: "the manifest is missing".into() })
+                let (reason, why) = (Uncommitted::ManifestMissing, "the manifest is missing".into());
+                return Err(Error::NotCommitted { path: manifest_path, reason, why });
             }
             Err(e) => return Err(Error::io("read manifest", manifest_path, e)),
         };

@@ -93,6 +93,7 @@ impl ImageSet {
         })?;
         if !meta.is_dir() {
             return Err(Error::Unusable {
+                reason: crate::error::Refusal::NotADirectory,
                 path: dir.into(),
                 why: "an image set is a directory; this is not one".into(),
             });

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use super::image::Image;
 use super::{ImageSet, Loaded, Scan};
+use crate::error::ChainBreak;
+use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::ImageId;
 
@@ -45,7 +47,7 @@ impl ImageSet {
                             partial.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
                         )
                     };
-                    return Err(Error::NotCommitted { path: self.dir.clone(), why });
+                    return Err(Error::NotCommitted { path: self.dir.clone(), reason: Uncommitted::EmptySet, why });
                 }
                 let Loaded { images: good, unloadable: bad } = self.load_all()?;
                 match bad.into_iter().next().map(|u| (u.id, u.error)) {
@@ -54,6 +56,7 @@ impl ImageSet {
                     Some((id, e)) if !good.is_empty() => Err(Error::BrokenChain {
                         path: self.dir.clone(),
                         image: id.to_string(),
+                        reason: ChainBreak::ManifestUnreadable,
                         why: format!(
                             "its manifest does not load ({e}), so which image is the newest cannot be told; pick one \
                              with SET@ID ({} other image(s) load: `tintype list {}`)",
@@ -70,23 +73,27 @@ impl ImageSet {
                 match hits.as_slice() {
                     [id] => Image::load(&self.dir, *id),
                     [] => {
-                        let why = if partial.iter().any(|i| i.to_string().starts_with(prefix)) {
-                            format!("image {prefix} has data files but no manifest: its run did not finish")
+                        let (reason, why) = if partial.iter().any(|i| i.to_string().starts_with(prefix)) {
+                            let why = format!("image {prefix} has data files but no manifest: its run did not finish");
+                            (Uncommitted::RunUnfinished, why)
                         } else {
                             // An image a merge replaced and removed: name what stands for it.
                             let images = self.load_all()?.images;
                             let by = images.iter().find(|i| i.manifest.replaces.iter().any(|r| r.starts_with(prefix)));
                             match by {
-                                Some(r) => format!(
-                                    "image {prefix} was consolidated by a merge into image {} (the same point in \
-                                     time): use @{}",
-                                    r.id(),
-                                    r.id()
+                                Some(r) => (
+                                    Uncommitted::Consolidated,
+                                    format!(
+                                        "image {prefix} was consolidated by a merge into image {} (the same point in \
+                                         time): use @{}",
+                                        r.id(),
+                                        r.id()
+                                    ),
                                 ),
-                                None => format!("no image whose ID starts with {prefix}"),
+                                None => (Uncommitted::NoSuchImage, format!("no image whose ID starts with {prefix}")),
                             }
                         };
-                        Err(Error::NotCommitted { path: self.dir.clone(), why })
+                        Err(Error::NotCommitted { path: self.dir.clone(), reason, why })
                     }
                     _ => Err(Error::InvalidSetting(format!(
                         "{}: image ID prefix {prefix} is ambiguous ({} images match: {}{}); give more digits",

@@ -22,6 +22,7 @@ use std::path::Path;
 use self::options::validate;
 use self::run::Run;
 use self::start::{source_info, start, Start};
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::manifest::rfc3339_utc;
 use crate::io::device::OpenMode;
@@ -86,7 +87,11 @@ pub(crate) fn open_source(path: &Path, obs: &dyn Observer) -> Result<Source> {
         ));
     }
     if source.size_bytes == 0 {
-        return Err(Error::Unusable { path: source.path.clone(), why: "the source is empty (0 bytes)".into() });
+        return Err(Error::Unusable {
+            path: source.path.clone(),
+            reason: Refusal::EmptySource,
+            why: "the source is empty (0 bytes)".into(),
+        });
     }
     Ok(source)
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use super::options::OnReadError;
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
@@ -234,6 +235,7 @@ pub(super) fn keep_unreadable(
     obs: &dyn Observer,
 ) -> Result<Vec<(u64, u64)>> {
     let all = read_journal(journal).map_err(|why| Error::Unusable {
+        reason: Refusal::JournalUnreadable,
         path: journal.to_path_buf(),
         why: format!(
             "{why}: the unfinished run's kept frames may hold unreadable sectors as zeros, and which cannot be \

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::options::CreateOptions;
+use crate::error::ChainBreak;
+use crate::error::Refusal;
+use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, ChunkState};
 use crate::format::manifest::{ImageKind, SourceInfo};
@@ -48,7 +51,9 @@ pub(crate) const STABLE_IDENTITY: &[&str] = &["serial", "wwid", "model", "loop_b
 /// size is always refused; a different identity unless `force`.
 pub(crate) fn check_same_source(img: &Image, src: &SourceInfo, force: bool) -> Result<()> {
     let was = &img.manifest.source;
-    let refuse = |why: String| Err(Error::Unusable { path: PathBuf::from(&src.path), why });
+    let refuse = |why: String| {
+        Err(Error::Unusable { path: PathBuf::from(&src.path), reason: Refusal::NotTheParentsSource, why })
+    };
     if was.size_bytes != src.size_bytes {
         return refuse(format!(
             "the source is {} bytes, but image {} (the parent) was taken from a source of {} bytes; an incremental \
@@ -241,6 +246,7 @@ fn resumed_parent(run: &RunRecord, id: ImageId, set: &ImageSet, images: &[Image]
     let Some(pid) = run.parent.as_deref().and_then(ImageId::parse) else { return Ok(None) };
     let found = Lineage::new(images).holder(pid).cloned();
     found.map(Some).ok_or_else(|| Error::BrokenChain {
+        reason: ChainBreak::ParentMissing,
         path: set.dir.clone(),
         image: id.to_string(),
         why: format!(
@@ -338,6 +344,7 @@ pub(crate) fn check_same_identity(a: &SourceInfo, b: &SourceInfo) -> bool {
 
 pub(crate) fn no_parent(set: &ImageSet, what: &str) -> Error {
     Error::NotCommitted {
+        reason: Uncommitted::NoParent,
         path: set.dir.clone(),
         why: format!("the set holds no {what} to take changes against; take a full image first"),
     }

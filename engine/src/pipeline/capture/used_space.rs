@@ -2,6 +2,7 @@
 //! chunk no filesystem uses recorded "unused" without being read.
 
 use super::options::UsedOnly;
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::index::{ChunkState, IndexEntry};
 use crate::format::manifest::{Filesystem, LayoutInfo, PartitionInfo, PartitionTable, UsedOnlyMode};
@@ -52,6 +53,7 @@ pub(crate) fn used_space(
     }
     if mode == UsedOnly::On && mapped == 0 {
         return Err(Error::Unusable {
+            reason: Refusal::NoFilesystemMapped,
             path: source.path.clone(),
             why: "--used-only on: no filesystem on the source could be mapped (see the notes above); use --used-only \
                   auto or off to image it whole"

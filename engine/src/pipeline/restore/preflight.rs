@@ -2,6 +2,7 @@
 //! the target's size, sector size, mounts and contents, the image's
 //! segments, and what `--allow-shrink` would cut.
 use crate::codec::Decoder;
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
 use crate::io::quiesce::mounted_at;
@@ -23,7 +24,7 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
     let m = &img.manifest;
     let source_bytes = m.source.size_bytes;
     let path = &opts.target;
-    let refuse = |why: String| Err(Error::Unusable { path: path.clone(), why });
+    let refuse = |reason: Refusal, why: String| Err(Error::Unusable { path: path.clone(), reason, why });
     let Some(p) = Target::probe(path)? else {
         // A new file: will the data fit on its filesystem?
         let stored: u64 = entries.iter().filter(|e| e.state == ChunkState::Stored).map(|e| u64::from(e.raw_len)).sum();
@@ -31,7 +32,7 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
         if let Ok(st) = rustix::fs::statvfs(dir) {
             let free = st.f_bavail.saturating_mul(st.f_frsize);
             if stored > free {
-                return refuse(format!(
+                return refuse(Refusal::NoSpace, format!(
                     "its filesystem has {} free, and the image's data needs {} (zero chunks become holes and need nothing)",
                     crate::sample::human_bytes(free),
                     crate::sample::human_bytes(stored)
@@ -43,36 +44,48 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
     let (kind, size, sector, rdev) = (p.kind, p.size_bytes, p.logical_sector_bytes, p.rdev);
     if let Some(rdev) = rdev {
         if let Some(at) = mounted_at(rdev) {
-            return refuse(format!("the device (or a partition of it) is mounted at {at}; unmount it first"));
+            return refuse(
+                Refusal::Mounted,
+                format!("the device (or a partition of it) is mounted at {at}; unmount it first"),
+            );
         }
     }
     if kind == TargetKind::BlockDevice && sector != m.source.logical_sector_bytes && !opts.force {
-        return refuse(format!(
-            "its logical sector size is {sector} bytes, the image's source had {}; partition tables and \
+        return refuse(
+            Refusal::SectorSizeDiffers,
+            format!(
+                "its logical sector size is {sector} bytes, the image's source had {}; partition tables and \
              filesystems laid out for one do not work on the other (use --force if you know they do)",
-            m.source.logical_sector_bytes
-        ));
+                m.source.logical_sector_bytes
+            ),
+        );
     }
     let mut limit = source_bytes;
     if kind == TargetKind::BlockDevice && size < source_bytes {
         if !opts.allow_shrink {
-            return refuse(format!(
-                "the device is {size} bytes ({}), smaller than the image's source, {source_bytes} bytes ({}); \
+            return refuse(
+                Refusal::TooSmall,
+                format!(
+                    "the device is {size} bytes ({}), smaller than the image's source, {source_bytes} bytes ({}); \
                  use a device at least that large, or --allow-shrink if everything past {size} is unused",
-                crate::sample::human_bytes(size),
-                crate::sample::human_bytes(source_bytes)
-            ));
+                    crate::sample::human_bytes(size),
+                    crate::sample::human_bytes(source_bytes)
+                ),
+            );
         }
         shrink_check(img, resolved, size)?;
         limit = size;
     }
     if !opts.force {
         if let Some(what) = describe_contents(path, size)? {
-            return refuse(format!(
-                "it is {size} bytes ({}) and holds {what}; restoring would overwrite it. Pass --force to \
+            return refuse(
+                Refusal::HoldsData,
+                format!(
+                    "it is {size} bytes ({}) and holds {what}; restoring would overwrite it. Pass --force to \
                  overwrite it anyway",
-                crate::sample::human_bytes(size)
-            ));
+                    crate::sample::human_bytes(size)
+                ),
+            );
         }
     }
     Ok(limit)
@@ -120,6 +133,7 @@ pub(crate) fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Resu
         if end > limit {
             let what = if p.number == 0 { "the source's".to_string() } else { format!("partition {}'s", p.number) };
             return Err(Error::Unusable {
+                reason: Refusal::ShrinkCutsData,
                 path: img.dir.clone(),
                 why: format!(
                     "--allow-shrink: {what} {} filesystem ends at byte {end}, past the target's end at {limit}; \
@@ -145,6 +159,7 @@ pub(crate) fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Resu
         let from = limit.saturating_sub(start) as usize;
         if e.state == ChunkState::Unreadable || buf[from..n].iter().any(|&b| b != 0) {
             return Err(Error::Unusable {
+                reason: Refusal::ShrinkCutsData,
                 path: img.dir.clone(),
                 why: format!(
                     "--allow-shrink: chunk {chunk} (source offset {start}) holds data past the target's end at {limit}; \
@@ -185,6 +200,7 @@ pub(crate) fn refuse_own_file(set: &ImageSet, target: &Path) -> Result<()> {
         for d in crate::io::quiesce::loops_backed_by(target) {
             if let Some((at, _)) = crate::io::quiesce::mounts_of(d).into_iter().next() {
                 return Err(Error::Unusable {
+                    reason: Refusal::Mounted,
                     path: target.into(),
                     why: format!(
                         "it backs loop device {}:{}, whose filesystem is mounted at {at}; unmount it first",
@@ -202,6 +218,7 @@ pub(crate) fn refuse_own_file(set: &ImageSet, target: &Path) -> Result<()> {
         if let Ok(m) = e.metadata() {
             if m.dev() == t.dev() && m.ino() == t.ino() {
                 return Err(Error::Unusable {
+                    reason: Refusal::FileOfTheSet,
                     path: target.into(),
                     why: format!(
                         "this is {}{through}, a file of the image set being restored; restore to another file or \

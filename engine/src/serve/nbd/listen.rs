@@ -29,6 +29,7 @@ pub(super) fn listen(
                     );
                 if !stale {
                     return Err(Error::Unusable {
+                        reason: crate::error::Refusal::Exists,
                         path: path.clone(),
                         why: "exists (a file, or a socket a server listens on); remove it or choose another socket \
                               path"

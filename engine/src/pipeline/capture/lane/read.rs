@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Batch, CaptureLane, ReadOp, SLOT_SOURCE, WRITE_FLAG};
+use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::align_up;
 use crate::format::index::ChunkState;
@@ -126,6 +127,7 @@ impl CaptureLane<'_> {
             }
             Err(e) => self.recover_read(buf, op, e),
             Ok(0) if op.got < op.raw_len => Err(Error::Unusable {
+                reason: Refusal::SourceShrank,
                 path: self.sh.source.path.clone(),
                 why: format!(
                     "source ended at offset {offset}, but it was {} bytes when the run started (did it shrink?)",
