@@ -120,8 +120,8 @@ pub struct SegmentInfo {
     pub seq: u32,
     pub size_bytes: u64,
     pub frames: u64,
-    /// xxh3-64 of the whole file, 16 hex digits.
-    pub xxh3_64: String,
+    /// xxh3-64 of the whole file.
+    pub xxh3_64: super::Xxh64,
 }
 
 /// The image's index file.
@@ -129,8 +129,8 @@ pub struct SegmentInfo {
 pub struct IndexInfo {
     pub file: String,
     pub size_bytes: u64,
-    /// xxh3-128 of the whole file, 32 hex digits.
-    pub xxh3_128: String,
+    /// xxh3-128 of the whole file.
+    pub xxh3_128: super::Xxh128,
 }
 
 /// An image's manifest.
@@ -453,7 +453,7 @@ mod tests {
             index: IndexInfo {
                 file: "00000000000000aa.index".into(),
                 size_bytes: 64 + 3 * 48,
-                xxh3_128: "0".repeat(32),
+                xxh3_128: crate::format::Xxh128(0),
             },
             replaces: vec![],
             layout: None,

@@ -114,3 +114,59 @@ mod tests {
         assert_eq!(align_up(4097, 4096), 8192);
     }
 }
+
+/// An xxh3-64 checksum (of a segment file), written as 16 lowercase hex
+/// digits in the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Xxh64(pub u64);
+
+/// An xxh3-128 checksum (of an index file), written as 32 lowercase hex
+/// digits in the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Xxh128(pub u128);
+
+impl std::fmt::Display for Xxh64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::fmt::Display for Xxh128 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Exactly `digits` hex digits, as a number.
+fn parse_hex<E: serde::de::Error>(s: &str, digits: usize) -> Result<u128, E> {
+    if s.len() != digits || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(E::custom(format!("{s:?} is not {digits} hex digits")));
+    }
+    u128::from_str_radix(s, 16).map_err(E::custom)
+}
+
+impl serde::Serialize for Xxh64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl serde::Serialize for Xxh128 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Xxh64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Xxh64, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Xxh64(parse_hex::<D::Error>(&s, 16)? as u64))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Xxh128 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Xxh128, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Xxh128(parse_hex::<D::Error>(&s, 32)?))
+    }
+}

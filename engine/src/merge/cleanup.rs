@@ -10,6 +10,7 @@ use crate::format::ImageId;
 use crate::observe::{interrupted, test_pause, Observer};
 use crate::set::commit::{remove_image, remove_leftovers};
 use crate::set::image::Image;
+use crate::set::image::IndexHash;
 use crate::set::lineage::Lineage;
 use crate::set::run_record::{RunOperation, RunRecord};
 use crate::set::ImageSet;
@@ -147,7 +148,7 @@ pub(crate) fn obsolete(images: &[Image], written_now: &[ImageId], obs: &dyn Obse
         let Some(r) = lineage.replacement(i.id()) else {
             // Claims that do not count: say why where the claimant is damaged.
             for r in images.iter().filter(|r| r.id() != i.id() && r.manifest.replaces_id(i.id())) {
-                match r.check_files(false) {
+                match r.check_files(IndexHash::Skip) {
                     Err(why) => kept(i, r, &format!("{} is damaged ({why})", r.id())),
                     Ok(()) => kept(
                         i,
@@ -160,7 +161,7 @@ pub(crate) fn obsolete(images: &[Image], written_now: &[ImageId], obs: &dyn Obse
             continue;
         };
         let deep = !written_now.contains(&r.id());
-        match r.check_files(true).and_then(|()| if deep { r.check_segment_hashes() } else { Ok(()) }) {
+        match r.check_files(IndexHash::Check).and_then(|()| if deep { r.check_segment_hashes() } else { Ok(()) }) {
             Ok(()) => {
                 obsolete.insert(i.id());
             }

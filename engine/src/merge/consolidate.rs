@@ -22,6 +22,7 @@ use crate::format::manifest::{ImageKind, IndexInfo, Manifest, SegmentInfo, Stats
 use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
 use crate::format::segment::DEFAULT_SEGMENT_BYTES;
 use crate::format::ImageId;
+use crate::format::Xxh128;
 use crate::io::buffers::AlignedBuf;
 use crate::io::checksum::hash_file;
 use crate::io::device::open_read_only;
@@ -31,6 +32,7 @@ use crate::observe::{interrupted, test_pause, Observer};
 use crate::set::chain::Resolved;
 use crate::set::commit::{sync_dir, Leftovers};
 use crate::set::image::Image;
+use crate::set::image::IndexHash;
 use crate::set::lineage::Lineage;
 use crate::set::run_record::{unix_now, RunOperation, RunRecord};
 use crate::set::segment_writer::SegmentWriter;
@@ -70,7 +72,7 @@ pub(super) fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &d
     let (target, last) = (&span[0], span.last().expect("non-empty span"));
     // A missing or cut file is found before anything is written.
     for img in span {
-        img.check_files(false).map_err(|why| Error::BrokenChain {
+        img.check_files(IndexHash::Skip).map_err(|why| Error::BrokenChain {
             reason: ChainBreak::FilesDamaged,
             path: set.dir.clone(),
             image: img.id().to_string(),
@@ -262,7 +264,7 @@ pub(crate) fn manifest(
         index: IndexInfo {
             file: index_file_name(id),
             size_bytes: entry_offset(tm.chunk_count),
-            xxh3_128: format!("{index_hash:032x}"),
+            xxh3_128: Xxh128(index_hash),
         },
         replaces,
         ..tm.clone()

@@ -16,6 +16,8 @@ use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::names::manifest_file_name;
+use crate::format::Xxh128;
+use crate::format::Xxh64;
 use crate::format::{ImageId, FORMAT_VERSION};
 
 /// A committed image: its manifest and where its files are.
@@ -88,33 +90,32 @@ impl Image {
 
     /// Are the image's files there as its manifest lists them: the index and
     /// every segment, each a regular file of the recorded size, and with
-    /// `hash_index` the index's xxh3-128 the recorded one? A cheap check
+    /// `hashes` the index's xxh3-128 the recorded one? A cheap check
     /// (metadata, and the index), not a verify: it is what must hold before
     /// an image this one replaced is removed, and what `list` shows.
-    pub fn check_files(&self, hash_index: bool) -> std::result::Result<(), String> {
-        let size_of = |path: &Path, want: u64| -> std::result::Result<(), String> {
-            match std::fs::metadata(path) {
+    pub fn check_files(&self, hashes: IndexHash) -> std::result::Result<(), FileProblem> {
+        let size_of = |path: &Path, want: u64| -> std::result::Result<(), FileProblem> {
+            let path = path.to_path_buf();
+            match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() && m.len() == want => Ok(()),
-                Ok(m) if m.is_file() => {
-                    Err(format!("{} is {} bytes, its manifest says {want}", path.display(), m.len()))
-                }
-                Ok(_) => Err(format!("{} is not a regular file", path.display())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{} is missing", path.display())),
-                Err(e) => Err(format!("{}: {e}", path.display())),
+                Ok(m) if m.is_file() => Err(FileProblem::WrongSize { path, len: m.len(), want }),
+                Ok(_) => Err(FileProblem::NotAFile { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FileProblem::Missing { path }),
+                Err(e) => Err(FileProblem::Unreadable { path, cause: e.to_string() }),
             }
         };
         size_of(&self.index_path(), self.manifest.index.size_bytes)?;
         for (n, s) in self.manifest.segments.iter().enumerate() {
             size_of(&self.segment_path(n), s.size_bytes)?;
         }
-        if hash_index {
-            let got = crate::io::checksum::hash_file(&self.index_path()).map_err(|e| e.to_string())?;
-            if format!("{got:032x}") != self.manifest.index.xxh3_128 {
-                return Err(format!(
-                    "{}: its xxh3-128 is {got:032x}, its manifest says {}",
-                    self.index_path().display(),
-                    self.manifest.index.xxh3_128
-                ));
+        if hashes == IndexHash::Check {
+            let path = self.index_path();
+            let got = crate::io::checksum::hash_file(&path)
+                .map_err(|e| FileProblem::Unreadable { path: path.clone(), cause: e.to_string() })?;
+            let want = self.manifest.index.xxh3_128;
+            if Xxh128(got) != want {
+                let (algorithm, got, want) = ("xxh3-128", Xxh128(got).to_string(), want.to_string());
+                return Err(FileProblem::HashDiffers { path, algorithm, got, want });
             }
         }
         Ok(())
@@ -123,12 +124,15 @@ impl Image {
     /// Does every segment's xxh3-64 equal the one its manifest records?
     /// Reads every segment whole: what must hold before the only other copy
     /// of this image's point in time is removed on its behalf.
-    pub fn check_segment_hashes(&self) -> std::result::Result<(), String> {
+    pub fn check_segment_hashes(&self) -> std::result::Result<(), FileProblem> {
         for (n, s) in self.manifest.segments.iter().enumerate() {
             let path = self.segment_path(n);
-            let got = crate::io::checksum::stream_file(&path, |_| Ok(())).map_err(|e| e.to_string())?.digest();
-            if format!("{got:016x}") != s.xxh3_64 {
-                return Err(format!("{}: its xxh3-64 is {got:016x}, its manifest says {}", path.display(), s.xxh3_64));
+            let got = crate::io::checksum::stream_file(&path, |_| Ok(()))
+                .map_err(|e| FileProblem::Unreadable { path: path.clone(), cause: e.to_string() })?
+                .digest();
+            if Xxh64(got) != s.xxh3_64 {
+                let (algorithm, got, want) = ("xxh3-64", Xxh64(got).to_string(), s.xxh3_64.to_string());
+                return Err(FileProblem::HashDiffers { path, algorithm, got, want });
             }
         }
         Ok(())
@@ -259,7 +263,7 @@ impl Image {
             left -= n as u64;
             at += b.len() as u64;
         }
-        let hash_matches = format!("{:032x}", hasher.digest128()) == m.index.xxh3_128;
+        let hash_matches = Xxh128(hasher.digest128()) == m.index.xxh3_128;
         Ok(IndexData { header, entries, hash_matches })
     }
 
@@ -324,4 +328,39 @@ pub(super) fn read_frame(
         .map_err(|why| Error::corrupt(path, entry.offset, format!("chunk {chunk}: {why}")))?;
     debug_assert!(FRAME_HEADER_BYTES + h.stored_len as usize <= frame.len());
     Ok(raw_len as usize)
+}
+
+/// Whether [`Image::check_files`] also hashes the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexHash {
+    /// Sizes only: cheap (what `list` shows, what may stand in for an image).
+    Skip,
+    /// Sizes and the index's hash (before an image it replaced is removed).
+    Check,
+}
+
+/// What is wrong with one of an image's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileProblem {
+    Missing { path: PathBuf },
+    NotAFile { path: PathBuf },
+    WrongSize { path: PathBuf, len: u64, want: u64 },
+    Unreadable { path: PathBuf, cause: String },
+    HashDiffers { path: PathBuf, algorithm: &'static str, got: String, want: String },
+}
+
+impl std::fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileProblem::Missing { path } => write!(f, "{} is missing", path.display()),
+            FileProblem::NotAFile { path } => write!(f, "{} is not a regular file", path.display()),
+            FileProblem::WrongSize { path, len, want } => {
+                write!(f, "{} is {len} bytes, its manifest says {want}", path.display())
+            }
+            FileProblem::Unreadable { path, cause } => write!(f, "{}: {cause}", path.display()),
+            FileProblem::HashDiffers { path, algorithm, got, want } => {
+                write!(f, "{}: its {algorithm} is {got}, its manifest says {want}", path.display())
+            }
+        }
+    }
 }

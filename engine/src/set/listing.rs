@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-use super::image::Image;
+use super::image::{FileProblem, Image, IndexHash};
 use super::lineage::Lineage;
 use super::lock::writer;
 use super::run_record::{RunOperation, RunRecord};
@@ -60,7 +60,7 @@ pub enum ImageState {
     Ok,
     /// A file is missing or has the wrong size.
     Damaged {
-        why: String,
+        problem: FileProblem,
     },
     /// A merge wrote an image in its place; its removal is pending.
     Replaced {
@@ -78,7 +78,7 @@ impl fmt::Display for ImageState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageState::Ok => write!(f, "ok"),
-            ImageState::Damaged { why } => write!(f, "DAMAGED: {why}"),
+            ImageState::Damaged { problem } => write!(f, "DAMAGED: {problem}"),
             ImageState::Replaced { by } => write!(f, "replaced by {by} (removal pending)"),
             ImageState::ParentMissing { parent } => write!(f, "BROKEN: parent {parent} is missing"),
             ImageState::Loops => write!(f, "BROKEN: its chain of parents loops back to itself"),
@@ -185,8 +185,8 @@ fn image_row(i: &Image, depth: usize, looped: bool, lineage: &Lineage<'_>) -> Im
 }
 
 fn state(i: &Image, lineage: &Lineage<'_>) -> ImageState {
-    if let Err(why) = i.check_files(false) {
-        return ImageState::Damaged { why };
+    if let Err(problem) = i.check_files(IndexHash::Skip) {
+        return ImageState::Damaged { problem };
     }
     if let Some(r) = lineage.replacement(i.id()) {
         return ImageState::Replaced { by: r.id() };

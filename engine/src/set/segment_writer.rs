@@ -19,6 +19,7 @@ use crate::format::manifest::SegmentInfo;
 use crate::format::names::segment_file_name;
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
+use crate::format::Xxh64;
 use crate::io::buffers::AlignedBuf;
 use crate::io::{Io, IoChoice};
 
@@ -110,7 +111,7 @@ impl OpenSegment {
             seq: self.seq,
             size_bytes: self.next_offset,
             frames: self.frames,
-            xxh3_64: format!("{:016x}", self.hasher.digest()),
+            xxh3_64: Xxh64(self.hasher.digest()),
         })
     }
 }

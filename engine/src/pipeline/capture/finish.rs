@@ -14,6 +14,7 @@ use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, IN
 use crate::format::manifest::{rfc3339_utc, ByteRange, IndexInfo, Manifest, Settings, Stats, MANIFEST_FORMAT};
 use crate::format::names::manifest_file_name;
 use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
+use crate::format::Xxh128;
 use crate::format::FORMAT_VERSION;
 use crate::io::checksum::stream_file;
 use crate::observe::{interrupted, test_pause, Observer};
@@ -151,7 +152,7 @@ pub(crate) fn build_manifest(run: &Run<'_>, prepared: Prepared, imaged: Imaged) 
         index: IndexInfo {
             file: index_file_name(id),
             size_bytes: entry_offset(run.chunk_count),
-            xxh3_128: format!("{index_hash:032x}"),
+            xxh3_128: Xxh128(index_hash),
         },
         replaces: Vec::new(),
         layout: prepared.layout,

@@ -17,6 +17,7 @@ use crate::format::manifest::SegmentInfo;
 use crate::format::names::{index_file_name, segment_file_name};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
+use crate::format::Xxh64;
 use crate::observe::Observer;
 use crate::set::unreadable::read_journal;
 use crate::set::unreadable::rewrite_journal;
@@ -128,7 +129,7 @@ fn scan_segment(
         seq,
         size_bytes: at,
         frames,
-        xxh3_64: format!("{:016x}", hasher.digest()),
+        xxh3_64: Xxh64(hasher.digest()),
     })
 }
 

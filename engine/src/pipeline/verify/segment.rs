@@ -19,6 +19,7 @@ use crate::io::Backend;
 use crate::observe::Observer;
 use crate::pipeline::lanes::{available_cores, run_lanes, Pinning};
 
+use crate::format::Xxh64;
 use crate::io::device::OpenMode;
 use crate::io::Io;
 use crate::io::Request;
@@ -164,7 +165,7 @@ impl VerifyShared<'_> {
                 tiling.next_offset, info.size_bytes
             );
             problem(f, Some(tiling.next_offset), what);
-        } else if len == info.size_bytes && format!("{:016x}", tiling.hasher.digest()) != info.xxh3_64 {
+        } else if len == info.size_bytes && Xxh64(tiling.hasher.digest()) != info.xxh3_64 {
             problem(f, None, "segment checksum (xxh3-64) does not match the manifest".into());
         }
         if frames.len() as u64 != info.frames {
