@@ -47,30 +47,15 @@ struct Source {
 
 fn library_files() -> Vec<Source> {
     let mut out = Vec::new();
-    let mut stack = vec![src()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                // The binary's own modules are not the library.
-                if p != src().join("cli") {
-                    stack.push(p);
-                }
-                continue;
-            }
-            let rel = p.strip_prefix(src()).unwrap().to_string_lossy().into_owned();
-            if !rel.ends_with(".rs") || rel == "main.rs" {
-                continue;
-            }
-            let mut module: Vec<String> = rel.trim_end_matches(".rs").split('/').map(String::from).collect();
-            if module.last().is_some_and(|m| m == "mod" || m == "lib") {
-                module.pop();
-            }
-            let text = std::fs::read_to_string(&p).unwrap();
-            out.push(Source { rel, module, code: strip(&without_tests(&text)) });
+    // The binary's own modules (`cli/`, `main.rs`) are not the library.
+    for rel in rust_files().into_iter().filter(|r| !r.starts_with("cli/") && r != "main.rs") {
+        let mut module: Vec<String> = rel.trim_end_matches(".rs").split('/').map(String::from).collect();
+        if module.last().is_some_and(|m| m == "mod" || m == "lib") {
+            module.pop();
         }
+        let text = std::fs::read_to_string(src().join(&rel)).unwrap();
+        out.push(Source { rel, module, code: strip(&without_tests(&text)) });
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
     out
 }
 
@@ -319,7 +304,7 @@ fn format_knows_no_analyser_and_no_pipeline() {
 #[test]
 fn files_and_functions_stay_readable() {
     let mut long = Vec::new();
-    for f in library_files_with_cli() {
+    for f in rust_files() {
         let text = std::fs::read_to_string(src().join(&f)).unwrap();
         let code = without_tests(&text);
         let lines = code.lines().count();
@@ -336,8 +321,8 @@ fn files_and_functions_stay_readable() {
     assert!(long.is_empty(), "too long to read whole:\n  {}", long.join("\n  "));
 }
 
-/// Every source file of the crate, library and binary, relative to `src`.
-fn library_files_with_cli() -> Vec<String> {
+/// Every source file of the crate, library and binary, relative to `src`, sorted.
+fn rust_files() -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![src()];
     while let Some(dir) = stack.pop() {
@@ -388,4 +373,24 @@ fn the_checks_see_what_they_check() {
     assert_eq!(found.len(), 3);
     assert_eq!(found[2], ["crate", "format", "names", "c"]);
     assert_eq!(functions("fn a() {\n    x\n}\n    pub fn b() {\n    }\n"), [("a".into(), 3), ("b".into(), 2)]);
+}
+
+#[test]
+fn architecture_md_draws_the_layers_this_test_checks() {
+    // The doc's "who may use whom" table and MAY_USE above are one rule.
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ARCHITECTURE.md")).unwrap();
+    let names = |cell: &str| -> BTreeSet<String> { cell.split('`').skip(1).step_by(2).map(String::from).collect() };
+    for (module, allowed) in MAY_USE.iter().filter(|(m, _)| *m != "error") {
+        let row = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .find(|l| names(l.split('|').nth(1).unwrap_or("")).contains(*module))
+            .unwrap_or_else(|| panic!("ARCHITECTURE.md's layer table has no row for `{module}`"));
+        let doc_allowed = names(row.split('|').nth(2).unwrap_or(""));
+        let want: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            doc_allowed, want,
+            "ARCHITECTURE.md says `{module}` may use {doc_allowed:?}; the test says {want:?}"
+        );
+    }
 }

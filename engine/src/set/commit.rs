@@ -121,6 +121,26 @@ impl Drop for Leftovers<'_> {
     }
 }
 
+/// Replace the file at `path` with `bytes` so that a crash leaves the old
+/// file or the new one, never a mix: write `PATH.tmp`, fsync it, rename it
+/// over `path`, fsync the directory. For files that are rewritten (a badmap,
+/// a journal); committed files are never replaced ([`commit_manifest`]).
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Make a directory entry durable: fsync the directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))

@@ -6,13 +6,12 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use super::commit::sync_dir;
+use super::commit::{replace_durably, sync_dir};
 use crate::error::{Error, Result};
 
 /// A ddrescue-style map of the source: `+` read, `-` unreadable. Replaces
 /// the run's earlier map atomically (temporary file, fsync, rename).
 pub fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
-    use std::io::Write;
     let mut s = String::from("# Mapfile. Created by tintype: the source ranges it could not read\n");
     s += &format!("0x{size:08X}     +\n");
     let mut at = 0;
@@ -26,16 +25,7 @@ pub fn write_badmap(path: &Path, bad: &[(u64, u64)], size: u64) -> Result<()> {
     if at < size {
         s += &format!("0x{at:08X}  0x{:08X}  +\n", size - at);
     }
-    let tmp = path.with_extension("badmap.tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(s.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    replace_durably(path, s.as_bytes())
 }
 
 /// Append `bad` to the run's journal of unreadable ranges (`ID.unreadable`:
@@ -99,17 +89,6 @@ pub fn read_journal(path: &Path) -> std::result::Result<Vec<(u64, u64)>, Journal
 /// Replace the journal with `ranges`, atomically (temporary file, fsync,
 /// rename, directory fsync).
 pub fn rewrite_journal(path: &Path, ranges: &[(u64, u64)]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("unreadable.tmp");
     let lines: String = ranges.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(lines.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    replace_durably(path, lines.as_bytes())
 }
