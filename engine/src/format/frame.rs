@@ -72,6 +72,15 @@ pub enum FrameError {
     RawHash { expected: u128, found: u128 },
 }
 
+/// How a (valid) frame header disagrees with the index entry pointing at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameMismatch {
+    #[error("frame holds chunk {holds} of image {of}, the index expects chunk {chunk} of image {image} here")]
+    Elsewhere { holds: u64, of: ImageId, chunk: u64, image: ImageId },
+    #[error("frame header disagrees with the index (lengths or raw hash)")]
+    Disagrees,
+}
+
 impl FrameHeader {
     /// Encode into the first [`FRAME_HEADER_BYTES`] of `out`.
     pub fn encode(&self, out: &mut [u8]) {
@@ -134,15 +143,12 @@ impl FrameHeader {
 
     /// Is this the frame `entry` (chunk `chunk` of `image`) points at? The
     /// header checks itself; this checks it against the index.
-    pub fn check_matches(&self, chunk: u64, image: ImageId, entry: &IndexEntry) -> Result<(), String> {
+    pub fn check_matches(&self, chunk: u64, image: ImageId, entry: &IndexEntry) -> Result<(), FrameMismatch> {
         if self.chunk != chunk || self.image_id != image {
-            return Err(format!(
-                "frame holds chunk {} of image {}, the index expects chunk {chunk} of image {image} here",
-                self.chunk, self.image_id
-            ));
+            return Err(FrameMismatch::Elsewhere { holds: self.chunk, of: self.image_id, chunk, image });
         }
         if self.raw_len != entry.raw_len || self.stored_len != entry.stored_len || self.raw_hash != entry.raw_hash {
-            return Err("frame header disagrees with the index (lengths or raw hash)".into());
+            return Err(FrameMismatch::Disagrees);
         }
         Ok(())
     }

@@ -89,6 +89,15 @@ pub struct IndexEntry {
     pub image_id: ImageId,
 }
 
+/// Why an index entry does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("unknown chunk state {0}")]
+    State(u8),
+    #[error("reserved entry bytes are not zero")]
+    Reserved,
+}
+
 impl IndexEntry {
     /// Encode into the first [`INDEX_ENTRY_BYTES`] of `out`.
     pub fn encode(&self, out: &mut [u8]) {
@@ -104,10 +113,10 @@ impl IndexEntry {
     }
 
     /// Decode one entry; an unknown state is an error.
-    pub fn decode(b: &[u8]) -> Result<IndexEntry, String> {
-        let state = ChunkState::from_u8(b[0]).ok_or_else(|| format!("unknown chunk state {}", b[0]))?;
+    pub fn decode(b: &[u8]) -> Result<IndexEntry, EntryError> {
+        let state = ChunkState::from_u8(b[0]).ok_or(EntryError::State(b[0]))?;
         if b[1..4] != [0, 0, 0] {
-            return Err("reserved entry bytes are not zero".into());
+            return Err(EntryError::Reserved);
         }
         Ok(IndexEntry {
             state,

@@ -41,6 +41,23 @@ pub struct SegmentHeader {
     pub chunk_bytes: u32,
 }
 
+/// Why a segment header does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentHeaderError {
+    #[error("segment header truncated ({0} of 4096 bytes)")]
+    Truncated(usize),
+    #[error("not a tintype segment (bad magic)")]
+    BadMagic,
+    #[error("segment header checksum mismatch")]
+    HeaderHash,
+    #[error("segment format version {0} is not supported (this build reads 1)")]
+    Version(u16),
+    #[error("reserved segment header bytes are not zero")]
+    Reserved,
+    #[error("unsupported frame alignment {0}")]
+    Alignment(u32),
+}
+
 impl SegmentHeader {
     /// Encode into the first [`SEGMENT_HEADER_BYTES`] of `out` (padding zeroed).
     pub fn encode(&self, out: &mut [u8]) {
@@ -58,25 +75,25 @@ impl SegmentHeader {
     }
 
     /// Decode and check a segment header.
-    pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
+    pub fn decode(b: &[u8]) -> Result<SegmentHeader, SegmentHeaderError> {
         if b.len() < SEGMENT_HEADER_BYTES {
-            return Err(format!("segment header truncated ({} of {SEGMENT_HEADER_BYTES} bytes)", b.len()));
+            return Err(SegmentHeaderError::Truncated(b.len()));
         }
         if b[0..8] != SEGMENT_MAGIC {
-            return Err("not a tintype segment (bad magic)".into());
+            return Err(SegmentHeaderError::BadMagic);
         }
         if xxh3_64(&b[..56]) != u64_at(b, 56) {
-            return Err("segment header checksum mismatch".into());
+            return Err(SegmentHeaderError::HeaderHash);
         }
         let version = u16_at(b, 8);
         if version != FORMAT_VERSION {
-            return Err(format!("segment format version {version} is not supported (this build reads 1)"));
+            return Err(SegmentHeaderError::Version(version));
         }
         if b[10..12] != [0, 0] || b[36..56].iter().any(|&x| x != 0) {
-            return Err("reserved segment header bytes are not zero".into());
+            return Err(SegmentHeaderError::Reserved);
         }
         if u32_at(b, 12) as u64 != FRAME_ALIGN_BYTES {
-            return Err(format!("unsupported frame alignment {}", u32_at(b, 12)));
+            return Err(SegmentHeaderError::Alignment(u32_at(b, 12)));
         }
         Ok(SegmentHeader {
             image_id: ImageId(u64_at(b, 16)),
@@ -100,8 +117,8 @@ mod tests {
         assert!(b[64..].iter().all(|&x| x == 0));
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         b[30] ^= 1;
-        assert!(SegmentHeader::decode(&b).unwrap_err().contains("checksum"));
-        assert!(SegmentHeader::decode(&b[..100]).unwrap_err().contains("truncated"));
+        assert_eq!(SegmentHeader::decode(&b), Err(SegmentHeaderError::HeaderHash));
+        assert_eq!(SegmentHeader::decode(&b[..100]), Err(SegmentHeaderError::Truncated(100)));
         assert_eq!(segment_file_name(ImageId(0xab), 2), "00000000000000ab.000002.seg");
     }
 }

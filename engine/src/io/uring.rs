@@ -1,6 +1,8 @@
 //! The io_uring backend: one ring per lane, buffers registered once, files
 //! registered as fixed files, submissions batched. All of the crate's unsafe
-//! I/O lives here; building an SQE is safe, pushing it is the unsafe point.
+//! ring I/O lives here (the few ioctls outside the ring are in `quiesce.rs`
+//! and `target.rs`, buffer mappings in `buffers.rs`); building an SQE is
+//! safe, pushing it is the unsafe point.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -398,7 +398,7 @@ pub(crate) fn retag(resolved: &Resolved, e: &IndexEntry, f: RunFrame, frame: &mu
         )
     };
     let mut h = FrameHeader::decode(frame).map_err(|err| damaged(err.to_string()))?;
-    h.check_matches(f.chunk, seg.image, e).map_err(damaged)?;
+    h.check_matches(f.chunk, seg.image, e).map_err(|m| damaged(m.to_string()))?;
     if xxh3_64(&frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.stored_len as usize]) != h.stored_hash {
         return Err(damaged("the payload's hash does not match its header".into()));
     }

@@ -63,7 +63,8 @@ impl Resolved {
             }
             let take = |chunk: u64| -> Result<IndexEntry> {
                 let at = entry_offset(chunk);
-                let e = idx.entries[chunk as usize].clone().map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                let e =
+                    idx.entries[chunk as usize].map_err(|why| Error::corrupt(img.index_path(), at, why.to_string()))?;
                 img.check_entry(chunk, &e).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
                 let mut e = e;
                 if e.state == ChunkState::Stored {

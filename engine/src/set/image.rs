@@ -13,7 +13,9 @@ use crate::codec::Decoder;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::format::index::{
+    entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
+};
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::names::manifest_file_name;
 use crate::format::Xxh128;
@@ -34,7 +36,7 @@ pub struct Image {
 pub struct IndexData {
     pub header: IndexHeader,
     /// One per chunk; an entry that does not decode carries why.
-    pub entries: Vec<Result<IndexEntry, String>>,
+    pub entries: Vec<Result<IndexEntry, EntryError>>,
     /// Whether the file's xxh3-128 equals the manifest's.
     pub hash_matches: bool,
 }

@@ -226,7 +226,7 @@ pub(crate) fn index_hash_and_counts(path: &Path, stats: &mut crate::format::mani
     let (mut zero, mut unused, mut inherited, mut unreadable) = (0, 0, 0, 0);
     let (mut raw, mut raw_bytes, mut payload) = (0, 0, 0);
     let mut tally = |n: u64, b: &[u8]| -> Result<()> {
-        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n), why))?;
+        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n), why.to_string()))?;
         match e.state {
             ChunkState::Stored => {
                 payload += u64::from(e.stored_len);

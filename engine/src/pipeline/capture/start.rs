@@ -113,7 +113,7 @@ pub(crate) fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
         .into_iter()
         .enumerate()
         .map(|(chunk, e)| {
-            let e = e.map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
+            let e = e.map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why.to_string()))?;
             img.check_entry(chunk as u64, &e)
                 .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
             Ok(match e.state {

@@ -406,7 +406,7 @@ impl<'a> RestoreLane<'a> {
         let dec = &mut self.dec;
         let (frame, raw) = self.io.buffer_pair(pair, raw_buf);
         let h = check_frame(frame, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
-        h.check_matches(chunk, e.image_id, e)?;
+        h.check_matches(chunk, e.image_id, e).map_err(|m| m.to_string())?;
         Ok(())
     }
 

@@ -208,7 +208,7 @@ impl VerifyShared<'_> {
                 self.img.id()
             )),
             Ok(_) => Ok(()),
-            Err(why) => Err(why),
+            Err(why) => Err(why.to_string()),
         })
     }
 
@@ -309,7 +309,7 @@ impl VerifyShared<'_> {
         raw: &mut [u8],
     ) -> std::result::Result<(), String> {
         let h = check_frame(bytes, raw, &mut |s, o| dec.decode(s, o)).map_err(|e| e.to_string())?;
-        h.check_matches(r.chunk, self.img.id(), &r.entry)?;
+        h.check_matches(r.chunk, self.img.id(), &r.entry).map_err(|m| m.to_string())?;
         Ok(())
     }
 
