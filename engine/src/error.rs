@@ -35,9 +35,29 @@ pub enum Error {
     /// or does not fit: the chain from it to its full image is broken.
     #[error("{path}: image {image} cannot be used: {why}")]
     BrokenChain { path: PathBuf, image: String, reason: ChainBreak, why: String },
-    /// The run was stopped before it finished.
-    #[error("interrupted: {0}")]
-    Interrupted(String),
+    /// The run was stopped before it finished: what it left, and the
+    /// sentence that says so (and how to go on).
+    #[error("interrupted: {why}")]
+    Interrupted { left: Left, why: String },
+}
+
+/// What a run stopped by a signal left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Left {
+    /// Nothing changed (verify, tune; a merge before its commit, whose files are removed).
+    NothingChanged,
+    /// An unfinished image: the same `create` with `--resume` carries it on.
+    Resumable,
+    /// A restore target holding part of the image: restore again (with `--force`) to finish.
+    TargetIncomplete,
+    /// A restore that finished writing, stopped while reading the target back.
+    Unverified,
+    /// Part of the work is committed: the same command (or the next merge or prune) finishes it.
+    RunAgain,
+    /// A lane that stopped because the run did (another lane failed, or a
+    /// signal): the run's own error replaces it.
+    Stopped,
 }
 
 /// Why a source, target or other file is refused (the kind a caller can
@@ -127,6 +147,11 @@ fn at_offset(offset: Option<u64>) -> String {
 }
 
 impl Error {
+    /// A run stopped by a signal, leaving `left`.
+    pub fn interrupted(left: Left, why: String) -> Self {
+        Error::Interrupted { left, why }
+    }
+
     /// An I/O error on `path` without a particular offset.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io { op, path: path.into(), offset: None, cause: source }

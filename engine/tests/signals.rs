@@ -54,20 +54,22 @@ fn sigterm_stops_verify_restore_and_merge_cleanly() {
     let before = files(&sb);
 
     // verify: only reads; no verdict, nothing changed.
-    let out = terminate_during(&sb, &["verify", "set", "--lanes", "1"], || true);
+    let out = terminate_during(&sb, &["verify", "set", "--lanes", "1", "--json"], || true);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(error_field(&out, "left"), "nothing_changed");
     assert!(err.contains("signal") && err.contains("no verdict"), "{err}");
     assert_eq!(files(&sb), before, "verify changed nothing");
     locks_released(&sb);
 
     // restore: the target is named as incomplete, with how to finish.
     let target = sb.path("out.img");
-    let out = terminate_during(&sb, &["restore", "set", "out.img", "--lanes", "1"], || {
+    let out = terminate_during(&sb, &["restore", "set", "out.img", "--lanes", "1", "--json"], || {
         std::fs::metadata(&target).is_ok_and(|m| m.len() > 0)
     });
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(error_field(&out, "left"), "target_incomplete");
     assert!(err.contains("out.img") && err.contains("incomplete") && err.contains("--force"), "{err}");
     locks_released(&sb);
     sb.expect(&["restore", "set", "out.img", "--force"], 0);
@@ -83,9 +85,10 @@ fn sigterm_stops_verify_restore_and_merge_cleanly() {
     let before = files(&sb);
     let newest = tintype::set::ImageSet::open(&sb.path("set")).unwrap().resolve(None).unwrap().manifest.image_id;
     let spec = format!("set@{newest}");
-    let out = terminate_during(&sb, &["merge", &spec], || files(&sb).len() > before.len());
+    let out = terminate_during(&sb, &["merge", &spec, "--json"], || files(&sb).len() > before.len());
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(error_field(&out, "left"), "nothing_changed");
     assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(files(&sb), before, "the interrupted merge left no files and removed none");
     locks_released(&sb);

@@ -171,7 +171,12 @@ pub fn frame_of(set: &Path, chunk: u64) -> (PathBuf, IndexEntry) {
 /// The `reason` of a failed `--json` command's `{"error": …}` on stdout: the
 /// matchable kind of refusal or breakage (`holds_data`, `parent_missing`…).
 pub fn error_reason(o: &Output) -> String {
+    error_field(o, "reason")
+}
+
+/// A field of a failed `--json` command's `{"error": …}` on stdout.
+pub fn error_field(o: &Output, key: &str) -> String {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)));
-    v["error"]["reason"].as_str().unwrap_or_else(|| panic!("no error.reason in {v}")).to_string()
+    v["error"][key].as_str().unwrap_or_else(|| panic!("no error.{key} in {v}")).to_string()
 }

@@ -45,7 +45,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         Some(Error::Corrupt { .. }) | Some(Error::BrokenChain { .. }) => DAMAGED,
         Some(Error::Busy { .. }) => BUSY,
         Some(Error::NotCommitted { .. }) | Some(Error::UnsupportedVersion { .. }) => NOT_AN_IMAGE,
-        Some(Error::Interrupted(_)) => INTERRUPTED,
+        Some(Error::Interrupted { .. }) => INTERRUPTED,
         _ => FAILURE,
     }
 }
@@ -106,7 +106,8 @@ pub fn error_json(code: u8, message: &str, e: Option<&Error>) -> String {
             put("reason", serde_json::to_value(reason).unwrap_or_default());
             put("cause", why.as_str().into());
         }
-        Some(Error::InvalidSetting(_)) | Some(Error::Interrupted(_)) | None => {}
+        Some(Error::Interrupted { left, .. }) => put("left", serde_json::to_value(left).unwrap_or_default()),
+        Some(Error::InvalidSetting(_)) | None => {}
     }
     serde_json::json!({ "error": v }).to_string()
 }

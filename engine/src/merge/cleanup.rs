@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::error::ChainBreak;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::names::{image_file_id, removed_file_name};
 use crate::format::ImageId;
@@ -37,9 +38,10 @@ pub(super) fn refuse_unreadable(set: &ImageSet) -> Result<()> {
 /// that nothing needs, and the files of merge runs that never committed.
 pub(super) fn finish_pending(set: &ImageSet, obs: &dyn Observer) -> Result<()> {
     let removed = remove_unneeded(set, Removal::default(), obs).map_err(|e| match e {
-        Error::Interrupted(m) => Error::Interrupted(format!(
-            "finishing an earlier merge's removals {m}; nothing else was changed: run the command again"
-        )),
+        Error::Interrupted { why: m, .. } => Error::interrupted(
+            Left::RunAgain,
+            format!("finishing an earlier merge's removals {m}; nothing else was changed: run the command again"),
+        ),
         e => e,
     })?;
     if !removed.is_empty() {
@@ -115,12 +117,15 @@ pub(super) fn remove_unneeded(set: &ImageSet, removal: Removal<'_>, obs: &dyn Ob
             test_pause("between-removals");
         }
         if interrupted() {
-            return Err(Error::Interrupted(format!(
-                "was stopped by a signal while removing the images no longer needed, after removing {} [{}]; \
+            return Err(Error::interrupted(
+                Left::RunAgain,
+                format!(
+                    "was stopped by a signal while removing the images no longer needed, after removing {} [{}]; \
                  every image that stays is intact",
-                removed.len(),
-                removed.iter().map(|i: &ImageId| i.to_string()).collect::<Vec<_>>().join(", ")
-            )));
+                    removed.len(),
+                    removed.iter().map(|i: &ImageId| i.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
         obs.note(&format!("removing image {} ({}, {})", i.id(), i.manifest.kind.name(), i.manifest.created));
         remove_image(&set.dir, i.id())?;

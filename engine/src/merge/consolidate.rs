@@ -15,6 +15,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::options::Consolidated;
 use crate::error::ChainBreak;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
@@ -283,7 +284,8 @@ pub(crate) fn commit(set: &ImageSet, guard: &mut Leftovers<'_>, manifest: &Manif
     sync_dir(&set.dir)?;
     test_pause("merge-commit");
     if interrupted() {
-        return Err(Error::Interrupted(
+        return Err(Error::interrupted(
+            Left::NothingChanged,
             "stopped by a signal before the new image was committed; nothing was changed (its files are removed)"
                 .into(),
         ));
@@ -353,10 +355,10 @@ pub(crate) fn read_runs(r: Reader<'_>, stats: &mut Stats, obs: &dyn Observer) ->
             return Ok(()); // the writer failed; its error is the one to report
         }
         if interrupted() {
-            return Err(Error::Interrupted(format!(
-                "merge stopped by a signal; nothing was changed (the new image {}'s files were removed)",
-                r.id
-            )));
+            return Err(Error::interrupted(
+                Left::NothingChanged,
+                format!("merge stopped by a signal; nothing was changed (the new image {}'s files were removed)", r.id),
+            ));
         }
         obs.progress(j as u64, r.order.len() as u64);
         i = j;

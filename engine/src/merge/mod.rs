@@ -23,6 +23,7 @@ use self::consolidate::consolidate;
 pub use self::options::{Consolidated, MergeOptions, MergeReport, MergeSpan};
 pub use self::prune::{prune, Kept, PruneOptions, PruneReport};
 pub use self::retention::Retention;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::ImageId;
 use crate::observe::{interrupted, test_pause, Observer};
@@ -64,7 +65,7 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
         MergeSpan::WholeChain => chain.len(),
     };
     let merged = consolidate(&set, &chain[..span], &opts.io, obs).inspect_err(|e| {
-        if !matches!(e, Error::Interrupted(_)) {
+        if !matches!(e, Error::Interrupted { .. }) {
             obs.note("the merge stopped before its commit: the set is as it was (its partial files are removed)");
         }
     })?;
@@ -72,18 +73,24 @@ pub fn merge(opts: &MergeOptions, obs: &dyn Observer) -> Result<MergeReport> {
     let fresh = [ImageId::parse(&merged.image_id).expect("an ID this run made")];
     test_pause("merge-removals");
     if interrupted() {
-        return Err(Error::Interrupted(format!(
+        return Err(Error::interrupted(
+            Left::RunAgain,
+            format!(
             "merge stopped by a signal after committing image {} (it stands in for {}); the images it replaces were \
              not removed: the next merge or prune removes them",
             merged.image_id, merged.replaces
-        )));
+        ),
+        ));
     }
     let removal = Removal { candidates: &folded, written_now: &fresh };
     let removed = remove_unneeded(&set, removal, obs).map_err(|e| match e {
-        Error::Interrupted(m) => Error::Interrupted(format!(
-            "merge committed image {} (it stands in for {}), then {m}; the next merge or prune removes the rest",
-            merged.image_id, merged.replaces
-        )),
+        Error::Interrupted { why: m, .. } => Error::interrupted(
+            Left::RunAgain,
+            format!(
+                "merge committed image {} (it stands in for {}), then {m}; the next merge or prune removes the rest",
+                merged.image_id, merged.replaces
+            ),
+        ),
         e => e,
     })?;
     let kept = folded.iter().filter(|id| !removed.contains(id)).map(|id| id.to_string()).collect();

@@ -11,6 +11,7 @@ use super::cleanup::{finish_pending, refuse_unreadable, remove_unneeded, Removal
 use super::consolidate::consolidate;
 use super::options::Consolidated;
 use super::retention::Retention;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::ImageId;
 use crate::io::IoChoice;
@@ -103,10 +104,13 @@ pub fn prune(opts: &PruneOptions, obs: &dyn Observer) -> Result<PruneReport> {
     let fresh: Vec<ImageId> = report.consolidated.iter().filter_map(|c| ImageId::parse(&c.image_id)).collect();
     let removal = Removal { candidates: &candidates, written_now: &fresh };
     let removed = remove_unneeded(&set, removal, obs).map_err(|e| match e {
-        Error::Interrupted(m) => Error::Interrupted(format!(
-            "prune rewrote {} image(s), then {m}: run the same prune again to finish",
-            report.consolidated.len()
-        )),
+        Error::Interrupted { why: m, .. } => Error::interrupted(
+            Left::RunAgain,
+            format!(
+                "prune rewrote {} image(s), then {m}: run the same prune again to finish",
+                report.consolidated.len()
+            ),
+        ),
         e => e,
     })?;
     report.removed = removed.iter().filter(|id| plan.doomed.contains(id)).map(|i| i.to_string()).collect();
@@ -172,16 +176,21 @@ pub(crate) fn rewrite(
     obs: &dyn Observer,
 ) -> Result<()> {
     let stopped = |done: usize, what: &str| {
-        Error::Interrupted(format!(
+        Error::interrupted(
+            Left::RunAgain,
+            format!(
             "prune stopped by a signal after rewriting {done} of {} image(s) (each rewritten one stands in for the \
              image it replaces{what}); nothing was removed: run the same prune again to finish",
             rewrites.len()
-        ))
+        ),
+        )
     };
     for span in rewrites {
         let c = consolidate(set, span, io, obs).map_err(|e| match e {
             // Earlier rewrites are committed: say so, and how to finish.
-            Error::Interrupted(_) => stopped(report.consolidated.len(), "; the unfinished one's files were removed"),
+            Error::Interrupted { .. } => {
+                stopped(report.consolidated.len(), "; the unfinished one's files were removed")
+            }
             e => e,
         })?;
         if let Some(k) = report.kept.iter_mut().find(|k| k.image_id == c.replaces) {

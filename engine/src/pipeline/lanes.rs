@@ -50,7 +50,10 @@ pub fn run_lanes<T: Send>(
                     open = gate.1.wait(open).unwrap_or_else(|p| p.into_inner());
                 }
                 if *open == Some(false) {
-                    return Err(crate::Error::Interrupted("another lane could not be started".into()));
+                    return Err(crate::Error::interrupted(
+                        crate::error::Left::Stopped,
+                        "another lane could not be started".into(),
+                    ));
                 }
                 drop(open);
                 if let Some(core) = core {
@@ -89,9 +92,9 @@ pub fn run_lanes<T: Send>(
         for h in handles {
             match h.join().expect("lane thread panicked") {
                 Ok(v) => out.push(v),
-                Err(crate::Error::Interrupted(_)) if first.is_some() => {}
+                Err(crate::Error::Interrupted { .. }) if first.is_some() => {}
                 Err(e) => {
-                    if first.as_ref().is_none_or(|f| matches!(f, crate::Error::Interrupted(_))) {
+                    if first.as_ref().is_none_or(|f| matches!(f, crate::Error::Interrupted { .. })) {
                         first = Some(e);
                     }
                 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::codec::is_zero;
 use crate::codec::Encoder;
+use crate::error::Left;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::io::device::OpenMode;
@@ -205,7 +206,8 @@ fn measure_reads(opts: &TuneOptions, src: &Source, backend: &Backend, obs: &dyn 
             let start = src.size_bytes / steps * k;
             let rate = read_rate(src, backend.clone(), rb, qd, start, opts.step_time, opts.step_bytes)?;
             if crate::observe::interrupted() {
-                return Err(Error::Interrupted(
+                return Err(Error::interrupted(
+                    Left::NothingChanged,
                     "tune stopped by a signal; it only reads the device, and no profile was written".into(),
                 ));
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::lane::shared::{latency_histogram, LaneStats};
 use super::options::CreateReport;
 use super::run::{Imaged, Prepared, Run};
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
 use crate::format::manifest::{rfc3339_utc, ByteRange, IndexInfo, Manifest, Settings, Stats, MANIFEST_FORMAT};
@@ -53,11 +54,14 @@ pub(super) fn commit(
     // is still honoured: no commit, the frames kept for --resume.
     test_pause("create-commit");
     if interrupted() {
-        return Err(Error::Interrupted(format!(
+        return Err(Error::interrupted(
+            Left::Resumable,
+            format!(
             "no image was committed (the signal came while it was being made durable); the unfinished image {id}'s \
              files are kept in {}: run the same command with --resume to commit it",
             dir.display()
-        )));
+        ),
+        ));
     }
     // (Only the directory's fsync failing leaves the manifest named: then
     // the image exists, and the error alone says what failed.)

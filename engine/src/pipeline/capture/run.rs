@@ -12,6 +12,7 @@ use super::lane::CaptureLane;
 use super::options::{staging_bytes, CreateOptions, BATCH_BYTES};
 use super::salvage::{keep_unreadable, salvage, write_preset};
 use super::used_space::used_space;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, IndexEntry};
 use crate::format::manifest::{LayoutInfo, SegmentInfo, SourceInfo};
@@ -228,12 +229,13 @@ impl<'a> Run<'a> {
             self.set.dir.display()
         );
         match e {
-            Error::Interrupted(_) if interrupted() && wrote => {
-                Error::Interrupted(format!("no image was committed; {kept}"))
+            Error::Interrupted { .. } if interrupted() && wrote => {
+                Error::interrupted(Left::Resumable, format!("no image was committed; {kept}"))
             }
-            Error::Interrupted(_) if interrupted() => Error::Interrupted(format!(
-                "no image was committed; the unfinished image {id} had written nothing and was removed"
-            )),
+            Error::Interrupted { .. } if interrupted() => Error::interrupted(
+                Left::NothingChanged,
+                format!("no image was committed; the unfinished image {id} had written nothing and was removed"),
+            ),
             e => {
                 if wrote {
                     obs.note(&kept);

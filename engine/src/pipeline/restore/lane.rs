@@ -5,6 +5,7 @@
 use std::os::unix::fs::FileExt;
 
 use crate::codec::Decoder;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::align_up;
 use crate::format::frame::check_frame;
@@ -143,7 +144,7 @@ impl<'a> RestoreLane<'a> {
         t.bad.append(&mut self.totals.bad);
         drop(t);
         if self.sh.stop.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted("another lane stopped the restore".into()));
+            return Err(Error::interrupted(Left::Stopped, "another lane stopped the restore".into()));
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use self::lane::{RestoreLane, RestoreShared, Totals};
 pub use self::options::{ReadBack, RestoreOptions, RestoreReport};
 use self::preflight::{check_segments, preflight, refuse_own_file};
 use self::read_back::read_back;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::frame::frame_len_max;
 use crate::io;
@@ -191,11 +192,14 @@ fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend,
 /// A restore that failed after the target was opened: what state it left.
 fn failed(e: Error, target: &Target, bytes_done: u64) -> Error {
     match e {
-        Error::Interrupted(_) if interrupted() => Error::Interrupted(format!(
+        Error::Interrupted { .. } if interrupted() => Error::interrupted(
+            Left::TargetIncomplete,
+            format!(
             "restore stopped by a signal; {} is incomplete: restore again (with --force, since it now holds data) to \
              finish it",
             target.path.display()
-        )),
+        ),
+        ),
         // A file this run created, failed before any chunk was restored (a
         // lane's ring could not be set up, the first chunk damaged):
         // removed, so a new attempt needs no --force.

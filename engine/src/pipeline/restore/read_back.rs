@@ -1,5 +1,6 @@
 //! `--verify-after`: the target read back with O_DIRECT in lanes, every
 //! chunk's xxh3-128 compared with the index.
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
 use crate::format::index::IndexEntry;
@@ -142,7 +143,7 @@ pub(crate) fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
         }
     }
     if crate::observe::interrupted() {
-        return Err(Error::Interrupted("--verify-after stopped by a signal".into()));
+        return Err(Error::interrupted(Left::Unverified, "--verify-after stopped by a signal".into()));
     }
     Ok(())
 }

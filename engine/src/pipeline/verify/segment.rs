@@ -19,6 +19,7 @@ use crate::io::Backend;
 use crate::observe::Observer;
 use crate::pipeline::lanes::{available_cores, run_lanes, Pinning};
 
+use crate::error::Left;
 use crate::format::Xxh64;
 use crate::io::device::OpenMode;
 use crate::io::Io;
@@ -96,13 +97,14 @@ impl VerifyShared<'_> {
         let mut raw = vec![0u8; self.img.manifest.chunk_size_bytes as usize];
         loop {
             if crate::observe::interrupted() {
-                return Err(Error::Interrupted(
+                return Err(Error::interrupted(
+                    Left::NothingChanged,
                     "verify stopped by a signal before it finished: no verdict; it only reads, so the set is as it was"
                         .into(),
                 ));
             }
             if stop.load(Ordering::Relaxed) {
-                return Err(Error::Interrupted("another verify lane failed".into()));
+                return Err(Error::interrupted(Left::Stopped, "another verify lane failed".into()));
             }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(&seg) = self.order.get(i) else {

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use self::shared::{latency_histogram, CaptureShared, LaneReport, LaneStats};
 use crate::codec::Encoder;
+use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
 use crate::io::{self, Io};
@@ -151,11 +152,14 @@ impl<'a> CaptureLane<'a> {
             // Write out what is staged, so `--resume` keeps it; after a
             // failure elsewhere this may fail too, which changes nothing.
             let _ = self.finish();
-            return Err(Error::Interrupted(if crate::observe::interrupted() {
-                "stopped by a signal".into()
-            } else {
-                "another lane stopped the run".into()
-            }));
+            return Err(Error::interrupted(
+                Left::Stopped,
+                if crate::observe::interrupted() {
+                    "stopped by a signal".into()
+                } else {
+                    "another lane stopped the run".into()
+                },
+            ));
         }
         self.finish()?;
         self.report.stats.nanos_cpu = thread_cpu_nanos();

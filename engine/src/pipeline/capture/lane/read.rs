@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Batch, CaptureLane, ReadOp, SLOT_SOURCE, WRITE_FLAG};
+use crate::error::Left;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::align_up;
@@ -185,7 +186,10 @@ impl CaptureLane<'_> {
         };
         bisect(&mut read, start, 0, len, sector, self.sh.read_retries, &mut bad);
         if crate::observe::interrupted() {
-            return Err(Error::Interrupted(format!("while looking for the unreadable sectors of chunk {}", op.chunk)));
+            return Err(Error::interrupted(
+                Left::Stopped,
+                format!("while looking for the unreadable sectors of chunk {}", op.chunk),
+            ));
         }
         let end = start + u64::from(op.raw_len);
         let bad: Vec<(u64, u64)> =
