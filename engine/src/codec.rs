@@ -1,5 +1,6 @@
-//! Chunk compression: the codecs a frame can use, and one reused zstd
-//! context per lane.
+//! What happens to a chunk's bytes: the codecs a frame can use, one reused
+//! zstd context per lane to compress ([`Encoder`]) and one to decompress
+//! ([`Decoder`]), and the zero check ([`is_zero`]).
 
 /// How a frame's payload is encoded (its byte in the frame header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,10 +1,15 @@
 //! Tintype: images block devices into compressed, checksummed, seekable
 //! image sets at the speed of the hardware.
 //!
-//! Layers, each using only those below it: [`pipeline`] (capture, verify)
-//! built on lanes; [`set`] (image sets, commit); [`format`] (pure encode and
-//! decode of frames, segments, index, manifest); and the leaves — [`io`]
-//! (io_uring and portable backends, device probing) and [`codec`].
+//! Layers, each using only those below it (docs/ARCHITECTURE.md; a test
+//! keeps them): the commands — [`pipeline`] (create, restore, verify, tune,
+//! built on lanes), [`merge`] (merge, prune) and [`serve`] (the NBD export);
+//! [`set`] (an image set: images, lineage, chains, commit, locks, listing);
+//! [`format`] (pure encode and decode of frames, segments, index, manifest,
+//! file names); the leaves — [`io`] (io_uring, portable and simulated
+//! backends, devices, targets, quiesce), [`codec`], [`fs`] (partition tables
+//! and used-space maps), [`profile`], [`sample`]; and at the bottom
+//! [`error`] and [`observe`] (notes, progress, the stop request).
 
 pub mod codec;
 pub mod error;

@@ -381,11 +381,21 @@ pub fn open_sync(choice: &IoChoice, slots: usize) -> Box<dyn Io> {
     }
 }
 
+/// Decide the backend for a run, saying to `obs` when it is not the one
+/// asked for or io_uring is off (see [`select_with_reason`]).
+pub fn select(choice: &IoChoice, obs: &dyn crate::observe::Observer) -> crate::Result<Backend> {
+    let (backend, why) = select_with_reason(choice)?;
+    if let Some(why) = why {
+        obs.note(&why);
+    }
+    Ok(backend)
+}
+
 /// Decide the backend for a run: returns it and, when the choice was not the
 /// one asked for or io_uring is off, the reason to tell the user.
 /// `--io uring` where io_uring cannot be used is the environment's doing
 /// (exit 1), not a bad command line.
-pub fn select(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
+pub fn select_with_reason(choice: &IoChoice) -> crate::Result<(Backend, Option<String>)> {
     match choice {
         IoChoice::Portable => Ok((Backend::Portable, None)),
         IoChoice::Sim(sim) => Ok((Backend::Sim(sim.clone()), None)),

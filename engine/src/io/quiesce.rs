@@ -2,7 +2,7 @@
 //! mounted (through the device, its partitions, or loop devices over the
 //! same file), freezing them (FIFREEZE) for a run and thawing them after,
 //! and dropping a block device's buffer cache (BLKFLSBUF) so metadata is
-//! read from the device. Every ioctl of the crate outside the ring is here.
+//! read from the device.
 
 use std::path::Path;
 

@@ -6,13 +6,15 @@ use std::collections::HashSet;
 use crate::error::ChainBreak;
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::names::{image_file_id, removed_file_name};
+use crate::format::names::parse_file_name;
+use crate::format::names::removed_file_name;
+use crate::format::names::FileKind;
 use crate::format::ImageId;
 use crate::observe::{interrupted, test_pause, Observer};
-use crate::set::commit::{remove_image, remove_leftovers};
 use crate::set::image::Image;
 use crate::set::image::IndexHash;
 use crate::set::lineage::Lineage;
+use crate::set::remove::{remove_image, remove_leftovers};
 use crate::set::run_record::{RunOperation, RunRecord};
 use crate::set::ImageSet;
 
@@ -81,8 +83,8 @@ pub(crate) fn is_leftover(set: &ImageSet, id: ImageId, images: &[Image], names: 
     // the record does not parse and is all there is; nothing to resume.
     // (No create runs now: this holds the set's writers' lock.)
     let stillborn = record.is_none() && {
-        let mut mine = names.iter().filter(|n| image_file_id(n) == Some(id)).peekable();
-        mine.peek().is_some() && mine.all(|n| n.contains(".run.json"))
+        let mut mine = names.iter().filter_map(|n| parse_file_name(n)).filter(|f| f.id == id).peekable();
+        mine.peek().is_some() && mine.all(|f| f.kind == FileKind::RunRecord)
     };
     operation == Some(RunOperation::Merge) || replaced || removing || stillborn
 }

@@ -6,8 +6,7 @@
 //! writer thread appends them to the new segments.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use crate::error::ChainBreak;
 use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader};
 use crate::format::manifest::{ImageKind, IndexInfo, Manifest, SegmentInfo, Stats};
 use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
 use crate::format::segment::DEFAULT_SEGMENT_BYTES;
@@ -31,10 +30,13 @@ use crate::io::device::OpenMode;
 use crate::io::IoChoice;
 use crate::observe::{interrupted, test_pause, Observer};
 use crate::set::chain::Resolved;
-use crate::set::commit::{sync_dir, Leftovers};
+use crate::set::commit::sync_dir;
 use crate::set::image::Image;
 use crate::set::image::IndexHash;
+use crate::set::index_writer::Existing;
+use crate::set::index_writer::IndexFile;
 use crate::set::lineage::Lineage;
+use crate::set::remove::Leftovers;
 use crate::set::run_record::{unix_now, RunOperation, RunRecord};
 use crate::set::segment_writer::SegmentWriter;
 use crate::set::unreadable::write_badmap;
@@ -210,34 +212,23 @@ pub(crate) fn count_states(entries: &[IndexEntry], segments: &[SegmentInfo], sta
 }
 
 /// Write the new image's index (never replacing a file) and return its hash.
-pub(crate) fn write_index(
+fn write_index(
     set: &ImageSet,
     tm: &Manifest,
     id: ImageId,
     parent: Option<&str>,
     entries: &[IndexEntry],
 ) -> Result<u128> {
-    let index_path = set.dir.join(index_file_name(id));
-    let mut bytes = vec![0u8; entry_offset(tm.chunk_count) as usize];
-    IndexHeader {
+    let index = IndexFile::create(&set.dir.join(index_file_name(id)), tm.chunk_count, Existing::Refuse)?;
+    index.write_entries(0, entries)?;
+    index.finish(&IndexHeader {
         chunk_bytes: tm.chunk_size_bytes,
         image_id: id,
         chunk_count: tm.chunk_count,
         source_bytes: tm.source.size_bytes,
         parent: parent.and_then(ImageId::parse),
-    }
-    .encode(&mut bytes[..INDEX_HEADER_BYTES]);
-    for (c, e) in entries.iter().enumerate() {
-        e.encode(&mut bytes[entry_offset(c as u64) as usize..]);
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&index_path)
-        .map_err(|e| Error::io("create index", &index_path, e))?;
-    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io("write index", &index_path, e))?;
-    drop(f);
-    hash_file(&index_path)
+    })?;
+    hash_file(index.path())
 }
 
 /// The new image's manifest: the target's, with the new ID, kind, parent,

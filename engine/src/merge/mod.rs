@@ -6,7 +6,7 @@
 //! copied (headers rewritten to the new Image ID, payloads byte for byte,
 //! each payload's hash checked on the way) from the images it folds, its
 //! manifest listing the image it `replaces`. Children of the replaced image
-//! resolve their parent to the new one (`set::find_parent`). Only once the
+//! resolve their parent to the new one (`set::lineage::Lineage::parent`). Only once the
 //! new image is committed are images that nothing needs any more removed,
 //! manifest first. A crash at any moment leaves the old chain, or the new
 //! one, or both (with the obsolete images removed by the next merge or

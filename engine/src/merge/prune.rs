@@ -16,10 +16,10 @@ use crate::error::{Error, Result};
 use crate::format::ImageId;
 use crate::io::IoChoice;
 use crate::observe::{interrupted, Observer};
-use crate::set::commit::remove_leftovers;
 use crate::set::image::Image;
 use crate::set::lineage::Lineage;
 use crate::set::lock::{lock_set, Access};
+use crate::set::remove::remove_leftovers;
 use crate::set::ImageSet;
 
 /// How to run `prune`.

@@ -4,6 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The bit a lane sets in a write's tag (reads carry their buffer number):
+/// one ring carries both, and a completion says which it was.
+pub const WRITE_TAG: u64 = 1 << 63;
+
 /// Whether lane threads are pinned to cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pinning {

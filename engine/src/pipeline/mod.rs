@@ -1,6 +1,8 @@
 //! The pipelines: capture (`create`), `restore`, `verify`, and `tune`'s
-//! measurements, each built on lanes — one thread per core with its own
-//! ring, buffers and codec context — claiming work from a shared [`plan`].
+//! measurements. Capture, restore and verify run lanes ([`lanes`]) — one
+//! thread per core with its own ring, buffers and codec context; capture
+//! and restore claim chunks in batches from a shared [`plan`], verify claims
+//! whole segments.
 
 pub mod capture;
 pub mod lanes;

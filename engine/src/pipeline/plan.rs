@@ -18,6 +18,18 @@ impl Plan {
         Plan { chunk_count, batch_chunks, next: AtomicU64::new(0) }
     }
 
+    /// A plan whose batches give each of `lanes` lanes about eight, so a
+    /// small source is still spread over every lane, and are at most
+    /// `batch_max_chunks` (long sequential reads, yet lanes still balance).
+    pub fn for_lanes(chunk_count: u64, lanes: u32, batch_max_chunks: u64) -> Plan {
+        Plan::new(chunk_count, (chunk_count / (u64::from(lanes) * 8)).clamp(1, batch_max_chunks.max(1)))
+    }
+
+    /// Chunks a batch holds.
+    pub fn batch_chunks(&self) -> u64 {
+        self.batch_chunks
+    }
+
     /// The next batch, or None when every chunk has been claimed.
     pub fn claim(&self) -> Option<Range<u64>> {
         let start = self.next.fetch_add(self.batch_chunks, Ordering::Relaxed);

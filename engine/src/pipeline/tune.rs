@@ -138,10 +138,7 @@ fn read_rate(
 /// Measure a device: read rates at every read size × queue depth, then
 /// zstd levels on a sample of its data; choose settings and a profile.
 pub fn tune(opts: &TuneOptions, obs: &dyn Observer) -> Result<TuneReport> {
-    let (backend, why) = io::select(&opts.io)?;
-    if let Some(why) = why {
-        obs.note(&why);
-    }
+    let backend = io::select(&opts.io, obs)?;
     let src = Source::open(&opts.device, OpenMode::Direct)?;
     if !src.direct {
         obs.note(&format!("{}: O_DIRECT refused; rates include the page cache", src.path.display()));

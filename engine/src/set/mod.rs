@@ -11,9 +11,11 @@
 pub mod chain;
 pub mod commit;
 pub mod image;
+pub mod index_writer;
 pub mod lineage;
 pub mod listing;
 pub mod lock;
+pub mod remove;
 pub mod run_record;
 pub mod segment_writer;
 pub mod select;

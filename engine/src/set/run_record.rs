@@ -48,7 +48,8 @@ pub struct RunRecord {
 impl RunRecord {
     /// Write the record (never replacing one) and make it durable.
     pub fn write_new(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(format!("{}.run.json", self.image_id));
+        let path = dir
+            .join(ImageId::parse(&self.image_id).map_or_else(|| format!("{}.run.json", self.image_id), run_file_name));
         let mut f =
             OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| Error::io("create", &path, e))?;
         let mut v = serde_json::to_vec_pretty(self).expect("run record serializes");

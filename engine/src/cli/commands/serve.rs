@@ -20,6 +20,6 @@ pub fn run(a: ServeArgs) -> anyhow::Result<u8> {
     };
     // Notes only: a server has no progress to draw.
     let obs = Console::new("serving", Format::Json);
-    tintype::serve::nbd::serve(&o, &obs)?;
+    tintype::serve::serve(&o, &obs)?;
     Ok(exit::OK)
 }

@@ -2,7 +2,6 @@
 //! manifest, and the commit.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,7 +18,8 @@ use crate::format::Xxh128;
 use crate::format::FORMAT_VERSION;
 use crate::io::checksum::stream_file;
 use crate::observe::{interrupted, test_pause, Observer};
-use crate::set::commit::{sync_dir, Leftovers};
+use crate::set::commit::sync_dir;
+use crate::set::remove::Leftovers;
 use crate::set::unreadable::write_badmap;
 
 /// Write the badmap and the index header, build the manifest and commit
@@ -47,7 +47,7 @@ pub(super) fn commit(
         write_badmap(&dir.join(badmap_file_name(id)), &imaged.unreadable, run.source.size_bytes).map_err(keep)?;
     }
     note_fallbacks(run, &imaged, obs);
-    write_index_header(run, &prepared.index).map_err(keep)?;
+    prepared.index.finish(&index_header(run)).map_err(keep)?;
     let manifest = build_manifest(run, prepared, imaged).map_err(keep)?;
     sync_dir(dir).map_err(keep)?;
     // A signal that came while the index and segments were made durable
@@ -86,9 +86,8 @@ pub(crate) fn note_fallbacks(run: &Run<'_>, imaged: &Imaged, obs: &dyn Observer)
     }
 }
 
-/// The index header, written once every entry is, then the index synced.
-pub(crate) fn write_index_header(run: &Run<'_>, index: &std::fs::File) -> Result<()> {
-    let mut head = [0u8; INDEX_HEADER_BYTES];
+/// The index header: written once every entry is.
+fn index_header(run: &Run<'_>) -> IndexHeader {
     IndexHeader {
         chunk_bytes: run.st.chunk_bytes,
         image_id: run.id,
@@ -96,11 +95,6 @@ pub(crate) fn write_index_header(run: &Run<'_>, index: &std::fs::File) -> Result
         source_bytes: run.source.size_bytes,
         parent: run.st.parent.as_ref().map(|p| p.id()),
     }
-    .encode(&mut head);
-    index
-        .write_all_at(&head, 0)
-        .and_then(|()| index.sync_all())
-        .map_err(|e| Error::io("write index", &run.index_path, e))
 }
 
 /// The manifest of the finished run: every segment (kept and new), the

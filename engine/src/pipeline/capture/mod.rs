@@ -28,12 +28,12 @@ use crate::format::manifest::rfc3339_utc;
 use crate::io::device::OpenMode;
 use crate::io::device::Source;
 use crate::io::quiesce::check_mounts;
-use crate::io::{self, Backend, IoChoice};
+use crate::io::{self};
 use crate::observe::Observer;
 use crate::pipeline::lanes::available_cores;
-use crate::set::commit::Leftovers;
 use crate::set::image::Image;
 use crate::set::lock::{lock_set, Access};
+use crate::set::remove::Leftovers;
 use crate::set::ImageSet;
 
 /// Image `opts.source` into the set `opts.set`: the steps, each in its own
@@ -43,7 +43,7 @@ use crate::set::ImageSet;
 /// commit the manifest ([`finish`]).
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
     validate(opts)?;
-    let backend = select_backend(&opts.io, obs)?;
+    let backend = io::select(&opts.io, obs)?;
     let source = open_source(&opts.source, obs)?;
     let set = ImageSet::create_or_open(&opts.set)?;
     let lock = lock_set(&set.dir, Access::Add, &format!("create {}", opts.source.display()))?;
@@ -66,15 +66,6 @@ pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> 
     let report = finish::commit(&run, prepared, imaged, &mut unfinished, obs)?;
     drop(lock);
     Ok(report)
-}
-
-/// The I/O backend, with a note when it is not the one asked for.
-pub(crate) fn select_backend(choice: &IoChoice, obs: &dyn Observer) -> Result<Backend> {
-    let (backend, why) = io::select(choice)?;
-    if let Some(why) = why {
-        obs.note(&why);
-    }
-    Ok(backend)
 }
 
 /// Open the source read-only (O_DIRECT where its filesystem allows it).

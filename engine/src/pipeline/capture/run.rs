@@ -2,7 +2,6 @@
 //! left salvaged, or a new run recorded; a fresh index; the chunks that need
 //! no reading preset), then every chunk read through the capture lanes.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,11 +9,11 @@ use std::time::{Duration, Instant};
 use super::lane::shared::{CaptureShared, LaneReport};
 use super::lane::CaptureLane;
 use super::options::{staging_bytes, CreateOptions, BATCH_BYTES};
-use super::salvage::{keep_unreadable, salvage, write_preset};
+use super::salvage::{keep_unreadable, salvage};
 use super::used_space::used_space;
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, IndexEntry};
+use crate::format::index::IndexEntry;
 use crate::format::manifest::{LayoutInfo, SegmentInfo, SourceInfo};
 use crate::format::names::{index_file_name, journal_file_name};
 use crate::format::ImageId;
@@ -27,10 +26,11 @@ use crate::pipeline::capture::start::Start;
 use crate::pipeline::lanes::run_lanes;
 use crate::pipeline::lanes::Pinning;
 use crate::pipeline::plan::Plan;
-use crate::set::commit::Leftovers;
+use crate::set::index_writer::Existing;
+use crate::set::index_writer::IndexFile;
+use crate::set::remove::Leftovers;
 use crate::set::run_record::{unix_now, RunOperation, RunRecord};
 use crate::set::ImageSet;
-use std::fs::File;
 
 /// One run of `create`, once it is decided what it is.
 pub(super) struct Run<'a> {
@@ -55,7 +55,7 @@ pub(super) struct Run<'a> {
 
 /// What the run has on disk before its lanes start.
 pub(super) struct Prepared {
-    pub index: File,
+    pub index: IndexFile,
     /// Per chunk, the entry it already has: kept by a resumed run, or
     /// unused by any filesystem.
     pub preset: Vec<Option<IndexEntry>>,
@@ -123,20 +123,12 @@ impl<'a> Run<'a> {
                 (Vec::new(), Vec::new(), Vec::new())
             }
         };
-        let index = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.index_path)
-            .map_err(|e| Error::io("create index", &self.index_path, e))?;
-        // A fresh index: zeros (state "unset"), then what a resumed run keeps.
-        index
-            .set_len(0)
-            .and_then(|()| index.set_len(entry_offset(self.chunk_count)))
-            .map_err(|e| Error::io("size index", &self.index_path, e))?;
+        // A fresh index (a resumed run's own is emptied: what it keeps is in
+        // `preset`), then the entries known without reading.
+        let existing = if self.st.resumed.is_some() { Existing::Reuse } else { Existing::Refuse };
+        let index = IndexFile::create(&self.index_path, self.chunk_count, existing)?;
         let layout = used_space(self.opts.used_only, self.source, self.st.chunk_bytes, &mut preset, obs)?;
-        write_preset(&index, &self.index_path, &preset)?;
+        index.write_known(&preset)?;
         Ok(Prepared { index, preset, layout, kept_segments, unreadable_kept })
     }
 
@@ -180,8 +172,8 @@ impl<'a> Run<'a> {
         let (cb, opts) = (self.st.chunk_bytes, self.opts);
         // Batches of up to 64 MiB keep each lane's reads sequential; a small
         // source gets smaller batches so every lane has a share.
-        let batch_chunks =
-            (self.chunk_count / (u64::from(self.lanes) * 8)).clamp(1, (BATCH_BYTES / u64::from(cb)).max(1));
+        let plan = Plan::for_lanes(self.chunk_count, self.lanes, BATCH_BYTES / u64::from(cb));
+        let batch_chunks = plan.batch_chunks();
         let stop = AtomicBool::new(false);
         let unreadable = std::sync::Mutex::new((p.unreadable_kept.clone(), None));
         let sh = CaptureShared {
@@ -194,9 +186,8 @@ impl<'a> Run<'a> {
             staging_bytes: staging_bytes(cb, opts.staging_bytes),
             level: self.st.level,
             backend: self.backend.clone(),
-            plan: Plan::new(self.chunk_count, batch_chunks),
+            plan,
             index: &p.index,
-            index_path: &self.index_path,
             stop: &stop,
             bytes_done: AtomicU64::new(0),
             next_segment: AtomicU32::new(p.kept_segments.len() as u32),

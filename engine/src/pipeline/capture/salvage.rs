@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
 use crate::format::manifest::SegmentInfo;
+use crate::format::names::parse_file_name;
+use crate::format::names::FileKind;
 use crate::format::names::{index_file_name, segment_file_name};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
@@ -180,11 +182,10 @@ fn next_frame(
 /// Segments past a gap in the numbers cannot be listed densely: removed.
 fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
-    let prefix = format!("{id}.");
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let n = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok());
-        if n.is_some_and(|n| n >= first_missing) {
+        let f = parse_file_name(&e.file_name().to_string_lossy());
+        let late = f.is_some_and(|f| f.id == id && matches!(f.kind, FileKind::Segment(n) if n >= first_missing));
+        if late {
             std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
         }
     }
@@ -288,26 +289,4 @@ pub(crate) fn pieces_in_kept_chunks(
     kept.sort_unstable();
     kept.dedup();
     kept
-}
-
-/// Write the entries a resumed run already has, in runs of consecutive chunks.
-pub(crate) fn write_preset(index: &std::fs::File, path: &Path, preset: &[Option<IndexEntry>]) -> Result<()> {
-    let mut chunk = 0;
-    while chunk < preset.len() {
-        if preset[chunk].is_none() {
-            chunk += 1;
-            continue;
-        }
-        let first = chunk;
-        let mut bytes = Vec::new();
-        while let Some(Some(e)) = preset.get(chunk) {
-            let at = bytes.len();
-            bytes.resize(at + INDEX_ENTRY_BYTES, 0);
-            e.encode(&mut bytes[at..]);
-            chunk += 1;
-        }
-        let at = entry_offset(first as u64);
-        index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", path, at, e))?;
-    }
-    Ok(())
 }

@@ -14,9 +14,9 @@ use crate::format::manifest::{ImageKind, SourceInfo};
 use crate::format::ImageId;
 use crate::io::device::Source;
 use crate::observe::Observer;
-use crate::set::commit::remove_leftovers;
 use crate::set::image::Image;
 use crate::set::lineage::Lineage;
+use crate::set::remove::remove_leftovers;
 use crate::set::run_record::{RunOperation, RunRecord};
 use crate::set::{ImageSet, Scan};
 

@@ -23,8 +23,9 @@ use crate::io::Backend;
 use crate::io::Completion;
 use crate::io::Io;
 use crate::io::Request;
+use crate::pipeline::lanes::WRITE_TAG;
 use crate::pipeline::plan::Plan;
-use crate::pipeline::verify::report::BadChunk;
+use crate::pipeline::verify::options::BadChunk;
 use crate::set::chain::SegmentRef;
 use crate::set::image::Image;
 use std::fs::File;
@@ -67,8 +68,6 @@ pub(crate) struct RestoreShared<'a> {
 pub(crate) const SLOT_TARGET: usize = 0;
 
 pub(crate) const SEGMENT_SLOTS: usize = 4;
-
-pub(crate) const WRITE_FLAG: u64 = 1 << 63;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SegSlot {
@@ -288,10 +287,10 @@ impl<'a> RestoreLane<'a> {
     }
 
     pub(super) fn dispatch(&mut self, c: Completion) -> Result<()> {
-        let pair = (c.user_data & !WRITE_FLAG) as usize;
+        let pair = (c.user_data & !WRITE_TAG) as usize;
         let chunk = self.pair_chunk[pair];
         let (start, raw_len) = self.sh.img.chunk_extent(chunk);
-        if c.user_data & WRITE_FLAG != 0 {
+        if c.user_data & WRITE_TAG != 0 {
             // What went through the ring: the O_DIRECT part (the unaligned
             // tail was written separately).
             let (_, len) = self.write_span(start, raw_len);
@@ -447,7 +446,7 @@ impl<'a> RestoreLane<'a> {
             buf_offset: 0,
             len: direct_len,
             file_offset: start,
-            tag: WRITE_FLAG | pair as u64,
+            tag: WRITE_TAG | pair as u64,
         });
         Ok(())
     }

@@ -15,7 +15,7 @@ mod read_back;
 
 use self::lane::{RestoreLane, RestoreShared, Totals};
 pub use self::options::{ReadBack, RestoreOptions, RestoreReport};
-use self::preflight::{check_segments, preflight, refuse_own_file};
+use self::preflight::{preflight, refuse_own_file, segments_present};
 use self::read_back::read_back;
 use crate::error::Left;
 use crate::error::{Error, Result};
@@ -50,10 +50,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     if !(1..=1024).contains(&opts.queue_depth) {
         return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }
-    let (backend, why) = io::select(&opts.io)?;
-    if let Some(why) = why {
-        obs.note(&why);
-    }
+    let backend = io::select(&opts.io, obs)?;
     let set = ImageSet::open(&opts.set)?;
     let _lock = lock_set(&set.dir, Access::Read, "restore")?;
     refuse_own_file(&set, &opts.target)?;
@@ -61,7 +58,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     // An incremental or differential image is read through its chain: every
     // chunk is resolved to the image whose segment holds it.
     let resolved = Resolved::load(&set.chain(&img)?)?;
-    let missing_segments = check_segments(opts, &resolved.segments)?;
+    let missing_segments = segments_present(opts, &resolved.segments)?;
     let write_limit = preflight(opts, &img, &resolved)?;
     // Before the target is created or opened: settings refused here leave
     // nothing behind.
@@ -155,8 +152,6 @@ fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend,
     let (m, target) = (&run.img.manifest, run.target);
     let tail_file =
         OpenOptions::new().write(true).open(&target.path).map_err(|e| Error::io("open target", &target.path, e))?;
-    let batch_chunks =
-        (m.chunk_count / (u64::from(lanes) * 8)).clamp(1, ((64u64 << 20) / u64::from(m.chunk_size_bytes)).max(1));
     let stop = AtomicBool::new(false);
     let sh = RestoreShared {
         img: run.img,
@@ -170,7 +165,7 @@ fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend,
         skip_bad: opts.skip_bad,
         discard: opts.discard,
         missing_segments: run.missing,
-        plan: Plan::new(m.chunk_count, batch_chunks),
+        plan: Plan::for_lanes(m.chunk_count, lanes, (64u64 << 20) / u64::from(m.chunk_size_bytes)),
         stop: &stop,
         bytes_done: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),

@@ -1,6 +1,6 @@
 //! What `restore` is asked to do and what it reports.
 use crate::io::IoChoice;
-use crate::pipeline::verify::report::BadChunk;
+use crate::pipeline::verify::options::BadChunk;
 use serde::Serialize;
 use std::path::PathBuf;
 

@@ -93,7 +93,7 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
 
 /// Every segment must be there with the size the manifest records. Under
 /// --skip-bad a missing one only makes its chunks bad; returns those.
-pub(crate) fn check_segments(opts: &RestoreOptions, segments: &[SegmentRef]) -> Result<Vec<bool>> {
+pub(crate) fn segments_present(opts: &RestoreOptions, segments: &[SegmentRef]) -> Result<Vec<bool>> {
     let mut missing = vec![false; segments.len()];
     for (i, s) in segments.iter().enumerate() {
         let path = &s.path;

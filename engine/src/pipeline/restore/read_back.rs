@@ -54,7 +54,7 @@ pub(crate) fn read_back(
         entries,
         path: &target.path,
         limit,
-        plan: Plan::new(chunk_count, (chunk_count / (u64::from(lanes) * 8)).clamp(1, 64)),
+        plan: Plan::for_lanes(chunk_count, lanes, 64),
         qd,
         backend,
         stop: AtomicBool::new(false),

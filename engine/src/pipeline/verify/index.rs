@@ -8,8 +8,8 @@ use crate::format::index::ZeroHashes;
 
 use crate::format::index::IndexEntry;
 use crate::format::ImageId;
-use crate::pipeline::verify::report::BadChunk;
-use crate::pipeline::verify::report::Problem;
+use crate::pipeline::verify::options::BadChunk;
+use crate::pipeline::verify::options::Problem;
 use crate::set::image::Image;
 
 /// The parent's raw hash per chunk (None where its entry does not decode),

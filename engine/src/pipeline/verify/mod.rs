@@ -5,11 +5,11 @@
 //! segment's own hash. It reports every problem it finds, never only the first.
 
 mod index;
-pub mod report;
+pub mod options;
 mod segment;
 
 use self::index::{check_index, IndexCheck};
-pub use self::report::{BadChunk, ImageCheck, Problem, VerifyOptions, VerifyReport};
+pub use self::options::{BadChunk, ImageCheck, Problem, VerifyOptions, VerifyReport};
 use self::segment::check_segments;
 use crate::error::{Error, Result};
 use crate::io;
@@ -25,10 +25,7 @@ use std::time::Instant;
 /// Verify an image.
 pub fn verify(opts: &VerifyOptions, obs: &dyn Observer) -> Result<VerifyReport> {
     let started = Instant::now();
-    let (backend, why) = io::select(&opts.io)?;
-    if let Some(why) = why {
-        obs.note(&why);
-    }
+    let backend = io::select(&opts.io, obs)?;
     if !(1..=1024).contains(&opts.queue_depth) {
         return Err(Error::InvalidSetting(format!("--queue-depth {}: must be 1 to 1024", opts.queue_depth)));
     }

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::index::{Findings, FrameRef};
-use super::report::VerifyOptions;
+use super::options::VerifyOptions;
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::format::frame::check_frame;
@@ -24,8 +24,8 @@ use crate::format::Xxh64;
 use crate::io::device::OpenMode;
 use crate::io::Io;
 use crate::io::Request;
-use crate::pipeline::verify::report::BadChunk;
-use crate::pipeline::verify::report::Problem;
+use crate::pipeline::verify::options::BadChunk;
+use crate::pipeline::verify::options::Problem;
 use crate::set::image::Image;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;

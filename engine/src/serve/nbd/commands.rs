@@ -1,11 +1,12 @@
 //! Transmission: requests READ (simple or structured replies, holes for
-//! zero and unused chunks), DISC, FLUSH and BLOCK_STATUS, and the replies.
+//! zero and unused chunks), WRITE (into the overlay, if any), DISC, FLUSH
+//! and BLOCK_STATUS, and the replies.
 
 use std::io::{Read, Write};
 
 use super::connection::{bad, Connection, Io, Slice};
 use super::protocol::*;
-use crate::serve::ChunkData;
+use crate::serve::export::ChunkData;
 
 impl<S: Read + Write> Connection<'_, S> {
     pub(super) fn simple_reply(&mut self, handle: u64, error: u32, data: &[u8]) -> Io<()> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::protocol::*;
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
-use crate::serve::Export;
+use crate::serve::export::Export;
 
 /// Part of a decompressed chunk: (the chunk, first byte, length).
 pub(super) type Slice = (Arc<Vec<u8>>, usize, usize);

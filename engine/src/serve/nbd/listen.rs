@@ -8,9 +8,10 @@ use std::sync::Arc;
 use super::connection::session;
 use crate::error::{Error, Result};
 use crate::observe::Observer;
-use crate::serve::{Export, Listen, ServeOptions};
+use crate::serve::export::Export;
+use crate::serve::options::{Listen, ServeOptions};
 
-pub(super) fn listen(
+pub(crate) fn listen(
     opts: &ServeOptions,
     export: &Arc<Export>,
     done: &Arc<AtomicU64>,

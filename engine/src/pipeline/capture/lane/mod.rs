@@ -1,6 +1,8 @@
 //! One capture lane: a thread with its own ring, read buffers, compressor and
-//! segment writer. The walk of one chunk — read, zero check, hash, compress,
-//! append to the staging buffer, index entry — happens here, on one core.
+//! open segment. The walk of one chunk stays on its core: read
+//! ([`read`](self::read)), zero check, hash, compare and compress into a
+//! staging buffer ([`stage`](self::stage)), append to the segment
+//! ([`write`](self::write)), index entry (`record_entry`, here).
 //!
 //! Buffers: ids `0..queue_depth` are read buffers of one chunk each; the two
 //! after them are staging buffers that alternate: one fills with frames while
@@ -14,7 +16,6 @@ mod stage;
 mod write;
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -22,12 +23,13 @@ use self::shared::{latency_histogram, CaptureShared, LaneReport, LaneStats};
 use crate::codec::Encoder;
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
+use crate::format::index::{IndexEntry, ZeroHashes};
+use crate::io::Completion;
 use crate::io::{self, Io};
+use crate::pipeline::lanes::WRITE_TAG;
 use crate::set::segment_writer::OpenSegment;
 
 pub(crate) const SLOT_SOURCE: usize = 0;
-pub(crate) const WRITE_FLAG: u64 = 1 << 63;
 
 #[derive(Debug)]
 pub(crate) struct Batch {
@@ -185,8 +187,17 @@ impl<'a> CaptureLane<'a> {
         Ok(())
     }
 
+    /// Route a completion: a staging buffer's write, or a chunk's read.
+    fn dispatch(&mut self, c: Completion) -> Result<()> {
+        if c.user_data & WRITE_TAG != 0 {
+            self.on_write(c)
+        } else {
+            self.on_read(c)
+        }
+    }
+
     /// Store a chunk's entry; write a batch's entries once all are known.
-    pub(super) fn record(&mut self, chunk: u64, entry: IndexEntry) -> Result<()> {
+    pub(super) fn record_entry(&mut self, chunk: u64, entry: IndexEntry) -> Result<()> {
         let pos = self
             .batches
             .iter()
@@ -199,12 +210,9 @@ impl<'a> CaptureLane<'a> {
             return Ok(());
         }
         let b = self.batches.remove(pos).expect("batch");
-        let mut bytes = vec![0u8; b.entries.len() * INDEX_ENTRY_BYTES];
-        for (e, out) in b.entries.iter().zip(bytes.chunks_exact_mut(INDEX_ENTRY_BYTES)) {
-            e.expect("every chunk of a finished batch has an entry").encode(out);
-        }
-        let at = entry_offset(b.first);
-        self.sh.index.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", self.sh.index_path, at, e))
+        let entries: Vec<IndexEntry> =
+            b.entries.iter().map(|e| e.expect("every chunk of a finished batch has an entry")).collect();
+        self.sh.index.write_entries(b.first, &entries)
     }
 }
 

@@ -5,14 +5,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Batch, CaptureLane, ReadOp, SLOT_SOURCE, WRITE_FLAG};
+use super::{Batch, CaptureLane, ReadOp, SLOT_SOURCE};
 use crate::error::Left;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::align_up;
 use crate::format::index::ChunkState;
+use crate::format::index::IndexEntry;
 use crate::io::Request;
 use crate::io::{self, Completion};
+use crate::pipeline::capture::lane::shared::LaneStats;
 use crate::pipeline::capture::options::OnReadError;
 
 impl CaptureLane<'_> {
@@ -56,23 +58,9 @@ impl CaptureLane<'_> {
             let Some(chunk) = self.next_claimed() else { return Ok(None) };
             match self.sh.preset.get(chunk as usize) {
                 Some(Some(e)) => {
-                    let st = &mut self.report.stats;
-                    st.chunks += 1;
-                    match e.state {
-                        // No filesystem uses it: not read, not stored.
-                        ChunkState::Unused => st.chunks_unused += 1,
-                        ChunkState::Zero => {
-                            st.chunks_resumed += 1;
-                            st.chunks_zero += 1
-                        }
-                        ChunkState::Inherited => {
-                            st.chunks_resumed += 1;
-                            st.chunks_inherited += 1
-                        }
-                        _ => st.chunks_resumed += 1,
-                    }
+                    count_preset(&mut self.report.stats, e);
                     self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
-                    self.record(chunk, *e)?;
+                    self.record_entry(chunk, *e)?;
                 }
                 _ => return Ok(Some(chunk)),
             }
@@ -107,10 +95,9 @@ impl CaptureLane<'_> {
         Some(r.start)
     }
 
-    pub(super) fn dispatch(&mut self, c: Completion) -> Result<()> {
-        if c.user_data & WRITE_FLAG != 0 {
-            return self.on_write(c);
-        }
+    /// A read completed: retry, carry on after a short read, find the bad
+    /// sectors of a failed one, or queue the chunk for staging.
+    pub(super) fn on_read(&mut self, c: Completion) -> Result<()> {
         let buf = c.user_data as usize;
         let mut op = self.reads[buf].expect("read completion for a buffer with a read");
         let offset = op.chunk * u64::from(self.sh.chunk_bytes) + u64::from(op.got);
@@ -270,4 +257,22 @@ pub(crate) fn bisect(
     let half = (len / 2).div_ceil(sector) * sector;
     bisect(read, base, at, half, sector, retries, bad);
     bisect(read, base, at + half, len - half, sector, retries, bad);
+}
+
+/// Count a chunk recorded without reading it: unused by any filesystem, or
+/// kept from the interrupted run a resume carries on.
+fn count_preset(st: &mut LaneStats, e: &IndexEntry) {
+    st.chunks += 1;
+    match e.state {
+        ChunkState::Unused => st.chunks_unused += 1,
+        ChunkState::Zero => {
+            st.chunks_resumed += 1;
+            st.chunks_zero += 1
+        }
+        ChunkState::Inherited => {
+            st.chunks_resumed += 1;
+            st.chunks_inherited += 1
+        }
+        _ => st.chunks_resumed += 1,
+    }
 }

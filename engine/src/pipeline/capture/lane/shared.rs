@@ -11,6 +11,7 @@ use crate::format::ImageId;
 use crate::io::{device::Source, Backend};
 use crate::pipeline::capture::options::OnReadError;
 use crate::pipeline::plan::Plan;
+use crate::set::index_writer::IndexFile;
 
 /// The unreadable ranges found so far, and the run's journal of them.
 pub(crate) type Unreadable = std::sync::Mutex<(Vec<(u64, u64)>, Option<File>)>;
@@ -28,8 +29,7 @@ pub(crate) struct CaptureShared<'a> {
     pub level: i32,
     pub backend: Backend,
     pub plan: Plan,
-    pub index: &'a File,
-    pub index_path: &'a Path,
+    pub index: &'a IndexFile,
     /// Set when a lane fails (or the run is interrupted): the others stop
     /// claiming work, finish what is in flight and return.
     pub stop: &'a AtomicBool,
@@ -38,9 +38,10 @@ pub(crate) struct CaptureShared<'a> {
     /// For a differential or incremental: the parent's raw hash of every
     /// chunk, and its ID. A chunk that hashes the same is inherited.
     pub parent: Option<(&'a [u128], ImageId)>,
-    /// For a resumed run: the entries chunks already have (empty otherwise).
+    /// The entries chunks already have without being read: kept by a
+    /// resumed run, or unused by any filesystem (used-space imaging).
     pub preset: &'a [Option<IndexEntry>],
-    /// On a read error: find the bad sectors and image the rest (true), or stop.
+    /// On a read error: stop, or find the bad sectors and image the rest.
     pub on_read_error: OnReadError,
     /// Retries of a failing read before its sectors count as unreadable.
     pub read_retries: u32,

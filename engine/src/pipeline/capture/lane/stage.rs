@@ -15,83 +15,80 @@ use crate::format::index::{ChunkState, IndexEntry};
 use crate::format::ImageId;
 
 impl CaptureLane<'_> {
-    /// Zero-check, hash, compress and stage every completed read, as long as
-    /// a staging buffer has room.
+    /// Zero-check, hash, compare and stage every completed read, in
+    /// completion order, as long as a staging buffer has room.
     pub(super) fn process_ready(&mut self) -> Result<()> {
         while let Some(&buf) = self.ready.front() {
-            let mut op = self.reads[buf].expect("ready buffer has a read");
-            let raw_len = op.raw_len as usize;
-            let t = Instant::now();
-            let zero = op.hash.is_none() && is_zero(&self.io.buffer(buf)[..raw_len]);
-            self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
-            let entry = if op.unreadable {
-                IndexEntry {
-                    state: ChunkState::Unreadable,
-                    segment: 0,
-                    offset: 0,
-                    stored_len: 0,
-                    raw_len: op.raw_len,
-                    raw_hash: 0,
-                    image_id: ImageId(0),
-                }
-            } else if zero {
-                self.report.stats.chunks_zero += 1;
-                IndexEntry {
-                    state: ChunkState::Zero,
-                    segment: 0,
-                    offset: 0,
-                    stored_len: 0,
-                    raw_len: op.raw_len,
-                    raw_hash: self.zero_hashes.get(op.raw_len),
-                    image_id: ImageId(0),
-                }
-            } else {
-                let raw_hash = match op.hash {
-                    Some(h) => h,
-                    None => {
-                        let t = Instant::now();
-                        let h = xxh3_128(&self.io.buffer(buf)[..raw_len]);
-                        self.report.stats.nanos_hash += t.elapsed().as_nanos() as u64;
-                        op.hash = Some(h);
-                        self.reads[buf] = Some(op);
-                        h
-                    }
-                };
-                match self.sh.parent {
-                    Some((hashes, parent)) if hashes[op.chunk as usize] == raw_hash => {
-                        self.report.stats.chunks_inherited += 1;
-                        IndexEntry {
-                            state: ChunkState::Inherited,
-                            segment: 0,
-                            offset: 0,
-                            stored_len: 0,
-                            raw_len: op.raw_len,
-                            raw_hash,
-                            image_id: parent,
-                        }
-                    }
-                    _ => {
-                        if !self.make_room()? {
-                            return Ok(()); // wait for a staging write to finish
-                        }
-                        self.stage(buf, op, raw_hash)?
-                    }
-                }
+            let Some(entry) = self.entry_for(buf)? else {
+                return Ok(()); // wait for a staging write to finish
             };
             #[cfg(feature = "slowdown")]
             slowdown();
+            let op = self.reads[buf].take().expect("ready buffer has a read");
             self.ready.pop_front();
-            self.reads[buf] = None;
             self.free_reads.push(buf);
             self.report.stats.chunks += 1;
             self.report.stats.bytes_read += op.raw_len as u64;
             self.sh.bytes_done.fetch_add(u64::from(op.raw_len), Ordering::Relaxed);
-            self.record(op.chunk, entry)?;
+            self.record_entry(op.chunk, entry)?;
         }
         Ok(())
     }
 
-    /// Hash and compress the chunk in `buf` into the current staging buffer.
+    /// The chunk read into `buf` as an index entry: unreadable, zero,
+    /// inherited (its hash equals the parent's), or stored — compressed into
+    /// the staging buffer. None when that must wait for a staging write.
+    fn entry_for(&mut self, buf: usize) -> Result<Option<IndexEntry>> {
+        let op = self.reads[buf].expect("ready buffer has a read");
+        let unstored = |state, raw_hash, image_id| IndexEntry {
+            state,
+            segment: 0,
+            offset: 0,
+            stored_len: 0,
+            raw_len: op.raw_len,
+            raw_hash,
+            image_id,
+        };
+        if op.unreadable {
+            return Ok(Some(unstored(ChunkState::Unreadable, 0, ImageId(0))));
+        }
+        // A chunk already hashed (waiting for room) is known not to be zero.
+        let t = Instant::now();
+        let zero = op.hash.is_none() && is_zero(&self.io.buffer(buf)[..op.raw_len as usize]);
+        self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
+        if zero {
+            self.report.stats.chunks_zero += 1;
+            return Ok(Some(unstored(ChunkState::Zero, self.zero_hashes.get(op.raw_len), ImageId(0))));
+        }
+        let raw_hash = self.raw_hash(buf);
+        if let Some((_, parent)) = self.sh.parent.filter(|(hashes, _)| hashes[op.chunk as usize] == raw_hash) {
+            self.report.stats.chunks_inherited += 1;
+            return Ok(Some(unstored(ChunkState::Inherited, raw_hash, parent)));
+        }
+        if !self.make_room()? {
+            return Ok(None);
+        }
+        let op = self.reads[buf].expect("ready buffer has a read");
+        self.stage(buf, op, raw_hash).map(Some)
+    }
+
+    /// The xxh3-128 of the chunk in `buf`, computed once (a chunk may wait
+    /// for a staging buffer and come back here).
+    fn raw_hash(&mut self, buf: usize) -> u128 {
+        let mut op = self.reads[buf].expect("ready buffer has a read");
+        if let Some(h) = op.hash {
+            return h;
+        }
+        let t = Instant::now();
+        let h = xxh3_128(&self.io.buffer(buf)[..op.raw_len as usize]);
+        self.report.stats.nanos_hash += t.elapsed().as_nanos() as u64;
+        op.hash = Some(h);
+        self.reads[buf] = Some(op);
+        h
+    }
+
+    /// Compress the chunk in `buf` into the current staging buffer as a
+    /// frame (header with its raw hash, payload hash, zero padding).
     pub(super) fn stage(&mut self, buf: usize, op: ReadOp, raw_hash: u128) -> Result<IndexEntry> {
         let raw_len = op.raw_len as usize;
         let st = self.staging[self.cur];

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{CaptureLane, Staging, STAGING_MAX_AGE, WRITE_FLAG};
+use super::{CaptureLane, Staging, STAGING_MAX_AGE};
 use crate::error::{Error, Result};
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::io::Request;
 use crate::io::{self, Completion};
 use crate::pipeline::capture::lane::LaneSegment;
+use crate::pipeline::lanes::WRITE_TAG;
 use crate::set::segment_writer::{OpenSegment, SegmentOwner};
 
 impl CaptureLane<'_> {
@@ -48,13 +49,13 @@ impl CaptureLane<'_> {
             buf_offset: 0,
             len: st.fill,
             file_offset: offset,
-            tag: WRITE_FLAG | i as u64,
+            tag: WRITE_TAG | i as u64,
         });
         self.staging[i].in_flight = true;
     }
 
     pub(super) fn on_write(&mut self, c: Completion) -> Result<()> {
-        let i = (c.user_data & !WRITE_FLAG) as usize;
+        let i = (c.user_data & !WRITE_TAG) as usize;
         let st = self.staging[i];
         let (slot, offset) = st.target.expect("written staging buffer has a target");
         let path = self.segment_in(slot).seg.path.clone();
