@@ -9,7 +9,7 @@
 //! file names); the leaves — [`io`] (io_uring, portable and simulated
 //! backends, devices, targets, quiesce), [`codec`], [`fs`] (partition tables
 //! and used-space maps), [`profile`], [`sample`]; and at the bottom
-//! [`error`] and [`observe`] (notes, progress, the stop request).
+//! [`error`], [`observe`] (notes, progress, the stop request) and [`units`].
 
 pub mod codec;
 pub mod error;
@@ -25,6 +25,7 @@ pub mod profile;
 pub mod sample;
 pub mod serve;
 pub mod set;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use observe::{Observer, Quiet};

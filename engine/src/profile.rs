@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::units::parse_size;
 
 /// A profile. Every field is optional: what it leaves out falls through to
 /// the built-in default.
@@ -42,34 +43,6 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("cloud-volume", include_str!("../../profiles/cloud-volume.toml")),
     ("ci-loop", include_str!("../../profiles/ci-loop.toml")),
 ];
-
-/// Parse a size: a number with an optional binary suffix (K, M, G, T, with
-/// or without "iB"/"B"), e.g. "1M", "64KiB", "1073741824".
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1M, 64KiB, 4096)"))?;
-    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown size suffix {other:?} in {s:?} (use K, M, G or T)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// A size as a profile writes it: the largest binary unit that divides it.
-pub fn format_size(n: u64) -> String {
-    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    n.to_string()
-}
 
 impl Profile {
     /// Parse and check a profile's text; `origin` names it in errors.
@@ -137,6 +110,7 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::format_size;
 
     #[test]
     fn every_builtin_profile_parses_and_is_consistent() {
@@ -164,17 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_and_format() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999999999T").is_err());
-        assert_eq!(format_size(1 << 20), "1M");
-        assert_eq!(format_size(3 << 30), "3G");
-        assert_eq!(format_size(1000), "1000");
+    fn a_profile_round_trips_through_toml() {
         let p = Profile { chunk_size: Some(format_size(4 << 20)), level: Some(3), ..Profile::default() };
         assert_eq!(Profile::parse(&p.to_toml(), "round trip").unwrap(), p);
     }

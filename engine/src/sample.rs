@@ -109,22 +109,6 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// Bytes in binary units for people: "1.5 MiB".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// Write `size` bytes of mixed content (see [`Content::Mixed`]).
 pub fn write_mixed(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
     write(path, Content::Mixed, size, seed)

@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 const MAY_USE: &[(&str, &[&str])] = &[
     ("error", &[]),
     ("observe", &[]),
+    ("units", &[]),
     ("sample", &[]),
-    ("profile", &[]),
+    ("profile", &["units"]),
     ("codec", &[]),
     ("fs", &[]),
     ("io", &["observe"]),
     ("format", &["codec"]),
     ("set", &["observe", "io", "codec", "format"]),
-    ("pipeline", &["observe", "io", "codec", "fs", "format", "set", "sample", "profile"]),
+    ("pipeline", &["observe", "io", "codec", "fs", "format", "set", "sample", "profile", "units"]),
     ("merge", &["observe", "io", "codec", "format", "set"]),
     ("serve", &["observe", "io", "codec", "format", "set"]),
 ];

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tintype::io::IoChoice;
 use tintype::pipeline::capture::DEFAULT_LEVEL;
-use tintype::profile::parse_size;
+use tintype::units::parse_size;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -19,7 +19,8 @@ use crate::io::Request;
 use crate::io::{self, device::Source, Backend, IoChoice};
 use crate::observe::Observer;
 use crate::pipeline::lanes::available_cores;
-use crate::profile::{format_size, Profile};
+use crate::profile::Profile;
+use crate::units::format_size;
 
 /// How to run `tune`.
 #[derive(Debug, Clone)]

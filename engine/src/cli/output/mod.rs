@@ -84,7 +84,7 @@ impl Observer for Console {
     }
 }
 
-pub use tintype::sample::human_bytes as human;
+pub use tintype::units::human_bytes as human;
 
 pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     if secs > 0.0 {

@@ -44,10 +44,10 @@ pub(crate) fn used_space(
             (Some(u), _) => obs.note(&format!(
                 "{what}: {} uses {} of {}; only chunks holding used blocks are read",
                 p.filesystem,
-                crate::sample::human_bytes(*u),
-                crate::sample::human_bytes(p.size_bytes)
+                crate::units::human_bytes(*u),
+                crate::units::human_bytes(p.size_bytes)
             )),
-            (None, Some(why)) => obs.note(&format!("{what} ({}): {why}", crate::sample::human_bytes(p.size_bytes))),
+            (None, Some(why)) => obs.note(&format!("{what} ({}): {why}", crate::units::human_bytes(p.size_bytes))),
             (None, None) => {}
         }
     }

@@ -34,8 +34,8 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
             if stored > free {
                 return refuse(Refusal::NoSpace, format!(
                     "its filesystem has {} free, and the image's data needs {} (zero chunks become holes and need nothing)",
-                    crate::sample::human_bytes(free),
-                    crate::sample::human_bytes(stored)
+                    crate::units::human_bytes(free),
+                    crate::units::human_bytes(stored)
                 ));
             }
         }
@@ -68,8 +68,8 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
                 format!(
                     "the device is {size} bytes ({}), smaller than the image's source, {source_bytes} bytes ({}); \
                  use a device at least that large, or --allow-shrink if everything past {size} is unused",
-                    crate::sample::human_bytes(size),
-                    crate::sample::human_bytes(source_bytes)
+                    crate::units::human_bytes(size),
+                    crate::units::human_bytes(source_bytes)
                 ),
             );
         }
@@ -83,7 +83,7 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
                 format!(
                     "it is {size} bytes ({}) and holds {what}; restoring would overwrite it. Pass --force to \
                  overwrite it anyway",
-                    crate::sample::human_bytes(size)
+                    crate::units::human_bytes(size)
                 ),
             );
         }
