@@ -5,7 +5,7 @@
 //! keeps them): the commands — [`pipeline`] (create, restore, verify, tune,
 //! built on lanes), [`merge`] (merge, prune) and [`serve`] (the NBD export);
 //! [`set`] (an image set: images, lineage, chains, commit, locks, listing);
-//! [`format`] (pure encode and decode of frames, segments, index, manifest,
+//! [`format`](mod@format) (pure encode and decode of frames, segments, index, manifest,
 //! file names); the leaves — [`io`] (io_uring, portable and simulated
 //! backends, devices, targets, quiesce), [`codec`], [`fs`] (partition tables
 //! and used-space maps), [`profile`], [`sample`]; and at the bottom

@@ -272,7 +272,7 @@ impl Image {
     /// Read one chunk's raw bytes into `out` (at least a chunk long), checked
     /// against its hashes. A simple positioned read, for tests, tools and
     /// single-chunk access; the pipelines use lanes. An inherited chunk needs
-    /// the chain: use [`Resolved::read_chunk`].
+    /// the chain: use [`super::chain::Resolved::read_chunk`].
     pub fn read_chunk(&self, entry: &IndexEntry, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
         if entry.state == ChunkState::Stored {
             let seg = entry.segment as usize;

@@ -1,7 +1,7 @@
 //! `create`: image a source into a set, as named steps — [`options`]
-//! (what was asked), [`start`] (what this run is), [`salvage`] (what an
-//! interrupted run left), [`used_space`] (what needs no reading), [`run`]
-//! (the lanes read the source), [`finish`] (index, manifest, commit) — and
+//! (what was asked), `start.rs` (what this run is), `salvage.rs` (what an
+//! interrupted run left), `used_space.rs` (what needs no reading), `run.rs`
+//! (the lanes read the source), `finish.rs` (index, manifest, commit) — and
 //! the capture [`lane`]: one core's ring, buffers, compressor and writer.
 
 mod finish;
@@ -37,10 +37,10 @@ use crate::set::remove::Leftovers;
 use crate::set::ImageSet;
 
 /// Image `opts.source` into the set `opts.set`: the steps, each in its own
-/// file — settle the options, decide what this run is ([`start`]), prepare
+/// file — settle the options, decide what this run is (`start.rs`), prepare
 /// its files (salvaging what an interrupted run left, mapping used space),
-/// read the source through the lanes ([`run`]), then write the index and
-/// commit the manifest ([`finish`]).
+/// read the source through the lanes (`run.rs`), then write the index and
+/// commit the manifest (`finish.rs`).
 pub fn create(opts: &CreateOptions, obs: &dyn Observer) -> Result<CreateReport> {
     validate(opts)?;
     let backend = io::select(&opts.io, obs)?;

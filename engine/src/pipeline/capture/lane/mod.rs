@@ -1,8 +1,8 @@
 //! One capture lane: a thread with its own ring, read buffers, compressor and
 //! open segment. The walk of one chunk stays on its core: read
-//! ([`read`](self::read)), zero check, hash, compare and compress into a
-//! staging buffer ([`stage`](self::stage)), append to the segment
-//! ([`write`](self::write)), index entry (`record_entry`, here).
+//! (`read.rs`), zero check, hash, compare and compress into a staging
+//! buffer (`stage.rs`), append to the segment (`write.rs`), index entry
+//! (`record_entry`, here).
 //!
 //! Buffers: ids `0..queue_depth` are read buffers of one chunk each; the two
 //! after them are staging buffers that alternate: one fills with frames while
