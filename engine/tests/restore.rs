@@ -275,6 +275,40 @@ fn forged_index_entries_are_refused_before_writing() {
     }
 }
 
+/// Entries that break FORMAT §5's per-state rules — a stored frame naming
+/// another image, a zero or unused entry that still names a frame, an unused
+/// entry carrying a hash — are named by verify and refused by restore before
+/// it writes: both read the index through the same per-entry check.
+#[test]
+fn entries_breaking_the_per_state_rules_fail_verify_and_restore_alike() {
+    type Forge = Box<dyn Fn(&mut tintype::format::index::IndexEntry)>;
+    let cases: [(&str, Forge, &str); 3] = [
+        ("foreign image", Box::new(|e| e.image_id = tintype::format::ImageId(0x1234)), "names image"),
+        ("zero with a frame", Box::new(|e| e.state = ChunkState::Zero), "names a frame"),
+        (
+            "unused with a hash",
+            Box::new(|e| {
+                e.state = ChunkState::Unused;
+                (e.segment, e.offset, e.stored_len) = (0, 0, 0);
+            }),
+            "carries a hash",
+        ),
+    ];
+    for (name, change, why) in cases {
+        let sb = Sandbox::new();
+        image(&sb, 2 << 20, 72, "portable");
+        let (_, entries) = load(&sb.path("set"));
+        let c = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64;
+        forge_entry(&sb.path("set"), c, change);
+        let out = sb.expect(&["verify", "set"], 3);
+        let text = stdout(&out);
+        assert!(text.contains(&format!("BAD chunk {c} ")) && text.contains(why), "{name}: {text}");
+        let out = sb.expect(&["restore", "set", "t.img"], 3);
+        assert!(stderr(&out).contains(why), "{name}: {}", stderr(&out));
+        assert!(!sb.path("t.img").exists(), "{name}: nothing was written");
+    }
+}
+
 /// A missing segment: refused before writing; with --skip-bad, its chunks
 /// are listed and zeroed and everything else is restored.
 #[test]

@@ -64,6 +64,18 @@ pub enum ChunkState {
 }
 
 impl ChunkState {
+    /// The state's name in messages and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkState::Unset => "unset",
+            ChunkState::Stored => "stored",
+            ChunkState::Zero => "zero",
+            ChunkState::Unused => "unused",
+            ChunkState::Unreadable => "unreadable",
+            ChunkState::Inherited => "inherited",
+        }
+    }
+
     fn from_u8(v: u8) -> Option<ChunkState> {
         Some(match v {
             0 => ChunkState::Unset,

@@ -10,7 +10,7 @@ use super::{ImageSet, Loaded};
 use crate::codec::Decoder;
 use crate::error::ChainBreak;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes};
 use crate::format::ImageId;
 
 /// A segment of some image of a chain.
@@ -61,11 +61,12 @@ impl Resolved {
                     "index checksum does not match the manifest; nothing was read from this image (run `tintype verify`)",
                 ));
             }
-            let take = |chunk: u64| -> Result<IndexEntry> {
+            let mut zero = ZeroHashes::default();
+            let mut take = |chunk: u64| -> Result<IndexEntry> {
                 let at = entry_offset(chunk);
                 let e =
                     idx.entries[chunk as usize].map_err(|why| Error::corrupt(img.index_path(), at, why.to_string()))?;
-                img.check_entry(chunk, &e).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+                img.check_entry(chunk, &e, &mut zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
                 let mut e = e;
                 if e.state == ChunkState::Stored {
                     e.segment += base;

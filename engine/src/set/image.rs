@@ -14,7 +14,7 @@ use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
 use crate::format::index::{
-    entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
+    entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, ZeroHashes, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
 };
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::names::manifest_file_name;
@@ -176,11 +176,16 @@ impl Image {
         Ok(())
     }
 
-    /// Is entry `chunk` of this image's index consistent with the image:
-    /// a state a committed image may hold, the chunk's length, a stored frame
-    /// inside the image's segments, an inherited chunk naming the parent?
-    pub fn check_entry(&self, chunk: u64, e: &IndexEntry) -> Result<(), String> {
+    /// Is entry `chunk` of this image's index one a reader may use: a state
+    /// a committed image may hold, the chunk's length, and every field as
+    /// FORMAT §5 "Field values per state" says — a stored frame inside the
+    /// image's segments and naming this image; zero, unused and unreadable
+    /// entries with no location, no image, and the hash their state fixes;
+    /// an inherited chunk naming the parent. The one check verify, restore,
+    /// serve and merge all apply (through [`super::chain::Resolved::load`]).
+    pub fn check_entry(&self, chunk: u64, e: &IndexEntry, zero: &mut ZeroHashes) -> Result<(), String> {
         let (_, extent) = self.chunk_extent(chunk);
+        let located = e.segment != 0 || e.offset != 0 || e.stored_len != 0;
         match e.state {
             ChunkState::Unset => return Err(format!("chunk {chunk}: the entry was never written")),
             _ if e.raw_len != extent => {
@@ -192,6 +197,24 @@ impl Image {
                 if e.image_id != self.id() {
                     return Err(format!("chunk {chunk}: a stored entry names image {}, not this one", e.image_id));
                 }
+            }
+            state if located => {
+                return Err(format!(
+                    "chunk {chunk}: a {} entry names a frame (segment {}, offset {}, {} bytes stored); only stored \
+                     entries do",
+                    state.name(),
+                    e.segment,
+                    e.offset,
+                    e.stored_len
+                ))
+            }
+            ChunkState::Zero if e.image_id != ImageId(0) || e.raw_hash != zero.get(extent) => {
+                return Err(format!(
+                    "chunk {chunk}: a zero entry must carry the hash of {extent} zero bytes and no image"
+                ))
+            }
+            ChunkState::Unused | ChunkState::Unreadable if e.image_id != ImageId(0) || e.raw_hash != 0 => {
+                return Err(format!("chunk {chunk}: an {} entry carries a hash or an image", e.state.name()))
             }
             ChunkState::Inherited => match self.manifest.parent_id() {
                 None => return Err(format!("chunk {chunk} is inherited, but image {} has no parent", self.id())),

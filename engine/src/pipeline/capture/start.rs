@@ -9,7 +9,7 @@ use crate::error::ChainBreak;
 use crate::error::Refusal;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState};
+use crate::format::index::{entry_offset, ChunkState, ZeroHashes};
 use crate::format::manifest::{ImageKind, SourceInfo};
 use crate::format::ImageId;
 use crate::io::device::Source;
@@ -109,12 +109,13 @@ pub(crate) fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
             ),
         ));
     }
+    let mut zero = ZeroHashes::default();
     idx.entries
         .into_iter()
         .enumerate()
         .map(|(chunk, e)| {
             let e = e.map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why.to_string()))?;
-            img.check_entry(chunk as u64, &e)
+            img.check_entry(chunk as u64, &e, &mut zero)
                 .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
             Ok(match e.state {
                 ChunkState::Stored | ChunkState::Zero | ChunkState::Inherited => e.raw_hash,

@@ -124,22 +124,18 @@ fn check_entry(
     zero_hashes: &mut ZeroHashes,
     check: &mut IndexCheck,
 ) -> std::result::Result<(), Bad> {
-    let bad = |reason: String| Err(Bad { reason, at_frame: false });
-    let raw_len = img.chunk_extent(chunk).1;
-    if e.raw_len != raw_len && e.state != ChunkState::Unset {
-        return bad(format!("index says the chunk is {} bytes, it must be {raw_len}", e.raw_len));
-    }
+    // The per-entry rules every reader applies (FORMAT §5); what verify adds
+    // is reading the frames and comparing inherited chunks with the parent.
+    img.check_entry(chunk, e, zero_hashes).map_err(|reason| Bad { reason, at_frame: e.state == ChunkState::Stored })?;
     let counts = &mut check.counts;
     match e.state {
-        ChunkState::Stored => match img.check_stored_location(e) {
-            Ok(()) => check.per_segment[e.segment as usize].push(FrameRef { chunk, entry: *e }),
-            Err(why) => return Err(Bad { reason: why, at_frame: true }),
-        },
-        ChunkState::Zero if e.raw_hash == zero_hashes.get(raw_len) => counts.zero += 1,
-        ChunkState::Zero => return bad("index marks the chunk zero-filled but holds another chunk's hash".into()),
+        ChunkState::Stored => check.per_segment[e.segment as usize].push(FrameRef { chunk, entry: *e }),
+        ChunkState::Zero => counts.zero += 1,
         ChunkState::Unused => counts.unused += 1,
         ChunkState::Unreadable => counts.unreadable += 1,
-        ChunkState::Unset => return bad("index entry was never written (the run that made it did not finish)".into()),
+        ChunkState::Unset => {
+            return Err(Bad { reason: "index entry was never written".into(), at_frame: false });
+        }
         ChunkState::Inherited => {
             check_inherited(img.manifest.parent_id(), chunk, e, parent)?;
             counts.inherited += 1;
