@@ -83,8 +83,19 @@ impl Decoder {
         Ok(Decoder { dctx: zstd::bulk::Decompressor::new()? })
     }
 
-    /// Decode a zstd payload into `out`, returning the decoded length.
+    /// Decode a zstd payload into `out`, returning the decoded length. The
+    /// payload must be exactly one complete zstd frame: zstd itself would
+    /// also decode several concatenated frames or skip skippable ones, which
+    /// the format does not allow (a writer never makes them).
     pub fn decode(&mut self, stored: &[u8], out: &mut [u8]) -> Result<usize, String> {
+        let first = zstd::zstd_safe::find_frame_compressed_size(stored)
+            .map_err(|code| format!("not a zstd frame: {}", zstd::zstd_safe::get_error_name(code)))?;
+        if first != stored.len() {
+            return Err(format!(
+                "the payload is not one zstd frame: its first frame ends at byte {first} of {}",
+                stored.len()
+            ));
+        }
         self.dctx.decompress_to_buffer(stored, out).map_err(|e| e.to_string())
     }
 }
@@ -121,6 +132,28 @@ mod tests {
         assert_eq!(enc.encode(&random, &mut out), (Codec::None, 65536));
         assert_eq!(out, random);
         assert_eq!(Encoder::new(0).unwrap().encode(&text, &mut out), (Codec::None, 65536));
+    }
+
+    /// zstd would decode these; the format allows exactly one frame.
+    #[test]
+    fn a_payload_must_be_exactly_one_zstd_frame() {
+        let mut enc = Encoder::new(1).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let text: Vec<u8> = b"one frame only ".iter().copied().cycle().take(32768).collect();
+        let mut one = vec![0u8; 32768];
+        let (_, n) = enc.encode(&text, &mut one);
+        one.truncate(n);
+        let mut back = vec![0u8; 65536];
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        let why = dec.decode(&two, &mut back).unwrap_err();
+        assert!(why.contains(&format!("first frame ends at byte {n} of {}", 2 * n)), "{why}");
+        // A skippable frame (magic 0x184D2A50, 4-byte length, payload) after it.
+        let mut skip = one.clone();
+        skip.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 2, 0, 0, 0, 9, 9]);
+        assert!(dec.decode(&skip, &mut back).unwrap_err().contains("not one zstd frame"));
+        assert!(dec.decode(&one[..n - 1], &mut back).unwrap_err().contains("not a zstd frame"));
+        assert_eq!(dec.decode(&one, &mut back), Ok(32768));
     }
 
     #[test]

@@ -309,6 +309,53 @@ fn entries_breaking_the_per_state_rules_fail_verify_and_restore_alike() {
     }
 }
 
+/// Overwrite bytes of segment `seg` and fix up the manifest's segment hash,
+/// as a buggy tool would leave it: only the format's own rules can tell.
+fn forge_segment(set: &Path, seg: usize, at: u64, bytes: &[u8]) {
+    let (img, _) = load(set);
+    let path = img.segment_path(seg);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(bytes, at).unwrap();
+    let hash = xxhash_rust::xxh3::xxh3_64(&std::fs::read(&path).unwrap());
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&img.manifest_path).unwrap()).unwrap();
+    m["segments"][seg]["xxh3_64"] = format!("{hash:016x}").into();
+    std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Bytes the format says are zero — frame padding, segment header bytes
+/// 64..4096 — are checked, not only hashed: with the segment hash fixed up,
+/// verify names the damage and restore refuses it before writing (and
+/// under --skip-bad lists the chunks it could not restore).
+#[test]
+fn non_zero_padding_fails_verify_and_restore_alike() {
+    let sb = Sandbox::new();
+    image(&sb, 2 << 20, 73, "portable");
+    let (_, entries) = load(&sb.path("set"));
+    let c = entries.iter().position(|e| e.state == ChunkState::Stored && e.segment == 0).unwrap() as u64;
+    let e = entries[c as usize];
+    let pad = e.offset + 64 + u64::from(e.stored_len);
+    assert!(pad % 4096 != 0, "the frame has padding");
+    forge_segment(&sb.path("set"), 0, pad, &[0x5a]);
+    let out = sb.expect(&["verify", "set"], 3);
+    assert!(stdout(&out).contains(&format!("BAD chunk {c} ")) && stdout(&out).contains("padding"), "{}", stdout(&out));
+    let out = sb.expect(&["restore", "set", "t.img", "--skip-bad", "--json"], 3);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<u64> = v["bad_chunks"].as_array().unwrap().iter().map(|b| b["chunk"].as_u64().unwrap()).collect();
+    assert_eq!(listed, vec![c]);
+    forge_segment(&sb.path("set"), 0, pad, &[0]);
+    sb.expect(&["verify", "set"], 0);
+
+    forge_segment(&sb.path("set"), 0, 100, &[1]);
+    let out = sb.expect(&["verify", "set"], 3);
+    assert!(stdout(&out).contains("byte 100 is not zero"), "{}", stdout(&out));
+    let out = sb.expect(&["restore", "set", "u.img"], 3);
+    assert!(stderr(&out).contains("byte 100 is not zero"), "{}", stderr(&out));
+    assert!(!sb.path("u.img").exists(), "nothing was written");
+    let out = sb.expect(&["restore", "set", "u.img", "--skip-bad", "--json"], 3);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let in_seg0 = entries.iter().filter(|e| e.state == ChunkState::Stored && e.segment == 0).count();
+    assert_eq!(v["bad_chunks"].as_array().unwrap().len(), in_seg0, "{v}");
+}
+
 /// A missing segment: refused before writing; with --skip-bad, its chunks
 /// are listed and zeroed and everything else is restored.
 #[test]

@@ -167,6 +167,18 @@ fn used_only_modes_on_an_image_file() {
     let off = run("off", "set4");
     assert!(on > 20 && on == auto, "most of a 48 MiB filesystem holding ~3 MiB is free: {on}");
     assert_eq!(off, 0);
+    // A merged image keeps the count of the unused chunks it holds.
+    let out = sb.expect(&["create", "fs.img", "set2", "--incremental", "--used-only", "on", "--json"], 0);
+    let inc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inc = inc["image_id"].as_str().unwrap().to_string();
+    let out = sb.expect(&["merge", &format!("set2@{inc}"), "--full", "--json"], 0);
+    let merged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = merged["merged"]["image_id"].as_str().unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("set2").join(format!("{id}.manifest.json"))).unwrap()).unwrap();
+    assert_eq!(m["stats"]["chunks_unused"].as_u64(), Some(on), "{}", m["stats"]);
+    assert_eq!(m["stats"]["bytes_read"].as_u64(), Some(0), "a merge reads no source");
+    sb.expect(&["verify", &format!("set2@{id}")], 0);
     // Restored: everything the filesystem uses is there (e2fsck clean);
     // the full copy is byte for byte.
     sb.expect(&["restore", "set3", "r3.img"], 0);

@@ -60,6 +60,8 @@ pub enum FrameError {
     Codec(u8),
     #[error("reserved flags {0:#04x} set")]
     Flags(u8),
+    #[error("padding byte {at} of the frame is {value:#04x}; padding must be zero")]
+    Padding { at: usize, value: u8 },
     #[error("frame lengths out of range (raw {raw}, stored {stored})")]
     Lengths { raw: u32, stored: u32 },
     #[error("stored bytes do not match their checksum (xxh3-64 {found:016x}, header says {expected:016x})")]
@@ -178,14 +180,19 @@ pub const fn frame_len_max(chunk_bytes: u32) -> u64 {
 /// A payload decoder: stored bytes in, raw bytes out, decoded length back.
 pub type DecodeFn<'a> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'a;
 
-/// Check a whole frame (`bytes` starts at its header and holds at least
-/// header + payload) and decode its payload into `raw_out`, returning the
-/// header. `decompress` is the codec; it returns the decoded length.
+/// Check a whole frame (`bytes` starts at its header and holds the whole
+/// frame, padding included; anything after it is ignored) and decode its
+/// payload into `raw_out`, returning the header. `decompress` is the codec;
+/// it returns the decoded length.
 pub fn check_frame(bytes: &[u8], raw_out: &mut [u8], decompress: &mut DecodeFn<'_>) -> Result<FrameHeader, FrameError> {
     let h = FrameHeader::decode(bytes)?;
     let end = FRAME_HEADER_BYTES + h.stored_len as usize;
-    if bytes.len() < end {
+    let whole = h.frame_len() as usize;
+    if bytes.len() < whole {
         return Err(FrameError::Lengths { raw: h.raw_len, stored: h.stored_len });
+    }
+    if let Some(at) = bytes[end..whole].iter().position(|&b| b != 0) {
+        return Err(FrameError::Padding { at: end + at, value: bytes[end + at] });
     }
     let stored = &bytes[FRAME_HEADER_BYTES..end];
     let found = xxh3_64(stored);
@@ -286,6 +293,14 @@ mod tests {
         let mut no_codec = |_: &[u8], _: &mut [u8]| -> Result<usize, String> { unreachable!() };
         assert_eq!(check_frame(&frame, &mut out, &mut no_codec), Ok(h));
         assert_eq!(&out[..5000], &raw[..]);
+        let at = FRAME_HEADER_BYTES + 5000 + 3;
+        frame[at] = 0x40;
+        assert_eq!(check_frame(&frame, &mut out, &mut no_codec), Err(FrameError::Padding { at, value: 0x40 }));
+        frame[at] = 0;
+        assert!(matches!(
+            check_frame(&frame[..FRAME_HEADER_BYTES + 5000], &mut out, &mut no_codec),
+            Err(FrameError::Lengths { .. })
+        ));
         frame[FRAME_HEADER_BYTES + 17] ^= 1;
         assert!(matches!(check_frame(&frame, &mut out, &mut no_codec), Err(FrameError::StoredHash { .. })));
     }

@@ -56,6 +56,8 @@ pub enum SegmentHeaderError {
     Reserved,
     #[error("unsupported frame alignment {0}")]
     Alignment(u32),
+    #[error("segment header byte {0} is not zero (bytes 64..4096 must be)")]
+    Padding(usize),
 }
 
 impl SegmentHeader {
@@ -95,12 +97,32 @@ impl SegmentHeader {
         if u32_at(b, 12) as u64 != FRAME_ALIGN_BYTES {
             return Err(SegmentHeaderError::Alignment(u32_at(b, 12)));
         }
+        if let Some(at) = b[64..SEGMENT_HEADER_BYTES].iter().position(|&x| x != 0) {
+            return Err(SegmentHeaderError::Padding(64 + at));
+        }
         Ok(SegmentHeader {
             image_id: ImageId(u64_at(b, 16)),
             lane: u32_at(b, 24),
             seq: u32_at(b, 28),
             chunk_bytes: u32_at(b, 32),
         })
+    }
+
+    /// Decode `b` and check it is the header of segment `seq` (its position
+    /// in the manifest's list) of image `image`, chunk size `chunk_bytes`:
+    /// the one check verify and restore both apply to a segment.
+    pub fn check(b: &[u8], image: ImageId, seq: u32, chunk_bytes: u32) -> Result<SegmentHeader, String> {
+        let h = SegmentHeader::decode(b).map_err(|why| why.to_string())?;
+        if h.chunk_bytes != chunk_bytes {
+            return Err(format!("segment header says chunk size {}, the manifest {chunk_bytes}", h.chunk_bytes));
+        }
+        if h.image_id != image || h.seq != seq {
+            return Err(format!(
+                "segment header names image {} segment {}, expected image {image} segment {seq}",
+                h.image_id, h.seq
+            ));
+        }
+        Ok(h)
     }
 }
 
@@ -119,6 +141,12 @@ mod tests {
         b[30] ^= 1;
         assert_eq!(SegmentHeader::decode(&b), Err(SegmentHeaderError::HeaderHash));
         assert_eq!(SegmentHeader::decode(&b[..100]), Err(SegmentHeaderError::Truncated(100)));
+        b[30] ^= 1;
+        assert_eq!(SegmentHeader::check(&b, ImageId(77), 12, 1 << 20), Ok(h));
+        assert!(SegmentHeader::check(&b, ImageId(77), 11, 1 << 20).unwrap_err().contains("segment 12"));
+        assert!(SegmentHeader::check(&b, ImageId(77), 12, 1 << 16).unwrap_err().contains("chunk size"));
+        b[4095] = 1;
+        assert_eq!(SegmentHeader::decode(&b), Err(SegmentHeaderError::Padding(4095)));
         assert_eq!(segment_file_name(ImageId(0xab), 2), "00000000000000ab.000002.seg");
     }
 }

@@ -206,6 +206,7 @@ pub(crate) fn count_states(entries: &[IndexEntry], segments: &[SegmentInfo], sta
     stats.chunks_zero = count(ChunkState::Zero);
     stats.chunks_inherited = count(ChunkState::Inherited);
     stats.chunks_unreadable = count(ChunkState::Unreadable);
+    stats.chunks_unused = count(ChunkState::Unused);
     stats.chunks_copied = stats.chunks_stored;
     stats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     stats.stage_seconds = BTreeMap::new();

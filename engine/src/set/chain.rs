@@ -18,6 +18,8 @@ use crate::format::ImageId;
 pub struct SegmentRef {
     /// The image that wrote it (and whose ID its frames carry).
     pub image: ImageId,
+    /// Its position in that image's manifest (the number its header holds).
+    pub seq: u32,
     pub path: PathBuf,
     pub file: String,
     pub size_bytes: u64,
@@ -49,6 +51,7 @@ impl Resolved {
             let base = segments.len() as u32;
             segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
                 image: img.id(),
+                seq: i as u32,
                 path: img.segment_path(i),
                 file: s.file.clone(),
                 size_bytes: s.size_bytes,

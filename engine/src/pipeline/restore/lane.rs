@@ -57,8 +57,9 @@ pub(crate) struct RestoreShared<'a> {
     pub backend: Backend,
     pub skip_bad: bool,
     pub discard: bool,
-    /// Segments that cannot be opened (only with --skip-bad): their chunks are bad.
-    pub missing_segments: &'a [bool],
+    /// Why a segment is skipped whole (only with --skip-bad: it cannot be
+    /// opened or its header is damaged): its chunks are bad.
+    pub missing_segments: &'a [Option<String>],
     pub plan: Plan,
     pub stop: &'a AtomicBool,
     pub bytes_done: AtomicU64,
@@ -262,9 +263,9 @@ impl<'a> RestoreLane<'a> {
                 return Ok(());
             };
             let e = self.sh.entries[chunk as usize];
-            if self.sh.missing_segments[e.segment as usize] {
+            if let Some(why) = &self.sh.missing_segments[e.segment as usize] {
                 self.pending.pop_front();
-                self.bad_chunk(chunk, &e, "its segment file cannot be opened".into())?;
+                self.bad_chunk(chunk, &e, why.clone())?;
                 continue;
             }
             let Some(slot) = self.segment_slot(e.segment)? else {

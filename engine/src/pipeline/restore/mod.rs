@@ -58,7 +58,7 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     // An incremental or differential image is read through its chain: every
     // chunk is resolved to the image whose segment holds it.
     let resolved = Resolved::load(&set.chain(&img)?)?;
-    let missing_segments = segments_present(opts, &resolved.segments)?;
+    let missing_segments = segments_present(opts, &resolved.segments, img.manifest.chunk_size_bytes)?;
     let write_limit = preflight(opts, &img, &resolved)?;
     // Before the target is created or opened: settings refused here leave
     // nothing behind.
@@ -143,7 +143,7 @@ struct Run<'a> {
     /// How many bytes of the source go to the target.
     write_limit: u64,
     /// Segments that cannot be opened (only with --skip-bad).
-    missing: &'a [bool],
+    missing: &'a [Option<String>],
 }
 
 /// Write every chunk through the lanes, then make the target durable. A

@@ -5,6 +5,7 @@ use crate::codec::Decoder;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
+use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io::quiesce::mounted_at;
 use crate::io::target::describe_contents;
 use crate::io::target::Target;
@@ -14,6 +15,7 @@ use crate::set::chain::Resolved;
 use crate::set::chain::SegmentRef;
 use crate::set::image::Image;
 use crate::set::ImageSet;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -91,18 +93,34 @@ pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved)
     Ok(limit)
 }
 
-/// Every segment must be there with the size the manifest records. Under
-/// --skip-bad a missing one only makes its chunks bad; returns those.
-pub(crate) fn segments_present(opts: &RestoreOptions, segments: &[SegmentRef]) -> Result<Vec<bool>> {
-    let mut missing = vec![false; segments.len()];
+/// Every segment must be there with the size the manifest records and a
+/// header naming it (FORMAT §7 check 14, the check verify applies too).
+/// Under --skip-bad a segment that cannot be opened, or whose header is
+/// damaged, only makes its chunks bad: returns why, per segment.
+pub(crate) fn segments_present(
+    opts: &RestoreOptions,
+    segments: &[SegmentRef],
+    chunk_bytes: u32,
+) -> Result<Vec<Option<String>>> {
+    let mut skipped = vec![None; segments.len()];
     for (i, s) in segments.iter().enumerate() {
         let path = &s.path;
-        let problem = match std::fs::metadata(path) {
-            Err(e) => Some(format!("cannot be opened: {e}")),
-            Ok(md) if md.len() < s.size_bytes => {
-                Some(format!("is {} bytes, the manifest says {} (truncated)", md.len(), s.size_bytes))
+        let header = |f: &std::fs::File| {
+            let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+            match f.read_exact_at(&mut head, 0) {
+                Err(e) => Some(format!("header cannot be read: {e}")),
+                Ok(()) => SegmentHeader::check(&head, s.image, s.seq, chunk_bytes).err(),
             }
-            Ok(_) => None,
+        };
+        let (problem, whole) = match std::fs::File::open(path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            Err(e) => (Some(format!("cannot be opened: {e}")), true),
+            Ok((len, _)) if len < s.size_bytes => {
+                (Some(format!("is {len} bytes, the manifest says {} (truncated)", s.size_bytes)), false)
+            }
+            Ok((_, f)) => match header(&f) {
+                Some(why) => (Some(format!("is damaged: {why}")), true),
+                None => (None, false),
+            },
         };
         let Some(problem) = problem else { continue };
         if !opts.skip_bad {
@@ -117,10 +135,13 @@ pub(crate) fn segments_present(opts: &RestoreOptions, segments: &[SegmentRef]) -
             ));
         }
         // A truncated segment's surviving frames are still restored; only
-        // a segment that cannot be opened at all is skipped whole.
-        missing[i] = std::fs::File::open(path).is_err();
+        // a segment that cannot be opened, or is not the segment it should
+        // be, is skipped whole.
+        if whole {
+            skipped[i] = Some(format!("its segment {problem}"));
+        }
     }
-    Ok(missing)
+    Ok(skipped)
 }
 
 /// With --allow-shrink: every chunk past the target's end must hold only zeros.

@@ -198,20 +198,8 @@ impl VerifyShared<'_> {
         };
         let b = &io.buffer(0)[..n];
         hasher.update(b);
-        let m = &self.img.manifest;
-        Ok(match SegmentHeader::decode(b) {
-            Ok(h) if h.chunk_bytes != m.chunk_size_bytes => {
-                Err(format!("segment header says chunk size {}, the manifest {}", h.chunk_bytes, m.chunk_size_bytes))
-            }
-            Ok(h) if h.image_id != self.img.id() || h.seq as usize != seg => Err(format!(
-                "segment header names image {} segment {}, expected image {} segment {seg}",
-                h.image_id,
-                h.seq,
-                self.img.id()
-            )),
-            Ok(_) => Ok(()),
-            Err(why) => Err(why.to_string()),
-        })
+        let id = self.img.id();
+        Ok(SegmentHeader::check(b, id, seg as u32, self.img.manifest.chunk_size_bytes).map(|_| ()))
     }
 
     /// Read the segment's indexed frames in offset order, `queue_depth` in
