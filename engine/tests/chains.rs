@@ -659,7 +659,7 @@ fn a_wrong_clock_once_does_not_reorder_the_set() {
     let secs = 1_906_934_400u64;
     edit_manifest(&sb, &ahead, "created_unix_seconds", serde_json::json!(secs));
     edit_manifest(&sb, &ahead, "created_unix_nanos", serde_json::json!(secs * 1_000_000_000));
-    edit_manifest(&sb, &ahead, "created", serde_json::json!("2030-06-07T00:00:00Z"));
+    edit_manifest(&sb, &ahead, "created", serde_json::json!("2030-06-06T00:00:00Z"));
     change_chunks(&mut data, 3, 2);
     std::fs::write(sb.path("src.img"), &data).unwrap();
     let out = sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0);

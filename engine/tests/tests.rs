@@ -1,5 +1,6 @@
 //! Integration tests: the real `tintype` binary in fresh directories.
 
+mod agreement;
 mod architecture;
 mod chains;
 mod corruption;

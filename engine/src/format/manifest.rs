@@ -341,6 +341,13 @@ impl Manifest {
                 self.chunk_count, self.source.size_bytes
             ));
         }
+        let created = rfc3339_utc(self.created_unix_seconds);
+        if self.created != created {
+            return bad(format!(
+                "created {:?} is not created_unix_seconds {} as RFC 3339 UTC ({created})",
+                self.created, self.created_unix_seconds
+            ));
+        }
         if u64::from(self.frame_align_bytes) != super::FRAME_ALIGN_BYTES {
             return bad(format!("frame_align_bytes {} unsupported", self.frame_align_bytes));
         }
