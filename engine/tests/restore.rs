@@ -354,6 +354,13 @@ fn non_zero_padding_fails_verify_and_restore_alike() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let in_seg0 = entries.iter().filter(|e| e.state == ChunkState::Stored && e.segment == 0).count();
     assert_eq!(v["bad_chunks"].as_array().unwrap().len(), in_seg0, "{v}");
+    // merge applies the same check before it copies anything.
+    let out = sb.expect(&["create", "src.img", "set", "--incremental", "--json"], 0);
+    let inc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let before = std::fs::read_dir(sb.path("set")).unwrap().count();
+    let out = sb.expect(&["merge", &format!("set@{}", inc["image_id"].as_str().unwrap()), "--full"], 3);
+    assert!(stderr(&out).contains("byte 100 is not zero"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(sb.path("set")).unwrap().count(), before, "the merge changed nothing");
 }
 
 /// A missing segment: refused before writing; with --skip-bad, its chunks

@@ -83,6 +83,7 @@ pub(super) fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &d
         })?;
     }
     let resolved = Resolved::load(span)?;
+    resolved.check_segment_headers(target.manifest.chunk_size_bytes)?;
     let id = set.scan()?.fresh_id();
     let kind = kind_after(set, last)?;
     let tm = &target.manifest;

@@ -205,6 +205,7 @@ impl Export {
         let img = set.resolve(opts.image.as_deref())?;
         let chain = set.chain(&img)?;
         let resolved = Resolved::load(&chain)?;
+        resolved.check_segment_headers(img.manifest.chunk_size_bytes)?;
         let limit = (opts.cache_bytes / u64::from(img.manifest.chunk_size_bytes)).max(2) as usize;
         let overlay = match &opts.overlay {
             Some(p) => Some(Mutex::new(Overlay::create(p, img.manifest.source.size_bytes)?)),

@@ -2,6 +2,7 @@
 //! and its index resolved through them so every chunk names the image and
 //! segment that hold it.
 
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::image::{read_frame, read_unstored, Image};
@@ -11,6 +12,7 @@ use crate::codec::Decoder;
 use crate::error::ChainBreak;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes};
+use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
 
 /// A segment of some image of a chain.
@@ -25,6 +27,28 @@ pub struct SegmentRef {
     pub size_bytes: u64,
 }
 
+/// Why a segment cannot be read as the one its manifest lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentProblem {
+    /// The file cannot be opened or its header read.
+    Unreadable(String),
+    /// Its header fails FORMAT §7 check 14.
+    Damaged(String),
+}
+
+impl SegmentRef {
+    /// FORMAT §7 check 14: read the segment's header and check it is this
+    /// segment's (the check verify applies too, through the same
+    /// [`SegmentHeader::check`]).
+    pub fn check_header(&self, chunk_bytes: u32) -> std::result::Result<(), SegmentProblem> {
+        let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.read_exact_at(&mut head, 0))
+            .map_err(|e| SegmentProblem::Unreadable(e.to_string()))?;
+        SegmentHeader::check(&head, self.image, self.seq, chunk_bytes).map(|_| ()).map_err(SegmentProblem::Damaged)
+    }
+}
+
 /// An image's index with every inherited chunk followed down its chain to
 /// the image that holds it. Stored entries name a segment of [`Self::segments`]
 /// (all segments of the chain, numbered together) and carry the holder's ID.
@@ -37,6 +61,19 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// Every segment that can be opened passes FORMAT §7 check 14; the
+    /// first that does not is an error naming it. (Segments that cannot be
+    /// opened are left to the caller: restore may skip them, serve answers
+    /// their chunks with an error.)
+    pub fn check_segment_headers(&self, chunk_bytes: u32) -> Result<()> {
+        for s in &self.segments {
+            if let Err(SegmentProblem::Damaged(why)) = s.check_header(chunk_bytes) {
+                return Err(Error::corrupt(&s.path, 0, format!("segment of image {} is damaged: {why}", s.image)));
+            }
+        }
+        Ok(())
+    }
+
     /// Read and check the indexes of `chain` (an image, then its ancestors,
     /// as [`ImageSet::chain`] returns, or the first part of that) and
     /// resolve every chunk. Any index

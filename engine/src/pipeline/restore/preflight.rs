@@ -5,17 +5,16 @@ use crate::codec::Decoder;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
-use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io::quiesce::mounted_at;
 use crate::io::target::describe_contents;
 use crate::io::target::Target;
 use crate::io::target::TargetKind;
 use crate::pipeline::restore::options::RestoreOptions;
 use crate::set::chain::Resolved;
+use crate::set::chain::SegmentProblem;
 use crate::set::chain::SegmentRef;
 use crate::set::image::Image;
 use crate::set::ImageSet;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -105,21 +104,15 @@ pub(crate) fn segments_present(
     let mut skipped = vec![None; segments.len()];
     for (i, s) in segments.iter().enumerate() {
         let path = &s.path;
-        let header = |f: &std::fs::File| {
-            let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
-            match f.read_exact_at(&mut head, 0) {
-                Err(e) => Some(format!("header cannot be read: {e}")),
-                Ok(()) => SegmentHeader::check(&head, s.image, s.seq, chunk_bytes).err(),
-            }
-        };
-        let (problem, whole) = match std::fs::File::open(path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+        let (problem, whole) = match std::fs::metadata(path) {
             Err(e) => (Some(format!("cannot be opened: {e}")), true),
-            Ok((len, _)) if len < s.size_bytes => {
-                (Some(format!("is {len} bytes, the manifest says {} (truncated)", s.size_bytes)), false)
+            Ok(md) if md.len() < s.size_bytes => {
+                (Some(format!("is {} bytes, the manifest says {} (truncated)", md.len(), s.size_bytes)), false)
             }
-            Ok((_, f)) => match header(&f) {
-                Some(why) => (Some(format!("is damaged: {why}")), true),
-                None => (None, false),
+            Ok(_) => match s.check_header(chunk_bytes) {
+                Ok(()) => (None, false),
+                Err(SegmentProblem::Unreadable(why)) => (Some(format!("cannot be read: {why}")), true),
+                Err(SegmentProblem::Damaged(why)) => (Some(format!("is damaged: {why}")), true),
             },
         };
         let Some(problem) = problem else { continue };
