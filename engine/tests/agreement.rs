@@ -240,3 +240,39 @@ fn edit_manifest(img: &Image, change: impl FnOnce(&mut serde_json::Value)) {
     change(&mut m);
     std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
+
+/// verify reads indexes a window at a time, the parent's in step with the
+/// child's: an image of more than one window (4096 chunks) whose inherited
+/// chunks lie in a later window verifies, and a forged inherited hash there
+/// is named with its chunk number.
+#[test]
+fn inherited_chunks_past_the_first_index_window_are_checked_against_the_parent() {
+    let sb = Sandbox::new();
+    let chunk = 64 << 10;
+    let chunks = 4096 * 2 + 100;
+    let src = std::fs::File::create(sb.path("src.img")).unwrap();
+    src.set_len((chunks * chunk) as u64).unwrap();
+    let data = mixed_bytes(40 * chunk, 5);
+    src.write_all_at(&data, (5000 * chunk) as u64).unwrap();
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "64K"], 0);
+    src.write_all_at(&[1u8; 10], (5020 * chunk) as u64).unwrap();
+    src.write_all_at(&[2u8; 10], (8200 * chunk) as u64).unwrap();
+    let out = sb.expect(&["create", "src.img", "set", "--chunk-size", "64K", "--incremental", "--json"], 0);
+    let inc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inc["manifest"]["stats"]["chunks_stored"], 2, "{}", inc["manifest"]["stats"]);
+    sb.expect(&["verify", "set"], 0);
+
+    let img = ImageSet::open(&sb.path("set")).unwrap().resolve(None).unwrap();
+    let entries: Vec<IndexEntry> = img.read_index().unwrap().entries.into_iter().map(|e| e.unwrap()).collect();
+    assert_eq!(entries[5030].state, ChunkState::Inherited);
+    let mut e = entries[5030];
+    e.raw_hash ^= 1;
+    let mut bytes = [0u8; 48];
+    e.encode(&mut bytes);
+    write_at(&img.index_path(), 64 + 48 * 5030, &bytes);
+    fix_index_hash(&img);
+    let out = sb.expect(&["verify", "set"], 3);
+    let text = stdout(&out);
+    assert!(text.contains("BAD chunk 5030 ") && text.contains("holds a different chunk there"), "{text}");
+    assert_eq!(text.matches("BAD chunk").count(), 1, "{text}");
+}

@@ -3,19 +3,15 @@
 //! and reading its index or one chunk.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::Xxh3Default;
-
+use super::index_reader::IndexStream;
 use crate::codec::Decoder;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
-use crate::format::index::{
-    entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, ZeroHashes, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
-};
+use crate::format::index::{entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, ZeroHashes};
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::names::manifest_file_name;
 use crate::format::Xxh128;
@@ -235,61 +231,20 @@ impl Image {
     /// (otherwise nothing in it can be trusted and this fails); entries that
     /// do not decode and a hash mismatch are reported, not fatal.
     pub fn read_index(&self) -> Result<IndexData> {
-        let path = self.index_path();
-        let m = &self.manifest;
-        let mut f = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::corrupt(&path, 0, "the image's index file is missing"),
-            _ => Error::io("open index", &path, e),
-        })?;
-        let expected = entry_offset(m.chunk_count);
-        let len = f.metadata().map_err(|e| Error::io("stat index", &path, e))?.len();
-        if len != expected || len != m.index.size_bytes {
-            return Err(Error::corrupt(
-                &path,
-                len.min(expected),
-                format!("index is {len} bytes; {} chunks need {expected}", m.chunk_count),
-            ));
+        let mut stream = self.index_stream()?;
+        let mut entries = Vec::with_capacity(self.manifest.chunk_count as usize);
+        let mut window = Vec::new();
+        while stream.next_window(&mut window)?.is_some() {
+            entries.append(&mut window);
         }
-        let mut hasher = Xxh3Default::new();
-        let mut head = [0u8; INDEX_HEADER_BYTES];
-        f.read_exact(&mut head).map_err(|e| Error::io_at("read index", &path, 0, e))?;
-        hasher.update(&head);
-        let header = IndexHeader::decode(&head).map_err(|e| match e {
-            crate::format::index::IndexHeaderError::Version(v) => Error::UnsupportedVersion {
-                path: path.clone(),
-                what: "index",
-                found: u32::from(v),
-                supported: u32::from(FORMAT_VERSION),
-            },
-            other => Error::corrupt(&path, 0, other.to_string()),
-        })?;
-        if header.image_id != self.id()
-            || header.chunk_count != m.chunk_count
-            || header.chunk_bytes != m.chunk_size_bytes
-            || header.source_bytes != m.source.size_bytes
-            || header.parent.map(|p| p.to_string()) != m.parent
-        {
-            return Err(Error::corrupt(
-                &path,
-                0,
-                "index header does not match the manifest (image, chunk size or count)",
-            ));
-        }
-        let mut entries = Vec::with_capacity(m.chunk_count as usize);
-        let mut buf = vec![0u8; INDEX_ENTRY_BYTES * 4096];
-        let mut left = m.chunk_count;
-        let mut at = INDEX_HEADER_BYTES as u64;
-        while left > 0 {
-            let n = left.min(4096) as usize;
-            let b = &mut buf[..n * INDEX_ENTRY_BYTES];
-            f.read_exact(b).map_err(|e| Error::io_at("read index", &path, at, e))?;
-            hasher.update(b);
-            entries.extend(b.chunks_exact(INDEX_ENTRY_BYTES).map(IndexEntry::decode));
-            left -= n as u64;
-            at += b.len() as u64;
-        }
-        let hash_matches = Xxh128(hasher.digest128()) == m.index.xxh3_128;
-        Ok(IndexData { header, entries, hash_matches })
+        let hash_matches = stream.hash_matches() == Some(true);
+        Ok(IndexData { header: stream.header, entries, hash_matches })
+    }
+
+    /// The index, to read front to back a window at a time (its size and
+    /// header already checked against the manifest).
+    pub fn index_stream(&self) -> Result<IndexStream> {
+        IndexStream::open(&self.index_path(), self.id(), &self.manifest)
     }
 
     /// Read one chunk's raw bytes into `out` (at least a chunk long), checked

@@ -11,6 +11,7 @@
 pub mod chain;
 pub mod commit;
 pub mod image;
+pub mod index_reader;
 pub mod index_writer;
 pub mod lineage;
 pub mod listing;

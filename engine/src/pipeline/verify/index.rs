@@ -11,16 +11,43 @@ use crate::format::ImageId;
 use crate::pipeline::verify::options::BadChunk;
 use crate::pipeline::verify::options::Problem;
 use crate::set::image::Image;
+use crate::set::index_reader::{EntryResult, IndexStream};
 
-/// The parent's raw hash per chunk (None where its entry does not decode),
-/// to check what a child says it inherited.
-pub(crate) fn parent_hashes(parent: &Image) -> Result<Vec<Option<u128>>, String> {
-    let idx = parent.read_index().map_err(|e| e.to_string())?;
-    Ok(idx
-        .entries
-        .iter()
-        .map(|e| e.as_ref().ok().filter(|e| e.state != ChunkState::Unset).map(|e| e.raw_hash))
-        .collect())
+/// The parent's index, read in step with the child's: windows of both
+/// start at the same chunks, so memory stays one window each.
+struct ParentStream {
+    id: ImageId,
+    stream: std::result::Result<IndexStream, String>,
+    window: Vec<EntryResult>,
+    first: u64,
+}
+
+impl ParentStream {
+    fn open(parent: &Image) -> ParentStream {
+        let stream = parent.index_stream().map_err(|e| e.to_string());
+        ParentStream { id: parent.id(), stream, window: Vec::new(), first: 0 }
+    }
+
+    /// Read the parent's next window (the one starting where the child's does).
+    fn advance(&mut self) {
+        let Ok(s) = &mut self.stream else { return };
+        match s.next_window(&mut self.window) {
+            Ok(Some(first)) => self.first = first,
+            Ok(None) => self.window.clear(),
+            Err(e) => self.stream = Err(e.to_string()),
+        }
+    }
+
+    /// The parent's raw hash for `chunk` (None where its entry does not
+    /// decode, is unset or does not exist), or why its index cannot be read.
+    fn hash(&self, chunk: u64) -> std::result::Result<Option<u128>, &str> {
+        if let Err(why) = &self.stream {
+            return Err(why);
+        }
+        let at = chunk.checked_sub(self.first).map(|i| i as usize);
+        let e = at.and_then(|i| self.window.get(i)).and_then(|e| e.as_ref().ok());
+        Ok(e.filter(|e| e.state != ChunkState::Unset).map(|e| e.raw_hash))
+    }
 }
 
 /// One frame to check: where the index says it is.
@@ -57,52 +84,75 @@ pub(crate) struct IndexCheck {
     pub per_segment: Vec<Vec<FrameRef>>,
 }
 
-/// Check every entry of `img`'s index; inherited chunks against `parent`'s.
+/// Check every entry of `img`'s index, a window at a time; inherited
+/// chunks against `parent`'s index, read in step. Memory grows with the
+/// stored frames (queued for the lanes), not with the chunk count.
 pub(crate) fn check_index(img: &Image, parent: Option<&Image>) -> Result<IndexCheck> {
     let m = &img.manifest;
-    let index = img.read_index()?;
+    let mut stream = img.index_stream()?;
     let mut check = IndexCheck {
         findings: Findings::default(),
         counts: StateCounts::default(),
         per_segment: vec![Vec::new(); m.segments.len()],
     };
-    if !index.hash_matches {
-        check.findings.problems.push(Problem {
-            file: m.index.file.clone(),
-            offset: None,
-            what: "index checksum (xxh3-128) does not match the manifest: the index was modified or damaged".into(),
-        });
-    }
-    let parent = parent.map(|p| (p.id(), parent_hashes(p)));
+    let mut parent = parent.map(ParentStream::open);
     let mut zero_hashes = ZeroHashes::default();
-    for (chunk, e) in index.entries.iter().enumerate() {
-        let chunk = chunk as u64;
-        let bad = |reason: String| BadChunk {
-            image: m.image_id.clone(),
-            chunk,
-            source_offset: img.chunk_extent(chunk).0,
-            segment: None,
-            segment_offset: None,
-            reason,
-        };
-        match e {
-            Ok(e) => check_entry(img, chunk, e, &parent, &mut zero_hashes, &mut check).unwrap_or_else(|why| {
-                let mut b = bad(why.reason);
-                if let Some(s) = m.segments.get(e.segment as usize).filter(|_| why.at_frame) {
-                    b.segment = Some(s.file.clone());
-                    b.segment_offset = Some(e.offset);
-                }
-                check.findings.bad.push(b);
-            }),
-            Err(why) => {
-                check.findings.bad.push(bad(format!("index entry at offset {} is invalid: {why}", entry_offset(chunk))))
-            }
+    let mut window = Vec::new();
+    while let Some(first) = stream.next_window(&mut window)? {
+        if let Some(p) = &mut parent {
+            p.advance();
         }
+        for (i, e) in window.iter().enumerate() {
+            check_one(img, first + i as u64, e, &parent, &mut zero_hashes, &mut check);
+        }
+    }
+    if stream.hash_matches() != Some(true) {
+        check.findings.problems.insert(
+            0,
+            Problem {
+                file: m.index.file.clone(),
+                offset: None,
+                what: "index checksum (xxh3-128) does not match the manifest: the index was modified or damaged".into(),
+            },
+        );
     }
     for frames in &mut check.per_segment {
         frames.sort_by_key(|r| r.entry.offset);
     }
     Ok(check)
+}
+
+/// Check one entry (or record why it does not decode).
+fn check_one(
+    img: &Image,
+    chunk: u64,
+    e: &EntryResult,
+    parent: &Option<ParentStream>,
+    zero_hashes: &mut ZeroHashes,
+    check: &mut IndexCheck,
+) {
+    let m = &img.manifest;
+    let bad = |reason: String| BadChunk {
+        image: m.image_id.clone(),
+        chunk,
+        source_offset: img.chunk_extent(chunk).0,
+        segment: None,
+        segment_offset: None,
+        reason,
+    };
+    match e {
+        Ok(e) => check_entry(img, chunk, e, parent, zero_hashes, check).unwrap_or_else(|why| {
+            let mut b = bad(why.reason);
+            if let Some(s) = m.segments.get(e.segment as usize).filter(|_| why.at_frame) {
+                b.segment = Some(s.file.clone());
+                b.segment_offset = Some(e.offset);
+            }
+            check.findings.bad.push(b);
+        }),
+        Err(why) => {
+            check.findings.bad.push(bad(format!("index entry at offset {} is invalid: {why}", entry_offset(chunk))))
+        }
+    }
 }
 
 /// Why one entry is bad; `at_frame` when the index names a frame (its
@@ -112,15 +162,12 @@ struct Bad {
     at_frame: bool,
 }
 
-/// The parent's ID and raw hash per chunk (or why its index cannot be read).
-type ParentHashes = Option<(ImageId, std::result::Result<Vec<Option<u128>>, String>)>;
-
 /// Check one decoded entry: counted, queued for its segment's lane, or bad.
 fn check_entry(
     img: &Image,
     chunk: u64,
     e: &IndexEntry,
-    parent: &ParentHashes,
+    parent: &Option<ParentStream>,
     zero_hashes: &mut ZeroHashes,
     check: &mut IndexCheck,
 ) -> std::result::Result<(), Bad> {
@@ -144,23 +191,21 @@ fn check_entry(
     Ok(())
 }
 
-/// An inherited chunk must name the image's parent, whose index must hold
-/// the same chunk there.
+/// An inherited chunk must name the image's parent (checked with the
+/// entry), whose index must hold the same chunk there.
 fn check_inherited(
     named: Option<ImageId>,
     chunk: u64,
     e: &IndexEntry,
-    parent: &ParentHashes,
+    parent: &Option<ParentStream>,
 ) -> std::result::Result<(), Bad> {
     let reason = match (parent, named) {
-        (Some((pid, Ok(hashes))), Some(named)) if named == e.image_id => {
-            match hashes.get(chunk as usize).copied().flatten() {
-                Some(h) if h == e.raw_hash => return Ok(()),
-                Some(_) => format!("chunk is inherited from image {pid}, whose index holds a different chunk there"),
-                None => format!("chunk is inherited from image {pid}, whose index entry for it is damaged"),
-            }
-        }
-        (Some((pid, Err(why))), _) => format!("chunk is inherited from image {pid}, whose index cannot be read: {why}"),
+        (Some(p), Some(named)) if named == e.image_id => match p.hash(chunk) {
+            Ok(Some(h)) if h == e.raw_hash => return Ok(()),
+            Ok(Some(_)) => format!("chunk is inherited from image {}, whose index holds a different chunk there", p.id),
+            Ok(None) => format!("chunk is inherited from image {}, whose index entry for it is damaged", p.id),
+            Err(why) => format!("chunk is inherited from image {}, whose index cannot be read: {why}", p.id),
+        },
         (_, named) => format!(
             "chunk is marked inherited from image {}, but the image's parent is {}",
             e.image_id,
