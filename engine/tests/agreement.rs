@@ -261,6 +261,10 @@ fn inherited_chunks_past_the_first_index_window_are_checked_against_the_parent()
     let inc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(inc["manifest"]["stats"]["chunks_stored"], 2, "{}", inc["manifest"]["stats"]);
     sb.expect(&["verify", "set"], 0);
+    // restore resolves the chain a window at a time too.
+    sb.expect(&["restore", "set", "back.img"], 0);
+    assert!(same_bytes(&sb.path("src.img"), &sb.path("back.img")), "the restored chain equals the source");
+    std::fs::remove_file(sb.path("back.img")).unwrap();
 
     let img = ImageSet::open(&sb.path("set")).unwrap().resolve(None).unwrap();
     let entries: Vec<IndexEntry> = img.read_index().unwrap().entries.into_iter().map(|e| e.unwrap()).collect();
@@ -275,4 +279,23 @@ fn inherited_chunks_past_the_first_index_window_are_checked_against_the_parent()
     let text = stdout(&out);
     assert!(text.contains("BAD chunk 5030 ") && text.contains("holds a different chunk there"), "{text}");
     assert_eq!(text.matches("BAD chunk").count(), 1, "{text}");
+    let out = sb.expect(&["restore", "set", "back.img"], 3);
+    assert!(stderr(&out).contains("chunk 5030 is inherited"), "{}", stderr(&out));
+    assert!(!sb.path("back.img").exists());
+}
+
+/// Two files hold the same bytes (compared a MiB at a time).
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }

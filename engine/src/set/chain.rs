@@ -6,12 +6,13 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::image::{read_frame, read_unstored, Image};
+use super::index_reader::IndexStream;
 use super::lineage::Lineage;
 use super::{ImageSet, Loaded};
 use crate::codec::Decoder;
 use crate::error::ChainBreak;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes};
+use crate::format::index::{entry_offset, ChunkState, EntryError, IndexEntry, ZeroHashes};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
 
@@ -76,78 +77,40 @@ impl Resolved {
 
     /// Read and check the indexes of `chain` (an image, then its ancestors,
     /// as [`ImageSet::chain`] returns, or the first part of that) and
-    /// resolve every chunk. Any index
-    /// that is damaged, or an ancestor that does not hold what a child says
-    /// it inherited, is an error naming the file and entry.
+    /// resolve every chunk. Each index is read a window at a time (only the
+    /// resolved entries are kept). Any index that is damaged, or an ancestor
+    /// that does not hold what a child says it inherited, is an error naming
+    /// the file and entry.
     pub fn load(chain: &[Image]) -> Result<Resolved> {
-        let mut segments = Vec::new();
-        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut r = Resolved { segments: Vec::new(), entries: Vec::new(), inherited: 0 };
         let mut pending: Vec<u64> = Vec::new();
-        let mut inherited = 0;
         for (depth, img) in chain.iter().enumerate() {
-            let base = segments.len() as u32;
-            segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
+            let base = r.segments.len() as u32;
+            r.segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
                 image: img.id(),
                 seq: i as u32,
                 path: img.segment_path(i),
                 file: s.file.clone(),
                 size_bytes: s.size_bytes,
             }));
-            let idx = img.read_index()?;
-            if !idx.hash_matches {
+            let mut stream = img.index_stream()?;
+            let walked = match depth {
+                0 => r.take_all(img, &mut stream, base, &mut pending),
+                _ => r.take_pending(img, &chain[depth - 1], &mut stream, base, &mut pending),
+            };
+            // A damaged index is named as such, whatever entry gave it away.
+            while walked.is_err() && stream.next_window(&mut Vec::new())?.is_some() {}
+            if stream.hash_matches() != Some(true) {
                 return Err(Error::corrupt(
                     img.index_path(),
                     0,
                     "index checksum does not match the manifest; nothing was read from this image (run `tintype verify`)",
                 ));
             }
-            let mut zero = ZeroHashes::default();
-            let mut take = |chunk: u64| -> Result<IndexEntry> {
-                let at = entry_offset(chunk);
-                let e =
-                    idx.entries[chunk as usize].map_err(|why| Error::corrupt(img.index_path(), at, why.to_string()))?;
-                img.check_entry(chunk, &e, &mut zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
-                let mut e = e;
-                if e.state == ChunkState::Stored {
-                    e.segment += base;
-                }
-                Ok(e)
-            };
+            walked?;
             if depth == 0 {
-                entries.reserve(img.manifest.chunk_count as usize);
-                for chunk in 0..img.manifest.chunk_count {
-                    let e = take(chunk)?;
-                    if e.state == ChunkState::Inherited {
-                        pending.push(chunk);
-                    }
-                    entries.push(e);
-                }
-                inherited = pending.len() as u64;
-                if pending.is_empty() {
-                    break;
-                }
-                continue;
+                r.inherited = pending.len() as u64;
             }
-            let child = &chain[depth - 1];
-            let mut still = Vec::new();
-            for &chunk in &pending {
-                let e = take(chunk)?;
-                if e.raw_hash != entries[chunk as usize].raw_hash {
-                    return Err(Error::corrupt(
-                        child.index_path(),
-                        entry_offset(chunk),
-                        format!(
-                            "chunk {chunk} is inherited from image {}, which holds a different chunk there                              (the raw hashes differ): the chain is inconsistent",
-                            img.id()
-                        ),
-                    ));
-                }
-                if e.state == ChunkState::Inherited {
-                    still.push(chunk);
-                }
-                entries[chunk as usize] = e;
-            }
-            pending = still;
             if pending.is_empty() {
                 break;
             }
@@ -162,7 +125,75 @@ impl Resolved {
                 format!("chunk {chunk} is inherited, but image {} has no parent", last.id()),
             ));
         }
-        Ok(Resolved { segments, entries, inherited })
+        Ok(r)
+    }
+
+    /// The chain's first image: every entry, checked; its inherited chunks
+    /// left in `pending` (ascending).
+    fn take_all(&mut self, img: &Image, stream: &mut IndexStream, base: u32, pending: &mut Vec<u64>) -> Result<()> {
+        self.entries.reserve(img.manifest.chunk_count as usize);
+        let mut zero = ZeroHashes::default();
+        let mut window = Vec::new();
+        while let Some(first) = stream.next_window(&mut window)? {
+            for (i, e) in window.iter().enumerate() {
+                let chunk = first + i as u64;
+                let e = checked(img, chunk, e, base, &mut zero)?;
+                if e.state == ChunkState::Inherited {
+                    pending.push(chunk);
+                }
+                self.entries.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// An ancestor: the entries of the chunks still `pending`, which must
+    /// hold what `child` inherited; those it inherited itself stay pending.
+    fn take_pending(
+        &mut self,
+        img: &Image,
+        child: &Image,
+        stream: &mut IndexStream,
+        base: u32,
+        pending: &mut Vec<u64>,
+    ) -> Result<()> {
+        let mut zero = ZeroHashes::default();
+        let (mut window, mut still, mut next) = (Vec::new(), Vec::new(), 0);
+        while let Some(first) = stream.next_window(&mut window)? {
+            let end = first + window.len() as u64;
+            while let Some(&chunk) = pending.get(next).filter(|&&c| c < end) {
+                let e = checked(img, chunk, &window[(chunk - first) as usize], base, &mut zero)?;
+                if e.raw_hash != self.entries[chunk as usize].raw_hash {
+                    return Err(Error::corrupt(
+                        child.index_path(),
+                        entry_offset(chunk),
+                        format!(
+                            "chunk {chunk} is inherited from image {}, which holds a different chunk there (the raw \
+                             hashes differ): the chain is inconsistent",
+                            img.id()
+                        ),
+                    ));
+                }
+                if e.state == ChunkState::Inherited {
+                    still.push(chunk);
+                }
+                self.entries[chunk as usize] = e;
+                next += 1;
+            }
+        }
+        if let Some(&chunk) = pending.get(next) {
+            return Err(Error::corrupt(
+                img.index_path(),
+                entry_offset(chunk.min(img.manifest.chunk_count)),
+                format!(
+                    "chunk {chunk} is inherited from image {}, which has only {} chunks",
+                    img.id(),
+                    img.manifest.chunk_count
+                ),
+            ));
+        }
+        *pending = still;
+        Ok(())
     }
 
     /// Read chunk `chunk` of `img` (the first image of the chain this was
@@ -233,4 +264,22 @@ impl ImageSet {
         }
         Ok(chain)
     }
+}
+
+/// Entry `chunk` of `img` decoded and passed through [`Image::check_entry`],
+/// its segment renumbered into the chain's list.
+fn checked(
+    img: &Image,
+    chunk: u64,
+    e: &std::result::Result<IndexEntry, EntryError>,
+    base: u32,
+    zero: &mut ZeroHashes,
+) -> Result<IndexEntry> {
+    let at = entry_offset(chunk);
+    let mut e = e.map_err(|why| Error::corrupt(img.index_path(), at, why.to_string()))?;
+    img.check_entry(chunk, &e, zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+    if e.state == ChunkState::Stored {
+        e.segment += base;
+    }
+    Ok(e)
 }
