@@ -33,6 +33,7 @@ use crate::set::chain::Resolved;
 use crate::set::commit::sync_dir;
 use crate::set::image::Image;
 use crate::set::image::IndexHash;
+use crate::set::index_reader::WINDOW_CHUNKS;
 use crate::set::index_writer::Existing;
 use crate::set::index_writer::IndexFile;
 use crate::set::lineage::Lineage;
@@ -96,7 +97,7 @@ pub(super) fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &d
     let mut guard = Leftovers { dir: &set.dir, id, armed: true };
     record(target, last, id, kind).write_new(&set.dir)?;
     let (placed, segments, mut stats) = copy_frames(set, &resolved, tm, id, io, obs)?;
-    let mut entries = resolved.entries.clone();
+    let mut entries = resolved.entries;
     for p in placed {
         let e = &mut entries[p.chunk as usize];
         *e = IndexEntry { segment: p.segment, offset: p.offset, image_id: id, ..*e };
@@ -222,7 +223,10 @@ fn write_index(
     entries: &[IndexEntry],
 ) -> Result<u128> {
     let index = IndexFile::create(&set.dir.join(index_file_name(id)), tm.chunk_count, Existing::Refuse)?;
-    index.write_entries(0, entries)?;
+    // A window at a time: the encoded bytes never hold the whole index.
+    for (k, window) in entries.chunks(WINDOW_CHUNKS).enumerate() {
+        index.write_entries((k * WINDOW_CHUNKS) as u64, window)?;
+    }
     index.finish(&IndexHeader {
         chunk_bytes: tm.chunk_size_bytes,
         image_id: id,

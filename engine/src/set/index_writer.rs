@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::index_reader::WINDOW_CHUNKS;
 use crate::error::{Error, Result};
 use crate::format::index::{entry_offset, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
 
@@ -58,11 +59,11 @@ impl IndexFile {
     }
 
     /// Write the entries that are known (`Some`), in runs of consecutive
-    /// chunks, one write a run.
+    /// chunks (at most a window long), one write a run.
     pub fn write_known(&self, entries: &[Option<IndexEntry>]) -> Result<()> {
         let mut chunk = 0;
         while chunk < entries.len() {
-            let run: Vec<IndexEntry> = entries[chunk..].iter().map_while(|e| *e).collect();
+            let run: Vec<IndexEntry> = entries[chunk..].iter().map_while(|e| *e).take(WINDOW_CHUNKS).collect();
             if run.is_empty() {
                 chunk += 1;
                 continue;
