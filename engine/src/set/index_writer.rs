@@ -58,18 +58,23 @@ impl IndexFile {
         self.file.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", &self.path, at, e))
     }
 
-    /// Write the entries that are known (`Some`), in runs of consecutive
-    /// chunks (at most a window long), one write a run.
-    pub fn write_known(&self, entries: &[Option<IndexEntry>]) -> Result<()> {
-        let mut chunk = 0;
-        while chunk < entries.len() {
-            let run: Vec<IndexEntry> = entries[chunk..].iter().map_while(|e| *e).take(WINDOW_CHUNKS).collect();
-            if run.is_empty() {
-                chunk += 1;
-                continue;
+    /// Write `entries` (chunk and entry, in ascending chunk order) in runs
+    /// of consecutive chunks, at most a window long, one write a run.
+    pub fn write_runs(&self, entries: impl Iterator<Item = (u64, IndexEntry)>) -> Result<()> {
+        let mut run: Vec<IndexEntry> = Vec::new();
+        let mut first = 0;
+        for (chunk, e) in entries {
+            if !run.is_empty() && (chunk != first + run.len() as u64 || run.len() == WINDOW_CHUNKS) {
+                self.write_entries(first, &run)?;
+                run.clear();
             }
-            self.write_entries(chunk as u64, &run)?;
-            chunk += run.len();
+            if run.is_empty() {
+                first = chunk;
+            }
+            run.push(e);
+        }
+        if !run.is_empty() {
+            self.write_entries(first, &run)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 mod finish;
 pub mod lane;
 pub mod options;
+mod preset;
 mod run;
 mod salvage;
 mod start;

@@ -2,6 +2,7 @@
 //! left salvaged, or a new run recorded; a fresh index; the chunks that need
 //! no reading preset), then every chunk read through the capture lanes.
 
+use super::preset::Preset;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +14,6 @@ use super::salvage::{keep_unreadable, salvage};
 use super::used_space::used_space;
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::index::IndexEntry;
 use crate::format::manifest::{LayoutInfo, SegmentInfo, SourceInfo};
 use crate::format::names::{index_file_name, journal_file_name};
 use crate::format::ImageId;
@@ -58,7 +58,7 @@ pub(super) struct Prepared {
     pub index: IndexFile,
     /// Per chunk, the entry it already has: kept by a resumed run, or
     /// unused by any filesystem.
-    pub preset: Vec<Option<IndexEntry>>,
+    pub preset: Preset,
     pub layout: Option<LayoutInfo>,
     /// The segments a resumed run keeps.
     pub kept_segments: Vec<SegmentInfo>,
@@ -120,7 +120,7 @@ impl<'a> Run<'a> {
             Some(_) => self.salvage(obs)?,
             None => {
                 self.record().write_new(&self.set.dir)?;
-                (Vec::new(), Vec::new(), Vec::new())
+                (Preset::new(self.st.chunk_bytes, self.source.size_bytes), Vec::new(), Vec::new())
             }
         };
         // A fresh index (a resumed run's own is emptied: what it keeps is in
@@ -128,17 +128,17 @@ impl<'a> Run<'a> {
         let existing = if self.st.resumed.is_some() { Existing::Reuse } else { Existing::Refuse };
         let index = IndexFile::create(&self.index_path, self.chunk_count, existing)?;
         let layout = used_space(self.opts.used_only, self.source, self.st.chunk_bytes, &mut preset, obs)?;
-        index.write_known(&preset)?;
+        index.write_runs(preset.iter())?;
         Ok(Prepared { index, preset, layout, kept_segments, unreadable_kept })
     }
 
     /// Resuming: the entries, segments and unreadable ranges kept.
     #[allow(clippy::type_complexity)]
-    fn salvage(&self, obs: &dyn Observer) -> Result<(Vec<Option<IndexEntry>>, Vec<SegmentInfo>, Vec<(u64, u64)>)> {
+    fn salvage(&self, obs: &dyn Observer) -> Result<(Preset, Vec<SegmentInfo>, Vec<(u64, u64)>)> {
         let (id, cb, size) = (self.id, self.st.chunk_bytes, self.source.size_bytes);
         let mut s = salvage(&self.set.dir, id, cb, size, self.parent())?;
         let unreadable = keep_unreadable(&self.journal, &mut s.preset, cb, size, self.opts.on_read_error, obs)?;
-        let known = s.preset.iter().filter(|e| e.is_some()).count();
+        let known = s.preset.known();
         obs.note(&format!(
             "resuming image {id}: {} frame(s) in {} segment(s) kept, {known} of {} chunks already done",
             s.kept,

@@ -2,6 +2,7 @@
 //! complete, hash-valid frame of its segments, the index entries that need
 //! no frame, and the unreadable ranges of the chunks it keeps.
 
+use super::preset::Preset;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -29,7 +30,7 @@ pub(crate) struct Salvage {
     pub segments: Vec<SegmentInfo>,
     /// Per chunk: the entry it already has (a kept frame, or a zero or
     /// inherited entry from the old index).
-    pub preset: Vec<Option<IndexEntry>>,
+    pub preset: Preset,
     pub kept: u64,
 }
 
@@ -45,7 +46,7 @@ pub(crate) fn salvage(
     parent: Option<(&[u128], ImageId)>,
 ) -> Result<Salvage> {
     let geometry = Geometry { id, chunk_bytes, size };
-    let mut preset: Vec<Option<IndexEntry>> = vec![None; geometry.chunk_count() as usize];
+    let mut preset = Preset::new(chunk_bytes, size);
     let mut segments = Vec::new();
     let mut kept = 0;
     // Segment numbers are handed out densely; keep the dense prefix.
@@ -88,13 +89,7 @@ impl Geometry {
 /// Keep the whole, hash-valid frames of one segment (recording them in
 /// `preset`), cut it after the last, make it durable, and describe it. A
 /// damaged header empties the segment (a fresh header, no frames).
-fn scan_segment(
-    f: &std::fs::File,
-    path: &Path,
-    seq: u32,
-    g: &Geometry,
-    preset: &mut [Option<IndexEntry>],
-) -> Result<SegmentInfo> {
+fn scan_segment(f: &std::fs::File, path: &Path, seq: u32, g: &Geometry, preset: &mut Preset) -> Result<SegmentInfo> {
     let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
     let header = f
@@ -117,7 +112,7 @@ fn scan_segment(
     while header.is_some() {
         let Some((chunk, e)) = next_frame(f, at, len, seq, g, preset, &mut buf) else { break };
         hasher.update(&buf);
-        preset[chunk as usize] = Some(e);
+        preset.insert(chunk, e);
         frames += 1;
         at += buf.len() as u64;
     }
@@ -143,7 +138,7 @@ fn next_frame(
     len: u64,
     seq: u32,
     g: &Geometry,
-    preset: &[Option<IndexEntry>],
+    preset: &Preset,
     buf: &mut Vec<u8>,
 ) -> Option<(u64, IndexEntry)> {
     let mut fh = [0u8; FRAME_HEADER_BYTES];
@@ -155,7 +150,7 @@ fn next_frame(
     if h.image_id != g.id
         || h.chunk >= g.chunk_count()
         || h.raw_len != g.extent(h.chunk)
-        || preset[h.chunk as usize].is_some()
+        || preset.is_known(h.chunk)
         || at + flen > len
     {
         return None;
@@ -194,30 +189,29 @@ fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Resul
 
 /// Zero and inherited entries have no frame to find; the old index's are
 /// kept when they are exactly what this run would have written.
-fn keep_old_entries(
-    index_path: &Path,
-    g: &Geometry,
-    parent: Option<(&[u128], ImageId)>,
-    preset: &mut [Option<IndexEntry>],
-) {
+fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<(&[u128], ImageId)>, preset: &mut Preset) {
     let Ok(old) = std::fs::read(index_path) else { return };
     let mut zero_hashes = ZeroHashes::default();
-    for (chunk, slot) in preset.iter_mut().enumerate() {
-        let at = entry_offset(chunk as u64) as usize;
-        let (Some(b), None) = (old.get(at..at + INDEX_ENTRY_BYTES), &slot) else { continue };
+    let mut keep = Vec::new();
+    for chunk in (0..g.chunk_count()).filter(|&c| !preset.is_known(c)) {
+        let at = entry_offset(chunk) as usize;
+        let Some(b) = old.get(at..at + INDEX_ENTRY_BYTES) else { continue };
         let Ok(e) = IndexEntry::decode(b) else { continue };
-        let raw_len = g.extent(chunk as u64);
+        let raw_len = g.extent(chunk);
         let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
         let ok = match e.state {
             ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
             ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
-                plain && e.image_id == pid && e.raw_hash != 0 && hashes[chunk] == e.raw_hash
+                plain && e.image_id == pid && e.raw_hash != 0 && hashes.get(chunk as usize) == Some(&e.raw_hash)
             }),
             _ => false,
         };
         if ok {
-            *slot = Some(e);
+            keep.push((chunk, e));
         }
+    }
+    for (chunk, e) in keep {
+        preset.insert(chunk, e);
     }
 }
 
@@ -230,7 +224,7 @@ fn keep_old_entries(
 /// cannot be read is refused: the kept frames cannot be told apart.
 pub(super) fn keep_unreadable(
     journal: &Path,
-    preset: &mut [Option<IndexEntry>],
+    preset: &mut Preset,
     chunk_bytes: u32,
     size: u64,
     on_read_error: OnReadError,
@@ -259,7 +253,7 @@ pub(super) fn keep_unreadable(
             kept.iter().map(|r| r.0 / cb).collect::<std::collections::BTreeSet<_>>().len()
         ));
         for &(o, _) in &kept {
-            preset[(o / cb) as usize] = None;
+            preset.forget(o / cb);
         }
         kept.clear();
     }
@@ -268,19 +262,14 @@ pub(super) fn keep_unreadable(
 
 /// The journalled ranges cut at chunk boundaries, keeping the pieces in
 /// chunks that keep their entries; sorted, without duplicates.
-pub(crate) fn pieces_in_kept_chunks(
-    all: &[(u64, u64)],
-    preset: &[Option<IndexEntry>],
-    cb: u64,
-    size: u64,
-) -> Vec<(u64, u64)> {
+pub(crate) fn pieces_in_kept_chunks(all: &[(u64, u64)], preset: &Preset, cb: u64, size: u64) -> Vec<(u64, u64)> {
     let mut kept: Vec<(u64, u64)> = Vec::new();
     for &(o, l) in all {
         let end = o.saturating_add(l).min(size);
         let mut at = o;
         while at < end {
             let piece_end = end.min((at / cb + 1) * cb);
-            if preset.get((at / cb) as usize).is_some_and(|e| e.is_some()) {
+            if preset.is_known(at / cb) {
                 kept.push((at, piece_end - at));
             }
             at = piece_end;

@@ -97,8 +97,28 @@ pub(crate) fn check_same_source(img: &Image, src: &SourceInfo, force: bool) -> R
 /// The raw hash of every chunk of `img` (0 where it has none: unused or
 /// unreadable), for change detection. The index must be intact.
 pub(crate) fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
-    let idx = img.read_index()?;
-    if !idx.hash_matches {
+    // Read a window at a time: only the hashes are kept.
+    let mut stream = img.index_stream()?;
+    let mut hashes = Vec::with_capacity(img.manifest.chunk_count as usize);
+    let (mut zero, mut window, mut bad) = (ZeroHashes::default(), Vec::new(), None);
+    while let Some(first) = stream.next_window(&mut window)? {
+        for (i, e) in window.iter().enumerate() {
+            let chunk = first + i as u64;
+            let checked = e
+                .map_err(|why| why.to_string())
+                .and_then(|e| img.check_entry(chunk, &e, &mut zero).map(|()| e))
+                .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk), why));
+            hashes.push(match checked {
+                Ok(e) if matches!(e.state, ChunkState::Stored | ChunkState::Zero | ChunkState::Inherited) => e.raw_hash,
+                Ok(_) => 0,
+                Err(why) => {
+                    bad.get_or_insert(why);
+                    0
+                }
+            });
+        }
+    }
+    if stream.hash_matches() != Some(true) {
         return Err(Error::corrupt(
             img.index_path(),
             0,
@@ -109,20 +129,7 @@ pub(crate) fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
             ),
         ));
     }
-    let mut zero = ZeroHashes::default();
-    idx.entries
-        .into_iter()
-        .enumerate()
-        .map(|(chunk, e)| {
-            let e = e.map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why.to_string()))?;
-            img.check_entry(chunk as u64, &e, &mut zero)
-                .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk as u64), why))?;
-            Ok(match e.state {
-                ChunkState::Stored | ChunkState::Zero | ChunkState::Inherited => e.raw_hash,
-                _ => 0,
-            })
-        })
-        .collect()
+    bad.map_or(Ok(hashes), Err)
 }
 
 /// Decide what this run is: the resumption of an unfinished run, or a new

@@ -2,11 +2,10 @@
 //! chunk no filesystem uses recorded "unused" without being read.
 
 use super::options::UsedOnly;
+use super::preset::Preset;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
-use crate::format::index::{ChunkState, IndexEntry};
 use crate::format::manifest::{Filesystem, LayoutInfo, PartitionInfo, PartitionTable, UsedOnlyMode};
-use crate::format::ImageId;
 use crate::fs::{FsKind, Partition, TableKind};
 use crate::io::device::Source;
 use crate::observe::Observer;
@@ -19,7 +18,7 @@ pub(crate) fn used_space(
     mode: UsedOnly,
     source: &Source,
     chunk_bytes: u32,
-    preset: &mut Vec<Option<IndexEntry>>,
+    preset: &mut Preset,
     obs: &dyn Observer,
 ) -> Result<Option<crate::format::manifest::LayoutInfo>> {
     if mode == UsedOnly::Off {
@@ -61,24 +60,7 @@ pub(crate) fn used_space(
         });
     }
     let unused = layout.free.unused_chunks(source.size_bytes, u64::from(chunk_bytes));
-    let chunk_count = unused.len();
-    preset.resize(chunk_count, None);
-    let mut bytes_unused = 0;
-    for (c, slot) in preset.iter_mut().enumerate() {
-        if unused[c] && slot.is_none() {
-            let raw_len = u64::from(chunk_bytes).min(source.size_bytes - c as u64 * u64::from(chunk_bytes)) as u32;
-            bytes_unused += u64::from(raw_len);
-            *slot = Some(IndexEntry {
-                state: ChunkState::Unused,
-                segment: 0,
-                offset: 0,
-                stored_len: 0,
-                raw_len,
-                raw_hash: 0,
-                image_id: ImageId(0),
-            });
-        }
-    }
+    let bytes_unused = preset.mark_unused(&unused);
     Ok(Some(LayoutInfo {
         table: match layout.table {
             TableKind::Gpt => PartitionTable::Gpt,

@@ -56,13 +56,13 @@ impl CaptureLane<'_> {
     pub(super) fn next_chunk(&mut self) -> Result<Option<u64>> {
         loop {
             let Some(chunk) = self.next_claimed() else { return Ok(None) };
-            match self.sh.preset.get(chunk as usize) {
-                Some(Some(e)) => {
-                    count_preset(&mut self.report.stats, e);
+            match self.sh.preset.get(chunk) {
+                Some(e) => {
+                    count_preset(&mut self.report.stats, &e);
                     self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
-                    self.record_entry(chunk, *e)?;
+                    self.record_entry(chunk, e)?;
                 }
-                _ => return Ok(Some(chunk)),
+                None => return Ok(Some(chunk)),
             }
         }
     }

@@ -1,11 +1,11 @@
 //! What the lanes of one capture share (read-only but for atomics), and
 //! what each lane reports when it ends.
 
+use crate::pipeline::capture::preset::Preset;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
-use crate::format::index::IndexEntry;
 use crate::format::manifest::SegmentInfo;
 use crate::format::ImageId;
 use crate::io::{device::Source, Backend};
@@ -40,7 +40,7 @@ pub(crate) struct CaptureShared<'a> {
     pub parent: Option<(&'a [u128], ImageId)>,
     /// The entries chunks already have without being read: kept by a
     /// resumed run, or unused by any filesystem (used-space imaging).
-    pub preset: &'a [Option<IndexEntry>],
+    pub preset: &'a Preset,
     /// On a read error: stop, or find the bad sectors and image the rest.
     pub on_read_error: OnReadError,
     /// Retries of a failing read before its sectors count as unreadable.
