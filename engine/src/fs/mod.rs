@@ -130,20 +130,23 @@ impl FreeMap {
         self.ranges.iter().map(|r| r.1).sum()
     }
 
-    /// For each chunk of `chunk_bytes` of a `size`-byte source: is all of it free?
-    pub fn unused_chunks(&self, size: u64, chunk_bytes: u64) -> Vec<bool> {
+    /// The chunks of `chunk_bytes` of a `size`-byte source that are wholly
+    /// free, as sorted runs of chunk numbers (a short last chunk counts when
+    /// all of it is free). The map is sorted and its ranges apart, so the
+    /// runs are too; touching runs are joined.
+    pub fn unused_chunks(&self, size: u64, chunk_bytes: u64) -> Vec<std::ops::Range<u64>> {
         let n = size.div_ceil(chunk_bytes);
-        let mut out = vec![false; n as usize];
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
         for &(s, l) in &self.ranges {
-            let first = s.div_ceil(chunk_bytes);
-            let end = s + l;
-            for c in first..n {
-                let cs = c * chunk_bytes;
-                let ce = (cs + chunk_bytes).min(size);
-                if ce > end {
-                    break;
-                }
-                out[c as usize] = true;
+            let end = s.saturating_add(l);
+            let first = s.div_ceil(chunk_bytes).min(n);
+            let last = if end >= size { n } else { (end / chunk_bytes).min(n) };
+            if first >= last {
+                continue;
+            }
+            match out.last_mut() {
+                Some(r) if r.end >= first => r.end = r.end.max(last),
+                _ => out.push(first..last),
             }
         }
         out
@@ -359,11 +362,11 @@ mod tests {
         f.remove(8192, 4096);
         assert_eq!(f.ranges(), &[(4096, 4096), (12288, 4096), (1 << 20, 2 << 20)]);
         // 1 MiB chunks of a 3.5 MiB source: only chunks 1 and 2 are wholly free.
-        assert_eq!(f.unused_chunks(3584 << 10, 1 << 20), vec![false, true, true, false]);
+        assert_eq!(f.unused_chunks(3584 << 10, 1 << 20), vec![1..3]);
         // A short last chunk that is wholly free counts.
         let mut g = FreeMap::default();
         g.push(3 << 20, 512 << 10);
-        assert_eq!(g.unused_chunks(3584 << 10, 1 << 20), vec![false, false, false, true]);
+        assert_eq!(g.unused_chunks(3584 << 10, 1 << 20), vec![3..4]);
         g.extend(&f);
         assert_eq!(g.free_bytes(), f.free_bytes() + (512 << 10));
         let mut h = FreeMap::default();

@@ -60,13 +60,13 @@ impl Preset {
         }
     }
 
-    /// Mark as unused every chunk `unused` says is, where nothing else is
-    /// known of it; returns the source bytes those chunks cover.
-    pub fn mark_unused(&mut self, unused: &[bool]) -> u64 {
+    /// Mark as unused every chunk of the sorted runs `unused`, where
+    /// nothing else is known of it; returns the source bytes those chunks
+    /// cover. Memory follows the runs, not the chunks.
+    pub fn mark_unused(&mut self, unused: &[Range<u64>]) -> u64 {
         let mut runs: Vec<Range<u64>> = Vec::new();
         let mut bytes = 0;
-        for (c, _) in unused.iter().enumerate().filter(|(c, &u)| u && !self.is_known(*c as u64)) {
-            let c = c as u64;
+        for c in unused.iter().flat_map(|r| r.clone()).filter(|&c| !self.is_known(c)) {
             bytes += u64::from(self.extent(c));
             match runs.last_mut() {
                 Some(r) if r.end == c => r.end = c + 1,
@@ -135,8 +135,7 @@ mod tests {
         // 10 chunks of 100 bytes, the last 50.
         let mut p = Preset::new(100, 950);
         p.insert(3, stored(3));
-        let unused: Vec<bool> = (0..10).map(|c| [1, 2, 3, 4, 7, 9].contains(&c)).collect();
-        assert_eq!(p.mark_unused(&unused), 100 * 4 + 50, "chunk 3 keeps its frame; chunk 9 is short");
+        assert_eq!(p.mark_unused(&[1..5, 7..8, 9..10]), 100 * 4 + 50, "chunk 3 keeps its frame; chunk 9 is short");
         let mut table: Vec<Option<IndexEntry>> = (0..10).map(|c| p.get(c)).collect();
         assert_eq!(table[3], Some(stored(3)));
         assert_eq!(table[9].map(|e| (e.state, e.raw_len)), Some((ChunkState::Unused, 50)));
