@@ -111,6 +111,43 @@ pub enum EntryError {
 }
 
 impl IndexEntry {
+    /// FORMAT §5 "Field values per state": the rules an entry's own fields
+    /// meet whatever image holds it — the chunk's length (`extent`), a
+    /// location only in a stored entry, and the hash and image a zero,
+    /// unused or unreadable entry carries. Which image a stored or inherited
+    /// entry names, and whether its frame lies in the image's segments, need
+    /// the image (`set::image::Image::check_entry`).
+    pub fn check_fields(&self, chunk: u64, extent: u32, zero: &mut ZeroHashes) -> Result<(), String> {
+        let located = self.segment != 0 || self.offset != 0 || self.stored_len != 0;
+        match self.state {
+            ChunkState::Unset => {}
+            _ if self.raw_len != extent => {
+                return Err(format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", self.raw_len))
+            }
+            ChunkState::Stored => {}
+            state if located => {
+                return Err(format!(
+                    "chunk {chunk}: a {} entry names a frame (segment {}, offset {}, {} bytes stored); only stored \
+                     entries do",
+                    state.name(),
+                    self.segment,
+                    self.offset,
+                    self.stored_len
+                ))
+            }
+            ChunkState::Zero if self.image_id != ImageId(0) || self.raw_hash != zero.get(extent) => {
+                return Err(format!(
+                    "chunk {chunk}: a zero entry must carry the hash of {extent} zero bytes and no image"
+                ))
+            }
+            ChunkState::Unused | ChunkState::Unreadable if self.image_id != ImageId(0) || self.raw_hash != 0 => {
+                return Err(format!("chunk {chunk}: an {} entry carries a hash or an image", self.state.name()))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Encode into the first [`INDEX_ENTRY_BYTES`] of `out`.
     pub fn encode(&self, out: &mut [u8]) {
         let b = &mut out[..INDEX_ENTRY_BYTES];

@@ -180,37 +180,17 @@ impl Image {
     /// an inherited chunk naming the parent. The one check verify, restore,
     /// serve and merge all apply (through [`super::chain::Resolved::load`]).
     pub fn check_entry(&self, chunk: u64, e: &IndexEntry, zero: &mut ZeroHashes) -> Result<(), String> {
-        let (_, extent) = self.chunk_extent(chunk);
-        let located = e.segment != 0 || e.offset != 0 || e.stored_len != 0;
+        if e.state == ChunkState::Unset {
+            return Err(format!("chunk {chunk}: the entry was never written"));
+        }
+        e.check_fields(chunk, self.chunk_extent(chunk).1, zero)?;
         match e.state {
-            ChunkState::Unset => return Err(format!("chunk {chunk}: the entry was never written")),
-            _ if e.raw_len != extent => {
-                return Err(format!("chunk {chunk}: index says {} bytes, the chunk is {extent}", e.raw_len))
-            }
             ChunkState::Stored => {
                 self.check_stored_location(e)
                     .map_err(|why| format!("chunk {chunk}: the index points outside the image's segments: {why}"))?;
                 if e.image_id != self.id() {
                     return Err(format!("chunk {chunk}: a stored entry names image {}, not this one", e.image_id));
                 }
-            }
-            state if located => {
-                return Err(format!(
-                    "chunk {chunk}: a {} entry names a frame (segment {}, offset {}, {} bytes stored); only stored \
-                     entries do",
-                    state.name(),
-                    e.segment,
-                    e.offset,
-                    e.stored_len
-                ))
-            }
-            ChunkState::Zero if e.image_id != ImageId(0) || e.raw_hash != zero.get(extent) => {
-                return Err(format!(
-                    "chunk {chunk}: a zero entry must carry the hash of {extent} zero bytes and no image"
-                ))
-            }
-            ChunkState::Unused | ChunkState::Unreadable if e.image_id != ImageId(0) || e.raw_hash != 0 => {
-                return Err(format!("chunk {chunk}: an {} entry carries a hash or an image", e.state.name()))
             }
             ChunkState::Inherited => match self.manifest.parent_id() {
                 None => return Err(format!("chunk {chunk} is inherited, but image {} has no parent", self.id())),

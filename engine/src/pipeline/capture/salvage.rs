@@ -197,16 +197,14 @@ fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<(&[u128], Im
         let at = entry_offset(chunk) as usize;
         let Some(b) = old.get(at..at + INDEX_ENTRY_BYTES) else { continue };
         let Ok(e) = IndexEntry::decode(b) else { continue };
-        let raw_len = g.extent(chunk);
-        let plain = e.raw_len == raw_len && e.segment == 0 && e.offset == 0 && e.stored_len == 0;
         let ok = match e.state {
-            ChunkState::Zero => plain && e.image_id == ImageId(0) && e.raw_hash == zero_hashes.get(raw_len),
+            ChunkState::Zero => true,
             ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
-                plain && e.image_id == pid && e.raw_hash != 0 && hashes.get(chunk as usize) == Some(&e.raw_hash)
+                e.image_id == pid && e.raw_hash != 0 && hashes.get(chunk as usize) == Some(&e.raw_hash)
             }),
             _ => false,
         };
-        if ok {
+        if ok && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {
             keep.push((chunk, e));
         }
     }
