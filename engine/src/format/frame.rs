@@ -24,7 +24,7 @@ use super::index::IndexEntry;
 pub use crate::codec::Codec;
 
 use super::le::*;
-use super::{align_up, ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
+use super::{align_up, ImageId, LAYOUT_VERSION, FRAME_ALIGN_BYTES};
 
 /// The four bytes every frame starts with.
 pub const FRAME_MAGIC: [u8; 4] = *b"TTfr";
@@ -88,7 +88,7 @@ impl FrameHeader {
     pub fn encode(&self, out: &mut [u8]) {
         let b = &mut out[..FRAME_HEADER_BYTES];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
-        put_u16(b, 4, FORMAT_VERSION);
+        put_u16(b, 4, LAYOUT_VERSION);
         b[6] = self.codec as u8;
         b[7] = 0;
         put_u64(b, 8, self.image_id.0);
@@ -117,7 +117,7 @@ impl FrameHeader {
             return Err(FrameError::HeaderHash);
         }
         let version = u16_at(b, 4);
-        if version != FORMAT_VERSION {
+        if version != LAYOUT_VERSION {
             return Err(FrameError::Version(version));
         }
         let codec = Codec::from_u8(b[6]).ok_or(FrameError::Codec(b[6]))?;

@@ -1,22 +1,29 @@
-//! The index: a 64-byte header, then one 48-byte entry per chunk of the
-//! source, in chunk order. Entry `n` sits at byte `64 + 48 * n`, so any
-//! chunk's location is one read away.
+//! The index: a 64-byte header, then the chunk table.
+//!
+//! Version 2 (written): one 64-byte *run record* per run of chunks that
+//! share an entry, in chunk order, covering every chunk exactly once. A
+//! stored chunk is a run of one; zero, unused, unreadable and inherited
+//! chunks cost one record per run, so the index grows with what is stored,
+//! not with the device. A chunk's record is found by binary search on
+//! `first`. Version 1 (read): one 48-byte entry per chunk; entry `n` at
+//! `64 + 48 * n`. Lanes write their working table in the version-1 layout
+//! while a run is going on (see `set::index_writer`).
 //!
 //! Header:
 //! ```text
 //! offset size field
 //!      0    8 magic "TTindex\0"
-//!      8    2 format version (1)
-//!     10    2 entry size in bytes (48)
+//!      8    2 format version (1 or 2)
+//!     10    2 entry size in bytes (v1: 48; v2: 64)
 //!     12    4 chunk size in bytes
 //!     16    8 image id
 //!     24    8 chunk count
 //!     32    8 source size in bytes
 //!     40    8 parent image id (0 = none)
-//!     48    8 reserved (0)
+//!     48    8 v1: reserved (0); v2: number of run records
 //!     56    8 xxh3-64 of bytes 0..56
 //! ```
-//! Entry:
+//! Version-1 entry (48 bytes):
 //! ```text
 //! offset size field
 //!      0    1 state (see ChunkState)
@@ -28,20 +35,40 @@
 //!     24   16 xxh3-128 of the raw chunk (zero-filled chunks: hash of the zeros)
 //!     40    8 image id holding the frame (this image; an ancestor when inherited)
 //! ```
+//! Version-2 run record (64 bytes): the version-1 entry's fields, which
+//! every chunk of the run has, after the run's place:
+//! ```text
+//! offset size field
+//!      0    1 state
+//!      1    7 reserved (0)
+//!      8    8 first chunk of the run
+//!     16    8 chunks in the run (1 for a stored chunk)
+//!     24    4 segment number
+//!     28    4 stored length
+//!     32    8 frame offset
+//!     40    4 raw length of each chunk of the run
+//!     44    4 reserved (0)
+//!     48   16 raw hash (stored, zero); 0 for unused, unreadable, inherited
+//! ```
+//! The image a stored or inherited run names is implied (this image, the
+//! parent), so it is not repeated per record.
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::le::*;
-use super::{ImageId, FORMAT_VERSION};
+use super::{ImageId, FORMAT_VERSION, FORMAT_VERSION_OLDEST};
 
 /// The eight bytes every index starts with.
 pub const INDEX_MAGIC: [u8; 8] = *b"TTindex\0";
 /// Size of the index header.
 pub const INDEX_HEADER_BYTES: usize = 64;
-/// Size of one index entry.
+/// Size of one version-1 index entry (and of the lanes' working table).
 pub const INDEX_ENTRY_BYTES: usize = 48;
+/// Size of one version-2 run record.
+pub const RUN_RECORD_BYTES: usize = 64;
 
 const _: () = assert!(INDEX_ENTRY_BYTES == 1 + 3 + 4 + 8 + 4 + 4 + 16 + 8);
+const _: () = assert!(RUN_RECORD_BYTES == 1 + 7 + 8 + 8 + 4 + 4 + 8 + 4 + 4 + 16);
 const _: () = assert!(INDEX_HEADER_BYTES == 8 + 2 + 2 + 4 + 8 + 8 + 8 + 8 + 8 + 8);
 
 /// What the image holds for one chunk.
@@ -179,14 +206,100 @@ impl IndexEntry {
     }
 }
 
+/// A run of chunks that all have the same entry: what a version-2 record
+/// holds, and what every reader works with (a version-1 entry is a run of
+/// one). Stored chunks are runs of one; the source's last chunk, when it is
+/// short, has a raw length of its own and so a run of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub first: u64,
+    pub count: u64,
+    pub entry: IndexEntry,
+}
+
+/// Why a run record does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("unknown chunk state {0}")]
+    State(u8),
+    #[error("reserved record bytes are not zero")]
+    Reserved,
+    #[error("a run of {0} chunks: a run holds at least one, a stored run exactly one")]
+    Count(u64),
+}
+
+impl Run {
+    /// One past the run's last chunk.
+    pub fn end(&self) -> u64 {
+        self.first + self.count
+    }
+
+    /// Whether `next` (the run after this one) may be folded into it: the
+    /// same entry, adjacent, and not a stored frame (one record a frame).
+    pub fn absorbs(&self, next: &Run) -> bool {
+        self.end() == next.first && self.entry == next.entry && self.entry.state != ChunkState::Stored
+    }
+
+    /// Encode as a version-2 record into the first [`RUN_RECORD_BYTES`] of `out`.
+    pub fn encode(&self, out: &mut [u8]) {
+        let b = &mut out[..RUN_RECORD_BYTES];
+        b.fill(0);
+        let e = &self.entry;
+        b[0] = e.state as u8;
+        put_u64(b, 8, self.first);
+        put_u64(b, 16, self.count);
+        put_u32(b, 24, e.segment);
+        put_u32(b, 28, e.stored_len);
+        put_u64(b, 32, e.offset);
+        put_u32(b, 40, e.raw_len);
+        let hash = match e.state {
+            ChunkState::Stored | ChunkState::Zero => e.raw_hash,
+            _ => 0,
+        };
+        put_u128(b, 48, hash);
+    }
+
+    /// Decode a version-2 record of image `image` whose parent is `parent`
+    /// (the images a stored and an inherited run name).
+    pub fn decode(b: &[u8], image: ImageId, parent: Option<ImageId>) -> Result<Run, RecordError> {
+        let state = ChunkState::from_u8(b[0]).ok_or(RecordError::State(b[0]))?;
+        if b[1..8].iter().any(|&x| x != 0) || u32_at(b, 44) != 0 {
+            return Err(RecordError::Reserved);
+        }
+        let count = u64_at(b, 16);
+        if count == 0 || (state == ChunkState::Stored && count != 1) {
+            return Err(RecordError::Count(count));
+        }
+        let image_id = match state {
+            ChunkState::Stored => image,
+            ChunkState::Inherited => parent.unwrap_or(ImageId(0)),
+            _ => ImageId(0),
+        };
+        let entry = IndexEntry {
+            state,
+            segment: u32_at(b, 24),
+            offset: u64_at(b, 32),
+            stored_len: u32_at(b, 28),
+            raw_len: u32_at(b, 40),
+            raw_hash: u128_at(b, 48),
+            image_id,
+        };
+        Ok(Run { first: u64_at(b, 8), count, entry })
+    }
+}
+
 /// The decoded index header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexHeader {
+    /// 1: an entry per chunk; 2: run records.
+    pub version: u16,
     pub chunk_bytes: u32,
     pub image_id: ImageId,
     pub chunk_count: u64,
     pub source_bytes: u64,
     pub parent: Option<ImageId>,
+    /// Version 2: the number of run records (0 in version 1).
+    pub records: u64,
 }
 
 /// Why an index header did not decode.
@@ -196,7 +309,8 @@ pub enum IndexHeaderError {
     Magic,
     Checksum,
     Version(u16),
-    EntrySize(u16),
+    /// The entry size found, and the one the version has.
+    EntrySize(u16, u16),
     Reserved,
 }
 
@@ -207,25 +321,40 @@ impl std::fmt::Display for IndexHeaderError {
             Self::Magic => write!(f, "not a tintype index (bad magic)"),
             Self::Checksum => write!(f, "index header checksum mismatch"),
             Self::Version(v) => write!(f, "index format version {v} is not supported"),
-            Self::EntrySize(n) => write!(f, "index entry size {n}, expected {INDEX_ENTRY_BYTES}"),
+            Self::EntrySize(n, want) => write!(f, "index entry size {n}, expected {want}"),
             Self::Reserved => write!(f, "reserved index header bytes are not zero"),
         }
     }
 }
 
 impl IndexHeader {
+    /// The size of one entry (version 1) or record (version 2).
+    pub fn entry_bytes(&self) -> usize {
+        match self.version {
+            1 => INDEX_ENTRY_BYTES,
+            _ => RUN_RECORD_BYTES,
+        }
+    }
+
+    /// The length of the whole index file.
+    pub fn file_bytes(&self) -> u64 {
+        let n = if self.version == 1 { self.chunk_count } else { self.records };
+        INDEX_HEADER_BYTES as u64 + n * self.entry_bytes() as u64
+    }
+
     /// Encode into the first [`INDEX_HEADER_BYTES`] of `out`.
     pub fn encode(&self, out: &mut [u8]) {
         let b = &mut out[..INDEX_HEADER_BYTES];
         b.fill(0);
         b[0..8].copy_from_slice(&INDEX_MAGIC);
-        put_u16(b, 8, FORMAT_VERSION);
-        put_u16(b, 10, INDEX_ENTRY_BYTES as u16);
+        put_u16(b, 8, self.version);
+        put_u16(b, 10, self.entry_bytes() as u16);
         put_u32(b, 12, self.chunk_bytes);
         put_u64(b, 16, self.image_id.0);
         put_u64(b, 24, self.chunk_count);
         put_u64(b, 32, self.source_bytes);
         put_u64(b, 40, self.parent.map_or(0, |p| p.0));
+        put_u64(b, 48, if self.version == 1 { 0 } else { self.records });
         let h = xxh3_64(&b[..56]);
         put_u64(b, 56, h);
     }
@@ -242,18 +371,21 @@ impl IndexHeader {
             return Err(IndexHeaderError::Checksum);
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version) {
             return Err(IndexHeaderError::Version(version));
         }
+        let want = if version == 1 { INDEX_ENTRY_BYTES } else { RUN_RECORD_BYTES };
         let entry = u16_at(b, 10);
-        if entry as usize != INDEX_ENTRY_BYTES {
-            return Err(IndexHeaderError::EntrySize(entry));
+        if entry as usize != want {
+            return Err(IndexHeaderError::EntrySize(entry, want as u16));
         }
-        if u64_at(b, 48) != 0 {
+        if version == 1 && u64_at(b, 48) != 0 {
             return Err(IndexHeaderError::Reserved);
         }
         let parent = u64_at(b, 40);
         Ok(IndexHeader {
+            version,
+            records: if version == 1 { 0 } else { u64_at(b, 48) },
             chunk_bytes: u32_at(b, 12),
             image_id: ImageId(u64_at(b, 16)),
             chunk_count: u64_at(b, 24),
@@ -320,11 +452,13 @@ mod tests {
     #[test]
     fn header_round_trips_and_refuses_damage() {
         let h = IndexHeader {
+            version: FORMAT_VERSION,
             chunk_bytes: 1 << 20,
             image_id: ImageId(3),
             chunk_count: 10,
             source_bytes: 10 << 20,
             parent: None,
+            records: 4,
         };
         let mut b = [0u8; INDEX_HEADER_BYTES];
         h.encode(&mut b);
@@ -336,5 +470,61 @@ mod tests {
         c[0] = b'X';
         assert_eq!(IndexHeader::decode(&c), Err(IndexHeaderError::Magic));
         assert_eq!(IndexHeader::decode(&b[..3]), Err(IndexHeaderError::Truncated(3)));
+        assert_eq!(h.file_bytes(), 64 + 4 * 64);
+        let v1 = IndexHeader { version: 1, records: 0, ..h };
+        v1.encode(&mut b);
+        assert_eq!(IndexHeader::decode(&b), Ok(v1));
+        assert_eq!(v1.file_bytes(), 64 + 10 * 48);
+        let mut c = b;
+        c[8] = 3;
+        let h = xxh3_64(&c[..56]);
+        put_u64(&mut c, 56, h);
+        assert_eq!(IndexHeader::decode(&c), Err(IndexHeaderError::Version(3)));
+    }
+
+    #[test]
+    fn run_records_round_trip_and_refuse_damage() {
+        let stored = IndexEntry {
+            state: ChunkState::Stored,
+            segment: 2,
+            offset: 8192,
+            stored_len: 99,
+            raw_len: 4096,
+            raw_hash: 77,
+            image_id: ImageId(5),
+        };
+        let run = Run { first: 9, count: 1, entry: stored };
+        let mut b = [0u8; RUN_RECORD_BYTES];
+        run.encode(&mut b);
+        assert_eq!(Run::decode(&b, ImageId(5), None), Ok(run));
+        let inherited = IndexEntry {
+            state: ChunkState::Inherited,
+            segment: 0,
+            offset: 0,
+            stored_len: 0,
+            raw_len: 4096,
+            raw_hash: 0,
+            image_id: ImageId(4),
+        };
+        let run = Run { first: 10, count: 1 << 40, entry: inherited };
+        run.encode(&mut b);
+        assert_eq!(Run::decode(&b, ImageId(5), Some(ImageId(4))), Ok(run));
+        let mut c = b;
+        c[0] = 9;
+        assert_eq!(Run::decode(&c, ImageId(5), None), Err(RecordError::State(9)));
+        let mut c = b;
+        c[45] = 1;
+        assert_eq!(Run::decode(&c, ImageId(5), None), Err(RecordError::Reserved));
+        put_u64(&mut c, 16, 0);
+        c[45] = 0;
+        assert_eq!(Run::decode(&c, ImageId(5), None), Err(RecordError::Count(0)));
+        let mut s = [0u8; RUN_RECORD_BYTES];
+        Run { first: 0, count: 1, entry: stored }.encode(&mut s);
+        put_u64(&mut s, 16, 2);
+        assert_eq!(Run::decode(&s, ImageId(5), None), Err(RecordError::Count(2)));
+        let a = Run { first: 10, count: 3, entry: inherited };
+        assert!(a.absorbs(&Run { first: 13, count: 1, entry: inherited }));
+        assert!(!a.absorbs(&Run { first: 14, count: 1, entry: inherited }));
+        assert!(!Run { first: 8, count: 1, entry: stored }.absorbs(&Run { first: 9, count: 1, entry: stored }));
     }
 }

@@ -314,7 +314,7 @@ impl Manifest {
                 probe.get("format_version").map_or("missing".to_string(), |v| v.to_string())
             )));
         };
-        if version != u64::from(FORMAT_VERSION) {
+        if !(u64::from(super::FORMAT_VERSION_OLDEST)..=u64::from(FORMAT_VERSION)).contains(&version) {
             return Err(ManifestError::Version(version.min(u64::from(u32::MAX)) as u32));
         }
         let m: Manifest = serde_json::from_value(probe).map_err(|e| ManifestError::Invalid(e.to_string()))?;
@@ -494,8 +494,8 @@ mod tests {
         assert!(matches!(Manifest::from_json(b"\x00\x01garbage"), Err(ManifestError::Foreign(_))));
         assert!(matches!(Manifest::from_json(b"{\"a\": 1}"), Err(ManifestError::Foreign(_))));
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
-        v["format_version"] = 2.into();
-        assert_eq!(Manifest::from_json(&serde_json::to_vec(&v).unwrap()), Err(ManifestError::Version(2)));
+        v["format_version"] = 3.into();
+        assert_eq!(Manifest::from_json(&serde_json::to_vec(&v).unwrap()), Err(ManifestError::Version(3)));
         let mut m = sample();
         m.chunk_count = 4;
         assert!(matches!(Manifest::from_json(&m.to_json()), Err(ManifestError::Invalid(_))));

@@ -1,4 +1,5 @@
-//! The on-disk format, version 1: pure encoding and decoding, no I/O.
+//! The on-disk format, version 2 (version 1 still read): pure encoding and
+//! decoding, no I/O.
 //!
 //! Every integer is little-endian with a fixed width and every struct has a
 //! compile-time size assertion. `docs/FORMAT.md` is the specification; the
@@ -10,8 +11,17 @@ pub mod manifest;
 pub mod names;
 pub mod segment;
 
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes (manifest and index) and the newest
+/// it reads. Version 2 stores the index as runs of chunks (FORMAT §5).
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest format version this build reads: version 1 indexes hold one
+/// entry per chunk.
+pub const FORMAT_VERSION_OLDEST: u16 = 1;
+
+/// The layout version of segment headers and frames: the same in formats 1
+/// and 2, so every reader of either checks for this one.
+pub const LAYOUT_VERSION: u16 = 1;
 
 /// Frames and segment headers are aligned to this many bytes, which covers
 /// every logical sector size in use (512 and 4096) for O_DIRECT.

@@ -20,7 +20,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::le::*;
-use super::{ImageId, FORMAT_VERSION, FRAME_ALIGN_BYTES};
+use super::{ImageId, LAYOUT_VERSION, FRAME_ALIGN_BYTES};
 
 /// The eight bytes every segment starts with.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TTsegmnt";
@@ -66,7 +66,7 @@ impl SegmentHeader {
         let b = &mut out[..SEGMENT_HEADER_BYTES];
         b.fill(0);
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        put_u16(b, 8, FORMAT_VERSION);
+        put_u16(b, 8, LAYOUT_VERSION);
         put_u32(b, 12, FRAME_ALIGN_BYTES as u32);
         put_u64(b, 16, self.image_id.0);
         put_u32(b, 24, self.lane);
@@ -88,7 +88,7 @@ impl SegmentHeader {
             return Err(SegmentHeaderError::HeaderHash);
         }
         let version = u16_at(b, 8);
-        if version != FORMAT_VERSION {
+        if version != LAYOUT_VERSION {
             return Err(SegmentHeaderError::Version(version));
         }
         if b[10..12] != [0, 0] || b[36..56].iter().any(|&x| x != 0) {

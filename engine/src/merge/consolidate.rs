@@ -17,14 +17,14 @@ use crate::error::ChainBreak;
 use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader};
+use crate::format::index::{ChunkState, IndexEntry, IndexHeader};
 use crate::format::manifest::{ImageKind, IndexInfo, Manifest, SegmentInfo, Stats};
 use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
 use crate::format::segment::DEFAULT_SEGMENT_BYTES;
 use crate::format::ImageId;
 use crate::format::Xxh128;
+use crate::format::FORMAT_VERSION;
 use crate::io::buffers::AlignedBuf;
-use crate::io::checksum::hash_file;
 use crate::io::device::open_read_only;
 use crate::io::device::OpenMode;
 use crate::io::IoChoice;
@@ -33,9 +33,7 @@ use crate::set::chain::Resolved;
 use crate::set::commit::sync_dir;
 use crate::set::image::Image;
 use crate::set::image::IndexHash;
-use crate::set::index_reader::WINDOW_CHUNKS;
-use crate::set::index_writer::Existing;
-use crate::set::index_writer::IndexFile;
+use crate::set::index_writer::{Existing, RunIndex, Tally, Written};
 use crate::set::lineage::Lineage;
 use crate::set::remove::Leftovers;
 use crate::set::run_record::{unix_now, RunOperation, RunRecord};
@@ -97,15 +95,10 @@ pub(super) fn consolidate(set: &ImageSet, span: &[Image], io: &IoChoice, obs: &d
     let mut guard = Leftovers { dir: &set.dir, id, armed: true };
     record(target, last, id, kind).write_new(&set.dir)?;
     let (placed, segments, mut stats) = copy_frames(set, &resolved, tm, id, io, obs)?;
-    let mut entries = resolved.entries;
-    for p in placed {
-        let e = &mut entries[p.chunk as usize];
-        *e = IndexEntry { segment: p.segment, offset: p.offset, image_id: id, ..*e };
-    }
-    count_states(&entries, &segments, &mut stats);
-    let index_hash = write_index(set, tm, id, last.manifest.parent.as_deref(), &entries)?;
+    let (index, tally) = write_index(set, tm, id, last.manifest.parent.as_deref(), &resolved, placed)?;
+    count_states(&tally, &segments, &mut stats);
     stats.wall_seconds = started.elapsed().as_secs_f64();
-    let manifest = manifest(target, last, id, kind, stats, segments, index_hash);
+    let manifest = manifest(target, last, id, kind, stats, segments, index);
     commit(set, &mut guard, &manifest)?;
     Ok(Consolidated {
         image_id: id.to_string(),
@@ -169,9 +162,9 @@ pub(crate) fn copy_frames(
     obs: &dyn Observer,
 ) -> Result<(Vec<Placed>, Vec<SegmentInfo>, Stats)> {
     let mut order: Vec<u64> =
-        (0..tm.chunk_count).filter(|&c| resolved.entries[c as usize].state == ChunkState::Stored).collect();
+        resolved.runs().iter().filter(|r| r.entry.state == ChunkState::Stored).map(|r| r.first).collect();
     order.sort_by_key(|&c| {
-        let e = &resolved.entries[c as usize];
+        let e = resolved.entry(c);
         (e.segment, e.offset)
     });
     let limit = if tm.settings.segment_size_bytes > 0 { tm.settings.segment_size_bytes } else { DEFAULT_SEGMENT_BYTES };
@@ -203,38 +196,48 @@ pub(crate) fn copy_frames(
 }
 
 /// The new image's counts by state and its segments' totals.
-pub(crate) fn count_states(entries: &[IndexEntry], segments: &[SegmentInfo], stats: &mut Stats) {
-    let count = |state: ChunkState| entries.iter().filter(|e| e.state == state).count() as u64;
-    stats.chunks_zero = count(ChunkState::Zero);
-    stats.chunks_inherited = count(ChunkState::Inherited);
-    stats.chunks_unreadable = count(ChunkState::Unreadable);
-    stats.chunks_unused = count(ChunkState::Unused);
+pub(crate) fn count_states(tally: &Tally, segments: &[SegmentInfo], stats: &mut Stats) {
+    stats.chunks_zero = tally.chunks_zero;
+    stats.chunks_inherited = tally.chunks_inherited;
+    stats.chunks_unreadable = tally.chunks_unreadable;
+    stats.chunks_unused = tally.chunks_unused;
     stats.chunks_copied = stats.chunks_stored;
     stats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     stats.stage_seconds = BTreeMap::new();
 }
 
-/// Write the new image's index (never replacing a file) and return its hash.
+/// Write the new image's index (never replacing a file): the resolved
+/// runs, each stored chunk at the place the copy put its frame.
 fn write_index(
     set: &ImageSet,
     tm: &Manifest,
     id: ImageId,
     parent: Option<&str>,
-    entries: &[IndexEntry],
-) -> Result<u128> {
-    let index = IndexFile::create(&set.dir.join(index_file_name(id)), tm.chunk_count, Existing::Refuse)?;
-    // A window at a time: the encoded bytes never hold the whole index.
-    for (k, window) in entries.chunks(WINDOW_CHUNKS).enumerate() {
-        index.write_entries((k * WINDOW_CHUNKS) as u64, window)?;
+    resolved: &Resolved,
+    mut placed: Vec<Placed>,
+) -> Result<(Written, Tally)> {
+    let mut index = RunIndex::create(&set.dir.join(index_file_name(id)), Existing::Refuse)?;
+    placed.sort_unstable_by_key(|p| p.chunk);
+    let mut placed = placed.into_iter();
+    for run in resolved.runs() {
+        let mut run = *run;
+        if run.entry.state == ChunkState::Stored {
+            let p = placed.next().filter(|p| p.chunk == run.first).expect("every stored chunk was copied");
+            run.entry = IndexEntry { segment: p.segment, offset: p.offset, image_id: id, ..run.entry };
+        }
+        index.push(run)?;
     }
-    index.finish(&IndexHeader {
+    let tally = index.tally;
+    let header = IndexHeader {
+        version: FORMAT_VERSION,
         chunk_bytes: tm.chunk_size_bytes,
         image_id: id,
         chunk_count: tm.chunk_count,
         source_bytes: tm.source.size_bytes,
         parent: parent.and_then(ImageId::parse),
-    })?;
-    hash_file(index.path())
+        records: 0,
+    };
+    Ok((index.finish(header)?, tally))
 }
 
 /// The new image's manifest: the target's, with the new ID, kind, parent,
@@ -247,23 +250,20 @@ pub(crate) fn manifest(
     kind: ImageKind,
     stats: Stats,
     segments: Vec<SegmentInfo>,
-    index_hash: u128,
+    index: Written,
 ) -> Manifest {
     let tm = &target.manifest;
     let mut replaces = vec![tm.image_id.clone()];
     replaces.extend(tm.replaces.iter().cloned());
     Manifest {
+        format_version: u32::from(FORMAT_VERSION),
         image_id: id.to_string(),
         kind,
         parent: last.manifest.parent.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         stats,
         segments,
-        index: IndexInfo {
-            file: index_file_name(id),
-            size_bytes: entry_offset(tm.chunk_count),
-            xxh3_128: Xxh128(index_hash),
-        },
+        index: IndexInfo { file: index_file_name(id), size_bytes: index.size_bytes, xxh3_128: Xxh128(index.xxh3_128) },
         replaces,
         ..tm.clone()
     }
@@ -316,7 +316,7 @@ pub(crate) fn read_runs(r: Reader<'_>, stats: &mut Stats, obs: &dyn Observer) ->
     let mut i = 0;
     while i < r.order.len() {
         let (j, start, end) = next_run(r.resolved, r.order, i);
-        let segment = r.resolved.entries[r.order[i] as usize].segment;
+        let segment = r.resolved.entry(r.order[i]).segment;
         let seg = &r.resolved.segments[segment as usize];
         if current != Some(segment) {
             let f = match files.remove(&segment) {
@@ -342,7 +342,7 @@ pub(crate) fn read_runs(r: Reader<'_>, stats: &mut Stats, obs: &dyn Observer) ->
             .map_err(|err| Error::io_at("read frames", &seg.path, start, err))?;
         let mut frames = Vec::with_capacity(j - i);
         for &chunk in &r.order[i..j] {
-            let e = r.resolved.entries[chunk as usize];
+            let e = r.resolved.entry(chunk);
             let f = RunFrame { chunk, start: (e.offset - start) as usize, len: frame_len(e.stored_len) as usize };
             retag(r.resolved, &e, f, &mut buf.as_mut_slice()[f.start..f.start + f.len], r.id)?;
             count_copied(&e, stats);
@@ -366,12 +366,12 @@ pub(crate) fn read_runs(r: Reader<'_>, stats: &mut Stats, obs: &dyn Observer) ->
 /// The run of adjacent frames starting at `order[i]`: the index one past
 /// its last frame, and its byte range in their segment.
 pub(crate) fn next_run(resolved: &Resolved, order: &[u64], i: usize) -> (usize, u64, u64) {
-    let first = resolved.entries[order[i] as usize];
+    let first = resolved.entry(order[i]);
     let (segment, start) = (first.segment, first.offset);
     let mut end = start + frame_len(first.stored_len);
     let mut j = i + 1;
     while let Some(&c) = order.get(j) {
-        let e = &resolved.entries[c as usize];
+        let e = resolved.entry(c);
         let len = frame_len(e.stored_len);
         if e.segment != segment || e.offset != end || end + len - start > RUN_BYTES {
             break;

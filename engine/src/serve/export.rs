@@ -232,7 +232,7 @@ impl Export {
 
     /// Does the chunk hold data (false: zero or unused)?
     pub fn is_data(&self, chunk: u64) -> bool {
-        !matches!(self.resolved.entries[chunk as usize].state, ChunkState::Zero | ChunkState::Unused)
+        !matches!(self.resolved.entry(chunk).state, ChunkState::Zero | ChunkState::Unused)
     }
 
     /// The image's bytes (overlay not applied) at `[offset, offset+buf.len())`.

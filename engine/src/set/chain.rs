@@ -2,17 +2,18 @@
 //! and its index resolved through them so every chunk names the image and
 //! segment that hold it.
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::image::{read_frame, read_unstored, Image};
-use super::index_reader::IndexStream;
+use super::index_reader::{IndexStream, RunResult};
 use super::lineage::Lineage;
 use super::{ImageSet, Loaded};
 use crate::codec::Decoder;
 use crate::error::ChainBreak;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState, EntryError, IndexEntry, ZeroHashes};
+use crate::format::index::{ChunkState, IndexEntry, Run, ZeroHashes};
 use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
 
@@ -51,14 +52,28 @@ impl SegmentRef {
 }
 
 /// An image's index with every inherited chunk followed down its chain to
-/// the image that holds it. Stored entries name a segment of [`Self::segments`]
-/// (all segments of the chain, numbered together) and carry the holder's ID.
+/// the image that holds it, as runs in chunk order: memory grows with the
+/// stored chunks and the runs, not with the device. Stored runs name a
+/// segment of [`Self::segments`] (all segments of the chain, numbered
+/// together) and carry the holder's ID; no run is inherited.
 #[derive(Debug)]
 pub struct Resolved {
     pub segments: Vec<SegmentRef>,
-    pub entries: Vec<IndexEntry>,
+    runs: Vec<Run>,
     /// Chunks of the image itself that were inherited.
     pub inherited: u64,
+}
+
+/// Chunks of the image being resolved that an ancestor must hold.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    first: u64,
+    count: u64,
+    /// The raw hash a version-1 child recorded for the chunk (0: none, as
+    /// version 2 records none), which the holder must match.
+    hash: u128,
+    /// Where the child's entry or record is, for messages.
+    at: u64,
 }
 
 impl Resolved {
@@ -75,15 +90,45 @@ impl Resolved {
         Ok(())
     }
 
+    /// Every chunk's run, in chunk order.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// The position in [`Self::runs`] of the run holding `chunk`: a binary search.
+    pub fn run_index(&self, chunk: u64) -> usize {
+        let i = self.runs.partition_point(|r| r.end() <= chunk);
+        debug_assert!(self.runs.get(i).is_some_and(|r| r.first <= chunk), "chunk {chunk} is in a run");
+        i
+    }
+
+    /// The entry of `chunk` (every chunk of a run has its run's entry).
+    pub fn entry(&self, chunk: u64) -> IndexEntry {
+        self.runs[self.run_index(chunk)].entry
+    }
+
+    /// The runs covering `chunks`, cut to it.
+    pub fn runs_in(&self, chunks: Range<u64>) -> impl Iterator<Item = Run> + '_ {
+        let from = if chunks.is_empty() { self.runs.len() } else { self.run_index(chunks.start) };
+        self.runs[from..].iter().take_while(move |r| r.first < chunks.end).map(move |r| {
+            let first = r.first.max(chunks.start);
+            Run { first, count: r.end().min(chunks.end) - first, entry: r.entry }
+        })
+    }
+
+    /// Chunks of each state, and the stored frames' payload bytes.
+    pub fn count(&self, state: ChunkState) -> u64 {
+        self.runs.iter().filter(|r| r.entry.state == state).map(|r| r.count).sum()
+    }
+
     /// Read and check the indexes of `chain` (an image, then its ancestors,
     /// as [`ImageSet::chain`] returns, or the first part of that) and
-    /// resolve every chunk. Each index is read a window at a time (only the
-    /// resolved entries are kept). Any index that is damaged, or an ancestor
-    /// that does not hold what a child says it inherited, is an error naming
-    /// the file and entry.
+    /// resolve every chunk. Each index is read a window at a time. Any
+    /// index that is damaged, or an ancestor that does not hold what a
+    /// child says it inherited, is an error naming the file and entry.
     pub fn load(chain: &[Image]) -> Result<Resolved> {
-        let mut r = Resolved { segments: Vec::new(), entries: Vec::new(), inherited: 0 };
-        let mut pending: Vec<u64> = Vec::new();
+        let mut r = Resolved { segments: Vec::new(), runs: Vec::new(), inherited: 0 };
+        let mut pending: Vec<Pending> = Vec::new();
         for (depth, img) in chain.iter().enumerate() {
             let base = r.segments.len() as u32;
             r.segments.extend(img.manifest.segments.iter().enumerate().map(|(i, s)| SegmentRef {
@@ -98,8 +143,10 @@ impl Resolved {
                 0 => r.take_all(img, &mut stream, base, &mut pending),
                 _ => r.take_pending(img, &chain[depth - 1], &mut stream, base, &mut pending),
             };
-            // A damaged index is named as such, whatever entry gave it away.
-            while walked.is_err() && stream.next_window(&mut Vec::new())?.is_some() {}
+            // A damaged index is named as such, whatever run gave it away.
+            if walked.is_err() {
+                stream.drain()?;
+            }
             if stream.hash_matches() != Some(true) {
                 return Err(Error::corrupt(
                     img.index_path(),
@@ -109,7 +156,7 @@ impl Resolved {
             }
             walked?;
             if depth == 0 {
-                r.inherited = pending.len() as u64;
+                r.inherited = pending.iter().map(|p| p.count).sum();
             }
             if pending.is_empty() {
                 break;
@@ -118,93 +165,142 @@ impl Resolved {
         // A chain that ends at an image with a parent (a merge folds part of
         // a chain) leaves those chunks inherited from that parent.
         let last = chain.last().expect("non-empty chain");
-        if let Some(&chunk) = pending.first().filter(|_| last.manifest.parent.is_none()) {
+        if let Some(p) = pending.first().filter(|_| last.manifest.parent.is_none()) {
             return Err(Error::corrupt(
                 last.index_path(),
-                entry_offset(chunk),
-                format!("chunk {chunk} is inherited, but image {} has no parent", last.id()),
+                p.at,
+                format!("chunk {} is inherited, but image {} has no parent", p.first, last.id()),
             ));
         }
+        r.runs.sort_unstable_by_key(|run| run.first);
         Ok(r)
     }
 
-    /// The chain's first image: every entry, checked; its inherited chunks
+    /// Keep `run` (resolved), folding it into the run before when it can.
+    fn keep(&mut self, run: Run) {
+        match self.runs.last_mut() {
+            Some(last) if last.absorbs(&run) => last.count += run.count,
+            _ => self.runs.push(run),
+        }
+    }
+
+    /// The chain's first image: every run, checked; its inherited chunks
     /// left in `pending` (ascending).
-    fn take_all(&mut self, img: &Image, stream: &mut IndexStream, base: u32, pending: &mut Vec<u64>) -> Result<()> {
-        self.entries.reserve(img.manifest.chunk_count as usize);
+    fn take_all(
+        &mut self,
+        img: &Image,
+        stream: &mut IndexStream,
+        base: u32,
+        pending: &mut Vec<Pending>,
+    ) -> Result<()> {
         let mut zero = ZeroHashes::default();
         let mut window = Vec::new();
-        while let Some(first) = stream.next_window(&mut window)? {
-            for (i, e) in window.iter().enumerate() {
-                let chunk = first + i as u64;
-                let e = checked(img, chunk, e, base, &mut zero)?;
-                if e.state == ChunkState::Inherited {
-                    pending.push(chunk);
+        while stream.next_runs(&mut window)? {
+            for (i, run) in window.iter().enumerate() {
+                let run = checked(img, stream, i, run, base, &mut zero)?;
+                if run.entry.state == ChunkState::Inherited {
+                    let p = Pending { first: run.first, count: run.count, hash: run.entry.raw_hash, at: stream.at(i) };
+                    match pending.last_mut() {
+                        Some(l) if l.first + l.count == p.first && l.hash == 0 && p.hash == 0 => l.count += p.count,
+                        _ => pending.push(p),
+                    }
+                } else {
+                    self.keep(run);
                 }
-                self.entries.push(e);
             }
         }
         Ok(())
     }
 
-    /// An ancestor: the entries of the chunks still `pending`, which must
-    /// hold what `child` inherited; those it inherited itself stay pending.
+    /// An ancestor: the runs covering the chunks still `pending`, which
+    /// must hold what `child` inherited; those it inherited itself stay
+    /// pending.
     fn take_pending(
         &mut self,
         img: &Image,
         child: &Image,
         stream: &mut IndexStream,
         base: u32,
-        pending: &mut Vec<u64>,
+        pending: &mut Vec<Pending>,
     ) -> Result<()> {
         let mut zero = ZeroHashes::default();
         let (mut window, mut still, mut next) = (Vec::new(), Vec::new(), 0);
-        while let Some(first) = stream.next_window(&mut window)? {
-            let end = first + window.len() as u64;
-            while let Some(&chunk) = pending.get(next).filter(|&&c| c < end) {
-                let e = checked(img, chunk, &window[(chunk - first) as usize], base, &mut zero)?;
-                if e.raw_hash != self.entries[chunk as usize].raw_hash {
-                    return Err(Error::corrupt(
-                        child.index_path(),
-                        entry_offset(chunk),
-                        format!(
-                            "chunk {chunk} is inherited from image {}, which holds a different chunk there (the raw \
-                             hashes differ): the chain is inconsistent",
-                            img.id()
-                        ),
-                    ));
+        while stream.next_runs(&mut window)? {
+            for (i, run) in window.iter().enumerate() {
+                if pending.get(next).is_none_or(|p| p.first >= run.as_ref().map_or(0, |r| r.end())) {
+                    continue; // nothing pending here: not needed, so not checked
                 }
-                if e.state == ChunkState::Inherited {
-                    still.push(chunk);
+                let run = checked(img, stream, i, run, base, &mut zero)?;
+                while let Some(p) = pending.get_mut(next).filter(|p| p.first < run.end()) {
+                    let piece = Pending { count: (p.first + p.count).min(run.end()) - p.first, ..*p };
+                    self.hand_over(img, child, &run, piece, &mut still, &mut zero)?;
+                    if p.first + p.count <= run.end() {
+                        next += 1;
+                    } else {
+                        p.count -= piece.count;
+                        p.first += piece.count;
+                    }
                 }
-                self.entries[chunk as usize] = e;
-                next += 1;
             }
         }
-        if let Some(&chunk) = pending.get(next) {
+        if let Some(p) = pending.get(next) {
             return Err(Error::corrupt(
                 img.index_path(),
-                entry_offset(chunk.min(img.manifest.chunk_count)),
-                format!(
-                    "chunk {chunk} is inherited from image {}, which has only {} chunks",
-                    img.id(),
-                    img.manifest.chunk_count
-                ),
+                0,
+                format!("chunk {} is inherited from image {}, which has only {} chunks", p.first, img.id(), img.manifest.chunk_count),
             ));
         }
         *pending = still;
         Ok(())
     }
 
+    /// The pending chunks `piece` lie in the ancestor's `run`: resolved by
+    /// it, or still pending when the ancestor inherited them too. A child's
+    /// recorded hash (version 1) must be the ancestor's.
+    fn hand_over(
+        &mut self,
+        img: &Image,
+        child: &Image,
+        run: &Run,
+        piece: Pending,
+        still: &mut Vec<Pending>,
+        zero: &mut ZeroHashes,
+    ) -> Result<()> {
+        let held = match run.entry.state {
+            ChunkState::Stored | ChunkState::Inherited => run.entry.raw_hash,
+            ChunkState::Zero => zero.get(run.entry.raw_len),
+            _ => 0,
+        };
+        if piece.hash != 0 && held != 0 && piece.hash != held {
+            return Err(Error::corrupt(
+                child.index_path(),
+                piece.at,
+                format!(
+                    "chunk {} is inherited from image {}, which holds a different chunk there (the raw hashes \
+                     differ): the chain is inconsistent",
+                    piece.first,
+                    img.id()
+                ),
+            ));
+        }
+        if run.entry.state == ChunkState::Inherited {
+            let hash = if piece.hash != 0 { piece.hash } else { held };
+            still.push(Pending { hash, ..piece });
+        } else {
+            self.keep(Run { first: piece.first, count: piece.count, entry: run.entry });
+        }
+        Ok(())
+    }
+
     /// Read chunk `chunk` of `img` (the first image of the chain this was
     /// resolved from) into `out`, checked against its hashes.
     pub fn read_chunk(&self, img: &Image, chunk: u64, out: &mut [u8], dec: &mut Decoder) -> Result<usize> {
-        let e = &self.entries[chunk as usize];
+        let e = self.entry(chunk);
         if e.state == ChunkState::Stored {
             let s = &self.segments[e.segment as usize];
-            return read_frame(&s.path, s.image, e, chunk, img.chunk_extent(chunk), out, dec);
+            return read_frame(&s.path, s.image, &e, chunk, img.chunk_extent(chunk), out, dec);
         }
-        read_unstored(&img.index_path(), e, chunk, img.chunk_extent(chunk).1, out)
+        read_unstored(&img.index_path(), &e, chunk, img.chunk_extent(chunk).1, out)
     }
 }
 
@@ -266,20 +362,21 @@ impl ImageSet {
     }
 }
 
-/// Entry `chunk` of `img` decoded and passed through [`Image::check_entry`],
-/// its segment renumbered into the chain's list.
+/// The `i`-th run of `stream`'s window decoded and passed through
+/// [`Image::check_run`], its segment renumbered into the chain's list.
 fn checked(
     img: &Image,
-    chunk: u64,
-    e: &std::result::Result<IndexEntry, EntryError>,
+    stream: &IndexStream,
+    i: usize,
+    run: &RunResult,
     base: u32,
     zero: &mut ZeroHashes,
-) -> Result<IndexEntry> {
-    let at = entry_offset(chunk);
-    let mut e = e.map_err(|why| Error::corrupt(img.index_path(), at, why.to_string()))?;
-    img.check_entry(chunk, &e, zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
-    if e.state == ChunkState::Stored {
-        e.segment += base;
+) -> Result<Run> {
+    let at = stream.at(i);
+    let mut run = run.map_err(|bad| Error::corrupt(img.index_path(), at, format!("chunk {}: {}", bad.chunk, bad.why)))?;
+    img.check_run(&run, zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
+    if run.entry.state == ChunkState::Stored {
+        run.entry.segment += base;
     }
-    Ok(e)
+    Ok(run)
 }

@@ -11,7 +11,7 @@ use crate::codec::Decoder;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
 use crate::format::frame::{check_frame, frame_len, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, ZeroHashes};
+use crate::format::index::{entry_offset, ChunkState, EntryError, IndexEntry, IndexHeader, Run, ZeroHashes};
 use crate::format::manifest::{Manifest, ManifestError};
 use crate::format::names::manifest_file_name;
 use crate::format::Xxh128;
@@ -207,15 +207,40 @@ impl Image {
         Ok(())
     }
 
-    /// Read the index: its size and header must agree with the manifest
-    /// (otherwise nothing in it can be trusted and this fails); entries that
+    /// [`Self::check_entry`] for a run: its entry checked for its first
+    /// chunk, and every chunk of it the same length (only the source's last
+    /// chunk may be short, so it is never in a longer run).
+    pub fn check_run(&self, run: &Run, zero: &mut ZeroHashes) -> Result<(), String> {
+        let last = run.end() - 1;
+        if run.count > 1 && self.chunk_extent(last).1 != run.entry.raw_len {
+            return Err(format!(
+                "chunks {}..{}: a {} run of {}-byte chunks ends at the source's last chunk, which is {} bytes",
+                run.first,
+                run.end(),
+                run.entry.state.name(),
+                run.entry.raw_len,
+                self.chunk_extent(last).1
+            ));
+        }
+        self.check_entry(run.first, &run.entry, zero)
+    }
+
+    /// Read the whole index as one entry per chunk (for tests and tools: it
+    /// grows with the chunk count; the pipelines read runs a window at a
+    /// time). Its size and header must agree with the manifest (otherwise
+    /// nothing in it can be trusted and this fails); version-1 entries that
     /// do not decode and a hash mismatch are reported, not fatal.
     pub fn read_index(&self) -> Result<IndexData> {
         let mut stream = self.index_stream()?;
         let mut entries = Vec::with_capacity(self.manifest.chunk_count as usize);
         let mut window = Vec::new();
-        while stream.next_window(&mut window)?.is_some() {
-            entries.append(&mut window);
+        while stream.next_runs(&mut window)? {
+            for r in &window {
+                match r {
+                    Ok(run) => entries.extend((0..run.count).map(|_| Ok(run.entry))),
+                    Err(bad) => entries.push(Err(bad.why)),
+                }
+            }
         }
         let hash_matches = stream.hash_matches() == Some(true);
         Ok(IndexData { header: stream.header, entries, hash_matches })

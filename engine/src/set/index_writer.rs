@@ -1,7 +1,9 @@
-//! Writing an image's index: the file sized for its chunks (zeros: state
-//! "unset"), entries written in runs at their places as they become known
-//! (lanes write disjoint ranges, so no lock is needed), the header last,
-//! then fsync. Capture and merge both write through [`IndexFile`].
+//! Writing indexes. [`IndexFile`]: the capture lanes' working table, in the
+//! version-1 layout — the file sized for its chunks (zeros: state "unset"),
+//! entries written at their places as they become known (lanes write
+//! disjoint ranges, so no lock is needed). [`RunIndex`]: the committed
+//! version-2 index, written front to back as runs, header last, then
+//! fsync; capture (from its working table) and merge both write one.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -9,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use super::index_reader::WINDOW_CHUNKS;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
+use crate::format::index::{
+    entry_offset, ChunkState, IndexEntry, IndexHeader, Run, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES, RUN_RECORD_BYTES,
+};
 
 /// An index being written.
 #[derive(Debug)]
@@ -79,13 +83,183 @@ impl IndexFile {
         Ok(())
     }
 
-    /// Write the header (once every entry is written) and make the index durable.
-    pub fn finish(&self, header: &IndexHeader) -> Result<()> {
+    /// The finished working table as the committed index: every entry read
+    /// back a window at a time and written as runs to `dest` (the run's own
+    /// temporary file), which then replaces the working table at its path.
+    /// An entry never written is an error (every chunk must be recorded).
+    pub fn commit_as_runs(self, header: IndexHeader, dest: &Path) -> Result<(Written, Tally)> {
+        let mut out = RunIndex::create(dest, Existing::Reuse)?;
+        let mut buf = vec![0u8; INDEX_ENTRY_BYTES * WINDOW_CHUNKS];
+        let mut first = 0;
+        while first < header.chunk_count {
+            let n = (header.chunk_count - first).min(WINDOW_CHUNKS as u64) as usize;
+            let at = entry_offset(first);
+            let b = &mut buf[..n * INDEX_ENTRY_BYTES];
+            self.file.read_exact_at(b, at).map_err(|e| Error::io_at("read index", &self.path, at, e))?;
+            for (i, raw) in b.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
+                let chunk = first + i as u64;
+                let entry = IndexEntry::decode(raw)
+                    .ok()
+                    .filter(|e| e.state != ChunkState::Unset)
+                    .ok_or_else(|| Error::corrupt(&self.path, entry_offset(chunk), format!("chunk {chunk} was never recorded")))?;
+                out.push(Run { first: chunk, count: 1, entry })?;
+            }
+            first += n as u64;
+        }
+        let tally = out.tally;
+        let written = out.finish(header)?;
+        std::fs::rename(dest, &self.path).map_err(|e| Error::io("rename index into place", dest, e))?;
+        Ok((written, tally))
+    }
+}
+
+/// What an index holds, tallied as its runs are written: the manifest's
+/// per-state statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub chunks_stored: u64,
+    pub chunks_zero: u64,
+    pub chunks_unused: u64,
+    pub chunks_unreadable: u64,
+    pub chunks_inherited: u64,
+    /// Stored chunks whose payload is the raw chunk (codec 0), and their bytes.
+    pub chunks_stored_raw: u64,
+    pub bytes_stored_raw: u64,
+    /// Payload bytes of every stored chunk.
+    pub bytes_stored_payload: u64,
+}
+
+impl Tally {
+    /// Put the per-state counts into the manifest's statistics.
+    pub fn set_counts(&self, stats: &mut crate::format::manifest::Stats) {
+        stats.chunks_zero = self.chunks_zero;
+        stats.chunks_unused = self.chunks_unused;
+        stats.chunks_inherited = self.chunks_inherited;
+        stats.chunks_unreadable = self.chunks_unreadable;
+        stats.chunks_stored_raw = self.chunks_stored_raw;
+        stats.bytes_stored_raw = self.bytes_stored_raw;
+        stats.bytes_stored_payload = self.bytes_stored_payload;
+    }
+
+    fn add(&mut self, run: &Run) {
+        let e = &run.entry;
+        match e.state {
+            ChunkState::Stored => {
+                self.chunks_stored += 1;
+                self.bytes_stored_payload += u64::from(e.stored_len);
+                if e.stored_len == e.raw_len {
+                    self.chunks_stored_raw += 1;
+                    self.bytes_stored_raw += u64::from(e.stored_len);
+                }
+            }
+            ChunkState::Zero => self.chunks_zero += run.count,
+            ChunkState::Unused => self.chunks_unused += run.count,
+            ChunkState::Unreadable => self.chunks_unreadable += run.count,
+            ChunkState::Inherited => self.chunks_inherited += run.count,
+            ChunkState::Unset => {}
+        }
+    }
+}
+
+/// A version-2 index being written front to back: runs pushed in chunk
+/// order, adjacent ones with the same entry folded into one record, the
+/// header (with the record count) last, then fsync. Memory: one buffer of
+/// records.
+#[derive(Debug)]
+pub struct RunIndex {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    /// The run still growing: written once the next one cannot join it.
+    open: Option<Run>,
+    records: u64,
+    next_chunk: u64,
+    pub tally: Tally,
+}
+
+/// The committed index's size and hash, for the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub size_bytes: u64,
+    pub xxh3_128: u128,
+}
+
+impl RunIndex {
+    /// A new index at `path` (which must not exist unless `existing` is
+    /// [`Existing::Reuse`]: a run's own temporary file).
+    pub fn create(path: &Path, existing: Existing) -> Result<RunIndex> {
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        match existing {
+            Existing::Refuse => o.create_new(true),
+            Existing::Reuse => o.create(true).truncate(true),
+        };
+        let file = o.open(path).map_err(|e| Error::io("create index", path, e))?;
+        let buf = Vec::with_capacity(RUN_RECORD_BYTES * WINDOW_CHUNKS);
+        Ok(RunIndex { file, path: path.into(), buf, open: None, records: 0, next_chunk: 0, tally: Tally::default() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Add the next run (it starts where the one before ended). An
+    /// inherited run records no hash: the ancestor holds it.
+    pub fn push(&mut self, mut run: Run) -> Result<()> {
+        assert_eq!(run.first, self.next_chunk, "runs are pushed in chunk order, without gaps");
+        assert!(run.count > 0 && run.entry.state != ChunkState::Unset, "a committed index has only set runs");
+        self.next_chunk = run.end();
+        self.tally.add(&run);
+        if run.entry.state == ChunkState::Inherited {
+            run.entry.raw_hash = 0;
+        }
+        match &mut self.open {
+            Some(open) if open.absorbs(&run) => open.count += run.count,
+            _ => {
+                if let Some(done) = self.open.replace(run) {
+                    self.write_record(&done)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, run: &Run) -> Result<()> {
+        let at = self.buf.len();
+        self.buf.resize(at + RUN_RECORD_BYTES, 0);
+        run.encode(&mut self.buf[at..]);
+        self.records += 1;
+        if self.buf.len() == self.buf.capacity() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let at = INDEX_HEADER_BYTES as u64 + (self.records * RUN_RECORD_BYTES as u64) - self.buf.len() as u64;
+        self.file.write_all_at(&self.buf, at).map_err(|e| Error::io_at("write index", &self.path, at, e))?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Write the last records and the header (`header`'s version and
+    /// record count are set here), make the file durable, and return its
+    /// size and hash (read back: what is on disk is what the manifest names).
+    pub fn finish(mut self, mut header: IndexHeader) -> Result<Written> {
+        assert_eq!(self.next_chunk, header.chunk_count, "every chunk has a run");
+        if let Some(done) = self.open.take() {
+            self.write_record(&done)?;
+        }
+        self.flush()?;
+        header.version = crate::format::FORMAT_VERSION;
+        header.records = self.records;
         let mut head = [0u8; INDEX_HEADER_BYTES];
         header.encode(&mut head);
         self.file
             .write_all_at(&head, 0)
             .and_then(|()| self.file.sync_all())
-            .map_err(|e| Error::io("write index", &self.path, e))
+            .map_err(|e| Error::io("write index", &self.path, e))?;
+        let xxh3_128 = crate::io::checksum::hash_file(&self.path)?;
+        Ok(Written { size_bytes: header.file_bytes(), xxh3_128 })
     }
 }

@@ -2,7 +2,6 @@
 //! manifest, and the commit.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use super::lane::shared::{latency_histogram, LaneStats};
@@ -10,15 +9,17 @@ use super::options::CreateReport;
 use super::run::{Imaged, Prepared, Run};
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, INDEX_HEADER_BYTES};
-use crate::format::manifest::{rfc3339_utc, ByteRange, IndexInfo, Manifest, Settings, Stats, MANIFEST_FORMAT};
+use crate::format::index::IndexHeader;
+use crate::format::manifest::{
+    rfc3339_utc, ByteRange, IndexInfo, LayoutInfo, Manifest, SegmentInfo, Settings, Stats, MANIFEST_FORMAT,
+};
 use crate::format::names::manifest_file_name;
 use crate::format::names::{badmap_file_name, index_file_name, run_file_name};
 use crate::format::Xxh128;
 use crate::format::FORMAT_VERSION;
-use crate::io::checksum::stream_file;
 use crate::observe::{interrupted, test_pause, Observer};
 use crate::set::commit::sync_dir;
+use crate::set::index_writer::{Tally, Written};
 use crate::set::remove::Leftovers;
 use crate::set::unreadable::write_badmap;
 
@@ -47,8 +48,9 @@ pub(super) fn commit(
         write_badmap(&dir.join(badmap_file_name(id)), &imaged.unreadable, run.source.size_bytes).map_err(keep)?;
     }
     note_fallbacks(run, &imaged, obs);
-    prepared.index.finish(&index_header(run)).map_err(keep)?;
-    let manifest = build_manifest(run, prepared, imaged).map_err(keep)?;
+    let committed = dir.join(format!("{}.tmp", index_file_name(id)));
+    let index = prepared.index.commit_as_runs(index_header(run), &committed).map_err(keep)?;
+    let manifest = build_manifest(run, prepared.kept_segments, prepared.layout, imaged, index);
     sync_dir(dir).map_err(keep)?;
     // A signal that came while the index and segments were made durable
     // is still honoured: no commit, the frames kept for --resume.
@@ -86,9 +88,11 @@ pub(crate) fn note_fallbacks(run: &Run<'_>, imaged: &Imaged, obs: &dyn Observer)
     }
 }
 
-/// The index header: written once every entry is.
+/// The index header: written once every run is.
 fn index_header(run: &Run<'_>) -> IndexHeader {
     IndexHeader {
+        version: FORMAT_VERSION,
+        records: 0,
         chunk_bytes: run.st.chunk_bytes,
         image_id: run.id,
         chunk_count: run.chunk_count,
@@ -100,9 +104,15 @@ fn index_header(run: &Run<'_>) -> IndexHeader {
 /// The manifest of the finished run: every segment (kept and new), the
 /// statistics (counts by state taken from the index, so a resumed run's
 /// kept frames count too) and the settings used.
-pub(crate) fn build_manifest(run: &Run<'_>, prepared: Prepared, imaged: Imaged) -> Result<Manifest> {
+pub(crate) fn build_manifest(
+    run: &Run<'_>,
+    kept_segments: Vec<SegmentInfo>,
+    layout: Option<LayoutInfo>,
+    imaged: Imaged,
+    (index, tally): (Written, Tally),
+) -> Manifest {
     let (id, opts) = (run.id, run.opts);
-    let mut segments = prepared.kept_segments;
+    let mut segments = kept_segments;
     segments.extend(imaged.reports.iter().flat_map(|r| r.segments.iter().cloned()));
     segments.sort_by_key(|s| s.seq);
     for (i, s) in segments.iter().enumerate() {
@@ -117,10 +127,11 @@ pub(crate) fn build_manifest(run: &Run<'_>, prepared: Prepared, imaged: Imaged) 
     let mut mstats = manifest_stats(&stats, imaged.wall, &latency);
     mstats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     mstats.chunks_stored = segments.iter().map(|s| s.frames).sum();
-    let index_hash = index_hash_and_counts(&run.index_path, &mut mstats)?;
+    assert_eq!(tally.chunks_stored, mstats.chunks_stored, "every frame has its index entry");
+    tally.set_counts(&mut mstats);
     let now_nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let now = (now_nanos / 1_000_000_000) as u64;
-    Ok(Manifest {
+    Manifest {
         format: MANIFEST_FORMAT.into(),
         format_version: u32::from(FORMAT_VERSION),
         image_id: id.to_string(),
@@ -147,15 +158,11 @@ pub(crate) fn build_manifest(run: &Run<'_>, prepared: Prepared, imaged: Imaged) 
         },
         stats: mstats,
         segments,
-        index: IndexInfo {
-            file: index_file_name(id),
-            size_bytes: entry_offset(run.chunk_count),
-            xxh3_128: Xxh128(index_hash),
-        },
+        index: IndexInfo { file: index_file_name(id), size_bytes: index.size_bytes, xxh3_128: Xxh128(index.xxh3_128) },
         replaces: Vec::new(),
-        layout: prepared.layout,
+        layout,
         unreadable: imaged.unreadable.iter().map(|&(offset, length)| ByteRange { offset, length }).collect(),
-    })
+    }
 }
 
 pub(crate) fn sum_stats<'a>(all: impl Iterator<Item = &'a LaneStats>) -> LaneStats {
@@ -213,101 +220,5 @@ pub(crate) fn manifest_stats(s: &LaneStats, wall: Duration, latency: &hdrhistogr
         chunks_copied: 0,
         chunks_unused: s.chunks_unused,
         chunks_unreadable: 0,
-    }
-}
-
-/// The xxh3-128 of the index at `path`, and the per-state chunk counts of
-/// `stats` taken from it, in one streaming pass (an index grows with the
-/// source: it is never held whole).
-pub(crate) fn index_hash_and_counts(path: &Path, stats: &mut crate::format::manifest::Stats) -> Result<u128> {
-    use crate::format::index::INDEX_ENTRY_BYTES;
-    let (mut zero, mut unused, mut inherited, mut unreadable) = (0, 0, 0, 0);
-    let (mut raw, mut raw_bytes, mut payload) = (0, 0, 0);
-    let mut tally = |n: u64, b: &[u8]| -> Result<()> {
-        let e = IndexEntry::decode(b).map_err(|why| Error::corrupt(path, entry_offset(n), why.to_string()))?;
-        match e.state {
-            ChunkState::Stored => {
-                payload += u64::from(e.stored_len);
-                if e.stored_len == e.raw_len {
-                    raw += 1;
-                    raw_bytes += u64::from(e.stored_len);
-                }
-            }
-            ChunkState::Zero => zero += 1,
-            ChunkState::Unused => unused += 1,
-            ChunkState::Inherited => inherited += 1,
-            ChunkState::Unreadable => unreadable += 1,
-            ChunkState::Unset => {}
-        }
-        Ok(())
-    };
-    // Reads end anywhere: an entry split between two is completed in `carry`.
-    let (mut header_left, mut entry, mut carry) = (INDEX_HEADER_BYTES, 0u64, Vec::with_capacity(INDEX_ENTRY_BYTES));
-    let hash = stream_file(path, |mut b| {
-        let skip = header_left.min(b.len());
-        header_left -= skip;
-        b = &b[skip..];
-        if !carry.is_empty() {
-            let take = (INDEX_ENTRY_BYTES - carry.len()).min(b.len());
-            carry.extend_from_slice(&b[..take]);
-            b = &b[take..];
-            if carry.len() == INDEX_ENTRY_BYTES {
-                tally(entry, &carry)?;
-                entry += 1;
-                carry.clear();
-            }
-        }
-        let mut whole = b.chunks_exact(INDEX_ENTRY_BYTES);
-        for e in &mut whole {
-            tally(entry, e)?;
-            entry += 1;
-        }
-        carry.extend_from_slice(whole.remainder());
-        Ok(())
-    })?
-    .digest128();
-    stats.chunks_zero = zero;
-    stats.chunks_unused = unused;
-    stats.chunks_inherited = inherited;
-    stats.chunks_unreadable = unreadable;
-    stats.chunks_stored_raw = raw;
-    stats.bytes_stored_raw = raw_bytes;
-    stats.bytes_stored_payload = payload;
-    Ok(hash)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::format::ImageId;
-
-    /// Entries split across the 1 MiB reads are counted once each, and the
-    /// hash is the whole file's.
-    #[test]
-    fn index_counts_and_hash_in_one_pass_across_read_boundaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.index");
-        let n = 50_000u64; // about 2.3 MiB of entries: reads end inside entries
-        let mut bytes = vec![0u8; entry_offset(n) as usize];
-        let states = [ChunkState::Stored, ChunkState::Zero, ChunkState::Unused, ChunkState::Inherited];
-        let id = ImageId::parse("00000000000000aa").unwrap();
-        for c in 0..n {
-            let state = if c == n - 1 { ChunkState::Unreadable } else { states[(c % 4) as usize] };
-            let stored_len = if c % 8 == 0 { 4096 } else { 1000 };
-            let e = IndexEntry { state, segment: 0, offset: 0, stored_len, raw_len: 4096, raw_hash: 0, image_id: id };
-            e.encode(&mut bytes[entry_offset(c) as usize..]);
-        }
-        std::fs::write(&path, &bytes).unwrap();
-        let mut stats = crate::format::manifest::Stats::default();
-        let hash = index_hash_and_counts(&path, &mut stats).unwrap();
-        assert_eq!(hash, xxhash_rust::xxh3::xxh3_128(&bytes));
-        let stored = (0..n - 1).filter(|c| c % 4 == 0).count() as u64;
-        assert_eq!(stats.chunks_zero, (0..n - 1).filter(|c| c % 4 == 1).count() as u64);
-        assert_eq!(stats.chunks_unused, (0..n - 1).filter(|c| c % 4 == 2).count() as u64);
-        assert_eq!(stats.chunks_inherited, (0..n - 1).filter(|c| c % 4 == 3).count() as u64);
-        assert_eq!(stats.chunks_unreadable, 1);
-        let raw = (0..n - 1).filter(|c| c % 8 == 0).count() as u64;
-        assert_eq!(stats.chunks_stored_raw, raw);
-        assert_eq!(stats.bytes_stored_payload, raw * 4096 + (stored - raw) * 1000);
     }
 }

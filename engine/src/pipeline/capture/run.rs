@@ -21,7 +21,7 @@ use crate::io::device::Source;
 use crate::io::device::{write_stamp, WriteStamp};
 use crate::io::Backend;
 use crate::observe::{interrupted, test_pause, Observer};
-use crate::pipeline::capture::start::chunk_hashes;
+use crate::pipeline::capture::start::ParentHashes;
 use crate::pipeline::capture::start::Start;
 use crate::pipeline::lanes::run_lanes;
 use crate::pipeline::lanes::Pinning;
@@ -47,7 +47,7 @@ pub(super) struct Run<'a> {
     /// The run's journal of unreadable ranges (`ID.unreadable`).
     pub journal: PathBuf,
     /// For a differential or incremental: the parent's raw hash per chunk.
-    pub parent_hashes: Option<Vec<u128>>,
+    pub parent_hashes: Option<ParentHashes>,
     /// The source's write stamp before the reads: recorded for `--resume`,
     /// and compared after them to tell a source written while it was read.
     pub stamp_at_start: Option<WriteStamp>,
@@ -85,7 +85,7 @@ impl<'a> Run<'a> {
         lanes: u32,
         backend: Backend,
     ) -> Result<Run<'a>> {
-        let parent_hashes = st.parent.as_ref().map(chunk_hashes).transpose()?;
+        let parent_hashes = st.parent.as_ref().map(|p| ParentHashes::load(set, p)).transpose()?;
         let id = st.id;
         Ok(Run {
             opts,
@@ -109,8 +109,8 @@ impl<'a> Run<'a> {
     }
 
     /// The parent's hashes and ID, for change detection.
-    pub fn parent(&self) -> Option<(&[u128], ImageId)> {
-        self.parent_hashes.as_deref().zip(self.st.parent.as_ref().map(|p| p.id()))
+    pub fn parent(&self) -> Option<&ParentHashes> {
+        self.parent_hashes.as_ref()
     }
 
     /// Salvage what an interrupted run left (or record this new run), make

@@ -3,6 +3,7 @@
 //! no frame, and the unreadable ranges of the chunks it keeps.
 
 use super::preset::Preset;
+use super::start::ParentHashes;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -13,7 +14,7 @@ use super::options::OnReadError;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, ZeroHashes, INDEX_ENTRY_BYTES};
+use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, ZeroHashes, INDEX_ENTRY_BYTES};
 use crate::format::manifest::SegmentInfo;
 use crate::format::names::parse_file_name;
 use crate::format::names::FileKind;
@@ -43,7 +44,7 @@ pub(crate) fn salvage(
     id: ImageId,
     chunk_bytes: u32,
     size: u64,
-    parent: Option<(&[u128], ImageId)>,
+    parent: Option<&ParentHashes>,
 ) -> Result<Salvage> {
     let geometry = Geometry { id, chunk_bytes, size };
     let mut preset = Preset::new(chunk_bytes, size);
@@ -187,10 +188,15 @@ fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Resul
     Ok(())
 }
 
-/// Zero and inherited entries have no frame to find; the old index's are
-/// kept when they are exactly what this run would have written.
-fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<(&[u128], ImageId)>, preset: &mut Preset) {
+/// Zero and inherited entries have no frame to find; the old working
+/// table's are kept when they are exactly what this run would have
+/// written. (A run stopped after its committed index replaced the working
+/// table — its header is written — keeps none: those chunks are read again.)
+fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let Ok(old) = std::fs::read(index_path) else { return };
+    if IndexHeader::decode(&old).is_ok() {
+        return;
+    }
     let mut zero_hashes = ZeroHashes::default();
     let mut keep = Vec::new();
     for chunk in (0..g.chunk_count()).filter(|&c| !preset.is_known(c)) {
@@ -199,9 +205,9 @@ fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<(&[u128], Im
         let Ok(e) = IndexEntry::decode(b) else { continue };
         let ok = match e.state {
             ChunkState::Zero => true,
-            ChunkState::Inherited => parent.is_some_and(|(hashes, pid)| {
-                e.image_id == pid && e.raw_hash != 0 && hashes.get(chunk as usize) == Some(&e.raw_hash)
-            }),
+            ChunkState::Inherited => {
+                parent.is_some_and(|p| e.image_id == p.id && e.raw_hash != 0 && p.get(chunk) == Some(e.raw_hash))
+            }
             _ => false,
         };
         if ok && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {

@@ -9,11 +9,12 @@ use crate::error::ChainBreak;
 use crate::error::Refusal;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
-use crate::format::index::{entry_offset, ChunkState, ZeroHashes};
+use crate::format::index::ChunkState;
 use crate::format::manifest::{ImageKind, SourceInfo};
 use crate::format::ImageId;
 use crate::io::device::Source;
 use crate::observe::Observer;
+use crate::set::chain::Resolved;
 use crate::set::image::Image;
 use crate::set::lineage::Lineage;
 use crate::set::remove::remove_leftovers;
@@ -94,42 +95,40 @@ pub(crate) fn check_same_source(img: &Image, src: &SourceInfo, force: bool) -> R
     Ok(())
 }
 
-/// The raw hash of every chunk of `img` (0 where it has none: unused or
-/// unreadable), for change detection. The index must be intact.
-pub(crate) fn chunk_hashes(img: &Image) -> Result<Vec<u128>> {
-    // Read a window at a time: only the hashes are kept.
-    let mut stream = img.index_stream()?;
-    let mut hashes = Vec::with_capacity(img.manifest.chunk_count as usize);
-    let (mut zero, mut window, mut bad) = (ZeroHashes::default(), Vec::new(), None);
-    while let Some(first) = stream.next_window(&mut window)? {
-        for (i, e) in window.iter().enumerate() {
-            let chunk = first + i as u64;
-            let checked = e
-                .map_err(|why| why.to_string())
-                .and_then(|e| img.check_entry(chunk, &e, &mut zero).map(|()| e))
-                .map_err(|why| Error::corrupt(img.index_path(), entry_offset(chunk), why));
-            hashes.push(match checked {
-                Ok(e) if matches!(e.state, ChunkState::Stored | ChunkState::Zero | ChunkState::Inherited) => e.raw_hash,
-                Ok(_) => 0,
-                Err(why) => {
-                    bad.get_or_insert(why);
-                    0
-                }
-            });
+/// The parent's raw hash of every chunk, for change detection: its chain
+/// resolved into runs, so memory follows what the parent stores, and a
+/// chunk's hash is a binary search away.
+#[derive(Debug)]
+pub(crate) struct ParentHashes {
+    pub id: ImageId,
+    resolved: Resolved,
+}
+
+impl ParentHashes {
+    /// Resolve `img`'s chain (every index it needs must be intact).
+    pub fn load(set: &ImageSet, img: &Image) -> Result<ParentHashes> {
+        let resolved = Resolved::load(&set.chain(img)?).map_err(|e| {
+            Error::corrupt(
+                img.index_path(),
+                0,
+                format!(
+                    "the parent image {} cannot be read to find the changes against it ({e}); run `tintype verify`",
+                    img.id()
+                ),
+            )
+        })?;
+        Ok(ParentHashes { id: img.id(), resolved })
+    }
+
+    /// The parent's raw hash of `chunk`; None where it has none (unused
+    /// or unreadable there).
+    pub fn get(&self, chunk: u64) -> Option<u128> {
+        let e = self.resolved.entry(chunk);
+        match e.state {
+            ChunkState::Stored | ChunkState::Zero => Some(e.raw_hash),
+            _ => None,
         }
     }
-    if stream.hash_matches() != Some(true) {
-        return Err(Error::corrupt(
-            img.index_path(),
-            0,
-            format!(
-                "the index of image {} (the parent) does not match its manifest's checksum; changes cannot be found \
-                 against a damaged index (run `tintype verify`)",
-                img.id()
-            ),
-        ));
-    }
-    bad.map_or(Ok(hashes), Err)
 }
 
 /// Decide what this run is: the resumption of an unfinished run, or a new

@@ -26,7 +26,7 @@ use crate::io::Request;
 use crate::pipeline::lanes::WRITE_TAG;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::verify::options::BadChunk;
-use crate::set::chain::SegmentRef;
+use crate::set::chain::{Resolved, SegmentRef};
 use crate::set::image::Image;
 use std::fs::File;
 use std::sync::atomic::AtomicBool;
@@ -46,8 +46,8 @@ pub(crate) struct Totals {
 
 pub(crate) struct RestoreShared<'a> {
     pub img: &'a Image,
-    /// Resolved through the chain: stored entries name a segment of `segments`.
-    pub entries: &'a [IndexEntry],
+    /// Resolved through the chain: stored runs name a segment of `segments`.
+    pub resolved: &'a Resolved,
     pub segments: &'a [SegmentRef],
     pub target: &'a Target,
     /// A buffered descriptor for the unaligned tail of the last chunk.
@@ -161,32 +161,34 @@ impl<'a> RestoreLane<'a> {
         let Some(r) = self.sh.plan.claim() else {
             return Ok(false);
         };
-        let mut run: Option<(u64, u64)> = None;
-        for chunk in r {
-            let e = &self.sh.entries[chunk as usize];
-            let (start, len) = self.sh.img.chunk_extent(chunk);
+        // Runs, not chunks: a run of zero or unused chunks is one range to
+        // zero, however long.
+        let mut zeros: Option<(u64, u64)> = None;
+        for run in self.sh.resolved.runs_in(r) {
+            let (start, _) = self.sh.img.chunk_extent(run.first);
             if start >= self.sh.write_limit {
-                continue; // past the end of a smaller target (checked zero in preflight)
+                break; // past the end of a smaller target (checked zero in preflight)
             }
-            if e.state == ChunkState::Stored {
-                if let Some((s, l)) = run.take() {
+            if run.entry.state == ChunkState::Stored {
+                if let Some((s, l)) = zeros.take() {
                     self.zero(s, l)?;
                 }
-                self.pending.push_back(chunk);
-            } else {
-                let len = u64::from(len).min(self.sh.write_limit - start);
-                self.totals.chunks_zeroed += 1;
-                run = match run {
-                    Some((s, l)) if s + l == start => Some((s, l + len)),
-                    Some((s, l)) => {
-                        self.zero(s, l)?;
-                        Some((start, len))
-                    }
-                    None => Some((start, len)),
-                };
+                self.pending.push_back(run.first);
+                continue;
             }
+            let (last, last_len) = self.sh.img.chunk_extent(run.end() - 1);
+            let len = (last + u64::from(last_len)).min(self.sh.write_limit) - start;
+            self.totals.chunks_zeroed += run.count;
+            zeros = match zeros {
+                Some((s, l)) if s + l == start => Some((s, l + len)),
+                Some((s, l)) => {
+                    self.zero(s, l)?;
+                    Some((start, len))
+                }
+                None => Some((start, len)),
+            };
         }
-        if let Some((s, l)) = run {
+        if let Some((s, l)) = zeros {
             self.zero(s, l)?;
         }
         Ok(true)
@@ -262,7 +264,7 @@ impl<'a> RestoreLane<'a> {
             let (Some(&pair), Some(&chunk)) = (self.free_pairs.last(), self.pending.front()) else {
                 return Ok(());
             };
-            let e = self.sh.entries[chunk as usize];
+            let e = self.sh.resolved.entry(chunk);
             if let Some(why) = &self.sh.missing_segments[e.segment as usize] {
                 self.pending.pop_front();
                 self.bad_chunk(chunk, &e, why.clone())?;
@@ -340,12 +342,12 @@ impl<'a> RestoreLane<'a> {
             self.free_pairs.push(pair);
             return Ok(());
         }
-        let e = self.sh.entries[chunk as usize];
+        let e = self.sh.resolved.entry(chunk);
         let slot = self.slots.iter().position(|s| s.segment == Some(e.segment)).expect("segment slot of a read");
         self.slots[slot].ops -= 1;
         let checked = match c.result {
             Err(e) if io::is_transient(&e) => {
-                let en = self.sh.entries[chunk as usize];
+                let en = self.sh.resolved.entry(chunk);
                 self.slots[slot].ops += 1;
                 self.io.enqueue_read(Request {
                     slot: 1 + slot,

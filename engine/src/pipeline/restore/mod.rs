@@ -75,8 +75,8 @@ pub fn restore(opts: &RestoreOptions, obs: &dyn Observer) -> Result<RestoreRepor
     let read_back = match opts.verify_after {
         true => {
             obs.note("--verify-after: reading the target back and comparing with the index");
-            let (qd, entries) = (opts.queue_depth, &resolved.entries);
-            Some(read_back(&target, &img, entries, write_limit, lanes, qd, backend.clone(), obs)?)
+            let qd = opts.queue_depth;
+            Some(read_back(&target, &img, &resolved, write_limit, lanes, qd, backend.clone(), obs)?)
         }
         false => None,
     };
@@ -155,7 +155,7 @@ fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend,
     let stop = AtomicBool::new(false);
     let sh = RestoreShared {
         img: run.img,
-        entries: &run.resolved.entries,
+        resolved: run.resolved,
         segments: &run.resolved.segments,
         target,
         tail_file: &tail_file,

@@ -21,14 +21,18 @@ use std::path::PathBuf;
 /// Every check that can refuse the restore, before anything is written.
 /// Returns how many bytes of the source go to the target.
 pub(crate) fn preflight(opts: &RestoreOptions, img: &Image, resolved: &Resolved) -> Result<u64> {
-    let entries = &resolved.entries;
     let m = &img.manifest;
     let source_bytes = m.source.size_bytes;
     let path = &opts.target;
     let refuse = |reason: Refusal, why: String| Err(Error::Unusable { path: path.clone(), reason, why });
     let Some(p) = Target::probe(path)? else {
         // A new file: will the data fit on its filesystem?
-        let stored: u64 = entries.iter().filter(|e| e.state == ChunkState::Stored).map(|e| u64::from(e.raw_len)).sum();
+        let stored: u64 = resolved
+            .runs()
+            .iter()
+            .filter(|r| r.entry.state == ChunkState::Stored)
+            .map(|r| u64::from(r.entry.raw_len))
+            .sum();
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         if let Ok(st) = rustix::fs::statvfs(dir) {
             let free = st.f_bavail.saturating_mul(st.f_frsize);
@@ -159,17 +163,18 @@ pub(crate) fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Resu
             });
         }
     }
-    let entries = &resolved.entries;
     let mut dec = Decoder::new().map_err(|e| Error::io("create decoder for", &img.dir, e))?;
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
-    for (chunk, e) in entries.iter().enumerate() {
-        let (start, len) = img.chunk_extent(chunk as u64);
-        let end = start + u64::from(len);
-        if end <= limit || matches!(e.state, ChunkState::Zero | ChunkState::Unused) {
+    let first_cut = limit / u64::from(img.manifest.chunk_size_bytes);
+    let runs = resolved.runs_in(first_cut..img.manifest.chunk_count);
+    for chunk in runs.filter(|r| !matches!(r.entry.state, ChunkState::Zero | ChunkState::Unused)).flat_map(|r| r.first..r.end()) {
+        let e = resolved.entry(chunk);
+        let (start, len) = img.chunk_extent(chunk);
+        if start + u64::from(len) <= limit {
             continue;
         }
         // Stored data (or unreadable) past the end: only all-zero bytes may be dropped.
-        let n = resolved.read_chunk(img, chunk as u64, &mut buf, &mut dec)?;
+        let n = resolved.read_chunk(img, chunk, &mut buf, &mut dec)?;
         let from = limit.saturating_sub(start) as usize;
         if e.state == ChunkState::Unreadable || buf[from..n].iter().any(|&b| b != 0) {
             return Err(Error::Unusable {

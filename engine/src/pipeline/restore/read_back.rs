@@ -3,7 +3,6 @@
 use crate::error::Left;
 use crate::error::{Error, Result};
 use crate::format::index::ChunkState;
-use crate::format::index::IndexEntry;
 use crate::format::index::ZeroHashes;
 use crate::io;
 use crate::io::device::open_read_only;
@@ -14,6 +13,7 @@ use crate::io::Request;
 use crate::observe::Observer;
 use crate::pipeline::plan::Plan;
 use crate::pipeline::restore::options::ReadBack;
+use crate::set::chain::Resolved;
 use crate::set::image::Image;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 pub(crate) struct ReadBackShared<'a> {
     pub img: &'a Image,
-    pub entries: &'a [IndexEntry],
+    pub resolved: &'a Resolved,
     pub path: &'a std::path::Path,
     pub limit: u64,
     pub plan: Plan,
@@ -41,7 +41,7 @@ pub(crate) struct ReadBackShared<'a> {
 pub(crate) fn read_back(
     target: &Target,
     img: &Image,
-    entries: &[IndexEntry],
+    resolved: &Resolved,
     limit: u64,
     lanes: u32,
     qd: u32,
@@ -51,7 +51,7 @@ pub(crate) fn read_back(
     let chunk_count = img.manifest.chunk_count;
     let sh = ReadBackShared {
         img,
-        entries,
+        resolved,
         path: &target.path,
         limit,
         plan: Plan::for_lanes(chunk_count, lanes, 64),
@@ -118,7 +118,7 @@ pub(crate) fn read_back_lane(sh: &ReadBackShared<'_>) -> Result<()> {
             let want = u64::from(raw_len).min(sh.limit - start) as usize;
             // A read error is a difference like any other, not the end of the check.
             let n = c.result.unwrap_or(0);
-            let e = &sh.entries[chunk as usize];
+            let e = sh.resolved.entry(chunk);
             let ok = if n < want {
                 false
             } else {

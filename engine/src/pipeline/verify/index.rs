@@ -2,8 +2,8 @@
 //! state's rules and, for inherited chunks, the parent's index; stored
 //! entries grouped by segment for the lanes.
 use crate::error::Result;
-use crate::format::index::entry_offset;
 use crate::format::index::ChunkState;
+use crate::format::index::Run;
 use crate::format::index::ZeroHashes;
 
 use crate::format::index::IndexEntry;
@@ -11,42 +11,44 @@ use crate::format::ImageId;
 use crate::pipeline::verify::options::BadChunk;
 use crate::pipeline::verify::options::Problem;
 use crate::set::image::Image;
-use crate::set::index_reader::{EntryResult, IndexStream};
+use crate::set::index_reader::{IndexStream, RunResult};
 
-/// The parent's index, read in step with the child's: windows of both
-/// start at the same chunks, so memory stays one window each.
+/// The parent's index, read in step with the child's: the child asks for
+/// ascending chunks, so the parent's runs are read once, a window at a time.
 struct ParentStream {
     id: ImageId,
     stream: std::result::Result<IndexStream, String>,
-    window: Vec<EntryResult>,
-    first: u64,
+    window: Vec<RunResult>,
+    /// The window's run that holds the last chunk asked for.
+    next: usize,
 }
 
 impl ParentStream {
     fn open(parent: &Image) -> ParentStream {
         let stream = parent.index_stream().map_err(|e| e.to_string());
-        ParentStream { id: parent.id(), stream, window: Vec::new(), first: 0 }
+        ParentStream { id: parent.id(), stream, window: Vec::new(), next: 0 }
     }
 
-    /// Read the parent's next window (the one starting where the child's does).
-    fn advance(&mut self) {
-        let Ok(s) = &mut self.stream else { return };
-        match s.next_window(&mut self.window) {
-            Ok(Some(first)) => self.first = first,
-            Ok(None) => self.window.clear(),
-            Err(e) => self.stream = Err(e.to_string()),
+    /// The parent's run holding `chunk` (None where its entry does not
+    /// decode), or why its index cannot be read. Chunks are asked for in
+    /// ascending order.
+    fn run_at(&mut self, chunk: u64) -> std::result::Result<Option<Run>, String> {
+        loop {
+            let s = self.stream.as_mut().map_err(|why| why.clone())?;
+            while let Some(r) = self.window.get(self.next) {
+                let end = r.as_ref().map_or_else(|bad| bad.chunk + 1, |r| r.end());
+                if chunk < end {
+                    return Ok(r.ok());
+                }
+                self.next += 1;
+            }
+            self.next = 0;
+            match s.next_runs(&mut self.window) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(e) => self.stream = Err(e.to_string()),
+            }
         }
-    }
-
-    /// The parent's raw hash for `chunk` (None where its entry does not
-    /// decode, is unset or does not exist), or why its index cannot be read.
-    fn hash(&self, chunk: u64) -> std::result::Result<Option<u128>, &str> {
-        if let Err(why) = &self.stream {
-            return Err(why);
-        }
-        let at = chunk.checked_sub(self.first).map(|i| i as usize);
-        let e = at.and_then(|i| self.window.get(i)).and_then(|e| e.as_ref().ok());
-        Ok(e.filter(|e| e.state != ChunkState::Unset).map(|e| e.raw_hash))
     }
 }
 
@@ -84,7 +86,7 @@ pub(crate) struct IndexCheck {
     pub per_segment: Vec<Vec<FrameRef>>,
 }
 
-/// Check every entry of `img`'s index, a window at a time; inherited
+/// Check every run of `img`'s index, a window at a time; inherited
 /// chunks against `parent`'s index, read in step. Memory grows with the
 /// stored frames (queued for the lanes), not with the chunk count.
 pub(crate) fn check_index(img: &Image, parent: Option<&Image>) -> Result<IndexCheck> {
@@ -98,12 +100,9 @@ pub(crate) fn check_index(img: &Image, parent: Option<&Image>) -> Result<IndexCh
     let mut parent = parent.map(ParentStream::open);
     let mut zero_hashes = ZeroHashes::default();
     let mut window = Vec::new();
-    while let Some(first) = stream.next_window(&mut window)? {
-        if let Some(p) = &mut parent {
-            p.advance();
-        }
-        for (i, e) in window.iter().enumerate() {
-            check_one(img, first + i as u64, e, &parent, &mut zero_hashes, &mut check);
+    while stream.next_runs(&mut window)? {
+        for (i, run) in window.iter().enumerate() {
+            check_one(img, stream.at(i), run, &mut parent, &mut zero_hashes, &mut check);
         }
     }
     if stream.hash_matches() != Some(true) {
@@ -122,17 +121,17 @@ pub(crate) fn check_index(img: &Image, parent: Option<&Image>) -> Result<IndexCh
     Ok(check)
 }
 
-/// Check one entry (or record why it does not decode).
+/// Check one run (or record why its version-1 entry does not decode).
 fn check_one(
     img: &Image,
-    chunk: u64,
-    e: &EntryResult,
-    parent: &Option<ParentStream>,
+    at: u64,
+    run: &RunResult,
+    parent: &mut Option<ParentStream>,
     zero_hashes: &mut ZeroHashes,
     check: &mut IndexCheck,
 ) {
     let m = &img.manifest;
-    let bad = |reason: String| BadChunk {
+    let bad = |chunk: u64, reason: String| BadChunk {
         image: m.image_id.clone(),
         chunk,
         source_offset: img.chunk_extent(chunk).0,
@@ -140,68 +139,87 @@ fn check_one(
         segment_offset: None,
         reason,
     };
-    match e {
-        Ok(e) => check_entry(img, chunk, e, parent, zero_hashes, check).unwrap_or_else(|why| {
-            let mut b = bad(why.reason);
-            if let Some(s) = m.segments.get(e.segment as usize).filter(|_| why.at_frame) {
+    match run {
+        Ok(r) => check_run(img, r, parent, zero_hashes, check).unwrap_or_else(|why| {
+            let mut b = bad(r.first, why.reason);
+            if let Some(s) = m.segments.get(r.entry.segment as usize).filter(|_| why.at_frame) {
                 b.segment = Some(s.file.clone());
-                b.segment_offset = Some(e.offset);
+                b.segment_offset = Some(r.entry.offset);
             }
             check.findings.bad.push(b);
         }),
-        Err(why) => {
-            check.findings.bad.push(bad(format!("index entry at offset {} is invalid: {why}", entry_offset(chunk))))
-        }
+        Err(e) => check.findings.bad.push(bad(e.chunk, format!("index entry at offset {at} is invalid: {}", e.why))),
     }
 }
 
-/// Why one entry is bad; `at_frame` when the index names a frame (its
+/// Why one run is bad; `at_frame` when the index names a frame (its
 /// segment and offset are then reported with it).
 struct Bad {
     reason: String,
     at_frame: bool,
 }
 
-/// Check one decoded entry: counted, queued for its segment's lane, or bad.
-fn check_entry(
+/// Check one decoded run: counted, queued for its segment's lane, or bad.
+fn check_run(
     img: &Image,
-    chunk: u64,
-    e: &IndexEntry,
-    parent: &Option<ParentStream>,
+    run: &Run,
+    parent: &mut Option<ParentStream>,
     zero_hashes: &mut ZeroHashes,
     check: &mut IndexCheck,
 ) -> std::result::Result<(), Bad> {
-    // The per-entry rules every reader applies (FORMAT §5); what verify adds
+    // The per-run rules every reader applies (FORMAT §5); what verify adds
     // is reading the frames and comparing inherited chunks with the parent.
-    img.check_entry(chunk, e, zero_hashes).map_err(|reason| Bad { reason, at_frame: e.state == ChunkState::Stored })?;
+    let e = &run.entry;
+    img.check_run(run, zero_hashes).map_err(|reason| Bad { reason, at_frame: e.state == ChunkState::Stored })?;
     let counts = &mut check.counts;
     match e.state {
-        ChunkState::Stored => check.per_segment[e.segment as usize].push(FrameRef { chunk, entry: *e }),
-        ChunkState::Zero => counts.zero += 1,
-        ChunkState::Unused => counts.unused += 1,
-        ChunkState::Unreadable => counts.unreadable += 1,
+        ChunkState::Stored => check.per_segment[e.segment as usize].push(FrameRef { chunk: run.first, entry: *e }),
+        ChunkState::Zero => counts.zero += run.count,
+        ChunkState::Unused => counts.unused += run.count,
+        ChunkState::Unreadable => counts.unreadable += run.count,
         ChunkState::Unset => {
             return Err(Bad { reason: "index entry was never written".into(), at_frame: false });
         }
         ChunkState::Inherited => {
-            check_inherited(chunk, e, parent)?;
-            counts.inherited += 1;
+            check_inherited(run, parent, zero_hashes)?;
+            counts.inherited += run.count;
         }
     }
     Ok(())
 }
 
-/// An inherited chunk must name the image's parent (checked with the
-/// entry), whose index must hold the same chunk there.
-fn check_inherited(chunk: u64, e: &IndexEntry, parent: &Option<ParentStream>) -> std::result::Result<(), Bad> {
-    let reason = match parent {
-        Some(p) => match p.hash(chunk) {
-            Ok(Some(h)) if h == e.raw_hash => return Ok(()),
-            Ok(Some(_)) => format!("chunk is inherited from image {}, whose index holds a different chunk there", p.id),
-            Ok(None) => format!("chunk is inherited from image {}, whose index entry for it is damaged", p.id),
-            Err(why) => format!("chunk is inherited from image {}, whose index cannot be read: {why}", p.id),
-        },
-        None => format!("chunk is inherited from image {}, which is not in the chain being verified", e.image_id),
+/// An inherited run must name the image's parent (checked with the run),
+/// whose index must cover it; a version-1 child's recorded hash must be the
+/// parent's for the chunk.
+fn check_inherited(
+    run: &Run,
+    parent: &mut Option<ParentStream>,
+    zero_hashes: &mut ZeroHashes,
+) -> std::result::Result<(), Bad> {
+    let Some(p) = parent else {
+        let reason =
+            format!("chunk is inherited from image {}, which is not in the chain being verified", run.entry.image_id);
+        return Err(Bad { reason, at_frame: false });
     };
-    Err(Bad { reason, at_frame: false })
+    let held = match p.run_at(run.first) {
+        Ok(Some(r)) => r.entry,
+        Ok(None) => {
+            let reason = format!("chunk is inherited from image {}, whose index entry for it is damaged", p.id);
+            return Err(Bad { reason, at_frame: false });
+        }
+        Err(why) => {
+            let reason = format!("chunk is inherited from image {}, whose index cannot be read: {why}", p.id);
+            return Err(Bad { reason, at_frame: false });
+        }
+    };
+    let held_hash = match held.state {
+        ChunkState::Zero => zero_hashes.get(held.raw_len),
+        _ => held.raw_hash,
+    };
+    // Version 2 records no hash for an inherited run (0): nothing to compare.
+    if run.entry.raw_hash != 0 && held_hash != 0 && held_hash != run.entry.raw_hash {
+        let reason = format!("chunk is inherited from image {}, whose index holds a different chunk there", p.id);
+        return Err(Bad { reason, at_frame: false });
+    }
+    Ok(())
 }

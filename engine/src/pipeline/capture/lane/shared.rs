@@ -2,6 +2,7 @@
 //! what each lane reports when it ends.
 
 use crate::pipeline::capture::preset::Preset;
+use crate::pipeline::capture::start::ParentHashes;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -37,7 +38,7 @@ pub(crate) struct CaptureShared<'a> {
     pub next_segment: AtomicU32,
     /// For a differential or incremental: the parent's raw hash of every
     /// chunk, and its ID. A chunk that hashes the same is inherited.
-    pub parent: Option<(&'a [u128], ImageId)>,
+    pub parent: Option<&'a ParentHashes>,
     /// The entries chunks already have without being read: kept by a
     /// resumed run, or unused by any filesystem (used-space imaging).
     pub preset: &'a Preset,

@@ -61,9 +61,9 @@ impl CaptureLane<'_> {
             return Ok(Some(unstored(ChunkState::Zero, self.zero_hashes.get(op.raw_len), ImageId(0))));
         }
         let raw_hash = self.raw_hash(buf);
-        if let Some((_, parent)) = self.sh.parent.filter(|(hashes, _)| hashes[op.chunk as usize] == raw_hash) {
+        if let Some(parent) = self.sh.parent.filter(|p| p.get(op.chunk) == Some(raw_hash)) {
             self.report.stats.chunks_inherited += 1;
-            return Ok(Some(unstored(ChunkState::Inherited, raw_hash, parent)));
+            return Ok(Some(unstored(ChunkState::Inherited, raw_hash, parent.id)));
         }
         if !self.make_room()? {
             return Ok(None);
