@@ -69,9 +69,10 @@ pub struct Resolved {
 struct Pending {
     first: u64,
     count: u64,
-    /// The raw hash a version-1 child recorded for the chunk (0: none, as
-    /// version 2 records none), which the holder must match.
-    hash: u128,
+    /// The inherited entry as the image furthest down the chain so far
+    /// records it. Its raw hash (from a version-1 index; version 2 records
+    /// none, 0) must be the holder's.
+    entry: IndexEntry,
     /// Where the child's entry or record is, for messages.
     at: u64,
 }
@@ -172,6 +173,7 @@ impl Resolved {
                 format!("chunk {} is inherited, but image {} has no parent", p.first, last.id()),
             ));
         }
+        r.runs.extend(pending.iter().map(|p| Run { first: p.first, count: p.count, entry: p.entry }));
         r.runs.sort_unstable_by_key(|run| run.first);
         Ok(r)
     }
@@ -199,9 +201,11 @@ impl Resolved {
             for (i, run) in window.iter().enumerate() {
                 let run = checked(img, stream, i, run, base, &mut zero)?;
                 if run.entry.state == ChunkState::Inherited {
-                    let p = Pending { first: run.first, count: run.count, hash: run.entry.raw_hash, at: stream.at(i) };
+                    let p = Pending { first: run.first, count: run.count, entry: run.entry, at: stream.at(i) };
                     match pending.last_mut() {
-                        Some(l) if l.first + l.count == p.first && l.hash == 0 && p.hash == 0 => l.count += p.count,
+                        Some(l) if l.first + l.count == p.first && l.entry == p.entry && p.entry.raw_hash == 0 => {
+                            l.count += p.count
+                        }
                         _ => pending.push(p),
                     }
                 } else {
@@ -271,7 +275,8 @@ impl Resolved {
             ChunkState::Zero => zero.get(run.entry.raw_len),
             _ => 0,
         };
-        if piece.hash != 0 && held != 0 && piece.hash != held {
+        let hash = piece.entry.raw_hash;
+        if hash != 0 && held != 0 && hash != held {
             return Err(Error::corrupt(
                 child.index_path(),
                 piece.at,
@@ -284,8 +289,8 @@ impl Resolved {
             ));
         }
         if run.entry.state == ChunkState::Inherited {
-            let hash = if piece.hash != 0 { piece.hash } else { held };
-            still.push(Pending { hash, ..piece });
+            let raw_hash = if hash != 0 { hash } else { held };
+            still.push(Pending { entry: IndexEntry { raw_hash, ..run.entry }, ..piece });
         } else {
             self.keep(Run { first: piece.first, count: piece.count, entry: run.entry });
         }

@@ -14,7 +14,10 @@ use super::options::OnReadError;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::frame::{frame_len, FrameHeader, FRAME_HEADER_BYTES};
-use crate::format::index::{entry_offset, ChunkState, IndexEntry, IndexHeader, ZeroHashes, INDEX_ENTRY_BYTES};
+use crate::format::index::{
+    entry_offset, ChunkState, IndexEntry, IndexHeader, Run, ZeroHashes, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES,
+    RUN_RECORD_BYTES,
+};
 use crate::format::manifest::SegmentInfo;
 use crate::format::names::parse_file_name;
 use crate::format::names::FileKind;
@@ -188,21 +191,30 @@ fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Resul
     Ok(())
 }
 
-/// Zero and inherited entries have no frame to find; the old working
-/// table's are kept when they are exactly what this run would have
-/// written. (A run stopped after its committed index replaced the working
-/// table — its header is written — keeps none: those chunks are read again.)
+/// Zero and inherited entries have no frame to find; the old index's are
+/// kept when they are exactly what this run would have written. The old
+/// index is the lanes' working table (an all-zero header), or — for a run
+/// stopped between writing its index and committing its manifest — the
+/// finished version-2 index, whose inherited runs carry no hash: the
+/// parent's is taken for them.
 fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let Ok(old) = std::fs::read(index_path) else { return };
-    if IndexHeader::decode(&old).is_ok() {
-        return;
-    }
+    let candidates: Vec<(u64, IndexEntry)> = match IndexHeader::decode(&old) {
+        Ok(h) if h.version >= 2 => committed_entries(&old, &h, parent),
+        Ok(_) => return,
+        Err(_) => (0..g.chunk_count())
+            .filter_map(|chunk| {
+                let at = entry_offset(chunk) as usize;
+                let e = IndexEntry::decode(old.get(at..at + INDEX_ENTRY_BYTES)?).ok()?;
+                Some((chunk, e))
+            })
+            .collect(),
+    };
     let mut zero_hashes = ZeroHashes::default();
-    let mut keep = Vec::new();
-    for chunk in (0..g.chunk_count()).filter(|&c| !preset.is_known(c)) {
-        let at = entry_offset(chunk) as usize;
-        let Some(b) = old.get(at..at + INDEX_ENTRY_BYTES) else { continue };
-        let Ok(e) = IndexEntry::decode(b) else { continue };
+    for (chunk, e) in candidates {
+        if preset.is_known(chunk) {
+            continue;
+        }
         let ok = match e.state {
             ChunkState::Zero => true,
             ChunkState::Inherited => {
@@ -211,12 +223,27 @@ fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashe
             _ => false,
         };
         if ok && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {
-            keep.push((chunk, e));
+            preset.insert(chunk, e);
         }
     }
-    for (chunk, e) in keep {
-        preset.insert(chunk, e);
+}
+
+/// The zero and inherited chunks of a finished version-2 index, one entry
+/// each; an inherited one with the parent's hash.
+fn committed_entries(old: &[u8], h: &IndexHeader, parent: Option<&ParentHashes>) -> Vec<(u64, IndexEntry)> {
+    let records = old.get(INDEX_HEADER_BYTES..).unwrap_or_default().chunks_exact(RUN_RECORD_BYTES);
+    let runs = records.take(h.records as usize).filter_map(|b| Run::decode(b, h.image_id, h.parent).ok());
+    let mut out = Vec::new();
+    for run in runs.filter(|r| matches!(r.entry.state, ChunkState::Zero | ChunkState::Inherited)) {
+        for chunk in run.first..run.end().min(h.chunk_count) {
+            let mut e = run.entry;
+            if e.state == ChunkState::Inherited {
+                e.raw_hash = parent.and_then(|p| p.get(chunk)).unwrap_or(0);
+            }
+            out.push((chunk, e));
+        }
     }
+    out
 }
 
 /// Resuming: the unreadable ranges an interrupted run found in the chunks
