@@ -148,26 +148,26 @@ fn newer_format_versions_are_refused() {
     image(&sb, "portable");
     let m = only_file(&sb.path("set"), ".manifest.json");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-    v["format_version"] = 2.into();
+    v["format_version"] = 3.into();
     std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     let out = sb.expect(&["verify", "set"], 4);
-    assert!(stderr(&out).contains("format version 2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("format version 3"), "{}", stderr(&out));
     let out = sb.expect(&["info", "set"], 4);
     assert!(stderr(&out).contains("newer tintype"), "{}", stderr(&out));
 
-    // An index header claiming version 2 (with a valid header checksum).
+    // An index header claiming version 3 (with a valid header checksum).
     let sb = Sandbox::new();
     image(&sb, "portable");
     let idx = only_file(&sb.path("set"), ".index");
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&idx).unwrap();
     let mut head = [0u8; 64];
     f.read_exact_at(&mut head, 0).unwrap();
-    head[8] = 2;
+    head[8] = 3;
     let h = xxhash_rust::xxh3::xxh3_64(&head[..56]);
     head[56..64].copy_from_slice(&h.to_le_bytes());
     f.write_all_at(&head, 0).unwrap();
     let out = sb.expect(&["verify", "set"], 4);
-    assert!(stderr(&out).contains("index format version 2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("index format version 3"), "{}", stderr(&out));
 }
 
 /// A changed index entry (pointing a chunk at another chunk's frame) is caught
@@ -178,16 +178,15 @@ fn a_tampered_index_entry_is_caught() {
     image(&sb, "portable");
     let set = sb.path("set");
     let stored = stored_chunks(&set);
-    let (_, entries) = load(&set);
+    let (img, _) = load(&set);
     let (a, b) = (stored[1], stored[2]);
-    let mut e = entries[a as usize];
-    e.offset = entries[b as usize].offset;
-    e.stored_len = entries[b as usize].stored_len;
-    let mut bytes = [0u8; 48];
-    e.encode(&mut bytes);
-    let idx = only_file(&set, ".index");
-    let f = std::fs::OpenOptions::new().write(true).open(&idx).unwrap();
-    f.write_all_at(&bytes, 64 + 48 * a).unwrap();
+    let ((at, mut run), (_, other)) = (record_of(&img, a), record_of(&img, b));
+    run.entry.offset = other.entry.offset;
+    run.entry.stored_len = other.entry.stored_len;
+    let mut bytes = [0u8; 64];
+    run.encode(&mut bytes);
+    let f = std::fs::OpenOptions::new().write(true).open(img.index_path()).unwrap();
+    f.write_all_at(&bytes, at).unwrap();
     let out = sb.expect(&["verify", "set"], 3);
     let text = stdout(&out);
     assert!(text.contains(&format!("BAD chunk {a} ")), "{text}");

@@ -28,8 +28,7 @@ fn fixture_dir(version: u32) -> PathBuf {
 }
 
 fn create(sb: &Sandbox, src: &str, set: &str, id: &str, extra: &[&str]) {
-    let mut args =
-        vec!["create", src, set, "--chunk-size", "64K", "--lanes", "1", "--level", "3", "--io", "portable"];
+    let mut args = vec!["create", src, set, "--chunk-size", "64K", "--lanes", "1", "--level", "3", "--io", "portable"];
     args.extend_from_slice(&["--image-id", id]);
     args.extend_from_slice(extra);
     sb.expect(&args, 0);
@@ -182,7 +181,10 @@ fn golden_v2_fixture_is_read_verified_and_reproduced_byte_for_byte() {
         vec![(0, 2, I), (2, 1, S), (3, 2, I), (5, 7, Z), (12, 2, I), (14, 1, S), (15, 8, I), (23, 1, I)],
         "stored chunks one record each; zero and inherited chunks one record a run (the short last chunk its own)"
     );
-    assert!(child_runs.iter().filter(|r| r.entry.state == I).all(|r| r.entry.raw_hash == 0), "no hash in inherited runs");
+    assert!(
+        child_runs.iter().filter(|r| r.entry.state == I).all(|r| r.entry.raw_hash == 0),
+        "no hash in inherited runs"
+    );
 
     // Writing the same sources with the same settings today gives the same bytes.
     make_v2(&sb, "fresh");

@@ -238,9 +238,11 @@ fn picks_images_by_id_and_refuses_bad_input() {
     assert!(stderr(&out).contains("block device or a regular file"), "{}", stderr(&out));
 }
 
-/// Rewrite one index entry and fix up the manifest's index hash, as a buggy
-/// writer or a hand edit would leave it.
+/// Rewrite one version-1 index entry (the image rewritten as version 1
+/// first) and fix up the manifest's index hash, as a buggy writer or a hand
+/// edit would leave it.
 fn forge_entry(set: &Path, chunk: u64, change: impl Fn(&mut tintype::format::index::IndexEntry)) {
+    rewrite_as_v1(set, None, &[]);
     let (img, entries) = load(set);
     let mut e = entries[chunk as usize];
     change(&mut e);
@@ -248,58 +250,90 @@ fn forge_entry(set: &Path, chunk: u64, change: impl Fn(&mut tintype::format::ind
     e.encode(&mut bytes);
     let idx = img.index_path();
     std::fs::OpenOptions::new().write(true).open(&idx).unwrap().write_all_at(&bytes, 64 + 48 * chunk).unwrap();
-    let hash = xxhash_rust::xxh3::xxh3_128(&std::fs::read(&idx).unwrap());
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&img.manifest_path).unwrap()).unwrap();
-    m["index"]["xxh3_128"] = format!("{hash:032x}").into();
-    std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    set_index_hash(&img);
+}
+
+/// A field of a version-2 record: `(offset, bytes)`.
+fn put(rec: &mut [u8], at: usize, v: &[u8]) {
+    rec[at..at + v.len()].copy_from_slice(v);
 }
 
 /// Index entries that point outside the image are refused before anything
-/// is written (exit 3), never a panic.
+/// is written (exit 3), never a panic: in a version-2 record and in a
+/// version-1 entry alike.
 #[test]
 fn forged_index_entries_are_refused_before_writing() {
-    for (name, change) in [
-        ("segment", Box::new(|e: &mut tintype::format::index::IndexEntry| e.segment = 99) as Box<dyn Fn(&mut _)>),
-        ("stored_len", Box::new(|e: &mut tintype::format::index::IndexEntry| e.stored_len = 16 << 20)),
-        ("offset", Box::new(|e: &mut tintype::format::index::IndexEntry| e.offset = 1 << 40)),
-    ] {
-        let sb = Sandbox::new();
-        image(&sb, 2 << 20, 71, "portable");
-        let (_, entries) = load(&sb.path("set"));
-        let c = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64;
-        forge_entry(&sb.path("set"), c, change);
-        let out = sb.expect(&["restore", "set", "t.img", "--skip-bad"], 3);
-        assert!(stderr(&out).contains("points outside"), "{name}: {}", stderr(&out));
-        assert!(!stderr(&out).contains("panicked"), "{name}");
-        assert!(!sb.path("t.img").exists(), "{name}: nothing was written");
+    type Forge = (&'static str, Box<dyn Fn(&mut tintype::format::index::IndexEntry)>, Box<dyn Fn(&mut [u8])>);
+    let cases: [Forge; 3] = [
+        ("segment", Box::new(|e| e.segment = 99), Box::new(|r| put(r, 24, &99u32.to_le_bytes()))),
+        ("stored_len", Box::new(|e| e.stored_len = 16 << 20), Box::new(|r| put(r, 28, &(16u32 << 20).to_le_bytes()))),
+        ("offset", Box::new(|e| e.offset = 1 << 40), Box::new(|r| put(r, 32, &(1u64 << 40).to_le_bytes()))),
+    ];
+    for (name, v1, v2) in &cases {
+        for version in [1, 2] {
+            let sb = Sandbox::new();
+            image(&sb, 2 << 20, 71, "portable");
+            let (_, entries) = load(&sb.path("set"));
+            let c = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64;
+            match version {
+                1 => forge_entry(&sb.path("set"), c, v1),
+                _ => forge_record(&sb.path("set"), c, v2),
+            }
+            let out = sb.expect(&["restore", "set", "t.img", "--skip-bad"], 3);
+            assert!(stderr(&out).contains("points outside"), "{name} v{version}: {}", stderr(&out));
+            assert!(!stderr(&out).contains("panicked"), "{name} v{version}");
+            assert!(!sb.path("t.img").exists(), "{name} v{version}: nothing was written");
+        }
     }
 }
 
 /// Entries that break FORMAT §5's per-state rules — a stored frame naming
-/// another image, a zero or unused entry that still names a frame, an unused
-/// entry carrying a hash — are named by verify and refused by restore before
-/// it writes: both read the index through the same per-entry check.
+/// another image (version 1: version 2 does not repeat the image), a zero
+/// or unused entry that still names a frame, an unused entry carrying a
+/// hash — are named by verify and refused by restore before it writes:
+/// both read the index through the same per-entry check.
 #[test]
 fn entries_breaking_the_per_state_rules_fail_verify_and_restore_alike() {
-    type Forge = Box<dyn Fn(&mut tintype::format::index::IndexEntry)>;
-    let cases: [(&str, Forge, &str); 3] = [
-        ("foreign image", Box::new(|e| e.image_id = tintype::format::ImageId(0x1234)), "names image"),
-        ("zero with a frame", Box::new(|e| e.state = ChunkState::Zero), "names a frame"),
+    type Forge = Box<dyn Fn(&Path, u64)>;
+    let cases: [(&str, Forge, &str); 5] = [
         (
-            "unused with a hash",
-            Box::new(|e| {
-                e.state = ChunkState::Unused;
-                (e.segment, e.offset, e.stored_len) = (0, 0, 0);
+            "foreign image (v1)",
+            Box::new(|set, c| forge_entry(set, c, |e| e.image_id = tintype::format::ImageId(0x1234))),
+            "names image",
+        ),
+        (
+            "zero with a frame (v1)",
+            Box::new(|set, c| forge_entry(set, c, |e| e.state = ChunkState::Zero)),
+            "names a frame",
+        ),
+        ("zero with a frame (v2)", Box::new(|set, c| forge_record(set, c, |r| r[0] = 2)), "names a frame"),
+        (
+            "unused with a hash (v1)",
+            Box::new(|set, c| {
+                forge_entry(set, c, |e| {
+                    e.state = ChunkState::Unused;
+                    (e.segment, e.offset, e.stored_len) = (0, 0, 0);
+                })
+            }),
+            "carries a hash",
+        ),
+        (
+            "unused with a hash (v2)",
+            Box::new(|set, c| {
+                forge_record(set, c, |r| {
+                    r[0] = 3;
+                    r[24..40].fill(0);
+                })
             }),
             "carries a hash",
         ),
     ];
-    for (name, change, why) in cases {
+    for (name, forge, why) in cases {
         let sb = Sandbox::new();
         image(&sb, 2 << 20, 72, "portable");
         let (_, entries) = load(&sb.path("set"));
         let c = entries.iter().position(|e| e.state == ChunkState::Stored).unwrap() as u64;
-        forge_entry(&sb.path("set"), c, change);
+        forge(&sb.path("set"), c);
         let out = sb.expect(&["verify", "set"], 3);
         let text = stdout(&out);
         assert!(text.contains(&format!("BAD chunk {c} ")) && text.contains(why), "{name}: {text}");

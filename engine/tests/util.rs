@@ -180,3 +180,76 @@ pub fn error_field(o: &Output, key: &str) -> String {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)));
     v["error"][key].as_str().unwrap_or_else(|| panic!("no error.{key} in {v}")).to_string()
 }
+
+/// Where the version-2 record of the run starting at `chunk` is in the
+/// index of `img`, and the run (a stored chunk's run is its own).
+pub fn record_of(img: &Image, chunk: u64) -> (u64, tintype::format::index::Run) {
+    use tintype::format::index::{Run, INDEX_HEADER_BYTES, RUN_RECORD_BYTES};
+    let bytes = std::fs::read(img.index_path()).unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2, "a version-2 index");
+    let parent = img.manifest.parent_id();
+    bytes[INDEX_HEADER_BYTES..]
+        .chunks_exact(RUN_RECORD_BYTES)
+        .enumerate()
+        .map(|(i, b)| ((INDEX_HEADER_BYTES + i * RUN_RECORD_BYTES) as u64, Run::decode(b, img.id(), parent).unwrap()))
+        .find(|(_, r)| r.first == chunk)
+        .unwrap_or_else(|| panic!("no run starts at chunk {chunk}"))
+}
+
+/// Rewrite the version-2 record of the run starting at `chunk` of the
+/// newest image of `set` (`change` edits its 64 bytes, FORMAT §5) and fix
+/// up the manifest's index hash, as a buggy writer or a hand edit would
+/// leave it.
+pub fn forge_record(set: &Path, chunk: u64, change: impl FnOnce(&mut [u8])) {
+    use std::os::unix::fs::FileExt;
+    let (img, _) = load(set);
+    let (at, _) = record_of(&img, chunk);
+    let idx = img.index_path();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&idx).unwrap();
+    let mut rec = [0u8; 64];
+    f.read_exact_at(&mut rec, at).unwrap();
+    change(&mut rec);
+    f.write_all_at(&rec, at).unwrap();
+    set_index_hash(&img);
+}
+
+/// Record the index's current xxh3-128 in the manifest of `img`.
+pub fn set_index_hash(img: &Image) {
+    let idx = std::fs::read(img.index_path()).unwrap();
+    let hash = xxhash_rust::xxh3::xxh3_128(&idx);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&img.manifest_path).unwrap()).unwrap();
+    m["index"]["xxh3_128"] = format!("{hash:032x}").into();
+    m["index"]["size_bytes"] = idx.len().into();
+    std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Rewrite image `sel` of `set` (an ID prefix; None: the newest) as format
+/// version 1 wrote it: an index entry per chunk, inherited entries with the
+/// parent's hash (`parent_hashes`, or 0 where none is given).
+pub fn rewrite_as_v1(set: &Path, sel: Option<&str>, parent_hashes: &[u128]) {
+    use tintype::format::index::{ChunkState, IndexHeader, INDEX_ENTRY_BYTES};
+    let img = ImageSet::open(set).unwrap().resolve(sel).unwrap();
+    let idx = img.read_index().unwrap();
+    let mut bytes = vec![0u8; 64 + INDEX_ENTRY_BYTES * idx.entries.len()];
+    IndexHeader { version: 1, records: 0, ..idx.header }.encode(&mut bytes);
+    for (c, e) in idx.entries.iter().enumerate() {
+        let mut e = e.unwrap();
+        if e.state == ChunkState::Inherited {
+            e.raw_hash = parent_hashes.get(c).copied().unwrap_or(0);
+        }
+        e.encode(&mut bytes[64 + INDEX_ENTRY_BYTES * c..]);
+    }
+    std::fs::write(img.index_path(), &bytes).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&img.manifest_path).unwrap()).unwrap();
+    m["format_version"] = 1.into();
+    std::fs::write(&img.manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    set_index_hash(&img);
+}
+
+/// The raw hash of every chunk of image `sel` of `set`, through its chain.
+pub fn chunk_hashes(set: &Path, sel: Option<&str>) -> Vec<u128> {
+    let s = ImageSet::open(set).unwrap();
+    let img = s.resolve(sel).unwrap();
+    let r = tintype::set::Resolved::load(&s.chain(&img).unwrap()).unwrap();
+    (0..img.manifest.chunk_count).map(|c| r.entry(c).raw_hash).collect()
+}

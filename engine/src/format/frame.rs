@@ -24,7 +24,7 @@ use super::index::IndexEntry;
 pub use crate::codec::Codec;
 
 use super::le::*;
-use super::{align_up, ImageId, LAYOUT_VERSION, FRAME_ALIGN_BYTES};
+use super::{align_up, ImageId, FRAME_ALIGN_BYTES, LAYOUT_VERSION};
 
 /// The four bytes every frame starts with.
 pub const FRAME_MAGIC: [u8; 4] = *b"TTfr";

@@ -20,7 +20,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::le::*;
-use super::{ImageId, LAYOUT_VERSION, FRAME_ALIGN_BYTES};
+use super::{ImageId, FRAME_ALIGN_BYTES, LAYOUT_VERSION};
 
 /// The eight bytes every segment starts with.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TTsegmnt";

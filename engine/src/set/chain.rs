@@ -188,13 +188,7 @@ impl Resolved {
 
     /// The chain's first image: every run, checked; its inherited chunks
     /// left in `pending` (ascending).
-    fn take_all(
-        &mut self,
-        img: &Image,
-        stream: &mut IndexStream,
-        base: u32,
-        pending: &mut Vec<Pending>,
-    ) -> Result<()> {
+    fn take_all(&mut self, img: &Image, stream: &mut IndexStream, base: u32, pending: &mut Vec<Pending>) -> Result<()> {
         let mut zero = ZeroHashes::default();
         let mut window = Vec::new();
         while stream.next_runs(&mut window)? {
@@ -251,7 +245,12 @@ impl Resolved {
             return Err(Error::corrupt(
                 img.index_path(),
                 0,
-                format!("chunk {} is inherited from image {}, which has only {} chunks", p.first, img.id(), img.manifest.chunk_count),
+                format!(
+                    "chunk {} is inherited from image {}, which has only {} chunks",
+                    p.first,
+                    img.id(),
+                    img.manifest.chunk_count
+                ),
             ));
         }
         *pending = still;
@@ -273,7 +272,19 @@ impl Resolved {
         let held = match run.entry.state {
             ChunkState::Stored | ChunkState::Inherited => run.entry.raw_hash,
             ChunkState::Zero => zero.get(run.entry.raw_len),
-            _ => 0,
+            state => {
+                return Err(Error::corrupt(
+                    child.index_path(),
+                    piece.at,
+                    format!(
+                        "chunk {} is inherited from image {}, which holds no data there ({}): the chain is \
+                         inconsistent",
+                        piece.first,
+                        img.id(),
+                        state.name()
+                    ),
+                ))
+            }
         };
         let hash = piece.entry.raw_hash;
         if hash != 0 && held != 0 && hash != held {
@@ -378,7 +389,8 @@ fn checked(
     zero: &mut ZeroHashes,
 ) -> Result<Run> {
     let at = stream.at(i);
-    let mut run = run.map_err(|bad| Error::corrupt(img.index_path(), at, format!("chunk {}: {}", bad.chunk, bad.why)))?;
+    let mut run =
+        run.map_err(|bad| Error::corrupt(img.index_path(), at, format!("chunk {}: {}", bad.chunk, bad.why)))?;
     img.check_run(&run, zero).map_err(|why| Error::corrupt(img.index_path(), at, why))?;
     if run.entry.state == ChunkState::Stored {
         run.entry.segment += base;

@@ -64,9 +64,11 @@ impl IndexStream {
         let mut hasher = Xxh3Default::new();
         let mut head = [0u8; INDEX_HEADER_BYTES];
         file.read_exact(&mut head).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                Error::corrupt(path, 0, format!("index is {len} bytes, shorter than its {INDEX_HEADER_BYTES}-byte header"))
-            }
+            std::io::ErrorKind::UnexpectedEof => Error::corrupt(
+                path,
+                0,
+                format!("index is {len} bytes, shorter than its {INDEX_HEADER_BYTES}-byte header"),
+            ),
             _ => Error::io_at("read index", path, 0, e),
         })?;
         hasher.update(&head);

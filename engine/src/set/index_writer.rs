@@ -98,10 +98,9 @@ impl IndexFile {
             self.file.read_exact_at(b, at).map_err(|e| Error::io_at("read index", &self.path, at, e))?;
             for (i, raw) in b.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
                 let chunk = first + i as u64;
-                let entry = IndexEntry::decode(raw)
-                    .ok()
-                    .filter(|e| e.state != ChunkState::Unset)
-                    .ok_or_else(|| Error::corrupt(&self.path, entry_offset(chunk), format!("chunk {chunk} was never recorded")))?;
+                let entry = IndexEntry::decode(raw).ok().filter(|e| e.state != ChunkState::Unset).ok_or_else(|| {
+                    Error::corrupt(&self.path, entry_offset(chunk), format!("chunk {chunk} was never recorded"))
+                })?;
                 out.push(Run { first: chunk, count: 1, entry })?;
             }
             first += n as u64;

@@ -167,7 +167,9 @@ pub(crate) fn shrink_check(img: &Image, resolved: &Resolved, limit: u64) -> Resu
     let mut buf = vec![0u8; img.manifest.chunk_size_bytes as usize];
     let first_cut = limit / u64::from(img.manifest.chunk_size_bytes);
     let runs = resolved.runs_in(first_cut..img.manifest.chunk_count);
-    for chunk in runs.filter(|r| !matches!(r.entry.state, ChunkState::Zero | ChunkState::Unused)).flat_map(|r| r.first..r.end()) {
+    for chunk in
+        runs.filter(|r| !matches!(r.entry.state, ChunkState::Zero | ChunkState::Unused)).flat_map(|r| r.first..r.end())
+    {
         let e = resolved.entry(chunk);
         let (start, len) = img.chunk_extent(chunk);
         if start + u64::from(len) <= limit {

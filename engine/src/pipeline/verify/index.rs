@@ -214,7 +214,12 @@ fn check_inherited(
     };
     let held_hash = match held.state {
         ChunkState::Zero => zero_hashes.get(held.raw_len),
-        _ => held.raw_hash,
+        ChunkState::Stored | ChunkState::Inherited => held.raw_hash,
+        state => {
+            let reason =
+                format!("chunk is inherited from image {}, which holds no data there ({})", p.id, state.name());
+            return Err(Bad { reason, at_frame: false });
+        }
     };
     // Version 2 records no hash for an inherited run (0): nothing to compare.
     if run.entry.raw_hash != 0 && held_hash != 0 && held_hash != run.entry.raw_hash {
