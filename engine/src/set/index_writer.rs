@@ -6,6 +6,7 @@
 //! fsync; capture (from its working table) and merge both write one.
 
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -62,54 +63,56 @@ impl IndexFile {
         self.file.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", &self.path, at, e))
     }
 
-    /// Write `entries` (chunk and entry, in ascending chunk order) in runs
-    /// of consecutive chunks, at most a window long, one write a run.
-    pub fn write_runs(&self, entries: impl Iterator<Item = (u64, IndexEntry)>) -> Result<()> {
-        let mut run: Vec<IndexEntry> = Vec::new();
-        let mut first = 0;
-        for (chunk, e) in entries {
-            if !run.is_empty() && (chunk != first + run.len() as u64 || run.len() == WINDOW_CHUNKS) {
-                self.write_entries(first, &run)?;
-                run.clear();
-            }
-            if run.is_empty() {
-                first = chunk;
-            }
-            run.push(e);
-        }
-        if !run.is_empty() {
-            self.write_entries(first, &run)?;
-        }
-        Ok(())
-    }
-
-    /// The finished working table as the committed index: every entry read
-    /// back a window at a time and written as runs to `dest` (the run's own
-    /// temporary file), which then replaces the working table at its path.
-    /// An entry never written is an error (every chunk must be recorded).
-    pub fn commit_as_runs(self, header: IndexHeader, dest: &Path) -> Result<(Written, Tally)> {
+    /// The finished working table as the committed index, written as runs
+    /// to `dest` (the run's own temporary file), which then replaces the
+    /// working table at its path. `parts` cover every chunk in order: runs
+    /// known without the table, and ranges whose entries the lanes wrote
+    /// into it (read back a window at a time). Time and I/O follow the
+    /// parts, not the chunk count. An entry never written is an error.
+    pub fn commit_as_runs(self, header: IndexHeader, dest: &Path, parts: &[Part]) -> Result<(Written, Tally)> {
         let mut out = RunIndex::create(dest, Existing::Reuse)?;
         let mut buf = vec![0u8; INDEX_ENTRY_BYTES * WINDOW_CHUNKS];
-        let mut first = 0;
-        while first < header.chunk_count {
-            let n = (header.chunk_count - first).min(WINDOW_CHUNKS as u64) as usize;
-            let at = entry_offset(first);
-            let b = &mut buf[..n * INDEX_ENTRY_BYTES];
-            self.file.read_exact_at(b, at).map_err(|e| Error::io_at("read index", &self.path, at, e))?;
-            for (i, raw) in b.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
-                let chunk = first + i as u64;
-                let entry = IndexEntry::decode(raw).ok().filter(|e| e.state != ChunkState::Unset).ok_or_else(|| {
-                    Error::corrupt(&self.path, entry_offset(chunk), format!("chunk {chunk} was never recorded"))
-                })?;
-                out.push(Run { first: chunk, count: 1, entry })?;
+        for part in parts {
+            match part {
+                Part::Known(run) => out.push(*run)?,
+                Part::Read(range) => self.copy_entries(range.clone(), &mut buf, &mut out)?,
             }
-            first += n as u64;
         }
         let tally = out.tally;
         let written = out.finish(header)?;
         std::fs::rename(dest, &self.path).map_err(|e| Error::io("rename index into place", dest, e))?;
         Ok((written, tally))
     }
+
+    /// The entries of `chunks`, read from the table, pushed as runs of one.
+    fn copy_entries(&self, chunks: Range<u64>, buf: &mut [u8], out: &mut RunIndex) -> Result<()> {
+        let mut first = chunks.start;
+        while first < chunks.end {
+            let n = (chunks.end - first).min(WINDOW_CHUNKS as u64) as usize;
+            let at = entry_offset(first);
+            let b = &mut buf[..n * INDEX_ENTRY_BYTES];
+            self.file.read_exact_at(b, at).map_err(|e| Error::io_at("read index", &self.path, at, e))?;
+            for (i, raw) in b.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
+                let chunk = first + i as u64;
+                let never =
+                    || Error::corrupt(&self.path, entry_offset(chunk), format!("chunk {chunk} was never recorded"));
+                let entry = IndexEntry::decode(raw).ok().filter(|e| e.state != ChunkState::Unset).ok_or_else(never)?;
+                out.push(Run { first: chunk, count: 1, entry })?;
+            }
+            first += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A stretch of an index being committed from a working table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Chunks whose entry was known before reading (kept by a resumed run,
+    /// or unused by any filesystem): never in the table.
+    Known(Run),
+    /// Chunks the lanes read: their entries are in the table.
+    Read(Range<u64>),
 }
 
 /// What an index holds, tallied as its runs are written: the manifest's

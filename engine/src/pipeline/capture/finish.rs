@@ -49,8 +49,11 @@ pub(super) fn commit(
     }
     note_fallbacks(run, &imaged, obs);
     let committed = dir.join(format!("{}.tmp", index_file_name(id)));
-    let index = prepared.index.commit_as_runs(index_header(run), &committed).map_err(keep)?;
-    let manifest = build_manifest(run, prepared.kept_segments, prepared.layout, imaged, index);
+    let parts = prepared.preset.parts(run.chunk_count);
+    let index = prepared.index.commit_as_runs(index_header(run), &committed, &parts).map_err(keep)?;
+    let known = prepared.preset.stats();
+    let manifest =
+        build_manifest(run, Kept { segments: prepared.kept_segments, stats: known }, prepared.layout, imaged, index);
     sync_dir(dir).map_err(keep)?;
     // A signal that came while the index and segments were made durable
     // is still honoured: no commit, the frames kept for --resume.
@@ -104,21 +107,28 @@ fn index_header(run: &Run<'_>) -> IndexHeader {
 /// The manifest of the finished run: every segment (kept and new), the
 /// statistics (counts by state taken from the index, so a resumed run's
 /// kept frames count too) and the settings used.
+/// What the run had before its lanes read anything: a resumed run's
+/// segments, and the counters of the chunks known without reading.
+pub(crate) struct Kept {
+    pub segments: Vec<SegmentInfo>,
+    pub stats: LaneStats,
+}
+
 pub(crate) fn build_manifest(
     run: &Run<'_>,
-    kept_segments: Vec<SegmentInfo>,
+    kept: Kept,
     layout: Option<LayoutInfo>,
     imaged: Imaged,
     (index, tally): (Written, Tally),
 ) -> Manifest {
     let (id, opts) = (run.id, run.opts);
-    let mut segments = kept_segments;
+    let mut segments = kept.segments;
     segments.extend(imaged.reports.iter().flat_map(|r| r.segments.iter().cloned()));
     segments.sort_by_key(|s| s.seq);
     for (i, s) in segments.iter().enumerate() {
         assert_eq!(s.seq as usize, i, "segment numbers are dense");
     }
-    let stats = sum_stats(imaged.reports.iter().map(|r| &r.stats));
+    let stats = sum_stats(imaged.reports.iter().map(|r| &r.stats).chain([&kept.stats]));
     assert_eq!(stats.chunks, run.chunk_count, "every chunk was processed exactly once");
     let mut latency = latency_histogram();
     for r in &imaged.reports {

@@ -128,7 +128,6 @@ impl<'a> Run<'a> {
         let existing = if self.st.resumed.is_some() { Existing::Reuse } else { Existing::Refuse };
         let index = IndexFile::create(&self.index_path, self.chunk_count, existing)?;
         let layout = used_space(self.opts.used_only, self.source, self.st.chunk_bytes, &mut preset, obs)?;
-        index.write_runs(preset.iter())?;
         Ok(Prepared { index, preset, layout, kept_segments, unreadable_kept })
     }
 
@@ -172,7 +171,9 @@ impl<'a> Run<'a> {
         let (cb, opts) = (self.st.chunk_bytes, self.opts);
         // Batches of up to 64 MiB keep each lane's reads sequential; a small
         // source gets smaller batches so every lane has a share.
-        let plan = Plan::for_lanes(self.chunk_count, self.lanes, BATCH_BYTES / u64::from(cb));
+        // Only the chunks nothing is known of are handed out: time follows
+        // what is read, not the size of the device.
+        let plan = Plan::over(&p.preset.to_read(self.chunk_count), self.lanes, BATCH_BYTES / u64::from(cb));
         let batch_chunks = plan.batch_chunks();
         let stop = AtomicBool::new(false);
         let unreadable = std::sync::Mutex::new((p.unreadable_kept.clone(), None));
@@ -189,10 +190,9 @@ impl<'a> Run<'a> {
             plan,
             index: &p.index,
             stop: &stop,
-            bytes_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(p.preset.known_bytes()),
             next_segment: AtomicU32::new(p.kept_segments.len() as u32),
             parent: self.parent(),
-            preset: &p.preset,
             on_read_error: opts.on_read_error,
             read_retries: opts.read_retries.min(100),
             unreadable: &unreadable,

@@ -10,18 +10,15 @@ use crate::error::Left;
 use crate::error::Refusal;
 use crate::error::{Error, Result};
 use crate::format::align_up;
-use crate::format::index::ChunkState;
-use crate::format::index::IndexEntry;
 use crate::io::Request;
 use crate::io::{self, Completion};
-use crate::pipeline::capture::lane::shared::LaneStats;
 use crate::pipeline::capture::options::OnReadError;
 
 impl CaptureLane<'_> {
     /// Keep `queue_depth` reads in flight, claiming batches as needed.
     pub(super) fn submit_reads(&mut self) -> Result<()> {
         while let Some(&buf) = self.free_reads.last() {
-            let Some(chunk) = self.next_chunk()? else {
+            let Some(chunk) = self.next_claimed() else {
                 break;
             };
             self.free_reads.pop();
@@ -51,22 +48,9 @@ impl CaptureLane<'_> {
         Ok(())
     }
 
-    /// The next chunk to read. Chunks a resumed run already has are
-    /// recorded on the way, without reading them.
-    pub(super) fn next_chunk(&mut self) -> Result<Option<u64>> {
-        loop {
-            let Some(chunk) = self.next_claimed() else { return Ok(None) };
-            match self.sh.preset.get(chunk) {
-                Some(e) => {
-                    count_preset(&mut self.report.stats, &e);
-                    self.sh.bytes_done.fetch_add(u64::from(e.raw_len), Ordering::Relaxed);
-                    self.record_entry(chunk, e)?;
-                }
-                None => return Ok(Some(chunk)),
-            }
-        }
-    }
-
+    /// The next chunk to read. The plan holds only chunks nothing is known
+    /// of: what a resumed run kept and what no filesystem uses is recorded
+    /// at the commit, never walked here.
     pub(super) fn next_claimed(&mut self) -> Option<u64> {
         if crate::observe::interrupted() {
             self.sh.stop.store(true, Ordering::Relaxed);
@@ -257,22 +241,4 @@ pub(crate) fn bisect(
     let half = (len / 2).div_ceil(sector) * sector;
     bisect(read, base, at, half, sector, retries, bad);
     bisect(read, base, at + half, len - half, sector, retries, bad);
-}
-
-/// Count a chunk recorded without reading it: unused by any filesystem, or
-/// kept from the interrupted run a resume carries on.
-fn count_preset(st: &mut LaneStats, e: &IndexEntry) {
-    st.chunks += 1;
-    match e.state {
-        ChunkState::Unused => st.chunks_unused += 1,
-        ChunkState::Zero => {
-            st.chunks_resumed += 1;
-            st.chunks_zero += 1
-        }
-        ChunkState::Inherited => {
-            st.chunks_resumed += 1;
-            st.chunks_inherited += 1
-        }
-        _ => st.chunks_resumed += 1,
-    }
 }

@@ -1,7 +1,6 @@
 //! What the lanes of one capture share (read-only but for atomics), and
 //! what each lane reports when it ends.
 
-use crate::pipeline::capture::preset::Preset;
 use crate::pipeline::capture::start::ParentHashes;
 use std::fs::File;
 use std::path::Path;
@@ -39,9 +38,6 @@ pub(crate) struct CaptureShared<'a> {
     /// For a differential or incremental: the parent's raw hash of every
     /// chunk, and its ID. A chunk that hashes the same is inherited.
     pub parent: Option<&'a ParentHashes>,
-    /// The entries chunks already have without being read: kept by a
-    /// resumed run, or unused by any filesystem (used-space imaging).
-    pub preset: &'a Preset,
     /// On a read error: stop, or find the bad sectors and image the rest.
     pub on_read_error: OnReadError,
     /// Retries of a failing read before its sectors count as unreadable.
