@@ -5,6 +5,9 @@ mod architecture;
 mod chains;
 mod corruption;
 mod create_verify;
+// dumpe2fs's view of an ext filesystem; shared with the loop-device tests.
+#[path = "../../loopdev-tests/src/dumpe2fs.rs"]
+mod dumpe2fs;
 mod golden;
 mod hostile;
 mod kill9;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod dumpe2fs;
 pub mod needs;
 pub use needs::{require, which, Need};
 

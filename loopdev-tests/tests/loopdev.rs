@@ -1008,19 +1008,12 @@ fn part_of(file: &Path, start: u64, sectors: u64) -> LoopDev {
     LoopDev { path: out.trim().into() }
 }
 
-/// Blocks `dumpe2fs` lists as free on the filesystem in `dev`.
+/// The block size, and the blocks a used-space image may leave out: free
+/// ones and metadata the kernel never reads (dumpe2fs's own listing).
 fn dumpe2fs_free_blocks(dev: &str) -> (u64, Vec<(u64, u64)>) {
     let text = sh("dumpe2fs", &[dev]);
-    let bs: u64 = text.lines().find_map(|l| l.strip_prefix("Block size:")).unwrap().trim().parse().unwrap();
-    let mut v = Vec::new();
-    for l in text.lines().filter_map(|l| l.strip_prefix("  Free blocks: ")) {
-        for r in l.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-            let (a, b) = r.split_once('-').unwrap_or((r, r));
-            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-            v.push((a, b - a + 1));
-        }
-    }
-    (bs, v)
+    let (bs, free) = loopdev_tests::dumpe2fs::free_blocks(&text);
+    (bs, loopdev_tests::dumpe2fs::union(&free, &loopdev_tests::dumpe2fs::never_read(&text)))
 }
 
 /// Every file under `a` has the same content, size, mode and mtime under `b`.

@@ -49,6 +49,7 @@ const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 const BG_BLOCK_UNINIT: u16 = 0x2;
+const BG_INODE_UNINIT: u16 = 0x1;
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -85,13 +86,18 @@ pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMa
     let sb = r.read(base + 1024, 1024).map_err(|e| format!("cannot read the superblock: {e}"))?;
     let s = Super::parse(&sb, len)?;
     let groups = read_groups(r, base, &s)?;
-    let meta = metadata(&s, &groups)?;
+    let (meta, unused_tables) = metadata(&s, &groups)?;
     let mut free = FreeMap::default();
     for (g, grp) in groups.iter().enumerate() {
         map_group(r, base, &s, g as u64, grp, &meta, &mut free)?;
     }
-    // Metadata is used whatever a bitmap says.
+    // Metadata is used whatever a bitmap says; the unused ends of inode
+    // tables are free whatever it says.
     free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * s.bs, n * s.bs)).collect::<Vec<_>>());
+    for &(b, n) in &unused_tables {
+        free.push(b * s.bs, n * s.bs);
+    }
+    free.normalize();
     let label = String::from_utf8_lossy(&sb[0x78..0x88]).trim_end_matches('\0').to_string();
     Ok((Ext4 { kind: s.kind, block_bytes: s.bs, blocks: s.blocks, free_blocks: s.free_blocks, label }, free))
 }
@@ -257,6 +263,13 @@ struct Group {
     inode_bitmap: u64,
     inode_table: u64,
     uninit: bool,
+    /// Inodes at the end of the group's table never used (`bg_itable_unused`,
+    /// or all of them for an INODE_UNINIT group); 0 unless group checksums
+    /// vouch for the descriptor, as the kernel and e2fsck require.
+    itable_unused: u64,
+    /// INODE_UNINIT, trusted like BLOCK_UNINIT: the inode bitmap was never
+    /// written (the kernel builds it when the group gets its first inode).
+    inode_uninit: bool,
     bitmap_csum: u32,
     /// Free blocks, as the descriptor counts them.
     free: u64,
@@ -287,6 +300,8 @@ fn read_groups(r: &dyn MetaRead, base: u64, s: &Super) -> Result<Vec<Group>, Str
             inode_table: u64::from(u32_at(d, 8)) | hi(0x28),
             // The kernel honours BLOCK_UNINIT only with group checksums.
             uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
+            itable_unused: itable_unused(s, d, is64),
+            inode_uninit: u16_at(d, 0x12) & BG_INODE_UNINIT != 0 && s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
             bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
             free: u64::from(u16_at(d, 0x0C)) | if is64 && desc >= 64 { u64::from(u16_at(d, 0x2C)) << 16 } else { 0 },
         });
@@ -294,26 +309,55 @@ fn read_groups(r: &dyn MetaRead, base: u64, s: &Super) -> Result<Vec<Group>, Str
     Ok(gs)
 }
 
-/// Every group's metadata as sorted block ranges: always used.
-fn metadata(s: &Super, groups: &[Group]) -> Result<Vec<(u64, u64)>, String> {
+/// The inodes at the end of a group's table that were never used, when
+/// group checksums make the count one the kernel trusts.
+fn itable_unused(s: &Super, d: &[u8], is64: bool) -> u64 {
+    if s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) == 0 {
+        return 0;
+    }
+    if u16_at(d, 0x12) & BG_INODE_UNINIT != 0 {
+        return s.ipg;
+    }
+    let hi = if is64 && s.desc >= 64 { u64::from(u16_at(d, 0x32)) << 16 } else { 0 };
+    (u64::from(u16_at(d, 0x1C)) | hi).min(s.ipg)
+}
+
+/// Every group's metadata as sorted block ranges: always used. An inode
+/// table counts only up to the block holding its last inode ever used, and
+/// the bitmaps of uninitialised groups not at all: the rest (most of a
+/// large, young filesystem's tables and bitmaps, never initialised under
+/// lazy_itable_init) holds nothing the kernel or e2fsck reads, and is
+/// returned as the second list, free.
+#[allow(clippy::type_complexity)]
+fn metadata(s: &Super, groups: &[Group]) -> Result<(Vec<(u64, u64)>, Vec<(u64, u64)>), String> {
     let itable_blocks = (s.ipg * s.inode_size).div_ceil(s.bs);
-    let mut meta: Vec<(u64, u64)> = Vec::new();
+    let (mut meta, mut tails): (Vec<(u64, u64)>, Vec<(u64, u64)>) = (Vec::new(), Vec::new());
     for (g, grp) in groups.iter().enumerate() {
         let g = g as u64;
         if s.has_super(g) {
             meta.push((s.first + g * s.bpg, 1 + s.gdt_blocks() + s.reserved_gdt));
         }
-        meta.push((grp.bitmap, 1));
-        meta.push((grp.inode_bitmap, 1));
-        meta.push((grp.inode_table, itable_blocks));
+        // A bitmap the kernel never reads (it builds the bitmap of an
+        // uninitialised group when it first allocates there) is free too.
+        (if grp.uninit { &mut tails } else { &mut meta }).push((grp.bitmap, 1));
+        (if grp.inode_uninit { &mut tails } else { &mut meta }).push((grp.inode_bitmap, 1));
+        let t = grp.inode_table;
+        if t.checked_add(itable_blocks).is_none_or(|end| end > s.blocks) {
+            return Err(format!("the inode table of group {g} at block {t} lies outside the filesystem"));
+        }
+        let in_use = ((s.ipg - grp.itable_unused) * s.inode_size).div_ceil(s.bs);
+        meta.push((t, in_use));
+        tails.push((t + in_use, itable_blocks - in_use));
     }
-    for &(b, n) in &meta {
+    for &(b, n) in meta.iter().chain(&tails) {
         if b.checked_add(n).is_none_or(|end| end > s.blocks) {
             return Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {} blocks", s.blocks));
         }
     }
+    meta.retain(|&(_, n)| n > 0);
     meta.sort_unstable();
-    Ok(meta)
+    tails.retain(|&(_, n)| n > 0);
+    Ok((meta, tails))
 }
 
 /// Add group `g`'s free blocks to `free`: from its block bitmap (checked),

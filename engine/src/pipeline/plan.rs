@@ -34,7 +34,7 @@ impl Plan {
     /// `chunks` chunks' batches, so a small source is still spread over
     /// every lane, and at most `batch_max_chunks` (long sequential reads,
     /// yet lanes still balance).
-    fn batch_for(chunks: u64, lanes: u32, batch_max_chunks: u64) -> u64 {
+    pub fn batch_for(chunks: u64, lanes: u32, batch_max_chunks: u64) -> u64 {
         (chunks / (u64::from(lanes) * 8)).clamp(1, batch_max_chunks.max(1))
     }
 

@@ -146,6 +146,39 @@ struct Run<'a> {
     missing: &'a [Option<String>],
 }
 
+/// Most source bytes one claim of zero or unused chunks zeroes: a long run
+/// is still shared among the lanes, and progress moves.
+const ZERO_BATCH_BYTES: u64 = 64 << 30;
+
+/// The restore's batches, made from the resolved runs: stored chunks in
+/// batches sized for the lanes (at most 64 MiB), each run of zero or unused
+/// chunks whole (up to [`ZERO_BATCH_BYTES`]). So time follows the runs and
+/// the stored chunks, not the chunk count.
+fn restore_plan(resolved: &Resolved, lanes: u32, chunk_bytes: u32) -> Plan {
+    let stored = resolved.count(crate::format::index::ChunkState::Stored);
+    let batch = Plan::batch_for(stored, lanes, (64u64 << 20) / u64::from(chunk_bytes));
+    let zero_batch = (ZERO_BATCH_BYTES / u64::from(chunk_bytes)).max(1);
+    let mut batches: Vec<std::ops::Range<u64>> = Vec::new();
+    let mut open = false;
+    for run in resolved.runs() {
+        let is_stored = run.entry.state == crate::format::index::ChunkState::Stored;
+        match batches.last_mut() {
+            Some(b) if open && is_stored && b.end == run.first && b.end - b.start < batch => b.end = run.end(),
+            _ if is_stored => batches.push(run.first..run.end()),
+            _ => {
+                let mut at = run.first;
+                while at < run.end() {
+                    let end = (at + zero_batch).min(run.end());
+                    batches.push(at..end);
+                    at = end;
+                }
+            }
+        }
+        open = is_stored;
+    }
+    Plan::batches(batches, batch)
+}
+
 /// Write every chunk through the lanes, then make the target durable. A
 /// failure says what state the target is in.
 fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend, obs: &dyn Observer) -> Result<Totals> {
@@ -165,7 +198,7 @@ fn write_all(opts: &RestoreOptions, run: &Run<'_>, lanes: u32, backend: Backend,
         skip_bad: opts.skip_bad,
         discard: opts.discard,
         missing_segments: run.missing,
-        plan: Plan::for_lanes(m.chunk_count, lanes, (64u64 << 20) / u64::from(m.chunk_size_bytes)),
+        plan: restore_plan(run.resolved, lanes, m.chunk_size_bytes),
         stop: &stop,
         bytes_done: AtomicU64::new(0),
         totals: Mutex::new(Totals::default()),
