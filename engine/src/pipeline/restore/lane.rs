@@ -91,6 +91,9 @@ pub(crate) struct RestoreLane<'a> {
     /// Bytes of each busy pair's chunk already written (a short write is
     /// carried on from there).
     pub pair_written: Vec<usize>,
+    /// Where the ring's write of a pair's chunk ends in its buffer (it
+    /// starts where `pair_written` started).
+    pub pair_end: Vec<usize>,
     pub pending: std::collections::VecDeque<u64>,
     pub slots: [SegSlot; SEGMENT_SLOTS],
     pub clock: u64,
@@ -115,6 +118,7 @@ impl<'a> RestoreLane<'a> {
             free_pairs: (0..qd).rev().collect(),
             pair_chunk: vec![0; qd],
             pair_written: vec![0; qd],
+            pair_end: vec![0; qd],
             pending: Default::default(),
             slots: [SegSlot { segment: None, ops: 0, last_used: 0 }; SEGMENT_SLOTS],
             clock: 0,
@@ -296,8 +300,7 @@ impl<'a> RestoreLane<'a> {
         if c.user_data & WRITE_TAG != 0 {
             // What went through the ring: the O_DIRECT part (the unaligned
             // tail was written separately).
-            let (_, len) = self.write_span(start, raw_len);
-            let done = self.pair_written[pair];
+            let (len, done) = (self.pair_end[pair], self.pair_written[pair]);
             match c.result {
                 Err(e) if io::is_transient(&e) => {
                     self.io.enqueue_write(Request {
@@ -425,30 +428,52 @@ impl<'a> RestoreLane<'a> {
         (len, len / align * align)
     }
 
+    /// Which bytes of a decoded chunk must be written: the ring's part
+    /// `from..to` and whether the unaligned tail (past `direct_len`) must
+    /// be. A new file is holes already, so all-zero 4 KiB blocks at either
+    /// end of a chunk are left out (a chunk holding one used block of
+    /// metadata writes that block); any other target gets every byte.
+    fn needed(&self, pair: usize, len: usize, direct_len: usize) -> (usize, usize, bool) {
+        if self.sh.target.kind != TargetKind::NewFile {
+            return (0, direct_len, true);
+        }
+        let align = if self.sh.target.direct { self.sh.target.dio_align_bytes as usize } else { 1 };
+        let block = 4096.max(align);
+        let buf = &self.io.buffer(self.qd + pair)[..len];
+        let mut blocks = buf.chunks(block).enumerate().filter(|(_, b)| !crate::codec::is_zero(b)).map(|(i, _)| i);
+        let Some(first) = blocks.next() else { return (0, 0, false) };
+        let last = blocks.last().unwrap_or(first);
+        let to = ((last + 1) * block).min(direct_len);
+        ((first * block).min(to), to, (last + 1) * block > direct_len)
+    }
+
     pub(super) fn write_chunk(&mut self, pair: usize, start: u64, raw_len: u32) -> Result<()> {
         let (len, direct_len) = self.write_span(start, raw_len);
-        if direct_len < len {
+        let (from, to, tail) = self.needed(pair, len, direct_len);
+        if tail && direct_len < len {
             let tail = &self.io.buffer(self.qd + pair)[direct_len..len];
             self.sh
                 .tail_file
                 .write_all_at(tail, start + direct_len as u64)
                 .map_err(|e| write_error(&self.sh.target.path, start + direct_len as u64, e))?;
+            self.totals.bytes_written += (len - direct_len) as u64;
         }
         self.totals.chunks_written += 1;
-        self.totals.bytes_written += len as u64;
+        self.totals.bytes_written += (to - from) as u64;
         self.sh.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
-        if direct_len == 0 {
+        if to == from {
             self.free_pairs.push(pair);
             return Ok(());
         }
-        debug_assert_eq!(align_up(direct_len as u64, 512), direct_len as u64);
-        self.pair_written[pair] = 0;
+        debug_assert_eq!(align_up(from as u64, 512), from as u64);
+        debug_assert_eq!(align_up(to as u64, 512), to as u64);
+        (self.pair_written[pair], self.pair_end[pair]) = (from, to);
         self.io.enqueue_write(Request {
             slot: SLOT_TARGET,
             buf: self.qd + pair,
-            buf_offset: 0,
-            len: direct_len,
-            file_offset: start,
+            buf_offset: from,
+            len: to - from,
+            file_offset: start + from as u64,
             tag: WRITE_TAG | pair as u64,
         });
         Ok(())
