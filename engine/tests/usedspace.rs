@@ -7,8 +7,11 @@ use std::process::Command;
 
 use crate::util::*;
 
+/// Block ranges: (first block, count).
+type Blocks = Vec<(u64, u64)>;
+
 /// What dumpe2fs says of `img`: block size, free blocks, never-read metadata.
-fn dumpe2fs(img: &Path) -> (u64, Vec<(u64, u64)>, Vec<(u64, u64)>) {
+fn dumpe2fs(img: &Path) -> (u64, Blocks, Blocks) {
     let out = Command::new("dumpe2fs").arg(img).output().expect("run dumpe2fs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -209,4 +212,62 @@ fn xfs_free_space_trees_must_agree() {
     bad[rec..rec + 4].copy_from_slice(&(n - 1).to_be_bytes());
     let e = check(&bad).unwrap_err();
     assert!(e.contains("by-size") && e.contains("group 0"), "{e}");
+}
+
+/// An index grows with what is stored: a used-space image of a mostly empty
+/// 1 GiB ext4 holds a record per stored chunk plus a few runs, and an
+/// unchanged incremental of it is one inherited run (the free space its
+/// parent left unused too, the zero chunks its parent held as zeros), so
+/// it stores 128 bytes of index and no frame; both restore the source's
+/// used chunks identical, free ones as zeros, and pass e2fsck.
+#[test]
+fn an_unchanged_incremental_of_a_used_space_image_is_one_run() {
+    if !require("an_unchanged_incremental_of_a_used_space_image_is_one_run", &[Need::Tool("mkfs.ext4")]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    populate(&sb.path("tree"));
+    let img = sb.path("fs.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=1", "-d", sb.path("tree").to_str().unwrap()])
+        .args([img.to_str().unwrap(), "1G"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json = |args: &[&str]| -> serde_json::Value { serde_json::from_slice(&sb.expect(args, 0).stdout).unwrap() };
+    let full = json(&["create", "fs.img", "set", "--json"]);
+    let fm = &full["manifest"];
+    let stored = fm["stats"]["chunks_stored"].as_u64().unwrap();
+    assert!(fm["stats"]["chunks_unused"].as_u64().unwrap() > 700, "most of 1024 chunks are free: {}", fm["stats"]);
+    let records = (fm["index"]["size_bytes"].as_u64().unwrap() - 64) / 64;
+    assert!(records <= stored + 64, "{records} records for {stored} stored chunks: runs, not chunks");
+    let inc = json(&["create", "fs.img", "set", "--incremental", "--json"]);
+    let im = &inc["manifest"];
+    assert_eq!(im["stats"]["chunks_stored"], 0, "{}", im["stats"]);
+    assert_eq!(im["stats"]["chunks_inherited"], 1024, "every chunk inherited: {}", im["stats"]);
+    assert_eq!(im["index"]["size_bytes"], 64 + 64, "one run record: {}", im["index"]);
+    sb.expect(&["verify", "set"], 0);
+    let source = std::fs::read(&img).unwrap();
+    let (_, entries) = load_image(&sb.path("set"), fm["image_id"].as_str().unwrap());
+    for sel in [fm["image_id"].as_str().unwrap(), im["image_id"].as_str().unwrap()] {
+        let _ = std::fs::remove_file(sb.path("back.img"));
+        sb.expect(&["restore", &format!("set@{sel}"), "back.img"], 0);
+        let out = Command::new("e2fsck").args(["-fn", sb.path("back.img").to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{sel}: e2fsck: {}", String::from_utf8_lossy(&out.stdout));
+        let back = std::fs::read(sb.path("back.img")).unwrap();
+        assert_eq!(back.len(), source.len());
+        for (c, (a, b)) in back.chunks(1 << 20).zip(source.chunks(1 << 20)).enumerate() {
+            match entries[c].state {
+                tintype::format::index::ChunkState::Unused => assert!(a.iter().all(|&x| x == 0), "{sel}: chunk {c}"),
+                _ => assert!(a == b, "{sel}: chunk {c} differs from the source"),
+            }
+        }
+    }
+}
+
+/// Image `id` of `set` and its decoded entries.
+fn load_image(set: &Path, id: &str) -> (tintype::set::Image, Vec<tintype::format::index::IndexEntry>) {
+    let img = tintype::set::ImageSet::open(set).unwrap().resolve(Some(id)).unwrap();
+    let entries = img.read_index().unwrap().entries.into_iter().map(|e| e.unwrap()).collect();
+    (img, entries)
 }

@@ -272,6 +272,8 @@ impl Resolved {
         let held = match run.entry.state {
             ChunkState::Stored | ChunkState::Inherited => run.entry.raw_hash,
             ChunkState::Zero => zero.get(run.entry.raw_len),
+            // Unused in both: the chunk is what the ancestor says, free space.
+            ChunkState::Unused => 0,
             state => {
                 return Err(Error::corrupt(
                     child.index_path(),

@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::lane::shared::{latency_histogram, LaneStats};
 use super::options::CreateReport;
 use super::run::{Imaged, Prepared, Run};
+use super::start::ParentHashes;
 use crate::error::Left;
 use crate::error::{Error, Result};
-use crate::format::index::IndexHeader;
+use crate::format::index::{ChunkState, IndexHeader};
 use crate::format::manifest::{
     rfc3339_utc, ByteRange, IndexInfo, LayoutInfo, Manifest, SegmentInfo, Settings, Stats, MANIFEST_FORMAT,
 };
@@ -19,7 +20,7 @@ use crate::format::Xxh128;
 use crate::format::FORMAT_VERSION;
 use crate::observe::{interrupted, test_pause, Observer};
 use crate::set::commit::sync_dir;
-use crate::set::index_writer::{Tally, Written};
+use crate::set::index_writer::{Part, Tally, Written};
 use crate::set::remove::Leftovers;
 use crate::set::unreadable::write_badmap;
 
@@ -49,7 +50,7 @@ pub(super) fn commit(
     }
     note_fallbacks(run, &imaged, obs);
     let committed = dir.join(format!("{}.tmp", index_file_name(id)));
-    let parts = prepared.preset.parts(run.chunk_count);
+    let parts = inherit_unused(prepared.preset.parts(run.chunk_count), run.parent());
     let index = prepared.index.commit_as_runs(index_header(run), &committed, &parts).map_err(keep)?;
     let known = prepared.preset.stats();
     let manifest =
@@ -89,6 +90,20 @@ pub(crate) fn note_fallbacks(run: &Run<'_>, imaged: &Imaged, obs: &dyn Observer)
     if let Some(n) = run.backend.fallback_note() {
         obs.note(&n);
     }
+}
+
+/// The parts of the index, with the unused runs a parent has unused too
+/// recorded as inherited (an unchanged image's index is then one record).
+fn inherit_unused(parts: Vec<Part>, parent: Option<&ParentHashes>) -> Vec<Part> {
+    let Some(parent) = parent else { return parts };
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            Part::Known(run) if run.entry.state == ChunkState::Unused => parent.inherit_unused(run, &mut out),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The index header: written once every run is.

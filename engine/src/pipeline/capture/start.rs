@@ -9,13 +9,14 @@ use crate::error::ChainBreak;
 use crate::error::Refusal;
 use crate::error::Uncommitted;
 use crate::error::{Error, Result};
-use crate::format::index::ChunkState;
+use crate::format::index::{ChunkState, Run};
 use crate::format::manifest::{ImageKind, SourceInfo};
 use crate::format::ImageId;
 use crate::io::device::Source;
 use crate::observe::Observer;
 use crate::set::chain::Resolved;
 use crate::set::image::Image;
+use crate::set::index_writer::Part;
 use crate::set::lineage::Lineage;
 use crate::set::remove::remove_leftovers;
 use crate::set::run_record::{RunOperation, RunRecord};
@@ -118,6 +119,20 @@ impl ParentHashes {
             )
         })?;
         Ok(ParentHashes { id: img.id(), resolved })
+    }
+
+    /// Cut `run` (known unused before reading) where the parent's chunks
+    /// are unused too: those pieces are inherited, so an unchanged
+    /// image's index is one run, not one per stretch of free space.
+    pub fn inherit_unused(&self, run: Run, out: &mut Vec<Part>) {
+        debug_assert_eq!(run.entry.state, ChunkState::Unused);
+        for held in self.resolved.runs_in(run.first..run.end()) {
+            let mut entry = run.entry;
+            if held.entry.state == ChunkState::Unused && held.entry.raw_len == entry.raw_len {
+                (entry.state, entry.image_id) = (ChunkState::Inherited, self.id);
+            }
+            out.push(Part::Known(Run { first: held.first, count: held.count, entry }));
+        }
     }
 
     /// The parent's raw hash of `chunk`; None where it has none (unused

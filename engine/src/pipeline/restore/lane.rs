@@ -442,7 +442,7 @@ impl<'a> RestoreLane<'a> {
         let buf = &self.io.buffer(self.qd + pair)[..len];
         let mut blocks = buf.chunks(block).enumerate().filter(|(_, b)| !crate::codec::is_zero(b)).map(|(i, _)| i);
         let Some(first) = blocks.next() else { return (0, 0, false) };
-        let last = blocks.last().unwrap_or(first);
+        let last = blocks.next_back().unwrap_or(first);
         let to = ((last + 1) * block).min(direct_len);
         ((first * block).min(to), to, (last + 1) * block > direct_len)
     }
@@ -450,16 +450,22 @@ impl<'a> RestoreLane<'a> {
     pub(super) fn write_chunk(&mut self, pair: usize, start: u64, raw_len: u32) -> Result<()> {
         let (len, direct_len) = self.write_span(start, raw_len);
         let (from, to, tail) = self.needed(pair, len, direct_len);
+        let mut written = to - from;
         if tail && direct_len < len {
             let tail = &self.io.buffer(self.qd + pair)[direct_len..len];
             self.sh
                 .tail_file
                 .write_all_at(tail, start + direct_len as u64)
                 .map_err(|e| write_error(&self.sh.target.path, start + direct_len as u64, e))?;
-            self.totals.bytes_written += (len - direct_len) as u64;
+            written += len - direct_len;
         }
         self.totals.chunks_written += 1;
-        self.totals.bytes_written += (to - from) as u64;
+        self.totals.bytes_written += written as u64;
+        // Zero blocks left as the new file's holes count as zeroed.
+        if len > written {
+            self.totals.bytes_zeroed += (len - written) as u64;
+            self.totals.zero_method.get_or_insert("hole");
+        }
         self.sh.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
         if to == from {
             self.free_pairs.push(pair);

@@ -215,6 +215,7 @@ fn check_inherited(
     let held_hash = match held.state {
         ChunkState::Zero => zero_hashes.get(held.raw_len),
         ChunkState::Stored | ChunkState::Inherited => held.raw_hash,
+        ChunkState::Unused => 0,
         state => {
             let reason =
                 format!("chunk is inherited from image {}, which holds no data there ({})", p.id, state.name());

@@ -57,8 +57,14 @@ impl CaptureLane<'_> {
         let zero = op.hash.is_none() && is_zero(&self.io.buffer(buf)[..op.raw_len as usize]);
         self.report.stats.nanos_zero_check += t.elapsed().as_nanos() as u64;
         if zero {
+            let hash = self.zero_hashes.get(op.raw_len);
+            // Zero in the parent too: inherited, so it joins its neighbours' run.
+            if let Some(parent) = self.sh.parent.filter(|p| p.get(op.chunk) == Some(hash)) {
+                self.report.stats.chunks_inherited += 1;
+                return Ok(Some(unstored(ChunkState::Inherited, hash, parent.id)));
+            }
             self.report.stats.chunks_zero += 1;
-            return Ok(Some(unstored(ChunkState::Zero, self.zero_hashes.get(op.raw_len), ImageId(0))));
+            return Ok(Some(unstored(ChunkState::Zero, hash, ImageId(0))));
         }
         let raw_hash = self.raw_hash(buf);
         if let Some(parent) = self.sh.parent.filter(|p| p.get(op.chunk) == Some(raw_hash)) {
