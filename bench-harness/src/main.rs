@@ -7,6 +7,7 @@ mod corpus;
 mod measure;
 mod peers;
 mod report;
+mod sparse;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,21 @@ enum Cmd {
         #[arg(long, default_value_t = 25.0)]
         max_regression: f64,
     },
+    /// The large-sparse scenario: a 16 TiB ext4 (sparse file) with about
+    /// 1 GiB of files against a twin just large enough for them; create,
+    /// unchanged incremental, verify, restore, merge on each, in the same
+    /// run: time, peak RSS, index and stored bytes. Exits 1 when memory or
+    /// index grows with the device (docs/BENCHMARKS.md).
+    Sparse {
+        #[arg(long, default_value_t = 16384)]
+        size_gib: u64,
+        #[arg(long, default_value_t = 1024)]
+        data_mib: u64,
+        #[arg(long, default_value = "/dev/shm")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Sweep one setting and show where throughput stops growing.
     Sweep {
         #[arg(long, value_enum)]
@@ -200,6 +216,17 @@ fn main() -> Result<()> {
                     "tintype-bench: performance regressed beyond the allowed {max_regression}% (or the measured noise)"
                 );
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Sparse { size_gib, data_mib, dir, json } => {
+            let r = sparse::run(&sparse::SparseArgs { size_gib, data_mib, dir }, &tintype_bin()?, git_rev())?;
+            print!("{}", sparse::markdown(&r));
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_vec_pretty(&r)?).with_context(|| format!("write {}", p.display()))?;
+            }
+            if r.checks.iter().any(|c| !c.holds) {
+                bail!("memory or index grew with the device: see the checks above");
             }
             Ok(())
         }
