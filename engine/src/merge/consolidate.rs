@@ -197,10 +197,8 @@ pub(crate) fn copy_frames(
 
 /// The new image's counts by state and its segments' totals.
 pub(crate) fn count_states(tally: &Tally, segments: &[SegmentInfo], stats: &mut Stats) {
-    stats.chunks_zero = tally.chunks_zero;
-    stats.chunks_inherited = tally.chunks_inherited;
-    stats.chunks_unreadable = tally.chunks_unreadable;
-    stats.chunks_unused = tally.chunks_unused;
+    debug_assert_eq!(tally.chunks_stored, stats.chunks_stored, "every copied frame has its index record");
+    tally.set_counts(stats);
     stats.chunks_copied = stats.chunks_stored;
     stats.bytes_segments = segments.iter().map(|s| s.size_bytes).sum();
     stats.stage_seconds = BTreeMap::new();

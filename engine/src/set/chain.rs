@@ -318,7 +318,7 @@ impl Resolved {
             let s = &self.segments[e.segment as usize];
             return read_frame(&s.path, s.image, &e, chunk, img.chunk_extent(chunk), out, dec);
         }
-        read_unstored(&img.index_path(), &e, chunk, img.chunk_extent(chunk).1, out)
+        read_unstored((&img.index_path(), img.entry_at(chunk)), &e, chunk, img.chunk_extent(chunk).1, out)
     }
 }
 

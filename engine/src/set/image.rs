@@ -262,19 +262,29 @@ impl Image {
             if seg >= self.manifest.segments.len() {
                 return Err(Error::corrupt(
                     self.index_path(),
-                    entry_offset(chunk),
+                    self.entry_at(chunk),
                     format!("chunk {chunk} names segment {seg}, which does not exist"),
                 ));
             }
             return read_frame(&self.segment_path(seg), self.id(), entry, chunk, self.chunk_extent(chunk), out, dec);
         }
-        read_unstored(&self.index_path(), entry, chunk, self.chunk_extent(chunk).1, out)
+        read_unstored((&self.index_path(), self.entry_at(chunk)), entry, chunk, self.chunk_extent(chunk).1, out)
+    }
+
+    /// Where chunk `chunk`'s entry is in the index, for messages: its
+    /// offset in a version-1 index; 0 in version 2, where a record covers a
+    /// run and the message names the chunk.
+    pub fn entry_at(&self, chunk: u64) -> u64 {
+        match self.manifest.format_version {
+            1 => entry_offset(chunk),
+            _ => 0,
+        }
     }
 }
 
 /// A chunk that has no frame: zeros, or an error for states without data.
 pub(super) fn read_unstored(
-    index: &Path,
+    (index, at): (&Path, u64),
     entry: &IndexEntry,
     chunk: u64,
     raw_len: u32,
@@ -286,11 +296,7 @@ pub(super) fn read_unstored(
             out[..raw_len].fill(0);
             Ok(raw_len)
         }
-        _ => Err(Error::corrupt(
-            index,
-            entry_offset(chunk),
-            format!("chunk {chunk} is {:?}, which cannot be read here", entry.state),
-        )),
+        _ => Err(Error::corrupt(index, at, format!("chunk {chunk} is {:?}, which cannot be read here", entry.state))),
     }
 }
 
