@@ -85,16 +85,21 @@ pub fn detect(r: &dyn MetaRead, base: u64) -> bool {
 pub fn free_space(r: &dyn MetaRead, base: u64, len: u64) -> Result<(Ext4, FreeMap), String> {
     let sb = r.read(base + 1024, 1024).map_err(|e| format!("cannot read the superblock: {e}"))?;
     let s = Super::parse(&sb, len)?;
-    let groups = read_groups(r, base, &s)?;
-    let (meta, unused_tables) = metadata(&s, &groups)?;
+    let (groups, metadata) = read_groups(r, base, &s)?;
+    let meta = metadata.used();
     let mut free = FreeMap::default();
-    for (g, grp) in groups.iter().enumerate() {
-        map_group(r, base, &s, g as u64, grp, &meta, &mut free)?;
+    let mut initialised = groups.iter().peekable();
+    for g in 0..s.groups() {
+        match initialised.next_if(|grp| grp.number == g) {
+            Some(grp) => map_bitmap(r, base, &s, grp, &mut free)?,
+            None => map_uninit(&s, g, &meta, &mut free),
+        }
     }
-    // Metadata is used whatever a bitmap says; the unused ends of inode
-    // tables are free whatever it says.
+    drop(groups);
+    // Metadata is used whatever a bitmap says; what is never read is free
+    // whatever it says.
     free.subtract_sorted(&meta.iter().map(|&(b, n)| (b * s.bs, n * s.bs)).collect::<Vec<_>>());
-    for &(b, n) in &unused_tables {
+    for &(b, n) in &metadata.never_read {
         free.push(b * s.bs, n * s.bs);
     }
     free.normalize();
@@ -257,56 +262,79 @@ fn check_features(sb: &[u8], incompat: u32, ro_compat: u32, compat: u32) -> Resu
     Ok(())
 }
 
-/// One block group as its descriptor describes it.
+/// An initialised block group as its descriptor describes it: what
+/// mapping its free blocks needs (its metadata goes straight into
+/// [`Metadata`]; a BLOCK_UNINIT group needs nothing more, so memory
+/// follows the initialised groups).
 struct Group {
+    number: u64,
     bitmap: u64,
-    inode_bitmap: u64,
-    inode_table: u64,
-    uninit: bool,
-    /// Inodes at the end of the group's table never used (`bg_itable_unused`,
-    /// or all of them for an INODE_UNINIT group); 0 unless group checksums
-    /// vouch for the descriptor, as the kernel and e2fsck require.
-    itable_unused: u64,
-    /// INODE_UNINIT, trusted like BLOCK_UNINIT: the inode bitmap was never
-    /// written (the kernel builds it when the group gets its first inode).
-    inode_uninit: bool,
     bitmap_csum: u32,
     /// Free blocks, as the descriptor counts them.
     free: u64,
 }
 
-/// Read and check every group descriptor.
-fn read_groups(r: &dyn MetaRead, base: u64, s: &Super) -> Result<Vec<Group>, String> {
-    let gdt = r
-        .read(base + (s.first + 1) * s.bs, (s.gdt_blocks() * s.bs) as usize)
-        .map_err(|e| format!("cannot read the group descriptors: {e}"))?;
-    let (desc, is64) = (s.desc, s.is64);
-    let mut gs = Vec::with_capacity(s.groups() as usize);
-    for g in 0..s.groups() {
-        let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
-        let hi = |at: usize| if is64 && desc >= 64 { u64::from(u32_at(d, at)) << 32 } else { 0 };
-        if s.csum {
-            let mut c = ext4_crc(s.seed, &(g as u32).to_le_bytes());
-            c = ext4_crc(c, &d[..0x1E]);
-            c = ext4_crc(c, &[0, 0]);
-            c = ext4_crc(c, &d[0x20..]);
-            if (c & 0xFFFF) as u16 != u16_at(d, 0x1E) {
-                return Err(format!("group descriptor {g}: checksum mismatch"));
-            }
+/// Descriptors decoded per read: 256 KiB of a 64-byte descriptor table.
+const DESCRIPTORS_PER_READ: u64 = 4096;
+
+/// Read and check every group descriptor, a window at a time, and gather
+/// the groups' metadata as it goes.
+fn read_groups(r: &dyn MetaRead, base: u64, s: &Super) -> Result<(Vec<Group>, Metadata), String> {
+    let mut gs = Vec::new();
+    let mut meta = Metadata::default();
+    let mut g = 0;
+    while g < s.groups() {
+        let n = (s.groups() - g).min(DESCRIPTORS_PER_READ);
+        let at = base + (s.first + 1) * s.bs + g * s.desc;
+        let gdt = r
+            .read(at, (n * s.desc) as usize)
+            .map_err(|e| format!("cannot read the group descriptors from group {g}: {e}"))?;
+        for (i, d) in gdt.chunks_exact(s.desc as usize).enumerate() {
+            gs.extend(decode_group(s, g + i as u64, d, &mut meta)?);
         }
-        gs.push(Group {
-            bitmap: u64::from(u32_at(d, 0)) | hi(0x20),
+        g += n;
+    }
+    meta.check(s)?;
+    Ok((gs, meta))
+}
+
+/// Decode group `g`'s descriptor `d` (checksum checked with metadata_csum),
+/// adding its metadata to `meta`; None for a BLOCK_UNINIT group.
+fn decode_group(s: &Super, g: u64, d: &[u8], meta: &mut Metadata) -> Result<Option<Group>, String> {
+    let (desc, is64) = (s.desc, s.is64);
+    let hi = |at: usize| if is64 && desc >= 64 { u64::from(u32_at(d, at)) << 32 } else { 0 };
+    if s.csum {
+        let mut c = ext4_crc(s.seed, &(g as u32).to_le_bytes());
+        c = ext4_crc(c, &d[..0x1E]);
+        c = ext4_crc(c, &[0, 0]);
+        c = ext4_crc(c, &d[0x20..]);
+        if (c & 0xFFFF) as u16 != u16_at(d, 0x1E) {
+            return Err(format!("group descriptor {g}: checksum mismatch"));
+        }
+    }
+    // The kernel honours the UNINIT flags only with group checksums.
+    let checksummed = s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0;
+    let flags = u16_at(d, 0x12);
+    let uninit = flags & BG_BLOCK_UNINIT != 0 && checksummed;
+    let bitmap = u64::from(u32_at(d, 0)) | hi(0x20);
+    meta.add_group(
+        s,
+        g,
+        GroupMeta {
+            bitmap,
             inode_bitmap: u64::from(u32_at(d, 4)) | hi(0x24),
             inode_table: u64::from(u32_at(d, 8)) | hi(0x28),
-            // The kernel honours BLOCK_UNINIT only with group checksums.
-            uninit: u16_at(d, 0x12) & BG_BLOCK_UNINIT != 0 && s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
+            block_uninit: uninit,
+            inode_uninit: flags & BG_INODE_UNINIT != 0 && checksummed,
             itable_unused: itable_unused(s, d, is64),
-            inode_uninit: u16_at(d, 0x12) & BG_INODE_UNINIT != 0 && s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0,
-            bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
-            free: u64::from(u16_at(d, 0x0C)) | if is64 && desc >= 64 { u64::from(u16_at(d, 0x2C)) << 16 } else { 0 },
-        });
-    }
-    Ok(gs)
+        },
+    );
+    Ok((!uninit).then(|| Group {
+        number: g,
+        bitmap,
+        bitmap_csum: u32::from(u16_at(d, 0x18)) | if desc >= 64 { u32::from(u16_at(d, 0x38)) << 16 } else { 0 },
+        free: u64::from(u16_at(d, 0x0C)) | if is64 && desc >= 64 { u64::from(u16_at(d, 0x2C)) << 16 } else { 0 },
+    }))
 }
 
 /// The inodes at the end of a group's table that were never used, when
@@ -322,72 +350,123 @@ fn itable_unused(s: &Super, d: &[u8], is64: bool) -> u64 {
     (u64::from(u16_at(d, 0x1C)) | hi).min(s.ipg)
 }
 
-/// Every group's metadata as sorted block ranges: always used. An inode
-/// table counts only up to the block holding its last inode ever used, and
-/// the bitmaps of uninitialised groups not at all: the rest (most of a
-/// large, young filesystem's tables and bitmaps, never initialised under
-/// lazy_itable_init) holds nothing the kernel or e2fsck reads, and is
-/// returned as the second list, free.
-#[allow(clippy::type_complexity)]
-fn metadata(s: &Super, groups: &[Group]) -> Result<(Vec<(u64, u64)>, Vec<(u64, u64)>), String> {
-    let itable_blocks = (s.ipg * s.inode_size).div_ceil(s.bs);
-    let (mut meta, mut tails): (Vec<(u64, u64)>, Vec<(u64, u64)>) = (Vec::new(), Vec::new());
-    for (g, grp) in groups.iter().enumerate() {
-        let g = g as u64;
-        if s.has_super(g) {
-            meta.push((s.first + g * s.bpg, 1 + s.gdt_blocks() + s.reserved_gdt));
-        }
-        // A bitmap the kernel never reads (it builds the bitmap of an
-        // uninitialised group when it first allocates there) is free too.
-        (if grp.uninit { &mut tails } else { &mut meta }).push((grp.bitmap, 1));
-        (if grp.inode_uninit { &mut tails } else { &mut meta }).push((grp.inode_bitmap, 1));
-        let t = grp.inode_table;
-        if t.checked_add(itable_blocks).is_none_or(|end| end > s.blocks) {
-            return Err(format!("the inode table of group {g} at block {t} lies outside the filesystem"));
-        }
-        let in_use = ((s.ipg - grp.itable_unused) * s.inode_size).div_ceil(s.bs);
-        meta.push((t, in_use));
-        tails.push((t + in_use, itable_blocks - in_use));
-    }
-    for &(b, n) in meta.iter().chain(&tails) {
-        if b.checked_add(n).is_none_or(|end| end > s.blocks) {
-            return Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {} blocks", s.blocks));
-        }
-    }
-    meta.retain(|&(_, n)| n > 0);
-    meta.sort_unstable();
-    tails.retain(|&(_, n)| n > 0);
-    Ok((meta, tails))
+/// What one descriptor says of its group's metadata.
+struct GroupMeta {
+    bitmap: u64,
+    inode_bitmap: u64,
+    inode_table: u64,
+    block_uninit: bool,
+    inode_uninit: bool,
+    /// Inodes at the end of the table never used (`bg_itable_unused`, all
+    /// of them for INODE_UNINIT); 0 unless group checksums vouch for it.
+    itable_unused: u64,
 }
 
-/// Add group `g`'s free blocks to `free`: from its block bitmap (checked),
-/// or for a BLOCK_UNINIT group everything but its metadata.
-fn map_group(
-    r: &dyn MetaRead,
-    base: u64,
-    s: &Super,
-    g: u64,
-    grp: &Group,
-    meta: &[(u64, u64)],
-    free: &mut FreeMap,
-) -> Result<(), String> {
+/// Every group's metadata as block ranges, gathered a kind at a time so
+/// that the adjacent ranges flex_bg lays out (sixteen groups' bitmaps in a
+/// row, their inode tables after) fold into one: memory follows the flex
+/// groups, not the groups. `used` is always used. `never_read` holds the
+/// end of each inode table past its last inode ever used, and the bitmaps
+/// of uninitialised groups: on a large, young filesystem (lazy_itable_init)
+/// most of its "used" blocks, which neither the kernel nor e2fsck reads —
+/// free.
+#[derive(Default)]
+struct Metadata {
+    supers: Vec<(u64, u64)>,
+    bitmaps: Vec<(u64, u64)>,
+    tables: Vec<(u64, u64)>,
+    never_read: Vec<(u64, u64)>,
+    /// The first range found outside the filesystem, if any.
+    outside: Option<(u64, u64)>,
+}
+
+impl Metadata {
+    fn add_group(&mut self, s: &Super, g: u64, m: GroupMeta) {
+        if s.has_super(g) {
+            fold(&mut self.supers, (s.first + g * s.bpg, 1 + s.gdt_blocks() + s.reserved_gdt));
+        }
+        // A bitmap the kernel never reads (it builds the bitmap of an
+        // uninitialised group when it first allocates there) is free.
+        let into = |never: bool| if never { 3 } else { 1 };
+        let itable_blocks = (s.ipg * s.inode_size).div_ceil(s.bs);
+        let in_use = ((s.ipg - m.itable_unused) * s.inode_size).div_ceil(s.bs);
+        for (kind, range) in [
+            (into(m.block_uninit), (m.bitmap, 1)),
+            (into(m.inode_uninit), (m.inode_bitmap, 1)),
+            (2, (m.inode_table, in_use)),
+            (3, (m.inode_table + in_use, itable_blocks - in_use)),
+        ] {
+            if range.0.checked_add(range.1).is_none_or(|end| end > s.blocks) {
+                self.outside.get_or_insert(range);
+            }
+            let list = match kind {
+                1 => &mut self.bitmaps,
+                2 => &mut self.tables,
+                _ => &mut self.never_read,
+            };
+            fold(list, range);
+        }
+    }
+
+    /// Every range lies inside the filesystem.
+    fn check(&self, s: &Super) -> Result<(), String> {
+        let outside = self
+            .outside
+            .or_else(|| self.supers.iter().find(|&&(b, n)| b.checked_add(n).is_none_or(|end| end > s.blocks)).copied());
+        match outside {
+            Some((b, n)) => {
+                Err(format!("metadata at block {b} (+{n}) lies outside the filesystem's {} blocks", s.blocks))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The used ranges, sorted.
+    fn used(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> =
+            [&self.supers, &self.bitmaps, &self.tables].into_iter().flatten().copied().collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// Add `range` to `list`, folded into the last range when it follows it;
+/// empty ranges are dropped.
+fn fold(list: &mut Vec<(u64, u64)>, (b, n): (u64, u64)) {
+    if n == 0 {
+        return;
+    }
+    match list.last_mut() {
+        Some(last) if last.0 + last.1 == b => last.1 += n,
+        _ => list.push((b, n)),
+    }
+}
+
+/// Add a BLOCK_UNINIT group's free blocks to `free`: everything but the
+/// metadata inside it.
+fn map_uninit(s: &Super, g: u64, meta: &[(u64, u64)], free: &mut FreeMap) {
     let bs = s.bs;
     let start = s.first + g * s.bpg;
     let end = (start + s.bpg).min(s.blocks);
-    if grp.uninit {
-        let mut at = start;
-        let from = meta.partition_point(|&(b, n)| b + n <= start);
-        for &(b, n) in meta[from..].iter().take_while(|(b, _)| *b < end) {
-            if b > at {
-                free.push(at * bs, (b - at) * bs);
-            }
-            at = at.max(b + n);
+    let mut at = start;
+    let from = meta.partition_point(|&(b, n)| b + n <= start);
+    for &(b, n) in meta[from..].iter().take_while(|(b, _)| *b < end) {
+        if b > at {
+            free.push(at * bs, (b - at) * bs);
         }
-        if end > at {
-            free.push(at * bs, (end - at) * bs);
-        }
-        return Ok(());
+        at = at.max(b + n);
     }
+    if end > at {
+        free.push(at * bs, (end - at) * bs);
+    }
+}
+
+/// Add an initialised group's free blocks to `free`, from its block bitmap
+/// (checked).
+fn map_bitmap(r: &dyn MetaRead, base: u64, s: &Super, grp: &Group, free: &mut FreeMap) -> Result<(), String> {
+    let (bs, g) = (s.bs, grp.number);
+    let start = s.first + g * s.bpg;
+    let end = (start + s.bpg).min(s.blocks);
     let bm = r
         .read(base + grp.bitmap * bs, bs as usize)
         .map_err(|e| format!("cannot read the block bitmap of group {g}: {e}"))?;
