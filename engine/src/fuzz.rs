@@ -41,14 +41,23 @@ pub fn frame(data: &[u8]) -> bool {
     }
 }
 
-/// Index header and entries, and segment headers.
+/// Index header, version-1 entries and version-2 run records, and segment
+/// headers.
 pub fn index(data: &[u8]) {
-    use crate::format::index::{IndexEntry, IndexHeader, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES};
-    let _ = IndexHeader::decode(data);
+    use crate::format::index::{IndexEntry, IndexHeader, Run, INDEX_ENTRY_BYTES, INDEX_HEADER_BYTES, RUN_RECORD_BYTES};
+    let header = IndexHeader::decode(data);
     let _ = crate::format::segment::SegmentHeader::decode(data);
+    if let Ok(h) = &header {
+        let _ = h.file_bytes();
+    }
     if data.len() > INDEX_HEADER_BYTES {
         for e in data[INDEX_HEADER_BYTES..].chunks_exact(INDEX_ENTRY_BYTES) {
             let _ = IndexEntry::decode(e);
+        }
+        for r in data[INDEX_HEADER_BYTES..].chunks_exact(RUN_RECORD_BYTES) {
+            if let Ok(run) = Run::decode(r, crate::format::ImageId(1), None) {
+                let _ = run.first.checked_add(run.count);
+            }
         }
     }
 }

@@ -211,6 +211,14 @@ impl Image {
     /// chunk, and every chunk of it the same length (only the source's last
     /// chunk may be short, so it is never in a longer run).
     pub fn check_run(&self, run: &Run, zero: &mut ZeroHashes) -> Result<(), String> {
+        let n = self.manifest.chunk_count;
+        if run.count == 0 || run.first >= n || run.count > n - run.first {
+            return Err(format!(
+                "chunks {}..{}: not a run of this image's {n} chunks",
+                run.first,
+                run.first.saturating_add(run.count)
+            ));
+        }
         let last = run.end() - 1;
         if run.count > 1 && self.chunk_extent(last).1 != run.entry.raw_len {
             return Err(format!(
