@@ -4,7 +4,8 @@
 //! files, and a twin just large enough for the same files, both made with
 //! `mkfs.ext4 -d` (no mount, no root). On each, in the same run: a full
 //! create, an unchanged incremental, verify of the chain, restore to a new
-//! sparse file, and merge --full; wall time and peak RSS per command (each
+//! sparse file, serve (a client reading 1 GiB of the export), and merge
+//! --full; wall time and peak RSS per command (each
 //! measured in a fresh process), index and stored bytes. The report checks
 //! what must hold whatever the machine's speed — peak RSS within 10% (plus
 //! 4 MiB) of the twin's, an unchanged incremental storing at most 1 MiB, a
@@ -143,22 +144,23 @@ fn measure_source(bin: &Path, work: &Path, name: &str, img: &Path, size: u64) ->
     let target = work.join(format!("{name}-restored.img"));
     let (b, i, s, t) = (bin.to_str().unwrap(), img.to_str().unwrap(), set.to_str().unwrap(), target.to_str().unwrap());
     let mut steps = Vec::new();
-    let mut step = |command: &str, argv: &[&str]| -> Result<()> {
+    let step = |steps: &mut Vec<Step>, command: &str, argv: &[&str]| -> Result<()> {
         let (wall, _, rss) = measure(argv, &[])?;
         steps.push(Step { command: command.into(), wall_seconds: wall, peak_rss_bytes: rss });
         Ok(())
     };
-    step("create", &[b, "create", i, s])?;
+    step(&mut steps, "create", &[b, "create", i, s])?;
     let full_stored_bytes = bytes_under(&set);
     let full_index_bytes = index_bytes(&set)?;
-    step("create --incremental (unchanged)", &[b, "create", i, s, "--incremental"])?;
+    step(&mut steps, "create --incremental (unchanged)", &[b, "create", i, s, "--incremental"])?;
     let incremental_stored_bytes = bytes_under(&set) - full_stored_bytes;
     let incremental_index_bytes = index_bytes(&set)? - full_index_bytes;
-    step("verify (the chain)", &[b, "verify", s])?;
-    step("restore (to a new sparse file)", &[b, "restore", s, t])?;
+    step(&mut steps, "verify (the chain)", &[b, "verify", s])?;
+    step(&mut steps, "restore (to a new sparse file)", &[b, "restore", s, t])?;
     std::fs::remove_file(&target).ok();
+    steps.push(serve_step(b, s, &work.join(format!("{name}.sock")), size)?);
     let newest = newest_image(&set)?;
-    step("merge --full", &[b, "merge", &format!("{s}@{newest}"), "--full"])?;
+    step(&mut steps, "merge --full", &[b, "merge", &format!("{s}@{newest}"), "--full"])?;
     std::fs::remove_dir_all(&set).ok();
     Ok(Source {
         name: name.into(),
@@ -168,6 +170,40 @@ fn measure_source(bin: &Path, work: &Path, name: &str, img: &Path, size: u64) ->
         full_stored_bytes,
         incremental_stored_bytes,
         incremental_index_bytes,
+    })
+}
+
+/// serve of the chain, one client (qemu-io) reading the first GiB and the
+/// last 64 MiB of the export; serve stops when it disconnects, and its
+/// peak RSS is what the measuring helper reports (the cache holds up to its
+/// default 256 MiB either way).
+fn serve_step(bin: &str, set: &str, sock: &Path, size: u64) -> Result<Step> {
+    let listen = format!("unix:{}", sock.display());
+    let argv = [bin, "serve", set, "--listen", &listen, "--max-connections", "1"];
+    let server = std::thread::scope(|scope| -> Result<(f64, f64, u64)> {
+        let server = scope.spawn(|| measure(&argv, &[]));
+        let started = std::time::Instant::now();
+        while !sock.exists() {
+            if server.is_finished() || started.elapsed().as_secs() > 60 {
+                bail!("serve did not start listening on {}", sock.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let uri = format!("nbd+unix:///?socket={}", sock.display());
+        let tail = format!("read -q {} 64M", size - (64 << 20));
+        let out = Command::new("qemu-io")
+            .args(["-r", "-f", "raw", &uri, "-c", "read -q 0 1G", "-c", &tail])
+            .output()
+            .context("run qemu-io (qemu-utils)")?;
+        if !out.status.success() {
+            bail!("qemu-io against the export: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        server.join().expect("serve measuring thread")
+    })?;
+    Ok(Step {
+        command: "serve (1 GiB and the last 64 MiB read)".into(),
+        wall_seconds: server.0,
+        peak_rss_bytes: server.2,
     })
 }
 
