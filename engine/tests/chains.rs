@@ -365,6 +365,43 @@ fn resume_drops_a_torn_frame_and_reads_its_chunk_again() {
     assert_image_holds(&set, Some(&id), &data);
 }
 
+/// An incremental stopped after its index was written but before its
+/// manifest (its finished version-2 index in place): `--resume` keeps its
+/// frames, its zero runs and its inherited runs, reads nothing again, and
+/// commits an image that restores to the changed source.
+#[test]
+fn resume_of_an_incremental_keeps_the_runs_of_its_finished_index() {
+    let sb = Sandbox::new();
+    let mut data = mixed_bytes(8 << 20, 15);
+    data[1 << 20..2 << 20].fill(0);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let parent = new_image(&sb, &["--lanes", "1"]);
+    data[(5 << 20) + 100] ^= 0xff;
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    let id = new_image(&sb, &["--lanes", "1", "--incremental"]);
+    let set = sb.path("set");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(set.join(format!("{id}.manifest.json"))).unwrap()).unwrap();
+    let (stored, inherited) =
+        (m["stats"]["chunks_stored"].as_u64().unwrap(), m["stats"]["chunks_inherited"].as_u64().unwrap());
+    assert_eq!(stored, 1, "{}", m["stats"]);
+    std::fs::remove_file(set.join(format!("{id}.manifest.json"))).unwrap();
+    let run = serde_json::json!({
+        "format": "tintype-run", "format_version": 1, "image_id": id, "operation": "create",
+        "kind": "incremental", "parent": parent, "source": m["source"], "chunk_size_bytes": m["chunk_size_bytes"],
+        "level": 1, "started_unix_seconds": 1,
+    });
+    std::fs::write(set.join(format!("{id}.run.json")), serde_json::to_vec(&run).unwrap()).unwrap();
+    let v = json(&sb.expect(&["create", "src.img", "set", "--incremental", "--resume", "--json"], 0));
+    assert_eq!(v["manifest"]["image_id"], id.as_str());
+    let s = &v["manifest"]["stats"];
+    assert_eq!(s["bytes_read"].as_u64().unwrap_or(0), 0, "nothing read again: {s}");
+    assert_eq!(s["chunks_resumed"].as_u64().unwrap(), stored + inherited, "{s}");
+    assert_eq!(s["chunks_inherited"].as_u64().unwrap(), inherited, "{s}");
+    sb.expect(&["verify", &format!("set@{id}")], 0);
+    assert_image_holds(&set, Some(&id), &data);
+}
+
 /// A source of another size, another file of the same size, a missing
 /// parent, a damaged parent frame, a concurrent run: each a clear error,
 /// nothing damaged.

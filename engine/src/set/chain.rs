@@ -117,7 +117,7 @@ impl Resolved {
         })
     }
 
-    /// Chunks of each state, and the stored frames' payload bytes.
+    /// How many chunks are in `state`.
     pub fn count(&self, state: ChunkState) -> u64 {
         self.runs.iter().filter(|r| r.entry.state == state).map(|r| r.count).sum()
     }
@@ -225,7 +225,8 @@ impl Resolved {
         let (mut window, mut still, mut next) = (Vec::new(), Vec::new(), 0);
         while stream.next_runs(&mut window)? {
             for (i, run) in window.iter().enumerate() {
-                if pending.get(next).is_none_or(|p| p.first >= run.as_ref().map_or(0, |r| r.end())) {
+                let end = run.as_ref().map_or_else(|bad| bad.chunk + 1, |r| r.end());
+                if pending.get(next).is_none_or(|p| p.first >= end) {
                     continue; // nothing pending here: not needed, so not checked
                 }
                 let run = checked(img, stream, i, run, base, &mut zero)?;

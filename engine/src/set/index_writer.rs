@@ -63,6 +63,27 @@ impl IndexFile {
         self.file.write_all_at(&bytes, at).map_err(|e| Error::io_at("write index", &self.path, at, e))
     }
 
+    /// Write `entries` (chunk and entry, ascending) in runs of consecutive
+    /// chunks, at most a window long, one write a run.
+    pub fn write_singles(&self, entries: impl Iterator<Item = (u64, IndexEntry)>) -> Result<()> {
+        let mut run: Vec<IndexEntry> = Vec::new();
+        let mut first = 0;
+        for (chunk, e) in entries {
+            if !run.is_empty() && (chunk != first + run.len() as u64 || run.len() == WINDOW_CHUNKS) {
+                self.write_entries(first, &run)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                first = chunk;
+            }
+            run.push(e);
+        }
+        if !run.is_empty() {
+            self.write_entries(first, &run)?;
+        }
+        Ok(())
+    }
+
     /// The finished working table as the committed index, written as runs
     /// to `dest` (the run's own temporary file), which then replaces the
     /// working table at its path. `parts` cover every chunk in order: runs

@@ -1,8 +1,9 @@
 //! What a run knows about chunks before reading them: the entries a resumed
 //! run keeps (its complete frames, and the old index's zero and inherited
 //! entries) and the chunks the used-space map says no filesystem uses.
-//! Memory follows what is known one chunk at a time; unused chunks, which
-//! can be most of a device, are kept as runs.
+//! Memory follows what is known: single entries one chunk at a time, and
+//! runs (unused chunks, which can be most of a device; a finished index's
+//! zero and inherited runs) a run at a time.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -18,19 +19,25 @@ pub(crate) struct Preset {
     chunk_bytes: u64,
     size: u64,
     entries: BTreeMap<u64, IndexEntry>,
-    /// Unused chunks with no entry of their own: sorted, disjoint runs.
-    unused: Vec<Range<u64>>,
+    /// Runs of chunks with one entry each, none of them in `entries`:
+    /// sorted, disjoint; every chunk of a run has its run's entry (the
+    /// short last chunk is never in a longer run).
+    runs: Vec<Run>,
 }
 
 impl Preset {
     /// Nothing known yet about a `size`-byte source cut in `chunk_bytes`.
     pub fn new(chunk_bytes: u32, size: u64) -> Preset {
-        Preset { chunk_bytes: u64::from(chunk_bytes), size, entries: BTreeMap::new(), unused: Vec::new() }
+        Preset { chunk_bytes: u64::from(chunk_bytes), size, entries: BTreeMap::new(), runs: Vec::new() }
     }
 
     /// The raw length of `chunk` (the last one may be short).
     fn extent(&self, chunk: u64) -> u32 {
         self.chunk_bytes.min(self.size - chunk * self.chunk_bytes) as u32
+    }
+
+    fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_bytes)
     }
 
     /// The entry known for `chunk`, if any.
@@ -39,11 +46,11 @@ impl Preset {
         if let Some(e) = self.entries.get(&chunk) {
             return Some(*e);
         }
-        self.in_unused_run(chunk).map(|_| self.unused_entry(chunk))
+        self.in_run(chunk).map(|i| self.runs[i].entry)
     }
 
     pub fn is_known(&self, chunk: u64) -> bool {
-        self.entries.contains_key(&chunk) || self.in_unused_run(chunk).is_some()
+        self.entries.contains_key(&chunk) || self.in_run(chunk).is_some()
     }
 
     /// Record `e` for `chunk` (it replaces whatever was known).
@@ -55,12 +62,45 @@ impl Preset {
     /// Forget `chunk`: it will be read.
     pub fn forget(&mut self, chunk: u64) {
         self.entries.remove(&chunk);
-        if let Some(i) = self.in_unused_run(chunk) {
-            let run = self.unused[i].clone();
-            let (before, after) = (run.start..chunk, chunk + 1..run.end);
-            let pieces: Vec<Range<u64>> = [before, after].into_iter().filter(|r| !r.is_empty()).collect();
-            self.unused.splice(i..=i, pieces);
+        if let Some(i) = self.in_run(chunk) {
+            let run = self.runs[i];
+            let before = Run { count: chunk - run.first, ..run };
+            let after = Run { first: chunk + 1, count: run.end() - chunk - 1, entry: run.entry };
+            let pieces: Vec<Run> = [before, after].into_iter().filter(|r| r.count > 0).collect();
+            self.runs.splice(i..=i, pieces);
         }
+    }
+
+    /// The single entries, in chunk order.
+    pub fn singles(&self) -> impl Iterator<Item = (u64, IndexEntry)> + '_ {
+        self.entries.iter().map(|(&c, &e)| (c, e))
+    }
+
+    /// Record `run` for those of its chunks nothing is known of yet (a
+    /// run never mixes chunk lengths: its entry is every chunk's).
+    pub fn insert_run(&mut self, run: Run) {
+        let mut fresh = Vec::new();
+        for piece in self.unknown_in(run.first..run.end()) {
+            fresh.push(Run { first: piece.start, count: piece.end - piece.start, entry: run.entry });
+        }
+        self.runs.extend(fresh);
+        self.runs.sort_unstable_by_key(|r| r.first);
+    }
+
+    /// The pieces of `chunks` nothing is known of, in order.
+    fn unknown_in(&self, chunks: Range<u64>) -> Vec<Range<u64>> {
+        let mut known: Vec<Range<u64>> = self.entries.range(chunks.clone()).map(|(&c, _)| c..c + 1).collect();
+        let from = self.runs.partition_point(|r| r.end() <= chunks.start);
+        known.extend(self.runs[from..].iter().take_while(|r| r.first < chunks.end).map(|r| r.first..r.end()));
+        known.sort_unstable_by_key(|r| r.start);
+        let mut out = Vec::new();
+        let mut at = chunks.start;
+        for k in known {
+            push_piece(&mut out, at..k.start.min(chunks.end));
+            at = at.max(k.end);
+        }
+        push_piece(&mut out, at..chunks.end);
+        out
     }
 
     /// Mark as unused every chunk of the sorted runs `unused`, where
@@ -68,27 +108,30 @@ impl Preset {
     /// cover. Time and memory follow the runs and the single entries, not
     /// the chunks.
     pub fn mark_unused(&mut self, unused: &[Range<u64>]) -> u64 {
-        let mut runs: Vec<Range<u64>> = Vec::new();
-        for r in unused {
-            let mut at = r.start;
-            for (&c, _) in self.entries.range(r.clone()) {
-                push_piece(&mut runs, at..c);
-                at = c + 1;
-            }
-            push_piece(&mut runs, at..r.end);
-        }
-        // Nothing here is in an unused run already: runs come from one map.
-        let mut old = std::mem::take(&mut self.unused);
         let mut bytes = 0;
-        for r in &runs {
-            bytes += self.bytes_of(r);
-            let i = old.partition_point(|o| o.end <= r.start);
-            debug_assert!(old.get(i).is_none_or(|o| o.start >= r.end), "marked unused twice");
+        let mut fresh = Vec::new();
+        for r in unused {
+            for piece in self.unknown_in(r.clone()) {
+                bytes += self.bytes_of(&piece);
+                fresh.extend(self.unused_runs(piece));
+            }
         }
-        old.extend(runs);
-        old.sort_unstable_by_key(|r| r.start);
-        self.unused = old;
+        self.runs.extend(fresh);
+        self.runs.sort_unstable_by_key(|r| r.first);
         bytes
+    }
+
+    /// `chunks` as unused runs: the short last chunk a run of its own.
+    fn unused_runs(&self, chunks: Range<u64>) -> Vec<Run> {
+        let unused = |first: u64, count: u64| Run { first, count, entry: self.unused_entry(first) };
+        let last = chunks.end - 1;
+        if chunks.end - chunks.start > 1
+            && chunks.end == self.chunk_count()
+            && self.extent(last) != self.extent(chunks.start)
+        {
+            return vec![unused(chunks.start, last - chunks.start), unused(last, 1)];
+        }
+        vec![unused(chunks.start, chunks.end - chunks.start)]
     }
 
     /// Source bytes of the chunks `r`.
@@ -101,44 +144,29 @@ impl Preset {
 
     /// How many chunks are known.
     pub fn known(&self) -> u64 {
-        self.entries.len() as u64 + self.unused.iter().map(|r| r.end - r.start).sum::<u64>()
+        self.entries.len() as u64 + self.runs.iter().map(|r| r.count).sum::<u64>()
     }
 
     /// Source bytes of the known chunks.
     pub fn known_bytes(&self) -> u64 {
         let singles: u64 = self.entries.keys().map(|&c| u64::from(self.extent(c))).sum();
-        singles + self.unused.iter().map(|r| self.bytes_of(r)).sum::<u64>()
+        singles + self.runs.iter().map(|r| self.bytes_of(&(r.first..r.end()))).sum::<u64>()
     }
 
     /// Every chunk in chunk order, as what is known (a single entry, or a
-    /// run of unused chunks) and the gaps between: the ranges to read.
+    /// run) and the gaps between: the ranges to read.
     pub fn parts(&self, chunk_count: u64) -> Vec<Part> {
         let mut known: Vec<Run> = self.entries.iter().map(|(&first, &entry)| Run { first, count: 1, entry }).collect();
-        known.extend(self.unused.iter().map(|r| Run {
-            first: r.start,
-            count: r.end - r.start,
-            entry: self.unused_entry(r.start),
-        }));
+        known.extend(self.runs.iter().copied());
         known.sort_unstable_by_key(|r| r.first);
         let mut parts = Vec::with_capacity(known.len() * 2 + 1);
         let mut at = 0;
         for run in known {
-            // The short last chunk has an entry of its own length.
-            let split = run.count > 1 && run.end() == chunk_count && self.extent(run.end() - 1) != run.entry.raw_len;
             if run.first > at {
                 parts.push(Part::Read(at..run.first));
             }
-            if split {
-                parts.push(Part::Known(Run { count: run.count - 1, ..run }));
-                parts.push(Part::Known(Run {
-                    first: run.end() - 1,
-                    count: 1,
-                    entry: self.unused_entry(run.end() - 1),
-                }));
-            } else {
-                parts.push(Part::Known(run));
-            }
             at = run.end();
+            parts.push(Part::Known(run));
         }
         if at < chunk_count {
             parts.push(Part::Read(at..chunk_count));
@@ -160,27 +188,27 @@ impl Preset {
     /// The counters the lanes would have kept for the known chunks.
     pub fn stats(&self) -> LaneStats {
         let mut st = LaneStats { chunks: self.known(), ..LaneStats::default() };
-        st.chunks_unused = self.unused.iter().map(|r| r.end - r.start).sum();
-        for e in self.entries.values() {
+        let singles = self.entries.values().map(|e| (e, 1));
+        for (e, n) in singles.chain(self.runs.iter().map(|r| (&r.entry, r.count))) {
             match e.state {
-                ChunkState::Unused => st.chunks_unused += 1,
+                ChunkState::Unused => st.chunks_unused += n,
                 ChunkState::Zero => {
-                    st.chunks_resumed += 1;
-                    st.chunks_zero += 1
+                    st.chunks_resumed += n;
+                    st.chunks_zero += n
                 }
                 ChunkState::Inherited => {
-                    st.chunks_resumed += 1;
-                    st.chunks_inherited += 1
+                    st.chunks_resumed += n;
+                    st.chunks_inherited += n
                 }
-                _ => st.chunks_resumed += 1,
+                _ => st.chunks_resumed += n,
             }
         }
         st
     }
 
-    fn in_unused_run(&self, chunk: u64) -> Option<usize> {
-        let i = self.unused.partition_point(|r| r.end <= chunk);
-        self.unused.get(i).filter(|r| r.contains(&chunk)).map(|_| i)
+    fn in_run(&self, chunk: u64) -> Option<usize> {
+        let i = self.runs.partition_point(|r| r.end() <= chunk);
+        self.runs.get(i).filter(|r| r.first <= chunk).map(|_| i)
     }
 
     fn unused_entry(&self, chunk: u64) -> IndexEntry {
@@ -264,5 +292,26 @@ mod tests {
         assert_eq!(p.known(), 4);
         let st = p.stats();
         assert_eq!((st.chunks, st.chunks_unused, st.chunks_resumed), (4, 3, 1));
+    }
+
+    /// Runs kept whole (a finished index's zero and inherited runs) cover
+    /// only what nothing else covers, split where single entries sit, and
+    /// are forgotten chunk by chunk like any other.
+    #[test]
+    fn known_runs_fill_only_the_unknown_chunks() {
+        let mut p = Preset::new(100, 2000); // 20 chunks of 100 bytes
+        p.insert(5, stored(5));
+        let zero = IndexEntry { state: ChunkState::Zero, raw_len: 100, raw_hash: 7, ..stored(0) };
+        let zero = IndexEntry { segment: 0, offset: 0, stored_len: 0, image_id: ImageId(0), ..zero };
+        p.insert_run(Run { first: 2, count: 8, entry: zero });
+        assert_eq!(p.known(), 8, "chunks 2..10: 5 keeps its frame, the other seven the run");
+        assert_eq!(p.get(5), Some(stored(5)));
+        assert_eq!(p.get(9), Some(zero));
+        assert_eq!(p.mark_unused(&[0..20]), 12 * 100, "only chunks nothing else covers become unused");
+        assert_eq!(p.known(), 20);
+        p.forget(3);
+        assert_eq!(p.to_read(20), vec![3..4]);
+        let st = p.stats();
+        assert_eq!((st.chunks_zero, st.chunks_resumed, st.chunks_unused), (6, 7, 12));
     }
 }

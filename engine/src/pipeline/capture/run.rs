@@ -128,6 +128,11 @@ impl<'a> Run<'a> {
         let existing = if self.st.resumed.is_some() { Existing::Reuse } else { Existing::Refuse };
         let index = IndexFile::create(&self.index_path, self.chunk_count, existing)?;
         let layout = used_space(self.opts.used_only, self.source, self.st.chunk_bytes, &mut preset, obs)?;
+        // What a resumed run kept one chunk at a time goes into the table
+        // too, so a run stopped again keeps it again (unused runs are found
+        // again; zero and inherited runs kept from a finished index are
+        // read again).
+        index.write_singles(preset.singles())?;
         Ok(Prepared { index, preset, layout, kept_segments, unreadable_kept })
     }
 

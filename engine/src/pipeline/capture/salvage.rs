@@ -195,26 +195,23 @@ fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Resul
 /// kept when they are exactly what this run would have written. The old
 /// index is the lanes' working table (an all-zero header), or — for a run
 /// stopped between writing its index and committing its manifest — the
-/// finished version-2 index, whose inherited runs carry no hash: the
-/// parent's is taken for them.
+/// finished version-2 index, whose runs are kept as runs.
 fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let Ok(old) = std::fs::read(index_path) else { return };
-    let candidates: Vec<(u64, IndexEntry)> = match IndexHeader::decode(&old) {
-        Ok(h) if h.version >= 2 => committed_entries(&old, &h, parent),
-        Ok(_) => return,
-        Err(_) => (0..g.chunk_count())
-            .filter_map(|chunk| {
-                let at = entry_offset(chunk) as usize;
-                let e = IndexEntry::decode(old.get(at..at + INDEX_ENTRY_BYTES)?).ok()?;
-                Some((chunk, e))
-            })
-            .collect(),
-    };
+    match IndexHeader::decode(&old) {
+        Ok(h) if h.version >= 2 && h.chunk_count == g.chunk_count() => keep_committed_runs(&old, &h, parent, preset),
+        Ok(_) => {}
+        Err(_) => keep_table_entries(&old, g, parent, preset),
+    }
+}
+
+/// The working table's zero entries, and its inherited ones whose hash is
+/// still the parent's.
+fn keep_table_entries(old: &[u8], g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let mut zero_hashes = ZeroHashes::default();
-    for (chunk, e) in candidates {
-        if preset.is_known(chunk) {
-            continue;
-        }
+    for chunk in 0..g.chunk_count() {
+        let at = entry_offset(chunk) as usize;
+        let Some(Ok(e)) = old.get(at..at + INDEX_ENTRY_BYTES).map(IndexEntry::decode) else { continue };
         let ok = match e.state {
             ChunkState::Zero => true,
             ChunkState::Inherited => {
@@ -222,28 +219,39 @@ fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashe
             }
             _ => false,
         };
-        if ok && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {
+        if ok && !preset.is_known(chunk) && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {
             preset.insert(chunk, e);
         }
     }
 }
 
-/// The zero and inherited chunks of a finished version-2 index, one entry
-/// each; an inherited one with the parent's hash.
-fn committed_entries(old: &[u8], h: &IndexHeader, parent: Option<&ParentHashes>) -> Vec<(u64, IndexEntry)> {
+/// A finished version-2 index's zero runs, and its inherited runs where the
+/// parent holds the chunks (a version-2 inherited run records no hash: it
+/// was the parent's when the run was written).
+fn keep_committed_runs(old: &[u8], h: &IndexHeader, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let records = old.get(INDEX_HEADER_BYTES..).unwrap_or_default().chunks_exact(RUN_RECORD_BYTES);
-    let runs = records.take(h.records as usize).filter_map(|b| Run::decode(b, h.image_id, h.parent).ok());
-    let mut out = Vec::new();
-    for run in runs.filter(|r| matches!(r.entry.state, ChunkState::Zero | ChunkState::Inherited)) {
-        for chunk in run.first..run.end().min(h.chunk_count) {
-            let mut e = run.entry;
-            if e.state == ChunkState::Inherited {
-                e.raw_hash = parent.and_then(|p| p.get(chunk)).unwrap_or(0);
+    let mut zero_hashes = ZeroHashes::default();
+    let mut next = 0;
+    for run in records.take(h.records as usize).map_while(|b| Run::decode(b, h.image_id, h.parent).ok()) {
+        if run.first != next || run.count > h.chunk_count - run.first {
+            return; // not a well-formed index: keep what came before
+        }
+        next = run.end();
+        let extent = |c: u64| (u64::from(h.chunk_bytes)).min(h.source_bytes - c * u64::from(h.chunk_bytes)) as u32;
+        let fits = [run.first, run.end() - 1].iter().all(|&c| extent(c) == run.entry.raw_len);
+        if !fits || run.entry.check_fields(run.first, extent(run.first), &mut zero_hashes).is_err() {
+            continue;
+        }
+        match (run.entry.state, parent) {
+            (ChunkState::Zero, _) => preset.insert_run(run),
+            (ChunkState::Inherited, Some(p)) if run.entry.image_id == p.id => {
+                for piece in p.inheritable(run.first..run.end()) {
+                    preset.insert_run(Run { first: piece.start, count: piece.end - piece.start, entry: run.entry });
+                }
             }
-            out.push((chunk, e));
+            _ => {}
         }
     }
-    out
 }
 
 /// Resuming: the unreadable ranges an interrupted run found in the chunks

@@ -135,6 +135,13 @@ impl ParentHashes {
         }
     }
 
+    /// The pieces of `chunks` a child may inherit: all but those the parent
+    /// holds unreadable.
+    pub fn inheritable(&self, chunks: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        let runs = self.resolved.runs_in(chunks).filter(|r| r.entry.state != ChunkState::Unreadable);
+        runs.map(|r| r.first..r.end()).collect()
+    }
+
     /// The parent's raw hash of `chunk`; None where it has none (unused
     /// or unreadable there).
     pub fn get(&self, chunk: u64) -> Option<u128> {
