@@ -129,7 +129,6 @@ pub(crate) struct Kept {
 /// The manifest of the finished run: every segment (kept and new), the
 /// statistics (counts by state taken from the index, so a resumed run's
 /// kept frames count too) and the settings used.
-
 pub(crate) fn build_manifest(
     run: &Run<'_>,
     kept: Kept,
