@@ -26,6 +26,7 @@ use crate::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::ImageId;
 use crate::format::Xxh64;
 use crate::observe::Observer;
+use crate::set::index_reader::WINDOW_CHUNKS;
 use crate::set::unreadable::read_journal;
 use crate::set::unreadable::rewrite_journal;
 
@@ -197,31 +198,57 @@ fn drop_segments_after_gap(dir: &Path, id: ImageId, first_missing: u32) -> Resul
 /// stopped between writing its index and committing its manifest — the
 /// finished version-2 index, whose runs are kept as runs.
 fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
-    let Ok(old) = std::fs::read(index_path) else { return };
-    match IndexHeader::decode(&old) {
-        Ok(h) if h.version >= 2 && h.chunk_count == g.chunk_count() => keep_committed_runs(&old, &h, parent, preset),
+    let Ok(f) = std::fs::File::open(index_path) else { return };
+    let mut head = [0u8; INDEX_HEADER_BYTES];
+    if f.read_exact_at(&mut head, 0).is_err() {
+        return;
+    }
+    match IndexHeader::decode(&head) {
+        // A finished index is as large as its records: read whole.
+        Ok(h) if h.version >= 2 && h.chunk_count == g.chunk_count() => {
+            if let Ok(old) = std::fs::read(index_path) {
+                keep_committed_runs(&old, &h, parent, preset);
+            }
+        }
         Ok(_) => {}
-        Err(_) => keep_table_entries(&old, g, parent, preset),
+        Err(_) => keep_table_entries(&f, g, parent, preset),
     }
 }
 
 /// The working table's zero entries, and its inherited ones whose hash is
-/// still the parent's.
-fn keep_table_entries(old: &[u8], g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
+/// still the parent's: read a window at a time, and only where the sparse
+/// table holds data (an entry never written is unset).
+fn keep_table_entries(f: &std::fs::File, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
+    use rustix::fs::{seek, SeekFrom};
     let mut zero_hashes = ZeroHashes::default();
-    for chunk in 0..g.chunk_count() {
-        let at = entry_offset(chunk) as usize;
-        let Some(Ok(e)) = old.get(at..at + INDEX_ENTRY_BYTES).map(IndexEntry::decode) else { continue };
-        let ok = match e.state {
-            ChunkState::Zero => true,
-            ChunkState::Inherited => {
-                parent.is_some_and(|p| e.image_id == p.id && e.raw_hash != 0 && p.get(chunk) == Some(e.raw_hash))
-            }
-            _ => false,
+    let mut buf = vec![0u8; INDEX_ENTRY_BYTES * WINDOW_CHUNKS];
+    let mut chunk = 0;
+    while chunk < g.chunk_count() {
+        chunk = match seek(f, SeekFrom::Data(entry_offset(chunk))) {
+            Ok(at) => chunk.max(at.saturating_sub(INDEX_HEADER_BYTES as u64) / INDEX_ENTRY_BYTES as u64),
+            Err(rustix::io::Errno::NXIO) => return,
+            Err(_) => chunk,
         };
-        if ok && !preset.is_known(chunk) && e.check_fields(chunk, g.extent(chunk), &mut zero_hashes).is_ok() {
-            preset.insert(chunk, e);
+        let n = (g.chunk_count().saturating_sub(chunk)).min(WINDOW_CHUNKS as u64) as usize;
+        let b = &mut buf[..n * INDEX_ENTRY_BYTES];
+        if n == 0 || f.read_exact_at(b, entry_offset(chunk)).is_err() {
+            return;
         }
+        for (i, raw) in b.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
+            let c = chunk + i as u64;
+            let Ok(e) = IndexEntry::decode(raw) else { continue };
+            let ok = match e.state {
+                ChunkState::Zero => true,
+                ChunkState::Inherited => {
+                    parent.is_some_and(|p| e.image_id == p.id && e.raw_hash != 0 && p.get(c) == Some(e.raw_hash))
+                }
+                _ => false,
+            };
+            if ok && !preset.is_known(c) && e.check_fields(c, g.extent(c), &mut zero_hashes).is_ok() {
+                preset.insert(c, e);
+            }
+        }
+        chunk += n as u64;
     }
 }
 
