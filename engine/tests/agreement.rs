@@ -290,6 +290,36 @@ fn inherited_chunks_past_the_first_index_window_are_checked_against_the_parent()
     assert!(!sb.path("back.img").exists());
 }
 
+/// A version-2 inherited run that covers a chunk its parent holds
+/// unreadable (the parent's record forged so, its index hash fixed up; its
+/// segment then holds a frame nothing names, which verify reports too) is
+/// refused by verify and by restore alike, though the run starts on a
+/// chunk the parent holds well.
+#[test]
+fn an_inherited_run_over_an_unreadable_parent_chunk_fails_verify_and_restore_alike() {
+    let sb = Sandbox::new();
+    let data = mixed_bytes(2 << 20, 8);
+    std::fs::write(sb.path("src.img"), &data).unwrap();
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "64K"], 0);
+    sb.expect(&["create", "src.img", "set", "--chunk-size", "64K", "--incremental"], 0);
+    let parent = first_id(&sb.path("set"));
+    let img = ImageSet::open(&sb.path("set")).unwrap().resolve(Some(&parent)).unwrap();
+    let entries: Vec<IndexEntry> = img.read_index().unwrap().entries.into_iter().map(|e| e.unwrap()).collect();
+    let c = (1..entries.len())
+        .find(|&c| entries[c].state == ChunkState::Stored && entries[c - 1].state == ChunkState::Stored);
+    let c = c.expect("two stored chunks in a row") as u64;
+    forge_record_of(&sb.path("set"), Some(&parent), c, |r| {
+        r[0] = 4; // unreadable: no frame, no hash
+        r[24..40].fill(0);
+        r[48..64].fill(0);
+    });
+    let out = sb.expect(&["verify", "set"], 3);
+    assert!(stdout(&out).contains("holds no data there (unreadable)"), "{}", stdout(&out));
+    let out = sb.expect(&["restore", "set", "back.img"], 3);
+    assert!(stderr(&out).contains("holds no data there (unreadable)"), "{}", stderr(&out));
+    assert!(!sb.path("back.img").exists());
+}
+
 /// The ID of the oldest image of `set`.
 fn first_id(set: &Path) -> String {
     let mut all = ImageSet::open(set).unwrap().load_all().unwrap().images;

@@ -329,3 +329,21 @@ fn new_incremental(sb: &Sandbox) -> String {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["image_id"].as_str().unwrap().to_string()
 }
+
+/// A version-2 record that does not decode (an unknown state, the index's
+/// hash fixed up) is named as a damaged index record by verify and restore
+/// — never as a read error of the file after it.
+#[test]
+fn an_undecodable_run_record_is_named_as_such() {
+    let sb = Sandbox::new();
+    image(&sb, "portable");
+    let stored = stored_chunks(&sb.path("set"));
+    forge_record(&sb.path("set"), stored[3], |r| r[0] = 9);
+    for args in [&["verify", "set"][..], &["restore", "set", "t.img"][..]] {
+        let out = sb.expect(args, 3);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(text.contains("index record: unknown chunk state 9"), "{args:?}: {text}");
+        assert!(!text.contains("failed to fill"), "{args:?}: {text}");
+    }
+    assert!(!sb.path("t.img").exists());
+}

@@ -201,8 +201,13 @@ pub fn record_of(img: &Image, chunk: u64) -> (u64, tintype::format::index::Run) 
 /// up the manifest's index hash, as a buggy writer or a hand edit would
 /// leave it.
 pub fn forge_record(set: &Path, chunk: u64, change: impl FnOnce(&mut [u8])) {
+    forge_record_of(set, None, chunk, change)
+}
+
+/// [`forge_record`] for image `sel` (an ID prefix; None: the newest).
+pub fn forge_record_of(set: &Path, sel: Option<&str>, chunk: u64, change: impl FnOnce(&mut [u8])) {
     use std::os::unix::fs::FileExt;
-    let (img, _) = load(set);
+    let img = ImageSet::open(set).unwrap().resolve(sel).unwrap();
     let (at, _) = record_of(&img, chunk);
     let idx = img.index_path();
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&idx).unwrap();

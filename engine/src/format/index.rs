@@ -312,6 +312,8 @@ pub enum IndexHeaderError {
     /// The entry size found, and the one the version has.
     EntrySize(u16, u16),
     Reserved,
+    /// Version 2: a record count that cannot cover the chunks (records, chunks).
+    Records(u64, u64),
 }
 
 impl std::fmt::Display for IndexHeaderError {
@@ -323,6 +325,7 @@ impl std::fmt::Display for IndexHeaderError {
             Self::Version(v) => write!(f, "index format version {v} is not supported"),
             Self::EntrySize(n, want) => write!(f, "index entry size {n}, expected {want}"),
             Self::Reserved => write!(f, "reserved index header bytes are not zero"),
+            Self::Records(r, c) => write!(f, "{r} run records cannot cover {c} chunks"),
         }
     }
 }
@@ -336,10 +339,11 @@ impl IndexHeader {
         }
     }
 
-    /// The length of the whole index file.
+    /// The length of the whole index file (saturating: a header claiming
+    /// more than a file can hold never matches a file's length).
     pub fn file_bytes(&self) -> u64 {
         let n = if self.version == 1 { self.chunk_count } else { self.records };
-        INDEX_HEADER_BYTES as u64 + n * self.entry_bytes() as u64
+        n.saturating_mul(self.entry_bytes() as u64).saturating_add(INDEX_HEADER_BYTES as u64)
     }
 
     /// Encode into the first [`INDEX_HEADER_BYTES`] of `out`.
@@ -381,6 +385,11 @@ impl IndexHeader {
         }
         if version == 1 && u64_at(b, 48) != 0 {
             return Err(IndexHeaderError::Reserved);
+        }
+        // Each record covers at least one chunk, and there is one at least.
+        let (records, chunks) = (u64_at(b, 48), u64_at(b, 24));
+        if version >= 2 && (records > chunks || (records == 0) != (chunks == 0)) {
+            return Err(IndexHeaderError::Records(records, chunks));
         }
         let parent = u64_at(b, 40);
         Ok(IndexHeader {
@@ -480,6 +489,13 @@ mod tests {
         let h = xxh3_64(&c[..56]);
         put_u64(&mut c, 56, h);
         assert_eq!(IndexHeader::decode(&c), Err(IndexHeaderError::Version(3)));
+        // More records than chunks, or none for some chunks: refused.
+        let v2 = IndexHeader { version: FORMAT_VERSION, records: 4, ..v1 };
+        for records in [11, 0, u64::MAX] {
+            IndexHeader { records, ..v2 }.encode(&mut c);
+            assert_eq!(IndexHeader::decode(&c), Err(IndexHeaderError::Records(records, 10)), "{records}");
+        }
+        assert_eq!(IndexHeader { records: u64::MAX, ..v2 }.file_bytes(), u64::MAX, "saturates");
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn incompat_names(bits: u32) -> String {
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 const BG_BLOCK_UNINIT: u16 = 0x2;
 const BG_INODE_UNINIT: u16 = 0x1;
@@ -57,6 +58,18 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// gdt_csum's CRC-16 (polynomial 0x8005, bits reflected, no final
+/// inversion), continued from `crc`: Linux's `crc16`.
+fn crc16(mut crc: u16, data: &[u8]) -> u16 {
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+        }
+    }
+    crc
 }
 
 /// ext4's checksum: CRC-32C continued from `seed`, without the final inversion.
@@ -128,6 +141,8 @@ struct Super {
     reserved_gdt: u64,
     /// The checksum seed.
     seed: u32,
+    /// The filesystem UUID (gdt_csum's crc16 starts from it).
+    uuid: [u8; 16],
     /// sparse_super2's two backup groups.
     backups: Option<[u32; 2]>,
 }
@@ -170,6 +185,7 @@ impl Super {
             ro_compat,
             reserved_gdt: u64::from(u16_at(sb, 0xCE)),
             seed: if incompat & INCOMPAT_CSUM_SEED != 0 { u32_at(sb, 0x270) } else { ext4_crc(!0, &sb[0x68..0x78]) },
+            uuid: sb[0x68..0x78].try_into().expect("16 bytes"),
             backups: (compat & COMPAT_SPARSE_SUPER2 != 0).then(|| [u32_at(sb, 0x24C), u32_at(sb, 0x250)]),
         };
         s.check_geometry(len)?;
@@ -311,9 +327,21 @@ fn decode_group(s: &Super, g: u64, d: &[u8], meta: &mut Metadata) -> Result<Opti
         if (c & 0xFFFF) as u16 != u16_at(d, 0x1E) {
             return Err(format!("group descriptor {g}: checksum mismatch"));
         }
+    } else if s.ro_compat & RO_COMPAT_GDT_CSUM != 0 {
+        // gdt_csum: a crc16 the kernel checks before it trusts the
+        // UNINIT flags and the unused-inode count; so do we.
+        let mut c = crc16(0xFFFF, &s.uuid);
+        c = crc16(c, &(g as u32).to_le_bytes());
+        c = crc16(c, &d[..0x1E]);
+        if s.is64 && desc > 0x20 {
+            c = crc16(c, &d[0x20..]);
+        }
+        if c != u16_at(d, 0x1E) {
+            return Err(format!("group descriptor {g}: checksum (crc16) mismatch"));
+        }
     }
     // The kernel honours the UNINIT flags only with group checksums.
-    let checksummed = s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) != 0;
+    let checksummed = s.ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
     let flags = u16_at(d, 0x12);
     let uninit = flags & BG_BLOCK_UNINIT != 0 && checksummed;
     let bitmap = u64::from(u32_at(d, 0)) | hi(0x20);
@@ -340,14 +368,21 @@ fn decode_group(s: &Super, g: u64, d: &[u8], meta: &mut Metadata) -> Result<Opti
 /// The inodes at the end of a group's table that were never used, when
 /// group checksums make the count one the kernel trusts.
 fn itable_unused(s: &Super, d: &[u8], is64: bool) -> u64 {
-    if s.ro_compat & (0x10 | RO_COMPAT_METADATA_CSUM) == 0 {
+    if s.ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) == 0 {
         return 0;
     }
     if u16_at(d, 0x12) & BG_INODE_UNINIT != 0 {
         return s.ipg;
     }
-    let hi = if is64 && s.desc >= 64 { u64::from(u16_at(d, 0x32)) << 16 } else { 0 };
-    (u64::from(u16_at(d, 0x1C)) | hi).min(s.ipg)
+    let hi = |at: usize| if is64 && s.desc >= 64 { u64::from(u16_at(d, at)) << 16 } else { 0 };
+    let unused = u64::from(u16_at(d, 0x1C)) | hi(0x32);
+    let free = u64::from(u16_at(d, 0x0E)) | hi(0x2E);
+    // Unused inodes are free ones: a count past that (or past the table) is
+    // not one to leave inodes out on.
+    if unused > free || unused > s.ipg {
+        return 0;
+    }
+    unused
 }
 
 /// What one descriptor says of its group's metadata.
@@ -390,14 +425,19 @@ impl Metadata {
         let into = |never: bool| if never { 3 } else { 1 };
         let itable_blocks = (s.ipg * s.inode_size).div_ceil(s.bs);
         let in_use = ((s.ipg - m.itable_unused) * s.inode_size).div_ceil(s.bs);
+        let Some(table_rest) = m.inode_table.checked_add(in_use) else {
+            self.outside.get_or_insert((m.inode_table, itable_blocks));
+            return;
+        };
         for (kind, range) in [
             (into(m.block_uninit), (m.bitmap, 1)),
             (into(m.inode_uninit), (m.inode_bitmap, 1)),
             (2, (m.inode_table, in_use)),
-            (3, (m.inode_table + in_use, itable_blocks - in_use)),
+            (3, (table_rest, itable_blocks - in_use)),
         ] {
             if range.0.checked_add(range.1).is_none_or(|end| end > s.blocks) {
                 self.outside.get_or_insert(range);
+                continue;
             }
             let list = match kind {
                 1 => &mut self.bitmaps,
@@ -437,7 +477,7 @@ fn fold(list: &mut Vec<(u64, u64)>, (b, n): (u64, u64)) {
         return;
     }
     match list.last_mut() {
-        Some(last) if last.0 + last.1 == b => last.1 += n,
+        Some(last) if last.0.checked_add(last.1) == Some(b) => last.1 += n,
         _ => list.push((b, n)),
     }
 }

@@ -139,6 +139,9 @@ impl IndexStream {
         let b = &mut self.buf[..n * size];
         self.file.read_exact(b).map_err(|e| Error::io_at("read index", &self.path, at, e))?;
         self.hasher.update(b);
+        // Counted as read before they are checked: a bad record below
+        // leaves the file where `drain` carries on from.
+        self.read += n as u64;
         let (image, parent, chunk_count) = (self.header.image_id, self.header.parent, self.header.chunk_count);
         for (i, rec) in b.chunks_exact(size).enumerate() {
             let offset = at + (i * size) as u64;
@@ -167,7 +170,6 @@ impl IndexStream {
             self.next_chunk += run.as_ref().map_or(1, |r| r.count);
             out.push(run);
         }
-        self.read += n as u64;
         Ok(true)
     }
 

@@ -204,10 +204,15 @@ fn keep_old_entries(index_path: &Path, g: &Geometry, parent: Option<&ParentHashe
         return;
     }
     match IndexHeader::decode(&head) {
-        // A finished index is as large as its records: read whole.
-        Ok(h) if h.version >= 2 && h.chunk_count == g.chunk_count() => {
+        // A finished index is as large as its records: read whole. Only an
+        // index of this run's image and geometry is used.
+        Ok(h)
+            if h.version >= 2
+                && (h.image_id, h.chunk_bytes, h.source_bytes, h.chunk_count)
+                    == (g.id, g.chunk_bytes, g.size, g.chunk_count()) =>
+        {
             if let Ok(old) = std::fs::read(index_path) {
-                keep_committed_runs(&old, &h, parent, preset);
+                keep_committed_runs(&old, &h, g, parent, preset);
             }
         }
         Ok(_) => {}
@@ -255,7 +260,7 @@ fn keep_table_entries(f: &std::fs::File, g: &Geometry, parent: Option<&ParentHas
 /// A finished version-2 index's zero runs, and its inherited runs where the
 /// parent holds the chunks (a version-2 inherited run records no hash: it
 /// was the parent's when the run was written).
-fn keep_committed_runs(old: &[u8], h: &IndexHeader, parent: Option<&ParentHashes>, preset: &mut Preset) {
+fn keep_committed_runs(old: &[u8], h: &IndexHeader, g: &Geometry, parent: Option<&ParentHashes>, preset: &mut Preset) {
     let records = old.get(INDEX_HEADER_BYTES..).unwrap_or_default().chunks_exact(RUN_RECORD_BYTES);
     let mut zero_hashes = ZeroHashes::default();
     let mut next = 0;
@@ -264,9 +269,8 @@ fn keep_committed_runs(old: &[u8], h: &IndexHeader, parent: Option<&ParentHashes
             return; // not a well-formed index: keep what came before
         }
         next = run.end();
-        let extent = |c: u64| (u64::from(h.chunk_bytes)).min(h.source_bytes - c * u64::from(h.chunk_bytes)) as u32;
-        let fits = [run.first, run.end() - 1].iter().all(|&c| extent(c) == run.entry.raw_len);
-        if !fits || run.entry.check_fields(run.first, extent(run.first), &mut zero_hashes).is_err() {
+        let fits = [run.first, run.end() - 1].iter().all(|&c| g.extent(c) == run.entry.raw_len);
+        if !fits || run.entry.check_fields(run.first, g.extent(run.first), &mut zero_hashes).is_err() {
             continue;
         }
         match (run.entry.state, parent) {

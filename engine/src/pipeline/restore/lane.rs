@@ -182,7 +182,8 @@ impl<'a> RestoreLane<'a> {
             }
             let (last, last_len) = self.sh.img.chunk_extent(run.end() - 1);
             let len = (last + u64::from(last_len)).min(self.sh.write_limit) - start;
-            self.totals.chunks_zeroed += run.count;
+            // Only the chunks that reach the target count (a smaller one ends first).
+            self.totals.chunks_zeroed += len.div_ceil(u64::from(self.sh.img.manifest.chunk_size_bytes)).min(run.count);
             zeros = match zeros {
                 Some((s, l)) if s + l == start => Some((s, l + len)),
                 Some((s, l)) => {

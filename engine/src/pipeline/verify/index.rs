@@ -29,26 +29,41 @@ impl ParentStream {
         ParentStream { id: parent.id(), stream, window: Vec::new(), next: 0 }
     }
 
-    /// The parent's run holding `chunk` (None where its entry does not
-    /// decode), or why its index cannot be read. Chunks are asked for in
-    /// ascending order.
-    fn run_at(&mut self, chunk: u64) -> std::result::Result<Option<Run>, String> {
-        loop {
+    /// The parent's runs covering `chunks`, cut to them (None where an
+    /// entry does not decode or the index ends first), or why its index
+    /// cannot be read. Chunks are asked for in ascending order.
+    fn covering(&mut self, chunks: std::ops::Range<u64>) -> std::result::Result<Option<Vec<Run>>, String> {
+        let mut out = Vec::new();
+        let mut at = chunks.start;
+        while at < chunks.end {
             let s = self.stream.as_mut().map_err(|why| why.clone())?;
-            while let Some(r) = self.window.get(self.next) {
-                let end = r.as_ref().map_or_else(|bad| bad.chunk + 1, |r| r.end());
-                if chunk < end {
-                    return Ok(r.ok());
+            let Some(r) = self.window.get(self.next) else {
+                self.next = 0;
+                match s.next_runs(&mut self.window) {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(None),
+                    Err(e) => {
+                        self.stream = Err(e.to_string());
+                        continue;
+                    }
                 }
+            };
+            let Ok(run) = r else {
+                if r.as_ref().err().is_some_and(|bad| bad.chunk < at) {
+                    self.next += 1;
+                    continue;
+                }
+                return Ok(None);
+            };
+            if run.end() <= at {
                 self.next += 1;
+                continue;
             }
-            self.next = 0;
-            match s.next_runs(&mut self.window) {
-                Ok(true) => {}
-                Ok(false) => return Ok(None),
-                Err(e) => self.stream = Err(e.to_string()),
-            }
+            let end = run.end().min(chunks.end);
+            out.push(Run { first: at, count: end - at, entry: run.entry });
+            at = end;
         }
+        Ok(Some(out))
     }
 }
 
@@ -201,8 +216,8 @@ fn check_inherited(
             format!("chunk is inherited from image {}, which is not in the chain being verified", run.entry.image_id);
         return Err(Bad { reason, at_frame: false });
     };
-    let held = match p.run_at(run.first) {
-        Ok(Some(r)) => r.entry,
+    let held = match p.covering(run.first..run.end()) {
+        Ok(Some(runs)) => runs,
         Ok(None) => {
             let reason = format!("chunk is inherited from image {}, whose index entry for it is damaged", p.id);
             return Err(Bad { reason, at_frame: false });
@@ -212,20 +227,24 @@ fn check_inherited(
             return Err(Bad { reason, at_frame: false });
         }
     };
-    let held_hash = match held.state {
-        ChunkState::Zero => zero_hashes.get(held.raw_len),
-        ChunkState::Stored | ChunkState::Inherited => held.raw_hash,
-        ChunkState::Unused => 0,
-        state => {
-            let reason =
-                format!("chunk is inherited from image {}, which holds no data there ({})", p.id, state.name());
+    // Every run of the parent the inherited run covers, by the rules
+    // restore's resolution applies (`set::chain`).
+    for held in held.iter().map(|r| r.entry) {
+        let held_hash = match held.state {
+            ChunkState::Zero => zero_hashes.get(held.raw_len),
+            ChunkState::Stored | ChunkState::Inherited => held.raw_hash,
+            ChunkState::Unused => 0,
+            state => {
+                let reason =
+                    format!("chunk is inherited from image {}, which holds no data there ({})", p.id, state.name());
+                return Err(Bad { reason, at_frame: false });
+            }
+        };
+        // Version 2 records no hash for an inherited run (0): nothing to compare.
+        if run.entry.raw_hash != 0 && held_hash != 0 && held_hash != run.entry.raw_hash {
+            let reason = format!("chunk is inherited from image {}, whose index holds a different chunk there", p.id);
             return Err(Bad { reason, at_frame: false });
         }
-    };
-    // Version 2 records no hash for an inherited run (0): nothing to compare.
-    if run.entry.raw_hash != 0 && held_hash != 0 && held_hash != run.entry.raw_hash {
-        let reason = format!("chunk is inherited from image {}, whose index holds a different chunk there", p.id);
-        return Err(Bad { reason, at_frame: false });
     }
     Ok(())
 }
