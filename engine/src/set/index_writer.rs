@@ -32,24 +32,25 @@ pub enum Existing {
     Reuse,
 }
 
+/// Open an index file to write afresh: created, or (a run's own) emptied.
+fn open_new(path: &Path, existing: Existing) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    match existing {
+        Existing::Refuse => o.create_new(true),
+        Existing::Reuse => o.create(true).truncate(true),
+    };
+    o.open(path).map_err(|e| Error::io("create index", path, e))
+}
+
 impl IndexFile {
     /// The index of `chunk_count` chunks at `path`, every entry "unset".
     pub fn create(path: &Path, chunk_count: u64, existing: Existing) -> Result<IndexFile> {
-        let mut o = OpenOptions::new();
-        o.read(true).write(true);
-        match existing {
-            Existing::Refuse => o.create_new(true),
-            Existing::Reuse => o.create(true).truncate(false),
-        };
-        let file = o.open(path).map_err(|e| Error::io("create index", path, e))?;
+        let file = open_new(path, existing)?;
         file.set_len(0)
             .and_then(|()| file.set_len(entry_offset(chunk_count)))
             .map_err(|e| Error::io("size index", path, e))?;
         Ok(IndexFile { file, path: path.into() })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Write the entries of chunks `first..first + entries.len()` with one
@@ -211,19 +212,9 @@ impl RunIndex {
     /// A new index at `path` (which must not exist unless `existing` is
     /// [`Existing::Reuse`]: a run's own temporary file).
     pub fn create(path: &Path, existing: Existing) -> Result<RunIndex> {
-        let mut o = OpenOptions::new();
-        o.read(true).write(true);
-        match existing {
-            Existing::Refuse => o.create_new(true),
-            Existing::Reuse => o.create(true).truncate(true),
-        };
-        let file = o.open(path).map_err(|e| Error::io("create index", path, e))?;
+        let file = open_new(path, existing)?;
         let buf = Vec::with_capacity(RUN_RECORD_BYTES * WINDOW_CHUNKS);
         Ok(RunIndex { file, path: path.into(), buf, open: None, records: 0, next_chunk: 0, tally: Tally::default() })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Add the next run (it starts where the one before ended). An
